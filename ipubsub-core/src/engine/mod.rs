@@ -1,0 +1,345 @@
+//! The [`Engine`]: a sharded registry of in-memory streams and the matching of senders with
+//! receivers.
+
+mod receive;
+mod send;
+mod slot;
+mod stream;
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+pub use receive::ReceiveFuture;
+pub use send::{SendFuture, SendOptions, SendOutcome};
+use stream::Stream;
+
+use crate::id::StreamId;
+use crate::message::Message;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{Arc, Mutex};
+use crate::time::{Clock, SystemClock, Timestamp};
+
+/// Limits and tuning of an [`Engine`]. `Default` gives the production defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// Number of registry shards, each with its own lock. Rounded up to a power of two.
+    pub shards: usize,
+    /// Most streams this engine holds at once; creating one more fails.
+    pub max_streams: usize,
+    /// Most receives and blocking sends waiting at once.
+    pub max_waiters: usize,
+    /// How long an empty stream nobody waits on survives before [`Engine::sweep_idle`] drops it.
+    pub stream_idle_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            shards: 256,
+            max_streams: 10_000_000,
+            max_waiters: 200_000,
+            stream_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counts an [`Engine`] keeps as it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Streams held.
+    pub streams: usize,
+    /// Receives and blocking sends waiting.
+    pub waiters: usize,
+}
+
+/// The in-memory streaming engine: streams created on first use, three delivery modes, FIFO
+/// matching of waiting receivers and senders.
+///
+/// Cheap to clone: clones share one registry. All waiting happens in the futures returned by
+/// [`Engine::receive`] and [`Engine::send`]; the engine itself never sleeps, so the caller
+/// applies timeouts (and calls `abandon` on the future when one fires).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    clock: std::sync::Arc<dyn Clock>,
+    config: EngineConfig,
+    streams: AtomicUsize,
+    waiters: AtomicUsize,
+    /// Set once by [`Engine::close`], before it visits the shards. Every registration checks it
+    /// under its shard lock, so no waiter can slip in behind the close.
+    closed: AtomicBool,
+}
+
+/// One lock and its part of the registry, padded to its own cache lines so that shards that
+/// are hit from different cores do not share a line.
+#[repr(align(128))]
+struct Shard(Mutex<HashTable<(StreamId, Stream)>>);
+
+/// A reservation of one waiting place, given back on drop.
+struct WaitPermit(Arc<Inner>);
+
+impl Drop for WaitPermit {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A limit that stopped a stream from being created or a request from waiting.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    TooManyStreams(usize),
+    TooManyWaiters(usize),
+    ShuttingDown,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new(EngineConfig::default())
+    }
+}
+
+impl Engine {
+    /// An engine on the system clock.
+    pub fn new(config: EngineConfig) -> Self {
+        Self::with_clock(config, std::sync::Arc::new(SystemClock))
+    }
+
+    /// An engine reading time from `clock`.
+    pub fn with_clock(config: EngineConfig, clock: std::sync::Arc<dyn Clock>) -> Self {
+        let shards = config.shards.max(1).next_power_of_two();
+        let shards = (0..shards)
+            .map(|_| Shard(Mutex::new(HashTable::new())))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: RandomState::new(),
+                clock,
+                config,
+                streams: AtomicUsize::new(0),
+                waiters: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The current time on the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Counts of streams and waiters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            streams: self.inner.streams.load(Ordering::Relaxed),
+            waiters: self.inner.waiters.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Messages buffered in `stream`, or `None` if the engine holds no such stream.
+    pub fn buffered(&self, stream: &StreamId) -> Option<usize> {
+        let (hash, shard) = self.inner.locate(stream);
+        let table = shard.0.lock();
+        table.find(hash, |(k, _)| k == stream).map(|(_, s)| s.len())
+    }
+
+    /// Sends `message` to `stream`, creating the stream if needed. See [`SendFuture`] for how
+    /// the send completes and how to give it up.
+    pub fn send(&self, stream: StreamId, message: Message, options: SendOptions) -> SendFuture {
+        SendFuture::new(self.clone(), stream, message, options)
+    }
+
+    /// Receives the next message of `stream`, waiting for one if it is empty. See
+    /// [`ReceiveFuture`] for giving up.
+    pub fn receive(&self, stream: StreamId) -> ReceiveFuture {
+        ReceiveFuture::new(self.clone(), stream)
+    }
+
+    /// Takes the next message of `stream` if there is one, without waiting (a receive with a
+    /// zero timeout). Creates no stream.
+    pub fn try_receive(&self, stream: &StreamId) -> Option<Message> {
+        let now = self.now();
+        let (hash, shard) = self.inner.locate(stream);
+        let mut table = shard.0.lock();
+        let (_, entry) = table.find_mut(hash, |(k, _)| k == stream)?;
+        entry.touch(now);
+        entry.take()
+    }
+
+    /// Drops every stream that is empty, has no waiters and has been idle for the configured
+    /// `stream_idle_timeout`. Returns how many were dropped. Call it periodically; it locks one
+    /// shard at a time.
+    pub fn sweep_idle(&self) -> usize {
+        let now = self.now();
+        let idle =
+            u64::try_from(self.inner.config.stream_idle_timeout.as_micros()).unwrap_or(u64::MAX);
+        let mut dropped = 0;
+        for shard in self.inner.shards.iter() {
+            let mut table = shard.0.lock();
+            let before = table.len();
+            table.retain(|(_, stream)| !stream.is_idle(now, idle));
+            let gone = before - table.len();
+            if gone > 0 {
+                self.inner.streams.fetch_sub(gone, Ordering::Relaxed);
+            }
+            // A table that lost most of its entries keeps its memory; give it back.
+            if table.capacity() > 64 && table.len() * 4 < table.capacity() {
+                table.shrink_to_fit(|(k, _)| self.inner.hasher.hash_one(k));
+            }
+            dropped += gone;
+        }
+        dropped
+    }
+
+    /// Shuts the engine down: every waiting receive completes with
+    /// [`ReceiveError::ShuttingDown`](crate::ReceiveError::ShuttingDown), every waiting send with
+    /// [`SendError::ShuttingDown`](crate::SendError::ShuttingDown) (its message not accepted),
+    /// and new sends and receives are refused. Buffered messages stay readable by
+    /// [`Engine::try_receive`] and [`Engine::drain`].
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for shard in self.inner.shards.iter() {
+            for (_, stream) in shard.0.lock().iter_mut() {
+                stream.close_waiters();
+            }
+        }
+    }
+
+    /// True once [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Removes and returns every buffered message, stream by stream, oldest first within each
+    /// stream: what a node hands over when it leaves.
+    pub fn drain(&self) -> Vec<(StreamId, Vec<Message>)> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let mut table = shard.0.lock();
+            for (id, stream) in table.iter_mut() {
+                let mut messages = Vec::new();
+                while let Some(message) = stream.take() {
+                    messages.push(message);
+                }
+                if !messages.is_empty() {
+                    out.push((id.clone(), messages));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on `stream` under its shard lock, creating the stream within the limits.
+    /// This is the entry of all new work, so it is refused once the engine is closed.
+    fn with_stream<R>(
+        &self,
+        id: &StreamId,
+        f: impl FnOnce(&mut Stream, &Arc<Inner>) -> R,
+    ) -> Result<R, Refusal> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let (hash, shard) = inner.locate(id);
+        let mut table = shard.0.lock();
+        // Checked under the shard lock: this is what makes [`Engine::close`] race-free.
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(Refusal::ShuttingDown);
+        }
+        let stream = inner.stream_mut(&mut table, hash, id, now, Create::WithinLimit)?;
+        Ok(f(stream, inner))
+    }
+}
+
+/// How [`Inner::stream_mut`] may create the stream it looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// New work: within the stream limit.
+    WithinLimit,
+    /// Putting back an acknowledged message: whatever the limits.
+    Always,
+}
+
+impl Inner {
+    /// The stream's hash and its shard. Keyed hashing: stream ids are chosen by clients, who
+    /// must not be able to pile streams onto one shard or one bucket. The top bits pick the
+    /// shard, the table inside it uses the whole hash.
+    fn locate(&self, id: &StreamId) -> (u64, &Shard) {
+        let hash = self.hasher.hash_one(id);
+        let index = (hash >> 40) as usize & (self.shards.len() - 1);
+        (hash, &self.shards[index])
+    }
+
+    /// The stream in `table` (the shard of `hash`), touched at `now`, created if missing.
+    fn stream_mut<'t>(
+        &self,
+        table: &'t mut HashTable<(StreamId, Stream)>,
+        hash: u64,
+        id: &StreamId,
+        now: Timestamp,
+        create: Create,
+    ) -> Result<&'t mut Stream, Refusal> {
+        let entry = table.entry(hash, |(k, _)| k == id, |(k, _)| self.hasher.hash_one(k));
+        let (_, stream) = match entry {
+            Entry::Occupied(occupied) => occupied.into_mut(),
+            Entry::Vacant(vacant) => {
+                if create == Create::WithinLimit {
+                    let max = self.config.max_streams;
+                    if self.streams.fetch_add(1, Ordering::Relaxed) >= max {
+                        self.streams.fetch_sub(1, Ordering::Relaxed);
+                        return Err(Refusal::TooManyStreams(max));
+                    }
+                } else {
+                    self.streams.fetch_add(1, Ordering::Relaxed);
+                }
+                vacant.insert((id.clone(), Stream::new(now))).into_mut()
+            }
+        };
+        stream.touch(now);
+        Ok(stream)
+    }
+
+    /// The stream if it exists, without touching it.
+    fn find_mut<'t>(
+        table: &'t mut HashTable<(StreamId, Stream)>,
+        hash: u64,
+        id: &StreamId,
+    ) -> Option<&'t mut Stream> {
+        table.find_mut(hash, |(k, _)| k == id).map(|(_, s)| s)
+    }
+
+    /// Reserves a waiting place, or refuses at the limit.
+    fn try_wait(self: &Arc<Self>) -> Result<WaitPermit, Refusal> {
+        let max = self.config.max_waiters;
+        if self.waiters.fetch_add(1, Ordering::Relaxed) >= max {
+            self.waiters.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::TooManyWaiters(max));
+        }
+        Ok(WaitPermit(Arc::clone(self)))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

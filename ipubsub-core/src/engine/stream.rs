@@ -1,0 +1,262 @@
+//! One stream's state: its buffer and its queues of waiting receivers and senders.
+//!
+//! Everything here runs with the stream's shard lock held, is O(1) (amortised) and never
+//! blocks. The three in-memory modes of DESIGN §2 fall out of two numbers: the stream's
+//! capacity (fixed by the first send) and whether a send may wait.
+
+use std::collections::VecDeque;
+
+use super::SendOutcome;
+use super::slot::Slot;
+use crate::message::Message;
+use crate::sync::Arc;
+use crate::time::Timestamp;
+
+/// Buffer slots an emptied stream keeps allocated; more are freed when it drains.
+const RETAINED_BUFFER: usize = 16;
+
+pub(super) type ReceiverSlot = Arc<Slot<Message>>;
+pub(super) type SenderSlot = Arc<Slot<SendOutcome>>;
+
+/// Waiters of one stream. Boxed and allocated only while someone waits, so that an idle
+/// stream pays one pointer for it.
+#[derive(Default)]
+struct Waiting {
+    receivers: VecDeque<ReceiverSlot>,
+    senders: VecDeque<(SenderSlot, Message)>,
+    /// Entries of `receivers` whose future gave up. They are skipped when reached and swept
+    /// out once they are half of the queue, which keeps cancellation O(1) amortised.
+    dead_receivers: usize,
+    /// The same for `senders`.
+    dead_senders: usize,
+}
+
+impl Waiting {
+    fn compact(&mut self) {
+        if self.dead_receivers > 0 {
+            self.receivers.retain(|slot| slot.is_waiting());
+            self.dead_receivers = 0;
+        }
+        if self.dead_senders > 0 {
+            self.senders.retain(|(slot, _)| slot.is_waiting());
+            self.dead_senders = 0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.receivers.len() == self.dead_receivers && self.senders.len() == self.dead_senders
+    }
+}
+
+pub(super) struct Stream {
+    /// Messages waiting for a receiver, oldest first. Grows on demand: never preallocated to
+    /// the capacity, so a stream costs memory for what it holds, not for what it may hold.
+    buffer: VecDeque<Message>,
+    /// `inMemoryStreamSize`, fixed by the first send. A stream created by a receive has none
+    /// until then, so that a receiver that polls first does not choose the mode for senders.
+    capacity: Option<u32>,
+    last_active: Timestamp,
+    waiting: Option<Box<Waiting>>,
+}
+
+impl Stream {
+    pub(super) fn new(now: Timestamp) -> Self {
+        Self {
+            buffer: VecDeque::new(),
+            capacity: None,
+            last_active: now,
+            waiting: None,
+        }
+    }
+
+    pub(super) fn touch(&mut self, now: Timestamp) {
+        self.last_active = now;
+    }
+
+    /// The capacity, fixing it to `size` if no send has fixed it yet.
+    pub(super) fn capacity_or_set(&mut self, size: u32) -> usize {
+        *self.capacity.get_or_insert(size) as usize
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn waiting_mut(&mut self) -> &mut Waiting {
+        self.waiting.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the waiter queues once nobody waits.
+    fn tidy(&mut self) {
+        if self.waiting.as_ref().is_some_and(|w| w.is_empty()) {
+            self.waiting = None;
+        }
+    }
+
+    /// Hands `message` to the oldest live receiver, or gives it back if none waits.
+    pub(super) fn hand_to_receiver(&mut self, mut message: Message) -> Result<(), Message> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Err(message);
+        };
+        let result = loop {
+            let Some(slot) = waiting.receivers.pop_front() else {
+                break Err(message);
+            };
+            match slot.fill(message) {
+                Ok(()) => break Ok(()),
+                Err(back) => {
+                    // That receiver gave up; its entry was dead.
+                    waiting.dead_receivers -= 1;
+                    message = back;
+                }
+            }
+        };
+        self.tidy();
+        result
+    }
+
+    /// Pushes onto a circular buffer, evicting the oldest messages to make room. Returns how
+    /// many were evicted. `capacity` must be above zero.
+    pub(super) fn push_evicting(&mut self, message: Message, capacity: usize) -> usize {
+        let mut evicted = 0;
+        while self.buffer.len() >= capacity && self.buffer.pop_front().is_some() {
+            evicted += 1;
+        }
+        self.push_back(message);
+        evicted
+    }
+
+    /// Buffers `message` if the stream has room and no earlier sender is waiting for it.
+    pub(super) fn try_push(&mut self, message: Message, capacity: usize) -> Result<(), Message> {
+        let senders_wait = self
+            .waiting
+            .as_ref()
+            .is_some_and(|w| w.senders.len() > w.dead_senders);
+        if self.buffer.len() < capacity && !senders_wait {
+            self.push_back(message);
+            Ok(())
+        } else {
+            Err(message)
+        }
+    }
+
+    fn push_back(&mut self, message: Message) {
+        if self.buffer.capacity() == 0 {
+            // The first message gets an exact allocation: most streams hold one message.
+            self.buffer.reserve_exact(1);
+        }
+        self.buffer.push_back(message);
+    }
+
+    pub(super) fn enqueue_sender(&mut self, slot: SenderSlot, message: Message) {
+        self.waiting_mut().senders.push_back((slot, message));
+    }
+
+    pub(super) fn enqueue_receiver(&mut self, slot: ReceiverSlot) {
+        self.waiting_mut().receivers.push_back(slot);
+    }
+
+    /// Takes the next message for a receiver: the oldest buffered one (letting the oldest
+    /// waiting sender into the room it leaves), else straight from the oldest waiting sender.
+    pub(super) fn take(&mut self) -> Option<Message> {
+        if let Some(message) = self.buffer.pop_front() {
+            let capacity = self.capacity.unwrap_or(0) as usize;
+            while self.buffer.len() < capacity {
+                match self.pop_sender(SendOutcome::Buffered { evicted: 0 }) {
+                    Some(admitted) => self.buffer.push_back(admitted),
+                    None => break,
+                }
+            }
+            if self.buffer.is_empty() && self.buffer.capacity() > RETAINED_BUFFER {
+                // A burst is over: give its memory back, keep a small buffer for the next.
+                self.buffer = VecDeque::new();
+            }
+            return Some(message);
+        }
+        self.pop_sender(SendOutcome::Delivered)
+    }
+
+    /// Accepts the oldest live waiting sender's message, answering it with `outcome`.
+    fn pop_sender(&mut self, outcome: SendOutcome) -> Option<Message> {
+        let waiting = self.waiting.as_mut()?;
+        let mut taken = None;
+        while let Some((slot, message)) = waiting.senders.pop_front() {
+            if slot.fill(outcome).is_ok() {
+                taken = Some(message);
+                break;
+            }
+            // That sender gave up: its message was never accepted and is dropped with it.
+            waiting.dead_senders -= 1;
+        }
+        self.tidy();
+        taken
+    }
+
+    /// Puts back a message that was handed to a receiver which never returned it: to the
+    /// next live receiver if one waits, else to the front of the buffer, where it is the next
+    /// message any receiver gets. This may leave the buffer above its capacity for a while;
+    /// losing an acknowledged message would be worse.
+    pub(super) fn requeue(&mut self, message: Message) {
+        if let Err(message) = self.hand_to_receiver(message) {
+            self.buffer.push_front(message);
+        }
+    }
+
+    /// Records that a queued receiver gave up.
+    pub(super) fn receiver_gave_up(&mut self) {
+        if let Some(waiting) = self.waiting.as_mut() {
+            waiting.dead_receivers += 1;
+            if waiting.dead_receivers * 2 > waiting.receivers.len() {
+                waiting.compact();
+            }
+        }
+        self.tidy();
+    }
+
+    /// Records that a queued sender gave up.
+    pub(super) fn sender_gave_up(&mut self) {
+        if let Some(waiting) = self.waiting.as_mut() {
+            waiting.dead_senders += 1;
+            if waiting.dead_senders * 2 > waiting.senders.len() {
+                waiting.compact();
+            }
+        }
+        self.tidy();
+    }
+
+    /// True when the stream holds nothing, nobody waits on it and it was last used at least
+    /// `idle_micros` before `now`: dropping it loses nothing.
+    pub(super) fn is_idle(&mut self, now: Timestamp, idle_micros: u64) -> bool {
+        if let Some(waiting) = self.waiting.as_mut() {
+            waiting.compact();
+        }
+        self.tidy();
+        self.buffer.is_empty()
+            && self.waiting.is_none()
+            && now.as_micros().saturating_sub(self.last_active.as_micros()) >= idle_micros
+    }
+
+    /// Answers every waiter for shutdown. Waiting senders' messages were never accepted and
+    /// are dropped; buffered messages stay.
+    pub(super) fn close_waiters(&mut self) {
+        if let Some(waiting) = self.waiting.take() {
+            for slot in &waiting.receivers {
+                slot.close();
+            }
+            for (slot, _) in &waiting.senders {
+                slot.close();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Stream {
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+
+    pub(super) fn has_waiting_queues(&self) -> bool {
+        self.waiting.is_some()
+    }
+}

@@ -1,0 +1,343 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::error::{ReceiveError, SendError};
+use crate::id::MessageId;
+use crate::time::ManualClock;
+
+fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+#[track_caller]
+fn ready<F: Future + Unpin>(mut f: F) -> F::Output {
+    match poll(&mut f) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("future was pending"),
+    }
+}
+
+fn engine_with(config: EngineConfig) -> (Engine, std::sync::Arc<ManualClock>) {
+    let clock = std::sync::Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+    (Engine::with_clock(config, clock.clone()), clock)
+}
+
+fn engine() -> Engine {
+    engine_with(EngineConfig::default()).0
+}
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).expect("valid stream id")
+}
+
+fn msg(id: &str) -> Message {
+    Message::new(
+        MessageId::new(id).expect("valid message id"),
+        Bytes::copy_from_slice(format!("\"{id}\"").as_bytes()),
+        Timestamp::from_micros(7),
+    )
+}
+
+fn circular(size: u32) -> SendOptions {
+    SendOptions {
+        stream_size: size,
+        wait: false,
+    }
+}
+
+fn waiting(size: u32) -> SendOptions {
+    SendOptions {
+        stream_size: size,
+        wait: true,
+    }
+}
+
+fn id_of(m: &Message) -> &str {
+    m.id().as_str()
+}
+
+#[test]
+fn circular_buffer_evicts_oldest() {
+    let e = engine();
+    assert_eq!(
+        ready(e.send(sid("s"), msg("a"), circular(2))),
+        Ok(SendOutcome::Buffered { evicted: 0 })
+    );
+    ready(e.send(sid("s"), msg("b"), circular(2))).expect("send b");
+    assert_eq!(
+        ready(e.send(sid("s"), msg("c"), circular(2))),
+        Ok(SendOutcome::Buffered { evicted: 1 })
+    );
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("b")), "b");
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("c")), "c");
+    assert!(e.try_receive(&sid("s")).is_none());
+}
+
+#[test]
+fn send_serves_waiting_receivers_in_arrival_order() {
+    let e = engine();
+    let mut first = e.receive(sid("s"));
+    let mut second = e.receive(sid("s"));
+    assert!(poll(&mut first).is_pending());
+    assert!(poll(&mut second).is_pending());
+    assert_eq!(e.stats().waiters, 2);
+    assert_eq!(
+        ready(e.send(sid("s"), msg("1"), circular(10))),
+        Ok(SendOutcome::Delivered)
+    );
+    ready(e.send(sid("s"), msg("2"), circular(10))).expect("send 2");
+    assert_eq!(id_of(&ready(first).expect("first")), "1");
+    assert_eq!(id_of(&ready(second).expect("second")), "2");
+    assert_eq!(e.stats().waiters, 0);
+}
+
+#[test]
+fn blocking_send_waits_for_room_then_is_buffered() {
+    let e = engine();
+    ready(e.send(sid("s"), msg("a"), waiting(1))).expect("room for a");
+    let mut b = e.send(sid("s"), msg("b"), waiting(1));
+    let mut c = e.send(sid("s"), msg("c"), waiting(1));
+    assert!(poll(&mut b).is_pending());
+    assert!(poll(&mut c).is_pending());
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("a")), "a");
+    assert_eq!(ready(b), Ok(SendOutcome::Buffered { evicted: 0 }));
+    assert!(poll(&mut c).is_pending(), "c is still behind b");
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("b")), "b");
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("c")), "c");
+    assert_eq!(ready(c), Ok(SendOutcome::Buffered { evicted: 0 }));
+}
+
+#[test]
+fn abandoned_blocking_send_is_never_delivered() {
+    let e = engine();
+    ready(e.send(sid("s"), msg("a"), waiting(1))).expect("room for a");
+    let mut b = e.send(sid("s"), msg("b"), waiting(1));
+    assert!(poll(&mut b).is_pending());
+    assert_eq!(b.abandon(), Err(SendError::StreamFull));
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("a")), "a");
+    assert!(e.try_receive(&sid("s")).is_none());
+    assert_eq!(e.stats().waiters, 0);
+}
+
+#[test]
+fn abandon_after_acceptance_reports_success() {
+    let e = engine();
+    ready(e.send(sid("s"), msg("a"), waiting(1))).expect("room for a");
+    let mut b = e.send(sid("s"), msg("b"), waiting(1));
+    assert!(poll(&mut b).is_pending());
+    ready(e.receive(sid("s"))).expect("a");
+    // The timeout fires after b was let in but before b was polled again.
+    assert_eq!(b.abandon(), Ok(SendOutcome::Buffered { evicted: 0 }));
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("b")), "b");
+}
+
+#[test]
+fn sync_match_hands_over_directly() {
+    let e = engine();
+    let mut send = e.send(sid("s"), msg("x"), waiting(0));
+    assert!(poll(&mut send).is_pending());
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("x")), "x");
+    assert_eq!(ready(send), Ok(SendOutcome::Delivered));
+
+    let mut recv = e.receive(sid("s"));
+    assert!(poll(&mut recv).is_pending());
+    assert_eq!(
+        ready(e.send(sid("s"), msg("y"), waiting(0))),
+        Ok(SendOutcome::Delivered)
+    );
+    assert_eq!(id_of(&ready(recv).expect("y")), "y");
+}
+
+#[test]
+fn sync_match_without_receiver_gives_up_with_no_receiver() {
+    let e = engine();
+    let mut send = e.send(sid("s"), msg("x"), waiting(0));
+    assert!(poll(&mut send).is_pending());
+    assert_eq!(send.abandon(), Err(SendError::NoReceiver));
+    assert!(e.try_receive(&sid("s")).is_none());
+}
+
+#[test]
+fn bufferless_stream_refuses_a_non_waiting_send_without_receiver() {
+    let e = engine();
+    assert_eq!(
+        ready(e.send(sid("s"), msg("x"), circular(0))),
+        Err(SendError::NoReceiver)
+    );
+}
+
+#[test]
+fn dropped_receiver_puts_its_message_back_in_front() {
+    let e = engine();
+    let mut lost = e.receive(sid("s"));
+    assert!(poll(&mut lost).is_pending());
+    assert_eq!(
+        ready(e.send(sid("s"), msg("1"), circular(10))),
+        Ok(SendOutcome::Delivered)
+    );
+    ready(e.send(sid("s"), msg("2"), circular(10))).expect("send 2");
+    drop(lost);
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("1")), "1");
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("2")), "2");
+}
+
+#[test]
+fn dropped_receiver_passes_its_message_to_the_next_waiter() {
+    let e = engine();
+    let mut lost = e.receive(sid("s"));
+    let mut next = e.receive(sid("s"));
+    assert!(poll(&mut lost).is_pending());
+    assert!(poll(&mut next).is_pending());
+    ready(e.send(sid("s"), msg("1"), circular(10))).expect("send");
+    drop(lost);
+    assert_eq!(id_of(&ready(next).expect("1")), "1");
+}
+
+#[test]
+fn abandon_returns_a_message_handed_over_in_the_race() {
+    let e = engine();
+    let mut r = e.receive(sid("s"));
+    assert!(poll(&mut r).is_pending());
+    ready(e.send(sid("s"), msg("1"), circular(10))).expect("send");
+    assert_eq!(r.abandon().as_ref().map(id_of), Some("1"));
+    assert!(e.try_receive(&sid("s")).is_none());
+}
+
+#[test]
+fn abandoned_receivers_leave_no_trace() {
+    let (e, _) = engine_with(EngineConfig::default());
+    for _ in 0..1000 {
+        let mut r = e.receive(sid("s"));
+        assert!(poll(&mut r).is_pending());
+        assert!(r.abandon().is_none());
+    }
+    let mut held: Vec<_> = (0..100).map(|_| e.receive(sid("s"))).collect();
+    for r in &mut held {
+        assert!(poll(r).is_pending());
+    }
+    drop(held);
+    assert_eq!(e.stats().waiters, 0);
+    let (hash, shard) = e.inner.locate(&sid("s"));
+    let mut table = shard.0.lock();
+    let stream = Inner::find_mut(&mut table, hash, &sid("s")).expect("stream");
+    assert!(!stream.has_waiting_queues(), "waiter queues freed");
+}
+
+#[test]
+fn buffer_grows_with_content_not_with_declared_size() {
+    let e = engine();
+    ready(e.send(sid("s"), msg("1"), circular(1_000_000))).expect("send");
+    let (hash, shard) = e.inner.locate(&sid("s"));
+    let mut table = shard.0.lock();
+    let stream = Inner::find_mut(&mut table, hash, &sid("s")).expect("stream");
+    assert_eq!(stream.buffer_capacity(), 1);
+}
+
+#[test]
+fn first_send_fixes_the_size_of_a_stream_a_receiver_created() {
+    let e = engine();
+    let mut r = e.receive(sid("s"));
+    assert!(poll(&mut r).is_pending());
+    assert!(r.abandon().is_none());
+    ready(e.send(sid("s"), msg("a"), circular(1))).expect("a");
+    ready(e.send(sid("s"), msg("b"), circular(50))).expect("b");
+    assert_eq!(e.buffered(&sid("s")), Some(1), "size stays 1");
+    assert_eq!(id_of(&ready(e.receive(sid("s"))).expect("b")), "b");
+}
+
+#[test]
+fn idle_streams_are_swept_after_the_timeout_only() {
+    let (e, clock) = engine_with(EngineConfig {
+        stream_idle_timeout: Duration::from_secs(60),
+        ..EngineConfig::default()
+    });
+    ready(e.send(sid("empty"), msg("a"), circular(5))).expect("send");
+    ready(e.receive(sid("empty"))).expect("receive");
+    ready(e.send(sid("full"), msg("b"), circular(5))).expect("send");
+    let mut waiter = e.receive(sid("waited"));
+    assert!(poll(&mut waiter).is_pending());
+    assert_eq!(e.stats().streams, 3);
+
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(e.sweep_idle(), 0);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        e.sweep_idle(),
+        1,
+        "only the empty stream without waiters goes"
+    );
+    assert_eq!(e.stats().streams, 2);
+    assert_eq!(e.buffered(&sid("empty")), None);
+    assert_eq!(e.buffered(&sid("full")), Some(1));
+
+    assert!(waiter.abandon().is_none());
+    assert_eq!(e.sweep_idle(), 1);
+}
+
+#[test]
+fn stream_limit_refuses_new_streams_only() {
+    let (e, _) = engine_with(EngineConfig {
+        max_streams: 2,
+        ..EngineConfig::default()
+    });
+    ready(e.send(sid("a"), msg("1"), circular(5))).expect("a");
+    ready(e.send(sid("b"), msg("1"), circular(5))).expect("b");
+    assert_eq!(
+        ready(e.send(sid("c"), msg("1"), circular(5))),
+        Err(SendError::TooManyStreams { max: 2 })
+    );
+    assert_eq!(
+        ready(e.receive(sid("c"))),
+        Err(ReceiveError::TooManyStreams { max: 2 })
+    );
+    ready(e.send(sid("a"), msg("2"), circular(5))).expect("existing stream still works");
+}
+
+#[test]
+fn waiter_limit_refuses_the_next_waiter() {
+    let (e, _) = engine_with(EngineConfig {
+        max_waiters: 1,
+        ..EngineConfig::default()
+    });
+    let mut r1 = e.receive(sid("a"));
+    assert!(poll(&mut r1).is_pending());
+    assert_eq!(
+        ready(e.receive(sid("b"))),
+        Err(ReceiveError::TooManyWaiters { max: 1 })
+    );
+    ready(e.send(sid("full"), msg("1"), waiting(1))).expect("room");
+    assert_eq!(
+        ready(e.send(sid("full"), msg("2"), waiting(1))),
+        Err(SendError::TooManyWaiters { max: 1 })
+    );
+    drop(r1);
+    let mut r2 = e.receive(sid("b"));
+    assert!(poll(&mut r2).is_pending(), "the place was given back");
+}
+
+#[test]
+fn close_answers_every_waiter_and_refuses_new_work() {
+    let e = engine();
+    let mut r = e.receive(sid("r"));
+    assert!(poll(&mut r).is_pending());
+    ready(e.send(sid("s"), msg("a"), waiting(1))).expect("room");
+    let mut s = e.send(sid("s"), msg("b"), waiting(1));
+    assert!(poll(&mut s).is_pending());
+
+    e.close();
+    assert_eq!(ready(r), Err(ReceiveError::ShuttingDown));
+    assert_eq!(ready(s), Err(SendError::ShuttingDown));
+    assert_eq!(
+        ready(e.send(sid("s"), msg("c"), circular(5))),
+        Err(SendError::ShuttingDown)
+    );
+    assert_eq!(ready(e.receive(sid("s"))), Err(ReceiveError::ShuttingDown));
+    let drained = e.drain();
+    assert_eq!(drained.len(), 1);
+    assert_eq!(drained[0].1.iter().map(id_of).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(e.stats().waiters, 0);
+}

@@ -1,0 +1,176 @@
+//! Time as a value: [`Timestamp`], and the [`Clock`] it is read from.
+//!
+//! The core never sleeps and never reads the system clock behind its caller's back: the engine
+//! asks its [`Clock`] for `now`, and tests hand it a [`ManualClock`] they move by hand.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// A point in wall-clock time, in microseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Self = Self(0);
+
+    /// A timestamp `micros` microseconds after the epoch.
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    /// Microseconds since the epoch.
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// This timestamp moved `d` later, saturating at the far future.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// How long after `earlier` this is; zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Self) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The system clock's current time.
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Formats as RFC 3339 in UTC with microseconds, e.g. `2026-11-28T02:22:13.123456Z`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339, UTC, microsecond precision.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0 % 1_000_000;
+        let secs = self.0 / 1_000_000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
+/// `civil_from_days`, restricted to dates after the epoch.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A source of the current time. The engine stamps messages and ages idle streams with it.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that moves only when told to; for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> Self {
+        Self(AtomicU64::new(start.0))
+    }
+
+    /// Moves the clock `d` forward.
+    pub fn advance(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0.fetch_add(micros, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `t`.
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000000Z");
+        // 2000-02-29T12:34:56.789012Z, a leap day in a century leap year.
+        assert_eq!(
+            Timestamp::from_micros(951_827_696_789_012).to_string(),
+            "2000-02-29T12:34:56.789012Z"
+        );
+        // 2026-11-28T02:22:13Z
+        assert_eq!(
+            Timestamp::from_micros(1_795_832_533_000_000).to_string(),
+            "2026-11-28T02:22:13.000000Z"
+        );
+        // 2100-03-01T00:00:00Z, after a century year that is not a leap year.
+        assert_eq!(
+            Timestamp::from_micros(4_107_542_400_000_000).to_string(),
+            "2100-03-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new(Timestamp::from_micros(10));
+        assert_eq!(clock.now(), Timestamp::from_micros(10));
+        clock.advance(Duration::from_millis(2));
+        assert_eq!(clock.now(), Timestamp::from_micros(2010));
+    }
+
+    #[test]
+    fn arithmetic_saturates() {
+        let t = Timestamp::from_micros(5);
+        assert_eq!(
+            t.saturating_since(Timestamp::from_micros(9)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Timestamp::from_micros(u64::MAX - 1).saturating_add(Duration::from_secs(1)),
+            Timestamp::from_micros(u64::MAX)
+        );
+    }
+}
