@@ -331,13 +331,13 @@ impl Inner {
     }
 
     /// Reserves a waiting place, or refuses at the limit.
-    fn try_wait(self: &Arc<Self>) -> Result<WaitPermit, Refusal> {
-        let max = self.config.max_waiters;
-        if self.waiters.fetch_add(1, Ordering::Relaxed) >= max {
-            self.waiters.fetch_sub(1, Ordering::Relaxed);
+    fn try_wait(this: &Arc<Self>) -> Result<WaitPermit, Refusal> {
+        let max = this.config.max_waiters;
+        if this.waiters.fetch_add(1, Ordering::Relaxed) >= max {
+            this.waiters.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::TooManyWaiters(max));
         }
-        Ok(WaitPermit(Arc::clone(self)))
+        Ok(WaitPermit(Arc::clone(this)))
     }
 }
 

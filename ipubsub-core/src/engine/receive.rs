@@ -67,7 +67,7 @@ impl ReceiveFuture {
             if let Some(message) = s.take() {
                 return Ok::<_, Refusal>(First::Got(message));
             }
-            let permit = inner.try_wait()?;
+            let permit = Inner::try_wait(inner)?;
             let slot = Slot::new(cx.waker());
             s.enqueue_receiver(slot.clone());
             Ok(First::Queued(slot, permit))

@@ -1,0 +1,182 @@
+//! Loom models of the matching code's cancellation guarantees: whatever the interleaving, a
+//! message is delivered exactly once, and a send that reports failure is never delivered.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p ipubsub-core --test loom --release`.
+#![cfg(loom)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use ipubsub_core::{Engine, EngineConfig, Message, MessageId, ReceiveError, SendOptions, StreamId};
+use loom::thread;
+
+fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+fn engine() -> Engine {
+    let mut config = EngineConfig::default();
+    config.shards = 1;
+    Engine::new(config)
+}
+
+fn sid() -> StreamId {
+    StreamId::new("s").expect("valid id")
+}
+
+fn msg(id: &str) -> Message {
+    Message::new(
+        MessageId::new(id).expect("valid id"),
+        Bytes::from_static(b"1"),
+        Default::default(),
+    )
+}
+
+const CIRCULAR: SendOptions = SendOptions {
+    stream_size: 4,
+    wait: false,
+};
+
+fn drain(e: &Engine) -> usize {
+    std::iter::from_fn(|| e.try_receive(&sid())).count()
+}
+
+#[test]
+fn a_dropped_receive_never_loses_its_message() {
+    loom::model(|| {
+        let e = engine();
+        let rx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                let mut r = e.receive(sid());
+                match poll(&mut r) {
+                    Poll::Ready(Ok(_)) => 1,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => 0, // dropped here while waiting
+                }
+            })
+        };
+        let tx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                assert!(poll(&mut e.send(sid(), msg("m"), CIRCULAR)).is_ready());
+            })
+        };
+        let got = rx.join().expect("receiver");
+        tx.join().expect("sender");
+        assert_eq!(got + drain(&e), 1);
+    });
+}
+
+#[test]
+fn an_abandoned_receive_returns_or_leaves_its_message() {
+    loom::model(|| {
+        let e = engine();
+        let rx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                let mut r = e.receive(sid());
+                match poll(&mut r) {
+                    Poll::Ready(Ok(_)) => 1,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => usize::from(r.abandon().is_some()),
+                }
+            })
+        };
+        let tx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                assert!(poll(&mut e.send(sid(), msg("m"), CIRCULAR)).is_ready());
+            })
+        };
+        let got = rx.join().expect("receiver");
+        tx.join().expect("sender");
+        assert_eq!(got + drain(&e), 1);
+    });
+}
+
+#[test]
+fn a_message_requeued_by_one_receiver_reaches_the_next_exactly_once() {
+    loom::model(|| {
+        let e = engine();
+        // `first` is served first (FIFO) and is dropped while the send runs.
+        let mut first = e.receive(sid());
+        let mut second = e.receive(sid());
+        assert!(poll(&mut first).is_pending());
+        assert!(poll(&mut second).is_pending());
+        let dropper = thread::spawn(move || drop(first));
+        let tx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                assert!(poll(&mut e.send(sid(), msg("m"), CIRCULAR)).is_ready());
+            })
+        };
+        dropper.join().expect("dropper");
+        tx.join().expect("sender");
+        let kept = match poll(&mut second) {
+            Poll::Ready(Ok(_)) => 1,
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => usize::from(second.abandon().is_some()),
+        };
+        assert_eq!(kept + drain(&e), 1);
+    });
+}
+
+#[test]
+fn an_abandoned_blocking_send_is_delivered_if_and_only_if_it_was_accepted() {
+    loom::model(|| {
+        let e = engine();
+        let blocking = SendOptions {
+            stream_size: 1,
+            wait: true,
+        };
+        assert!(poll(&mut e.send(sid(), msg("a"), blocking)).is_ready());
+        let tx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                let mut s = e.send(sid(), msg("b"), blocking);
+                match poll(&mut s) {
+                    Poll::Ready(result) => result.is_ok(),
+                    Poll::Pending => s.abandon().is_ok(),
+                }
+            })
+        };
+        let rx = {
+            let e = e.clone();
+            thread::spawn(move || e.try_receive(&sid()).map(|m| m.id().to_string()))
+        };
+        let accepted = tx.join().expect("sender");
+        let first = rx.join().expect("receiver");
+        let mut ids: Vec<String> = first.into_iter().collect();
+        ids.extend(std::iter::from_fn(|| e.try_receive(&sid())).map(|m| m.id().to_string()));
+        let expected: &[&str] = if accepted { &["a", "b"] } else { &["a"] };
+        assert_eq!(ids, expected);
+    });
+}
+
+#[test]
+fn close_never_leaves_a_receive_waiting() {
+    loom::model(|| {
+        let e = engine();
+        let rx = {
+            let e = e.clone();
+            thread::spawn(move || {
+                let mut r = e.receive(sid());
+                if poll(&mut r).is_ready() {
+                    return true;
+                }
+                // Wait for close, which must answer this receive.
+                loop {
+                    match poll(&mut r) {
+                        Poll::Ready(result) => return result == Err(ReceiveError::ShuttingDown),
+                        Poll::Pending => thread::yield_now(),
+                    }
+                }
+            })
+        };
+        e.close();
+        assert!(rx.join().expect("receiver"));
+    });
+}
