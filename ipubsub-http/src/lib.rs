@@ -1,1 +1,47 @@
-//! placeholder
+//! The HTTP adapter of ipubsub: the v1 API of DESIGN §2 on hyper 1.
+//!
+//! It turns requests into calls on an [`ipubsub_core::Engine`], applies the timeouts the core
+//! leaves to its caller, asks the cluster which node owns a stream, and is the only place
+//! where errors become statuses and stable error codes ([`ErrorCode`]).
+//!
+//! # Layout
+//! - [`App`]: routing and shared state; `App::handle` answers one request.
+//! - [`serve`]: the accept loop and graceful shutdown.
+//! - [`HttpConfig`]: limits and defaults.
+//! - [`ApiError`], [`ErrorCode`]: the error answers.
+//! - `send`, `receive`: one module per endpoint, parsing and running it.
+//!
+//! # Example
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use ipubsub_cluster::{Cluster, Node, NodeId};
+//! use ipubsub_core::Engine;
+//! use ipubsub_http::{App, HttpConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = Cluster::single(Node::new(NodeId::new("n1")?, "127.0.0.1:16681".parse()?));
+//! let app = App::new(Engine::default(), cluster, HttpConfig::default());
+//! let send = hyper::Request::post("/api/v1/streams/send")
+//!     .body(Full::new(Bytes::from(r#"{"streamId":"s","messageUuid":"m1","message":{"hi":1}}"#)))?;
+//! assert_eq!(app.handle(send).await.status(), 200);
+//! let receive = hyper::Request::get("/api/v1/streams/receive?streamId=s&timeoutSeconds=0")
+//!     .body(Full::new(Bytes::new()))?;
+//! let body = app.handle(receive).await.into_body().collect().await?.to_bytes();
+//! assert!(body.starts_with(br#"{"messageUuid":"m1","message":{"hi":1}"#));
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod receive;
+mod send;
+mod server;
+mod service;
+
+pub use config::HttpConfig;
+pub use error::{ApiError, ErrorCode};
+pub use server::serve;
+pub use service::App;

@@ -1,0 +1,174 @@
+//! [`ApiError`]: every failure the API answers, with its status and stable error code.
+//!
+//! This is the only place where errors become HTTP statuses. A code, once published, keeps its
+//! meaning for good; new failures get new codes.
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use ipubsub_core::{ReceiveError, SendError};
+
+/// The stable, machine-readable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the body is not JSON, or not a JSON object.
+    InvalidJson,
+    /// 400: a required body field is missing.
+    MissingField,
+    /// 400: the body has a field the API does not know (a typo such as `writeToDb`).
+    UnknownField,
+    /// 400: a body field has the wrong type or value.
+    InvalidField,
+    /// 400: a required query parameter is missing.
+    MissingParameter,
+    /// 400: the query has a parameter the API does not know.
+    UnknownParameter,
+    /// 400: a query parameter has a bad value, or is repeated.
+    InvalidParameter,
+    /// 400: the request needs the persistent log, which this node does not have.
+    PersistenceNotConfigured,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 405: the endpoint exists, the method does not.
+    MethodNotAllowed,
+    /// 413: the body is larger than the configured limit.
+    BodyTooLarge,
+    /// 424: a blocking send gave up while the stream stayed full.
+    StreamFull,
+    /// 424: a send to a stream without buffer found no receiver in time.
+    NoReceiver,
+    /// 424: a receive found no message in time.
+    NoMessage,
+    /// 424: the node owning the stream could not be reached.
+    OwnerUnavailable,
+    /// 503: the node holds its maximum number of streams.
+    TooManyStreams,
+    /// 503: the node holds its maximum number of waiting requests.
+    TooManyWaiters,
+    /// 503: the node is shutting down.
+    ShuttingDown,
+    /// 500: a bug; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "INVALID_JSON",
+            Self::MissingField => "MISSING_FIELD",
+            Self::UnknownField => "UNKNOWN_FIELD",
+            Self::InvalidField => "INVALID_FIELD",
+            Self::MissingParameter => "MISSING_PARAMETER",
+            Self::UnknownParameter => "UNKNOWN_PARAMETER",
+            Self::InvalidParameter => "INVALID_PARAMETER",
+            Self::PersistenceNotConfigured => "PERSISTENCE_NOT_CONFIGURED",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::BodyTooLarge => "BODY_TOO_LARGE",
+            Self::StreamFull => "STREAM_FULL",
+            Self::NoReceiver => "NO_RECEIVER",
+            Self::NoMessage => "NO_MESSAGE",
+            Self::OwnerUnavailable => "OWNER_UNAVAILABLE",
+            Self::TooManyStreams => "TOO_MANY_STREAMS",
+            Self::TooManyWaiters => "TOO_MANY_WAITERS",
+            Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status that carries the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidJson
+            | Self::MissingField
+            | Self::UnknownField
+            | Self::InvalidField
+            | Self::MissingParameter
+            | Self::UnknownParameter
+            | Self::InvalidParameter
+            | Self::PersistenceNotConfigured => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::StreamFull | Self::NoReceiver | Self::NoMessage | Self::OwnerUnavailable => {
+                StatusCode::FAILED_DEPENDENCY
+            }
+            Self::TooManyStreams | Self::TooManyWaiters | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer: a code and a sentence for the person reading it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body: `{"error": {"code": "...", "message": "..."}}`.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": { "code": self.code.as_str(), "message": self.message }
+        });
+        Bytes::from(body.to_string())
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        let code = match e {
+            SendError::StreamFull => ErrorCode::StreamFull,
+            SendError::NoReceiver => ErrorCode::NoReceiver,
+            SendError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
+            SendError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
+            SendError::ShuttingDown => ErrorCode::ShuttingDown,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<ReceiveError> for ApiError {
+    fn from(e: ReceiveError) -> Self {
+        let code = match e {
+            ReceiveError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
+            ReceiveError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
+            // A waiting receive that the shutdown answers simply got nothing in time; the
+            // client polls again, elsewhere.
+            ReceiveError::ShuttingDown => ErrorCode::NoMessage,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_the_documented_shape() -> Result<(), serde_json::Error> {
+        let e = ApiError::new(ErrorCode::StreamFull, "full \"quoted\"");
+        let v: serde_json::Value = serde_json::from_slice(&e.body())?;
+        assert_eq!(v["error"]["code"], "STREAM_FULL");
+        assert_eq!(v["error"]["message"], "full \"quoted\"");
+        assert_eq!(e.code.status(), StatusCode::FAILED_DEPENDENCY);
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! `POST /api/v1/streams/send`: parsing and validation of the body, and the send itself.
+
+use std::borrow::Cow;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipubsub_core::{Engine, Message, MessageId, SendOptions, SendOutcome, StreamId};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::config::HttpConfig;
+use crate::error::{ApiError, ErrorCode};
+
+/// The send body as it is on the wire. Unknown fields are refused: a misspelt `writeToDb`
+/// must never silently turn a persistent send into a volatile one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Body<'a> {
+    #[serde(borrow)]
+    stream_id: Cow<'a, str>,
+    #[serde(borrow)]
+    message_uuid: Cow<'a, str>,
+    /// `Some` whenever the field is present, `null` included; `None` only when missing.
+    #[serde(borrow, default, deserialize_with = "present")]
+    message: Option<&'a RawValue>,
+    in_memory_stream_size: Option<u32>,
+    blocking_send_timeout_seconds: Option<u64>,
+    #[serde(rename = "writeToDB")]
+    write_to_db: Option<bool>,
+    #[serde(rename = "dbTTLSeconds")]
+    db_ttl_seconds: Option<u64>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A validated in-memory send.
+#[derive(Debug)]
+pub(crate) struct SendRequest {
+    pub(crate) stream: StreamId,
+    pub(crate) id: MessageId,
+    /// The message's JSON text, exactly as posted.
+    pub(crate) payload: Bytes,
+    pub(crate) options: SendOptions,
+    /// How long a blocking send or a sync match may wait.
+    pub(crate) wait: Duration,
+}
+
+/// Parses and validates a send body.
+pub(crate) fn parse(body: &[u8], config: &HttpConfig) -> Result<SendRequest, ApiError> {
+    // serde would also read a struct from a JSON array; the API takes objects only.
+    if body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b != b'{')
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Body<'_> = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+
+    let stream = StreamId::with_max_len(parsed.stream_id.as_ref(), config.max_stream_id_bytes)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidField, format!("streamId {e}")))?;
+    let id = MessageId::new(parsed.message_uuid.as_ref())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidField, format!("messageUuid {e}")))?;
+    let Some(message) = parsed.message else {
+        return Err(ApiError::new(
+            ErrorCode::MissingField,
+            "message is required (null is a valid message)",
+        ));
+    };
+    if parsed.write_to_db == Some(true) {
+        return Err(ApiError::new(
+            ErrorCode::PersistenceNotConfigured,
+            "writeToDB: persistence is not configured on this node",
+        ));
+    }
+    if parsed.db_ttl_seconds.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "dbTTLSeconds applies only with writeToDB: true",
+        ));
+    }
+    let size = parsed
+        .in_memory_stream_size
+        .unwrap_or(config.default_stream_size);
+    if size > config.max_stream_size {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "inMemoryStreamSize is {size}, the limit is {}",
+                config.max_stream_size
+            ),
+        ));
+    }
+    let wait_secs = parsed.blocking_send_timeout_seconds.unwrap_or(0);
+    let wait = Duration::from_secs(wait_secs);
+    if wait > config.max_timeout {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "blockingSendTimeoutSeconds is {wait_secs}, the limit is {}",
+                config.max_timeout.as_secs()
+            ),
+        ));
+    }
+    if size == 0 && wait_secs == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "inMemoryStreamSize 0 needs blockingSendTimeoutSeconds > 0 (a sync match waits for a receiver)",
+        ));
+    }
+    Ok(SendRequest {
+        stream,
+        id,
+        // One copy, on purpose: a slice of the request would pin the connection's whole read
+        // buffer (kilobytes) for as long as the message waits in a stream.
+        payload: Bytes::copy_from_slice(message.get().as_bytes()),
+        options: SendOptions {
+            stream_size: size,
+            wait: wait_secs > 0,
+        },
+        wait,
+    })
+}
+
+/// Turns a deserialisation error into the API's words, naming the field at fault.
+fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if !inner.is_data() {
+        return ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {inner}"),
+        );
+    }
+    // serde's messages for data errors are stable; its line/column suffix is noise here.
+    let text = inner.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+    let code = if text.starts_with("missing field") {
+        ErrorCode::MissingField
+    } else if text.starts_with("unknown field") {
+        ErrorCode::UnknownField
+    } else if path == "." {
+        // Wrong type at the top: not an object.
+        return ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body must be a JSON object: {text}"),
+        );
+    } else {
+        ErrorCode::InvalidField
+    };
+    let message = if path == "." || text.starts_with("unknown field") {
+        text
+    } else {
+        format!("{path}: {text}")
+    };
+    ApiError::new(code, message)
+}
+
+/// Runs a validated send on the engine, waiting up to its timeout.
+pub(crate) async fn run(engine: &Engine, request: SendRequest) -> Result<SendOutcome, ApiError> {
+    let message = Message::new(request.id, request.payload, engine.now());
+    let mut send = pin!(engine.send(request.stream, message, request.options));
+    if !request.options.wait {
+        return Ok(send.await?);
+    }
+    match tokio::time::timeout(request.wait, send.as_mut()).await {
+        Ok(result) => Ok(result?),
+        // The abandon settles the race with a receiver: a message accepted at the last
+        // moment is reported as sent.
+        Err(_elapsed) => Ok(send.abandon()?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(body: &str) -> Result<SendRequest, ApiError> {
+        parse(body.as_bytes(), &HttpConfig::default())
+    }
+
+    #[track_caller]
+    fn refused(body: &str, code: ErrorCode, needle: &str) {
+        match parse_str(body) {
+            Ok(r) => panic!("accepted {body}: {r:?}"),
+            Err(e) => {
+                assert_eq!(e.code, code, "{e}");
+                assert!(
+                    e.message.contains(needle),
+                    "{:?} lacks {needle:?}",
+                    e.message
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_the_message_bytes_verbatim() -> Result<(), ApiError> {
+        let r = parse_str(
+            r#"{"streamId":"s","messageUuid":"m","message":{"n":12345678901234567890,"f":1.5e3}}"#,
+        )?;
+        assert_eq!(&r.payload[..], br#"{"n":12345678901234567890,"f":1.5e3}"#);
+        assert_eq!(
+            r.options,
+            SendOptions {
+                stream_size: 100,
+                wait: false
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn null_is_a_message_and_missing_is_not() -> Result<(), ApiError> {
+        let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":null}"#)?;
+        assert_eq!(&r.payload[..], b"null");
+        refused(
+            r#"{"streamId":"s","messageUuid":"m"}"#,
+            ErrorCode::MissingField,
+            "message",
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn names_unknown_fields() {
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDb":true}"#,
+            ErrorCode::UnknownField,
+            "writeToDb",
+        );
+    }
+
+    #[test]
+    fn names_the_field_with_a_bad_value() {
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":-1}"#,
+            ErrorCode::InvalidField,
+            "inMemoryStreamSize",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":"5"}"#,
+            ErrorCode::InvalidField,
+            "inMemoryStreamSize",
+        );
+        refused(
+            r#"{"streamId":5,"messageUuid":"m","message":1}"#,
+            ErrorCode::InvalidField,
+            "streamId",
+        );
+        refused(
+            r#"{"streamId":"","messageUuid":"m","message":1}"#,
+            ErrorCode::InvalidField,
+            "streamId",
+        );
+        refused(
+            r#"{"streamId":"a\nb","messageUuid":"m","message":1}"#,
+            ErrorCode::InvalidField,
+            "control",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"","message":1}"#,
+            ErrorCode::InvalidField,
+            "messageUuid",
+        );
+        refused(
+            r#"{"messageUuid":"m","message":1}"#,
+            ErrorCode::MissingField,
+            "streamId",
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_json_object() {
+        refused("", ErrorCode::InvalidJson, "JSON");
+        refused("{", ErrorCode::InvalidJson, "JSON");
+        refused("[1]", ErrorCode::InvalidJson, "object");
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1} x"#,
+            ErrorCode::InvalidJson,
+            "JSON",
+        );
+    }
+
+    #[test]
+    fn checks_modes_and_limits() {
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":0}"#,
+            ErrorCode::InvalidField,
+            "blockingSendTimeoutSeconds",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"blockingSendTimeoutSeconds":301}"#,
+            ErrorCode::InvalidField,
+            "limit",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":100001}"#,
+            ErrorCode::InvalidField,
+            "limit",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true}"#,
+            ErrorCode::PersistenceNotConfigured,
+            "persistence",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"dbTTLSeconds":5}"#,
+            ErrorCode::InvalidField,
+            "writeToDB",
+        );
+        let long = "a".repeat(257);
+        refused(
+            &format!(r#"{{"streamId":"{long}","messageUuid":"m","message":1}}"#),
+            ErrorCode::InvalidField,
+            "256",
+        );
+    }
+
+    #[test]
+    fn sync_match_and_blocking_modes() -> Result<(), ApiError> {
+        let r = parse_str(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":0,"blockingSendTimeoutSeconds":2}"#,
+        )?;
+        assert_eq!(
+            r.options,
+            SendOptions {
+                stream_size: 0,
+                wait: true
+            }
+        );
+        assert_eq!(r.wait, Duration::from_secs(2));
+        let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":false}"#)?;
+        assert!(!r.options.wait);
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! [`App`]: the routes of the API and the shared state behind them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use ipubsub_cluster::{Cluster, Route};
+use ipubsub_core::{Engine, StreamId};
+
+use crate::config::HttpConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::{receive, send};
+
+const SEND_PATH: &str = "/api/v1/streams/send";
+const RECEIVE_PATH: &str = "/api/v1/streams/receive";
+
+/// The HTTP API over an engine: what every connection serves. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    cluster: Cluster,
+    config: HttpConfig,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("node", self.inner.cluster.local().id())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The API over `engine`, routing streams by `cluster`, with `config`'s limits.
+    pub fn new(engine: Engine, cluster: Cluster, config: HttpConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                cluster,
+                config,
+            }),
+        }
+    }
+
+    /// The engine behind the API.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Answers one request. Never fails: every error becomes a JSON error response.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = request.uri().path();
+        let result = match (path, request.method()) {
+            (SEND_PATH, &Method::POST) => self.send(request).await,
+            (RECEIVE_PATH, &Method::GET) => self.receive(request).await,
+            ("/health", &Method::GET) => Ok(json(
+                StatusCode::OK,
+                Bytes::from_static(b"{\"status\":\"ok\"}"),
+            )),
+            ("/", &Method::GET) => Ok(json(StatusCode::OK, self.about())),
+            (SEND_PATH, _) => Err(not_allowed("POST")),
+            (RECEIVE_PATH | "/health" | "/", _) => Err(not_allowed("GET")),
+            _ => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no endpoint at {path}"),
+            )),
+        };
+        result.unwrap_or_else(|e| error_response(&e))
+    }
+
+    fn about(&self) -> Bytes {
+        let about = serde_json::json!({
+            "name": "ipubsub",
+            "version": env!("CARGO_PKG_VERSION"),
+            "node": self.inner.cluster.local().id().as_str(),
+        });
+        Bytes::from(about.to_string())
+    }
+
+    async fn send<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.refuse_when_closed()?;
+        let body = read_body(request, self.inner.config.max_body_bytes).await?;
+        let send = send::parse(&body, &self.inner.config)?;
+        self.route(&send.stream)?;
+        send::run(&self.inner.engine, send).await?;
+        Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
+    }
+
+    async fn receive<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
+        self.refuse_when_closed()?;
+        let receive = receive::parse(request.uri().query(), &self.inner.config)?;
+        self.route(&receive.stream)?;
+        let message = receive::run(&self.inner.engine, receive).await?;
+        Ok(json(StatusCode::OK, receive::body(&message)))
+    }
+
+    fn refuse_when_closed(&self) -> Result<(), ApiError> {
+        if self.inner.engine.is_closed() {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the node is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that this node serves `stream`.
+    fn route(&self, stream: &StreamId) -> Result<(), ApiError> {
+        match self.inner.cluster.route(stream) {
+            Route::Local => Ok(()),
+            // This node's cluster view has other members, but this build does not forward.
+            other => Err(ApiError::new(
+                ErrorCode::OwnerUnavailable,
+                format!("stream {stream} is owned by another node: {other:?}"),
+            )),
+        }
+    }
+}
+
+async fn read_body<B>(request: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+fn not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this endpoint takes {allow}"),
+    )
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+    let mut response = json(error.code.status(), error.body());
+    let headers = response.headers_mut();
+    match error.code {
+        ErrorCode::MethodNotAllowed => {
+            let allow = if error.message.contains("POST") {
+                "POST"
+            } else {
+                "GET"
+            };
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        ErrorCode::TooManyStreams
+        | ErrorCode::TooManyWaiters
+        | ErrorCode::ShuttingDown
+        | ErrorCode::OwnerUnavailable => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    if error.code == ErrorCode::Internal {
+        tracing::error!(message = %error.message, "internal error");
+    }
+    response
+}
