@@ -1,0 +1,275 @@
+//! The server's configuration: a YAML file overridden by `IPUBSUB_<SECTION>__<KEY>` variables.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use ipubsub_core::EngineConfig;
+use ipubsub_http::HttpConfig;
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read or does not fit the schema.
+    #[error("{}", one_line(.0))]
+    Load(#[source] Box<figment::Error>),
+    /// A value is out of its allowed range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn one_line(e: &figment::Error) -> String {
+    e.to_string().replace('\n', "; ")
+}
+
+/// The whole configuration. Every key has a default; unknown keys are errors, so that a typo
+/// never silently falls back to a default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node.
+    pub node: NodeSection,
+    /// The cluster it belongs to.
+    pub cluster: ClusterSection,
+    /// HTTP limits and defaults.
+    pub http: HttpSection,
+    /// The in-memory engine.
+    pub engine: EngineSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `node:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// The node's id in the cluster.
+    pub name: String,
+    /// Where the HTTP API listens. Port 0 picks a free port (printed at start-up).
+    pub http_bind_addr_port: SocketAddr,
+    /// The address other nodes and clients reach the API at; the bind address if unset.
+    pub http_advertise_addr_port: Option<SocketAddr>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: "node-1".into(),
+            http_bind_addr_port: SocketAddr::from(([127, 0, 0, 1], 16681)),
+            http_advertise_addr_port: None,
+        }
+    }
+}
+
+/// `cluster:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The cluster's name; nodes only join a cluster of the same name.
+    pub name: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self { name: "ipubsub".into() }
+    }
+}
+
+/// `http:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Wait of a receive without `timeoutSeconds`.
+    pub receive_default_timeout_seconds: u64,
+    /// Longest `timeoutSeconds` / `blockingSendTimeoutSeconds` accepted.
+    pub max_timeout_seconds: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest stream id, in bytes (1 to 256).
+    pub max_stream_id_bytes: usize,
+    /// `inMemoryStreamSize` of a send without one.
+    pub default_stream_size: u32,
+    /// Largest `inMemoryStreamSize` accepted.
+    pub max_stream_size: u32,
+    /// On SIGTERM, how long open connections get to finish.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = HttpConfig::default();
+        Self {
+            receive_default_timeout_seconds: d.default_receive_timeout.as_secs(),
+            max_timeout_seconds: d.max_timeout.as_secs(),
+            max_body_bytes: d.max_body_bytes,
+            max_stream_id_bytes: d.max_stream_id_bytes,
+            default_stream_size: d.default_stream_size,
+            max_stream_size: d.max_stream_size,
+            shutdown_grace_seconds: 5,
+        }
+    }
+}
+
+/// `engine:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Registry shards (rounded up to a power of two).
+    pub shards: usize,
+    /// Most streams held at once.
+    pub max_streams: usize,
+    /// Most receives and blocking sends waiting at once; more get a 503.
+    pub max_waiting_requests: usize,
+    /// An empty stream nobody waits on is dropped after this long.
+    pub stream_idle_timeout_seconds: u64,
+    /// How often idle streams are looked for.
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        Self {
+            shards: d.shards,
+            max_streams: d.max_streams,
+            max_waiting_requests: d.max_waiters,
+            stream_idle_timeout_seconds: d.stream_idle_timeout.as_secs(),
+            sweep_interval_seconds: 5,
+        }
+    }
+}
+
+/// `log:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `ipubsub_http=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object a line.
+    Json,
+}
+
+impl Config {
+    /// Defaults, then the YAML file if given, then `IPUBSUB_*` variables; checked.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Yaml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("IPUBSUB_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let http = &self.http;
+        if http.max_stream_id_bytes == 0 || http.max_stream_id_bytes > ipubsub_core::MAX_ID_LEN {
+            return invalid(format!("http.max_stream_id_bytes must be 1 to 256, is {}", http.max_stream_id_bytes));
+        }
+        if http.receive_default_timeout_seconds > http.max_timeout_seconds {
+            return invalid(format!(
+                "http.receive_default_timeout_seconds ({}) exceeds http.max_timeout_seconds ({})",
+                http.receive_default_timeout_seconds, http.max_timeout_seconds
+            ));
+        }
+        if http.default_stream_size > http.max_stream_size {
+            return invalid(format!(
+                "http.default_stream_size ({}) exceeds http.max_stream_size ({})",
+                http.default_stream_size, http.max_stream_size
+            ));
+        }
+        if http.max_body_bytes == 0 {
+            return invalid("http.max_body_bytes must be above 0".into());
+        }
+        if self.engine.sweep_interval_seconds == 0 {
+            return invalid("engine.sweep_interval_seconds must be above 0".into());
+        }
+        if let Err(e) = ipubsub_cluster::NodeId::new(&self.node.name) {
+            return invalid(format!("node.name {:?}: {e}", self.node.name));
+        }
+        Ok(())
+    }
+
+    /// The HTTP adapter's part.
+    pub fn http_config(&self) -> HttpConfig {
+        let mut c = HttpConfig::default();
+        c.max_body_bytes = self.http.max_body_bytes;
+        c.max_stream_id_bytes = self.http.max_stream_id_bytes;
+        c.default_receive_timeout = Duration::from_secs(self.http.receive_default_timeout_seconds);
+        c.max_timeout = Duration::from_secs(self.http.max_timeout_seconds);
+        c.default_stream_size = self.http.default_stream_size;
+        c.max_stream_size = self.http.max_stream_size;
+        c
+    }
+
+    /// The engine's part.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut c = EngineConfig::default();
+        c.shards = self.engine.shards;
+        c.max_streams = self.engine.max_streams;
+        c.max_waiters = self.engine.max_waiting_requests;
+        c.stream_idle_timeout = Duration::from_secs(self.engine.stream_idle_timeout_seconds);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn the_shipped_single_node_config_loads() -> Result<(), Box<dyn std::error::Error>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/single-node.yaml");
+        let config = Config::load(Some(&path))?;
+        assert_eq!(config.node.http_bind_addr_port, "127.0.0.1:16681".parse()?);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() -> Result<(), Box<dyn std::error::Error>> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        writeln!(file, "http:\n  max_timeout_secs: 5")?;
+        let err = Config::load(Some(file.path())).err().ok_or("accepted a typo")?;
+        assert!(err.to_string().contains("max_timeout_secs"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+
+        let mut file = tempfile::NamedTempFile::new()?;
+        writeln!(file, "http:\n  max_timeout_seconds: 10\n  receive_default_timeout_seconds: 30")?;
+        let err = Config::load(Some(file.path())).err().ok_or("accepted default > max")?;
+        assert!(err.to_string().contains("exceeds"), "{err}");
+
+        assert!(Config::load(Some(Path::new("/nonexistent.yaml"))).is_err());
+        Ok(())
+    }
+}
