@@ -74,7 +74,9 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self { name: "ipubsub".into() }
+        Self {
+            name: "ipubsub".into(),
+        }
     }
 }
 
@@ -177,7 +179,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.is_file() {
-                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
             }
             figment = figment.merge(Yaml::file_exact(file));
         }
@@ -193,7 +198,10 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let http = &self.http;
         if http.max_stream_id_bytes == 0 || http.max_stream_id_bytes > ipubsub_core::MAX_ID_LEN {
-            return invalid(format!("http.max_stream_id_bytes must be 1 to 256, is {}", http.max_stream_id_bytes));
+            return invalid(format!(
+                "http.max_stream_id_bytes must be 1 to 256, is {}",
+                http.max_stream_id_bytes
+            ));
         }
         if http.receive_default_timeout_seconds > http.max_timeout_seconds {
             return invalid(format!(
@@ -260,13 +268,20 @@ mod tests {
     fn unknown_keys_and_bad_values_are_errors() -> Result<(), Box<dyn std::error::Error>> {
         let mut file = tempfile::NamedTempFile::new()?;
         writeln!(file, "http:\n  max_timeout_secs: 5")?;
-        let err = Config::load(Some(file.path())).err().ok_or("accepted a typo")?;
+        let err = Config::load(Some(file.path()))
+            .err()
+            .ok_or("accepted a typo")?;
         assert!(err.to_string().contains("max_timeout_secs"), "{err}");
         assert!(!err.to_string().contains('\n'));
 
         let mut file = tempfile::NamedTempFile::new()?;
-        writeln!(file, "http:\n  max_timeout_seconds: 10\n  receive_default_timeout_seconds: 30")?;
-        let err = Config::load(Some(file.path())).err().ok_or("accepted default > max")?;
+        writeln!(
+            file,
+            "http:\n  max_timeout_seconds: 10\n  receive_default_timeout_seconds: 30"
+        )?;
+        let err = Config::load(Some(file.path()))
+            .err()
+            .ok_or("accepted default > max")?;
         assert!(err.to_string().contains("exceeds"), "{err}");
 
         assert!(Config::load(Some(Path::new("/nonexistent.yaml"))).is_err());

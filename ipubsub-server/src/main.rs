@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         eprintln!("ipubsub-server: bad configuration: log.level: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("ipubsub-server: cannot start the runtime: {e}");
@@ -80,7 +83,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.node.http_bind_addr_port)
         .await
         .with_context(|| format!("cannot listen on {}", config.node.http_bind_addr_port))?;
-    let bound = listener.local_addr().context("cannot read the bound address")?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     let advertised = config.node.http_advertise_addr_port.unwrap_or(bound);
     let node_id = NodeId::new(&config.node.name).context("node.name")?;
     let cluster = Cluster::single(Node::new(node_id, advertised));

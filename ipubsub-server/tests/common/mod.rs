@@ -1,0 +1,147 @@
+//! A real `ipubsub-server` process on an ephemeral port, and a small HTTP client for it.
+#![allow(dead_code)] // each test file uses its own part of the helpers
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A server process, killed when dropped.
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestServer {
+    /// A server with the default configuration.
+    pub fn start() -> Self {
+        Self::start_with("", &[])
+    }
+
+    /// A server whose config file adds `yaml` and whose environment adds `env`.
+    #[track_caller]
+    pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.yaml");
+        let mut file = std::fs::File::create(&config).expect("config file");
+        writeln!(
+            file,
+            "node:\n  name: test-node\n  http_bind_addr_port: \"127.0.0.1:0\"\n{yaml}"
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ipubsub-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self {
+            child,
+            addr,
+            _dir: dir,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request and returns the status and the body parsed as JSON.
+    pub async fn call(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let (status, bytes) = self.call_raw(method, path, body).await;
+        let json =
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
+        (status, json)
+    }
+
+    /// Sends a request and returns the status and the raw body.
+    pub async fn call_raw(&self, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
+        let request = Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let response = self.client.request(request).await.expect("response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    }
+
+    /// `POST /api/v1/streams/send` with `body`.
+    pub async fn send(&self, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/api/v1/streams/send", &body.to_string())
+            .await
+    }
+
+    /// `GET /api/v1/streams/receive?{query}`.
+    pub async fn receive(&self, query: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, &format!("/api/v1/streams/receive?{query}"), "")
+            .await
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `error.code` of an error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no code>")
+}
