@@ -1,0 +1,319 @@
+//! The ipubsub HTTP load generator.
+//!
+//! N publishers and M long-polling receivers over keep-alive HTTP/1.1 against one or more
+//! node URLs, spread over S streams. Publishers stop after `--duration` seconds or `--count`
+//! messages; receivers then drain until every accepted message arrived (or `--drain` seconds
+//! pass). Prints delivered messages/s, send and end-to-end latency percentiles (HDR
+//! histograms, microseconds), errors by status, and whether every message was delivered
+//! exactly once.
+//!
+//! ```text
+//! cargo run --release -p ipubsub-benches --bin ipubsub-loadgen -- \
+//!     --url http://127.0.0.1:16681 --publishers 16 --receivers 16 --streams 16 --duration 10
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// In-memory circular buffers (`writeToDB: false`), competing receivers.
+    Memory,
+}
+
+/// Load generator for ipubsub's HTTP API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ipubsub-loadgen")]
+struct Args {
+    /// Node URLs, comma separated; requests are spread over them round robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:16681")]
+    url: Vec<String>,
+    /// Concurrent publishers, each sending one message at a time.
+    #[arg(long, default_value_t = 16)]
+    publishers: usize,
+    /// Concurrent long-polling receivers; receiver j polls streams j, j+M, j+2M, ...
+    #[arg(long, default_value_t = 16)]
+    receivers: usize,
+    /// Streams the messages are spread over.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Size of each message's JSON text, in bytes (at least 24).
+    #[arg(long, default_value_t = 100)]
+    message_size: usize,
+    /// Seconds to publish for (ignored with --count).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Messages to publish in total.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Delivery mode.
+    #[arg(long, value_enum, default_value = "memory")]
+    mode: Mode,
+    /// `inMemoryStreamSize` of the streams (large, so that nothing is evicted).
+    #[arg(long, default_value_t = 100_000)]
+    stream_size: u32,
+    /// `timeoutSeconds` of each receive.
+    #[arg(long, default_value_t = 1)]
+    receive_timeout: u64,
+    /// Seconds receivers keep draining after publishers stop.
+    #[arg(long, default_value_t = 10)]
+    drain: u64,
+    /// Prefix of stream ids; the default is unique per run.
+    #[arg(long)]
+    stream_prefix: Option<String>,
+    /// Exit with status 1 unless every accepted message was delivered exactly once.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    next_seq: AtomicU64,
+    sent_ok: AtomicU64,
+    received: AtomicU64,
+    publishing: AtomicBool,
+    last_receive_micros: AtomicU64,
+}
+
+struct PublisherReport {
+    send_latency: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+}
+
+struct ReceiverReport {
+    e2e_latency: Histogram<u64>,
+    ids: Vec<u64>,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 120_000_000, 3)?)
+}
+
+fn stream_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index}")
+}
+
+/// `{"t":<send time µs>,"p":"xxx…"}` padded to `size` bytes.
+fn payload(size: usize) -> String {
+    let head = format!("{{\"t\":{},\"p\":\"", now_micros());
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(size);
+    s.push_str(&head);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    s
+}
+
+async fn publisher(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpClient, shared: Arc<Shared>, deadline: Instant) -> anyhow::Result<PublisherReport> {
+    let mut report = PublisherReport {
+        send_latency: histogram()?,
+        statuses: BTreeMap::new(),
+        transport_errors: 0,
+    };
+    let mut url_index = index;
+    loop {
+        if args.count.is_none() && Instant::now() >= deadline {
+            break;
+        }
+        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        if args.count.is_some_and(|count| seq >= count) {
+            break;
+        }
+        let stream = stream_name(&prefix, (seq % args.streams as u64) as usize);
+        let body = format!(
+            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
+            args.stream_size,
+            payload(args.message_size)
+        );
+        url_index = (url_index + 1) % args.url.len();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/api/v1/streams/send", args.url[url_index]))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let started = Instant::now();
+        match client.request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.into_body().collect().await;
+                report.send_latency.saturating_record(started.elapsed().as_micros() as u64);
+                *report.statuses.entry(status).or_default() += 1;
+                if status == 200 {
+                    shared.sent_ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => report.transport_errors += 1,
+        }
+    }
+    Ok(report)
+}
+
+async fn receiver(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpClient, shared: Arc<Shared>, start: Instant) -> anyhow::Result<ReceiverReport> {
+    let mut report = ReceiverReport {
+        e2e_latency: histogram()?,
+        ids: Vec::new(),
+        statuses: BTreeMap::new(),
+        transport_errors: 0,
+    };
+    let owned: Vec<usize> = (0..args.streams).filter(|s| s % args.receivers == index % args.receivers).collect();
+    let owned = if owned.is_empty() { vec![index % args.streams] } else { owned };
+    let mut drain_deadline = None;
+    let mut turn = 0;
+    loop {
+        if !shared.publishing.load(Ordering::Acquire) {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain));
+            if shared.received.load(Ordering::Acquire) >= shared.sent_ok.load(Ordering::Acquire) || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let stream = stream_name(&prefix, owned[turn % owned.len()]);
+        let url = &args.url[(index + turn) % args.url.len()];
+        turn += 1;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}", args.receive_timeout))
+            .body(Full::new(Bytes::new()))?;
+        let response = match client.request(request).await {
+            Ok(response) => response,
+            Err(_) => {
+                report.transport_errors += 1;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        *report.statuses.entry(status).or_default() += 1;
+        let Ok(body) = response.into_body().collect().await else {
+            report.transport_errors += 1;
+            continue;
+        };
+        if status != 200 {
+            continue;
+        }
+        let arrived = now_micros();
+        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).context("receive body")?;
+        let id = json["messageUuid"].as_str().and_then(|s| s.parse().ok()).context("messageUuid")?;
+        let sent_at = json["message"]["t"].as_u64().context("message.t")?;
+        report.e2e_latency.saturating_record(arrived.saturating_sub(sent_at).max(1));
+        report.ids.push(id);
+        shared.received.fetch_add(1, Ordering::AcqRel);
+        shared.last_receive_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+    Ok(report)
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "n/a".into();
+    }
+    format!(
+        "p50={}µs p90={}µs p99={}µs p99.9={}µs max={}µs",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    anyhow::ensure!(args.message_size >= 24, "--message-size must be at least 24");
+    anyhow::ensure!(args.streams > 0 && args.publishers > 0 && args.receivers > 0, "counts must be above 0");
+    let prefix: Arc<str> = args.stream_prefix.clone().unwrap_or_else(|| format!("loadgen-{}-{}", std::process::id(), now_micros())).into();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let shared = Arc::new(Shared::default());
+    shared.publishing.store(true, Ordering::Release);
+
+    println!(
+        "ipubsub-loadgen: mode={:?} urls={} publishers={} receivers={} streams={} message_size={}B {}",
+        args.mode,
+        args.url.join(","),
+        args.publishers,
+        args.receivers,
+        args.streams,
+        args.message_size,
+        args.count.map_or(format!("duration={}s", args.duration), |c| format!("count={c}"))
+    );
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let receivers: Vec<_> = (0..args.receivers)
+        .map(|j| tokio::spawn(receiver(j, args.clone(), prefix.clone(), client.clone(), shared.clone(), start)))
+        .collect();
+    let publishers: Vec<_> = (0..args.publishers)
+        .map(|i| tokio::spawn(publisher(i, args.clone(), prefix.clone(), client.clone(), shared.clone(), deadline)))
+        .collect();
+
+    let mut send_latency = histogram()?;
+    let mut statuses = BTreeMap::<String, u64>::new();
+    for p in publishers {
+        let report = p.await??;
+        send_latency.add(&report.send_latency)?;
+        for (status, n) in report.statuses {
+            *statuses.entry(format!("send {status}")).or_default() += n;
+        }
+        if report.transport_errors > 0 {
+            *statuses.entry("send transport-error".into()).or_default() += report.transport_errors;
+        }
+    }
+    let publish_time = start.elapsed();
+    shared.publishing.store(false, Ordering::Release);
+
+    let mut e2e = histogram()?;
+    let mut seen = HashSet::new();
+    let mut duplicates = 0u64;
+    for r in receivers {
+        let report = r.await??;
+        e2e.add(&report.e2e_latency)?;
+        for id in report.ids {
+            if !seen.insert(id) {
+                duplicates += 1;
+            }
+        }
+        for (status, n) in report.statuses {
+            *statuses.entry(format!("receive {status}")).or_default() += n;
+        }
+        if report.transport_errors > 0 {
+            *statuses.entry("receive transport-error".into()).or_default() += report.transport_errors;
+        }
+    }
+    let sent_ok = shared.sent_ok.load(Ordering::Acquire);
+    let delivered = seen.len() as u64;
+    let delivery_time = Duration::from_micros(shared.last_receive_micros.load(Ordering::Relaxed)).max(Duration::from_millis(1));
+    let missing = sent_ok.saturating_sub(delivered);
+
+    println!("sent:      {sent_ok} accepted in {:.2}s = {:.0} msg/s", publish_time.as_secs_f64(), sent_ok as f64 / publish_time.as_secs_f64());
+    println!("delivered: {delivered} in {:.2}s = {:.0} msg/s", delivery_time.as_secs_f64(), delivered as f64 / delivery_time.as_secs_f64());
+    println!("send latency: {}", percentiles(&send_latency));
+    println!("end-to-end latency: {}", percentiles(&e2e));
+    println!("responses: {}", statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+    let exact = duplicates == 0 && missing == 0;
+    println!("exactly once: {} (duplicates={duplicates}, missing={missing})", if exact { "yes" } else { "NO" });
+    if args.check && !exact {
+        std::process::exit(1);
+    }
+    Ok(())
+}
