@@ -23,15 +23,22 @@ async fn main() -> anyhow::Result<()> {
                 let mut handled = 0;
                 loop {
                     let mut receive = std::pin::pin!(engine.receive(jobs.clone()));
-                    let message = match tokio::time::timeout(Duration::from_millis(200), receive.as_mut()).await {
-                        Ok(result) => result?,
-                        // The timeout fired: abandon() returns a message that arrived meanwhile.
-                        Err(_) => match receive.abandon() {
-                            Some(message) => message,
-                            None => break,
-                        },
-                    };
-                    println!("consumer {n} got {} = {}", message.id(), String::from_utf8_lossy(message.payload()));
+                    let message =
+                        match tokio::time::timeout(Duration::from_millis(200), receive.as_mut())
+                            .await
+                        {
+                            Ok(result) => result?,
+                            // The timeout fired: abandon() returns a message that arrived meanwhile.
+                            Err(_) => match receive.abandon() {
+                                Some(message) => message,
+                                None => break,
+                            },
+                        };
+                    println!(
+                        "consumer {n} got {} = {}",
+                        message.id(),
+                        String::from_utf8_lossy(message.payload())
+                    );
                     handled += 1;
                 }
                 anyhow::Ok(handled)
@@ -40,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     // A producer that waits for room in a queue of 2 (back-pressure, no eviction).
-    let blocking = SendOptions { stream_size: 2, wait: true };
+    let blocking = SendOptions {
+        stream_size: 2,
+        wait: true,
+    };
     for i in 0..6 {
         let payload = Bytes::from(format!("{{\"job\":{i}}}"));
         let message = Message::new(MessageId::new(format!("job-{i}"))?, payload, engine.now());
@@ -61,9 +71,20 @@ async fn main() -> anyhow::Result<()> {
         let rendezvous = rendezvous.clone();
         async move { engine.receive(rendezvous).await }
     });
-    let message = Message::new(MessageId::new("hello")?, Bytes::from_static(b"\"hi\""), engine.now());
-    let sync = SendOptions { stream_size: 0, wait: true };
-    let outcome = tokio::time::timeout(Duration::from_secs(1), engine.send(rendezvous, message, sync)).await??;
+    let message = Message::new(
+        MessageId::new("hello")?,
+        Bytes::from_static(b"\"hi\""),
+        engine.now(),
+    );
+    let sync = SendOptions {
+        stream_size: 0,
+        wait: true,
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(1),
+        engine.send(rendezvous, message, sync),
+    )
+    .await??;
     let got = receiver.await??;
     println!("sync match: {outcome:?}, receiver got {}", got.id());
     Ok(())

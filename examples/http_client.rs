@@ -16,7 +16,12 @@ use serde_json::{Value, json};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-async fn call(client: &HttpClient, method: Method, url: String, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+async fn call(
+    client: &HttpClient,
+    method: Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
     let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let request = Request::builder()
         .method(method)
@@ -32,13 +37,22 @@ async fn call(client: &HttpClient, method: Method, url: String, body: Option<Val
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let base = args.next().unwrap_or_else(|| "http://127.0.0.1:16681".into());
+    let base = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:16681".into());
     let stream = args.next().unwrap_or_else(|| "example-stream".into());
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
 
     for i in 0..3 {
-        let body = json!({"streamId": stream, "messageUuid": format!("msg-{i}"), "message": {"n": i}});
-        let (status, answer) = call(&client, Method::POST, format!("{base}/api/v1/streams/send"), Some(body)).await?;
+        let body =
+            json!({"streamId": stream, "messageUuid": format!("msg-{i}"), "message": {"n": i}});
+        let (status, answer) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/v1/streams/send"),
+            Some(body),
+        )
+        .await?;
         println!("send msg-{i}: {status} {answer}");
     }
     loop {

@@ -24,7 +24,11 @@ fn one_stream(c: &mut Criterion) {
 
     group.bench_function("send_then_receive_buffered", |b| {
         b.iter(|| {
-            let sent = poll_once(&mut engine.send(stream.clone(), message(&engine, &id), SendOptions::default()));
+            let sent = poll_once(&mut engine.send(
+                stream.clone(),
+                message(&engine, &id),
+                SendOptions::default(),
+            ));
             assert!(sent.is_ready());
             black_box(engine.try_receive(&stream).expect("message"));
         });
@@ -34,7 +38,11 @@ fn one_stream(c: &mut Criterion) {
         b.iter(|| {
             let mut receive = engine.receive(stream.clone());
             assert!(poll_once(&mut receive).is_pending());
-            let sent = poll_once(&mut engine.send(stream.clone(), message(&engine, &id), SendOptions::default()));
+            let sent = poll_once(&mut engine.send(
+                stream.clone(),
+                message(&engine, &id),
+                SendOptions::default(),
+            ));
             assert!(sent.is_ready());
             assert!(black_box(poll_once(&mut receive)).is_ready());
         });
@@ -47,11 +55,20 @@ fn many_streams(c: &mut Criterion) {
     let mut group = c.benchmark_group("100k_streams");
     group.throughput(Throughput::Elements(1));
     let engine = Engine::default();
-    let streams: Vec<StreamId> = (0..STREAMS).map(|i| format!("stream-{i}").parse().expect("id")).collect();
+    let streams: Vec<StreamId> = (0..STREAMS)
+        .map(|i| format!("stream-{i}").parse().expect("id"))
+        .collect();
     let id = MessageId::new("m").expect("id");
     // Every stream exists and holds one message.
     for stream in &streams {
-        assert!(poll_once(&mut engine.send(stream.clone(), message(&engine, &id), SendOptions::default())).is_ready());
+        assert!(
+            poll_once(&mut engine.send(
+                stream.clone(),
+                message(&engine, &id),
+                SendOptions::default()
+            ))
+            .is_ready()
+        );
     }
     let mut next = 0;
     group.bench_function("send_then_receive_round_robin", |b| {
@@ -61,7 +78,11 @@ fn many_streams(c: &mut Criterion) {
                 streams[next].clone()
             },
             |stream| {
-                let sent = poll_once(&mut engine.send(stream.clone(), message(&engine, &id), SendOptions::default()));
+                let sent = poll_once(&mut engine.send(
+                    stream.clone(),
+                    message(&engine, &id),
+                    SendOptions::default(),
+                ));
                 assert!(sent.is_ready());
                 black_box(engine.try_receive(&stream).expect("message"));
             },
@@ -86,7 +107,11 @@ fn threads(c: &mut Criterion) {
                     scope.spawn(move || {
                         for i in 0..1000 {
                             let stream: StreamId = format!("t{t}-{}", i % 64).parse().expect("id");
-                            let sent = poll_once(&mut engine.send(stream.clone(), message(&engine, &id), SendOptions::default()));
+                            let sent = poll_once(&mut engine.send(
+                                stream.clone(),
+                                message(&engine, &id),
+                                SendOptions::default(),
+                            ));
                             assert!(sent.is_ready());
                             black_box(engine.try_receive(&stream));
                         }

@@ -103,7 +103,9 @@ struct ReceiverReport {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -125,7 +127,14 @@ fn payload(size: usize) -> String {
     s
 }
 
-async fn publisher(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpClient, shared: Arc<Shared>, deadline: Instant) -> anyhow::Result<PublisherReport> {
+async fn publisher(
+    index: usize,
+    args: Arc<Args>,
+    prefix: Arc<str>,
+    client: HttpClient,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) -> anyhow::Result<PublisherReport> {
     let mut report = PublisherReport {
         send_latency: histogram()?,
         statuses: BTreeMap::new(),
@@ -157,7 +166,9 @@ async fn publisher(index: usize, args: Arc<Args>, prefix: Arc<str>, client: Http
             Ok(response) => {
                 let status = response.status().as_u16();
                 let _ = response.into_body().collect().await;
-                report.send_latency.saturating_record(started.elapsed().as_micros() as u64);
+                report
+                    .send_latency
+                    .saturating_record(started.elapsed().as_micros() as u64);
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
                     shared.sent_ok.fetch_add(1, Ordering::Relaxed);
@@ -169,21 +180,37 @@ async fn publisher(index: usize, args: Arc<Args>, prefix: Arc<str>, client: Http
     Ok(report)
 }
 
-async fn receiver(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpClient, shared: Arc<Shared>, start: Instant) -> anyhow::Result<ReceiverReport> {
+async fn receiver(
+    index: usize,
+    args: Arc<Args>,
+    prefix: Arc<str>,
+    client: HttpClient,
+    shared: Arc<Shared>,
+    start: Instant,
+) -> anyhow::Result<ReceiverReport> {
     let mut report = ReceiverReport {
         e2e_latency: histogram()?,
         ids: Vec::new(),
         statuses: BTreeMap::new(),
         transport_errors: 0,
     };
-    let owned: Vec<usize> = (0..args.streams).filter(|s| s % args.receivers == index % args.receivers).collect();
-    let owned = if owned.is_empty() { vec![index % args.streams] } else { owned };
+    let owned: Vec<usize> = (0..args.streams)
+        .filter(|s| s % args.receivers == index % args.receivers)
+        .collect();
+    let owned = if owned.is_empty() {
+        vec![index % args.streams]
+    } else {
+        owned
+    };
     let mut drain_deadline = None;
     let mut turn = 0;
     loop {
         if !shared.publishing.load(Ordering::Acquire) {
-            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain));
-            if shared.received.load(Ordering::Acquire) >= shared.sent_ok.load(Ordering::Acquire) || Instant::now() >= deadline {
+            let deadline = *drain_deadline
+                .get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain));
+            if shared.received.load(Ordering::Acquire) >= shared.sent_ok.load(Ordering::Acquire)
+                || Instant::now() >= deadline
+            {
                 break;
             }
         }
@@ -192,7 +219,10 @@ async fn receiver(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpC
         turn += 1;
         let request = Request::builder()
             .method(Method::GET)
-            .uri(format!("{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}", args.receive_timeout))
+            .uri(format!(
+                "{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}",
+                args.receive_timeout
+            ))
             .body(Full::new(Bytes::new()))?;
         let response = match client.request(request).await {
             Ok(response) => response,
@@ -211,13 +241,21 @@ async fn receiver(index: usize, args: Arc<Args>, prefix: Arc<str>, client: HttpC
             continue;
         }
         let arrived = now_micros();
-        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).context("receive body")?;
-        let id = json["messageUuid"].as_str().and_then(|s| s.parse().ok()).context("messageUuid")?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body.to_bytes()).context("receive body")?;
+        let id = json["messageUuid"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .context("messageUuid")?;
         let sent_at = json["message"]["t"].as_u64().context("message.t")?;
-        report.e2e_latency.saturating_record(arrived.saturating_sub(sent_at).max(1));
+        report
+            .e2e_latency
+            .saturating_record(arrived.saturating_sub(sent_at).max(1));
         report.ids.push(id);
         shared.received.fetch_add(1, Ordering::AcqRel);
-        shared.last_receive_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        shared
+            .last_receive_micros
+            .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     Ok(report)
 }
@@ -239,9 +277,19 @@ fn percentiles(h: &Histogram<u64>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
-    anyhow::ensure!(args.message_size >= 24, "--message-size must be at least 24");
-    anyhow::ensure!(args.streams > 0 && args.publishers > 0 && args.receivers > 0, "counts must be above 0");
-    let prefix: Arc<str> = args.stream_prefix.clone().unwrap_or_else(|| format!("loadgen-{}-{}", std::process::id(), now_micros())).into();
+    anyhow::ensure!(
+        args.message_size >= 24,
+        "--message-size must be at least 24"
+    );
+    anyhow::ensure!(
+        args.streams > 0 && args.publishers > 0 && args.receivers > 0,
+        "counts must be above 0"
+    );
+    let prefix: Arc<str> = args
+        .stream_prefix
+        .clone()
+        .unwrap_or_else(|| format!("loadgen-{}-{}", std::process::id(), now_micros()))
+        .into();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
@@ -256,15 +304,36 @@ async fn main() -> anyhow::Result<()> {
         args.receivers,
         args.streams,
         args.message_size,
-        args.count.map_or(format!("duration={}s", args.duration), |c| format!("count={c}"))
+        args.count
+            .map_or(format!("duration={}s", args.duration), |c| format!(
+                "count={c}"
+            ))
     );
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
     let receivers: Vec<_> = (0..args.receivers)
-        .map(|j| tokio::spawn(receiver(j, args.clone(), prefix.clone(), client.clone(), shared.clone(), start)))
+        .map(|j| {
+            tokio::spawn(receiver(
+                j,
+                args.clone(),
+                prefix.clone(),
+                client.clone(),
+                shared.clone(),
+                start,
+            ))
+        })
         .collect();
     let publishers: Vec<_> = (0..args.publishers)
-        .map(|i| tokio::spawn(publisher(i, args.clone(), prefix.clone(), client.clone(), shared.clone(), deadline)))
+        .map(|i| {
+            tokio::spawn(publisher(
+                i,
+                args.clone(),
+                prefix.clone(),
+                client.clone(),
+                shared.clone(),
+                deadline,
+            ))
+        })
         .collect();
 
     let mut send_latency = histogram()?;
@@ -297,21 +366,42 @@ async fn main() -> anyhow::Result<()> {
             *statuses.entry(format!("receive {status}")).or_default() += n;
         }
         if report.transport_errors > 0 {
-            *statuses.entry("receive transport-error".into()).or_default() += report.transport_errors;
+            *statuses
+                .entry("receive transport-error".into())
+                .or_default() += report.transport_errors;
         }
     }
     let sent_ok = shared.sent_ok.load(Ordering::Acquire);
     let delivered = seen.len() as u64;
-    let delivery_time = Duration::from_micros(shared.last_receive_micros.load(Ordering::Relaxed)).max(Duration::from_millis(1));
+    let delivery_time = Duration::from_micros(shared.last_receive_micros.load(Ordering::Relaxed))
+        .max(Duration::from_millis(1));
     let missing = sent_ok.saturating_sub(delivered);
 
-    println!("sent:      {sent_ok} accepted in {:.2}s = {:.0} msg/s", publish_time.as_secs_f64(), sent_ok as f64 / publish_time.as_secs_f64());
-    println!("delivered: {delivered} in {:.2}s = {:.0} msg/s", delivery_time.as_secs_f64(), delivered as f64 / delivery_time.as_secs_f64());
+    println!(
+        "sent:      {sent_ok} accepted in {:.2}s = {:.0} msg/s",
+        publish_time.as_secs_f64(),
+        sent_ok as f64 / publish_time.as_secs_f64()
+    );
+    println!(
+        "delivered: {delivered} in {:.2}s = {:.0} msg/s",
+        delivery_time.as_secs_f64(),
+        delivered as f64 / delivery_time.as_secs_f64()
+    );
     println!("send latency: {}", percentiles(&send_latency));
     println!("end-to-end latency: {}", percentiles(&e2e));
-    println!("responses: {}", statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "responses: {}",
+        statuses
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let exact = duplicates == 0 && missing == 0;
-    println!("exactly once: {} (duplicates={duplicates}, missing={missing})", if exact { "yes" } else { "NO" });
+    println!(
+        "exactly once: {} (duplicates={duplicates}, missing={missing})",
+        if exact { "yes" } else { "NO" }
+    );
     if args.check && !exact {
         std::process::exit(1);
     }

@@ -9,7 +9,11 @@ use ipubsub_core::{Engine, EngineConfig, Message, MessageId, SendOptions, Stream
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let streams: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let streams: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let payload_len: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100);
 
     let engine = Engine::new(EngineConfig::default());
@@ -26,7 +30,10 @@ fn main() -> anyhow::Result<()> {
         }
         let message = Message::new(id, Bytes::from(payload), engine.now());
         let sent = poll_once(&mut engine.send(stream, message, SendOptions::default()));
-        anyhow::ensure!(matches!(sent, std::task::Poll::Ready(Ok(_))), "send failed: {sent:?}");
+        anyhow::ensure!(
+            matches!(sent, std::task::Poll::Ready(Ok(_))),
+            "send failed: {sent:?}"
+        );
     }
     let after = rss_bytes()?;
     let per_stream = (after.saturating_sub(before)) as f64 / streams as f64;
