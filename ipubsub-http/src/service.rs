@@ -204,3 +204,4 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
     }
     response
 }
+
