@@ -11,7 +11,9 @@
 //! - [`time`]: [`Timestamp`], [`Clock`], [`SystemClock`], [`ManualClock`].
 //! - [`engine`]: the sharded stream registry, the three in-memory modes, [`SendFuture`] and
 //!   [`ReceiveFuture`] with their cancellation guarantees.
+//! - [`log`]: [`Log`], the persistent log: group commit, positions, watermark, tail waits.
 //! - [`store`]: [`MessageStore`], the persistent log's contract, and [`Seq`] positions.
+//! - [`token`]: [`ResumeToken`], positions as opaque, stream-bound, URL-safe text.
 //! - [`error`]: [`SendError`], [`ReceiveError`].
 //!
 //! # Example
@@ -37,16 +39,20 @@
 pub mod engine;
 pub mod error;
 pub mod id;
+pub mod log;
 pub mod message;
 pub mod store;
 mod sync;
 pub mod time;
+pub mod token;
 
 pub use engine::{
     Engine, EngineConfig, EngineStats, ReceiveFuture, SendFuture, SendOptions, SendOutcome,
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
+pub use log::{AppendError, Log, LogConfig, ReadBatch, ReadError};
 pub use message::Message;
 pub use store::{LogRecord, MessageStore, Seq, StoreError, expiry};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use token::{ResumeToken, TokenError};

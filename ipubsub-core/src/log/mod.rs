@@ -1,0 +1,419 @@
+//! The persistent log: group-committed appends with per-stream sequence numbers, reads capped
+//! at the committed watermark, and readers at the tail woken in memory by the next commit.
+//!
+//! The log is sans-io like the rest of the core: it drives a [`MessageStore`] through its
+//! async methods and never spawns or sleeps. The caller runs one or more
+//! [`Log::run_commit_worker`] futures on its runtime; each takes the pending appends as one
+//! batch, writes it with one [`MessageStore::append`], and answers every sender of the batch.
+//! With several workers, batches are written concurrently and may finish out of order; the
+//! per-stream watermark makes sure readers never see a position before every earlier one of
+//! its stream has been settled.
+
+mod state;
+mod wait;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use std::collections::HashMap;
+use state::StreamLog;
+use wait::{Completion, LoadWait, NextBatch, Tail};
+
+use crate::id::StreamId;
+use crate::message::Message;
+use crate::store::{LogRecord, MessageStore, Seq, StoreError, expiry};
+use crate::time::{Clock, SystemClock};
+
+/// Tuning and limits of a [`Log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// Most records written by one store call.
+    pub max_batch: usize,
+    /// Most reads waiting at the tail at once.
+    pub max_waiters: usize,
+    /// Registry shards.
+    pub shards: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            max_waiters: 200_000,
+            shards: 64,
+        }
+    }
+}
+
+/// Why an append was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The store failed the batch that carried the message. The message may or may not be
+    /// in the log (the failure may have been ambiguous); its position is never reused.
+    #[error("the message store failed the write")]
+    Store(#[source] Arc<StoreError>),
+    /// The log is closed.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The store failed.
+    #[error("the message store failed the read")]
+    Store(#[source] StoreError),
+    /// Waiting would pass the limit on waiting reads.
+    #[error("this node holds its maximum of {max} waiting reads")]
+    TooManyWaiters {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The log is closed.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// What a read found: records in order, and the watermark it read under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// Unexpired records after the requested position, at most the requested number.
+    pub records: Vec<LogRecord>,
+    /// The stream's committed watermark when the read ran; wait for a commit past it.
+    pub watermark: Seq,
+}
+
+/// The persistent log of every stream this node owns. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn MessageStore>,
+    clock: Arc<dyn Clock>,
+    config: LogConfig,
+    shards: Box<[Mutex<HashMap<StreamId, StreamLog>>]>,
+    queue: Mutex<Queue>,
+    closed: AtomicBool,
+    waiters: AtomicUsize,
+}
+
+/// Appends accepted but not yet handed to a worker, in acceptance order.
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    idle_workers: Vec<Waker>,
+}
+
+struct Pending {
+    record: LogRecord,
+    done: Arc<Completion>,
+}
+
+/// A batch a worker took from the queue.
+struct Batch {
+    entries: Vec<Pending>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No critical section here calls out or panics half-way; a poisoned lock holds valid state.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Log {
+    /// A log over `store`, on the system clock.
+    pub fn new(store: Arc<dyn MessageStore>, config: LogConfig) -> Self {
+        Self::with_clock(store, config, Arc::new(SystemClock))
+    }
+
+    /// A log over `store`, reading time from `clock` (for expiry).
+    pub fn with_clock(store: Arc<dyn MessageStore>, config: LogConfig, clock: Arc<dyn Clock>) -> Self {
+        let shards = (0..config.shards.max(1)).map(|_| Mutex::new(HashMap::new())).collect();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                shards,
+                queue: Mutex::new(Queue::default()),
+                closed: AtomicBool::new(false),
+                waiters: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The store behind the log.
+    pub fn store(&self) -> &Arc<dyn MessageStore> {
+        &self.inner.store
+    }
+
+    /// Appends `message` (stamped with its acceptance time) to `stream`'s log, to expire
+    /// `ttl` after it was accepted. Resolves with its position once it is durable.
+    ///
+    /// Positions follow acceptance order: the order in which appends to one stream reach this
+    /// call. Dropping the future does not withdraw an append that was already queued.
+    pub async fn append(&self, stream: StreamId, message: Message, ttl: Duration) -> Result<Seq, AppendError> {
+        self.ensure_loaded(&stream).await.map_err(|e| match e {
+            ReadError::Store(e) => AppendError::Store(Arc::new(e)),
+            _ => AppendError::ShuttingDown,
+        })?;
+        let done = Arc::new(Completion::default());
+        {
+            let mut shard = lock(self.inner.shard(&stream));
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(AppendError::ShuttingDown);
+            }
+            let now = self.inner.clock.now();
+            let Some(log) = shard.get_mut(&stream) else {
+                return Err(AppendError::ShuttingDown);
+            };
+            let Some(seq) = log.assign(now) else {
+                return Err(AppendError::ShuttingDown);
+            };
+            let expires_at = expiry(message.timestamp(), ttl);
+            let record = LogRecord {
+                stream: stream.clone(),
+                seq,
+                message,
+                expires_at,
+            };
+            // Queued under the shard lock, so the queue holds each stream's records in
+            // position order and batches are written in that order.
+            let mut queue = lock(&self.inner.queue);
+            queue.pending.push_back(Pending {
+                record,
+                done: done.clone(),
+            });
+            if let Some(worker) = queue.idle_workers.pop() {
+                worker.wake();
+            }
+        }
+        done.wait().await
+    }
+
+    /// Up to `limit` unexpired records of `stream` after `after`, never past the stream's
+    /// committed watermark. A position before the oldest retained record starts at the oldest.
+    pub async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<ReadBatch, ReadError> {
+        self.ensure_loaded(stream).await?;
+        let watermark = {
+            let shard = lock(self.inner.shard(stream));
+            shard.get(stream).and_then(StreamLog::committed).unwrap_or(Seq::ZERO)
+        };
+        if after >= watermark || limit == 0 {
+            return Ok(ReadBatch {
+                records: Vec::new(),
+                watermark,
+            });
+        }
+        let now = self.inner.clock.now();
+        let mut records = self
+            .inner
+            .store
+            .read_after(stream, after, limit, now)
+            .await
+            .map_err(ReadError::Store)?;
+        // Records a later batch wrote before an earlier one settled stay hidden, and an expired
+        // record is never returned whatever the store did.
+        records.retain(|r| r.seq <= watermark && r.seq > after && !r.is_expired(now));
+        Ok(ReadBatch { records, watermark })
+    }
+
+    /// Resolves once `stream`'s committed watermark passes `watermark` (`Ok(true)`), or the
+    /// log closes (`Ok(false)`). The caller bounds the wait with its timeout.
+    pub async fn wait_past(&self, stream: &StreamId, watermark: Seq) -> Result<bool, ReadError> {
+        let max = self.inner.config.max_waiters;
+        if self.inner.waiters.fetch_add(1, Ordering::Relaxed) >= max {
+            self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
+            return Err(ReadError::TooManyWaiters { max });
+        }
+        let result = Tail::new(self, stream.clone(), watermark).await;
+        self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    /// Deletes up to `limit` expired records; see [`MessageStore::purge_expired`].
+    pub async fn purge_expired(&self, limit: usize) -> Result<usize, StoreError> {
+        self.inner.store.purge_expired(self.inner.clock.now(), limit).await
+    }
+
+    /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
+    /// they are read back from the store on next use. Returns how many were dropped.
+    pub fn sweep_idle(&self, idle: Duration) -> usize {
+        let now = self.inner.clock.now();
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(shard);
+                let before = shard.len();
+                shard.retain(|_, log| !log.is_idle(now, idle));
+                before - shard.len()
+            })
+            .sum()
+    }
+
+    /// Closes the log: new appends and waits are refused, waiting readers are released, and
+    /// the workers stop once they have written every queued append.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for worker in lock(&self.inner.queue).idle_workers.drain(..) {
+            worker.wake();
+        }
+        for shard in self.inner.shards.iter() {
+            for log in lock(shard).values_mut() {
+                log.wake_tail();
+            }
+        }
+    }
+
+    /// Writes batches until the log is closed and its queue is empty. Run one or more of these
+    /// on the runtime: each worker writes one batch at a time.
+    pub async fn run_commit_worker(&self) {
+        while let Some(batch) = NextBatch::new(self).await {
+            let records: Vec<LogRecord> = batch.entries.iter().map(|p| p.record.clone()).collect();
+            let result = self.inner.store.append(&records).await;
+            self.settle(batch, result);
+        }
+    }
+
+    /// Takes the next batch from the queue, or registers the worker to be woken.
+    fn take_batch(&self, waker: &Waker) -> Option<Option<Batch>> {
+        let mut queue = lock(&self.inner.queue);
+        if queue.pending.is_empty() {
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Some(None);
+            }
+            queue.idle_workers.push(waker.clone());
+            return None;
+        }
+        let n = queue.pending.len().min(self.inner.config.max_batch.max(1));
+        let entries: Vec<Pending> = queue.pending.drain(..n).collect();
+        // More left: let another idle worker start on it now.
+        if !queue.pending.is_empty() {
+            if let Some(worker) = queue.idle_workers.pop() {
+                worker.wake();
+            }
+        }
+        Some(Some(Batch { entries }))
+    }
+
+    /// Records a batch's outcome: advances watermarks, wakes tail readers, answers senders.
+    fn settle(&self, batch: Batch, result: Result<(), StoreError>) {
+        let result = result.map_err(Arc::new);
+        for entry in &batch.entries {
+            let record = &entry.record;
+            let mut shard = lock(self.inner.shard(&record.stream));
+            if let Some(log) = shard.get_mut(&record.stream) {
+                log.settle(record.seq);
+            }
+        }
+        for entry in batch.entries {
+            let answer = match &result {
+                Ok(()) => Ok(entry.record.seq),
+                Err(e) => Err(AppendError::Store(e.clone())),
+            };
+            entry.done.complete(answer);
+        }
+    }
+
+    /// Makes sure `stream`'s positions are known, reading the last one from the store once.
+    async fn ensure_loaded(&self, stream: &StreamId) -> Result<(), ReadError> {
+        loop {
+            let load = {
+                let mut shard = lock(self.inner.shard(stream));
+                if self.inner.closed.load(Ordering::SeqCst) {
+                    return Err(ReadError::ShuttingDown);
+                }
+                let now = self.inner.clock.now();
+                match shard.get_mut(stream) {
+                    Some(log) if log.is_ready() => {
+                        log.touch(now);
+                        return Ok(());
+                    }
+                    Some(_) => false,
+                    None => {
+                        shard.insert(stream.clone(), StreamLog::loading(now));
+                        true
+                    }
+                }
+            };
+            if !load {
+                LoadWait::new(self, stream.clone()).await;
+                continue;
+            }
+            // This call loads; if it is dropped half-way the guard gives the job back.
+            let guard = LoadGuard {
+                log: self,
+                stream,
+                armed: true,
+            };
+            let last = self.inner.store.last_seq(stream).await;
+            return guard.finish(last).map_err(ReadError::Store);
+        }
+    }
+}
+
+/// Ends a load: publishes the position, or on failure or cancellation removes the entry so
+/// that the next caller loads again. Either way, everyone waiting on the load is woken.
+struct LoadGuard<'a> {
+    log: &'a Log,
+    stream: &'a StreamId,
+    armed: bool,
+}
+
+impl LoadGuard<'_> {
+    fn finish(mut self, last: Result<Seq, StoreError>) -> Result<(), StoreError> {
+        self.armed = false;
+        let mut shard = lock(self.log.inner.shard(self.stream));
+        match last {
+            Ok(seq) => {
+                if let Some(log) = shard.get_mut(self.stream) {
+                    log.loaded(seq);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(mut log) = shard.remove(self.stream) {
+                    log.wake_loaders();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut shard = lock(self.log.inner.shard(self.stream));
+            if let Some(mut log) = shard.remove(self.stream) {
+                log.wake_loaders();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn shard(&self, stream: &StreamId) -> &Mutex<HashMap<StreamId, StreamLog>> {
+        use std::hash::BuildHasher;
+        // Any fixed hash works: this only spreads locks.
+        let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(stream);
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
