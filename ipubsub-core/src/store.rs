@@ -121,8 +121,9 @@ pub trait MessageStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<LogRecord>, StoreError>;
 
-    /// The highest `seq` ever appended to `stream` that is still stored (expired or not),
-    /// or [`Seq::ZERO`] for a stream with no records. The owner continues from it.
+    /// The highest `seq` of `stream` still stored (expired or not), or [`Seq::ZERO`] for a
+    /// stream with no records. The owner continues above it (and above the current time in
+    /// microseconds, so positions keep growing even after a purge emptied the stream).
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError>;
 
     /// Deletes up to `limit` records expired at `now` and returns how many it deleted;

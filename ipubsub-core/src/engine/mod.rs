@@ -190,6 +190,19 @@ impl Engine {
         entry.take()
     }
 
+    /// Takes up to `max` messages of `stream` that are there now, oldest first, without
+    /// waiting (after a receive returned the first, to fill a batch). Creates no stream.
+    pub fn try_receive_many(&self, stream: &StreamId, max: usize) -> Vec<Message> {
+        let now = self.now();
+        let (hash, shard) = self.inner.locate(stream);
+        let mut table = shard.0.lock();
+        let Some(entry) = Inner::find_mut(&mut table, hash, stream) else {
+            return Vec::new();
+        };
+        entry.touch(now);
+        std::iter::from_fn(|| entry.take()).take(max).collect()
+    }
+
     /// Drops every stream that is empty, has no waiters and has been idle for the configured
     /// `stream_idle_timeout`. Returns how many were dropped. Call it periodically; it locks one
     /// shard at a time.

@@ -341,3 +341,15 @@ fn close_answers_every_waiter_and_refuses_new_work() {
     assert_eq!(drained[0].1.iter().map(id_of).collect::<Vec<_>>(), ["a"]);
     assert_eq!(e.stats().waiters, 0);
 }
+
+#[test]
+fn try_receive_many_takes_what_is_there_in_order() {
+    let e = engine();
+    for id in ["a", "b", "c"] {
+        ready(e.send(sid("s"), msg(id), circular(10))).expect("send");
+    }
+    let got = e.try_receive_many(&sid("s"), 2);
+    assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(e.try_receive_many(&sid("s"), 10).len(), 1);
+    assert!(e.try_receive_many(&sid("none"), 10).is_empty());
+}

@@ -18,9 +18,9 @@ pub(super) enum LoadState {
         committed: Seq,
         /// The last position handed out.
         assigned: Seq,
-        /// For each position after `committed` up to `assigned`, in order: settled yet?
+        /// Each position handed out after `committed`, in order, and whether it is settled.
         /// Batches can finish out of order; the watermark only moves over a settled prefix.
-        in_flight: VecDeque<bool>,
+        in_flight: VecDeque<(Seq, bool)>,
     },
 }
 
@@ -88,15 +88,18 @@ impl StreamLog {
         }
     }
 
-    /// Hands out the next position.
+    /// Hands out the next position: above the last one, and never below the current time in
+    /// microseconds. Positions therefore keep growing even after a purge removed every record
+    /// of the stream (when the store's last position falls back to zero), so an old token can
+    /// never point past new messages.
     pub(super) fn assign(&mut self, now: Timestamp) -> Option<Seq> {
         self.last_used = now;
         match &mut self.state {
             LoadState::Ready {
                 assigned, in_flight, ..
             } => {
-                *assigned = assigned.next();
-                in_flight.push_back(false);
+                *assigned = Seq::new(assigned.get().saturating_add(1).max(now.as_micros()));
+                in_flight.push_back((*assigned, false));
                 Some(*assigned)
             }
             LoadState::Loading(_) => None,
@@ -111,16 +114,13 @@ impl StreamLog {
         else {
             return;
         };
-        let Some(index) = seq.get().checked_sub(committed.get() + 1) else {
-            return;
-        };
-        if let Some(flag) = usize::try_from(index).ok().and_then(|i| in_flight.get_mut(i)) {
-            *flag = true;
+        if let Ok(index) = in_flight.binary_search_by_key(&seq, |(s, _)| *s) {
+            in_flight[index].1 = true;
         }
         let before = *committed;
-        while in_flight.front() == Some(&true) {
+        while let Some(&(seq, true)) = in_flight.front() {
             in_flight.pop_front();
-            *committed = committed.next();
+            *committed = seq;
         }
         if *committed != before {
             self.wake_tail();

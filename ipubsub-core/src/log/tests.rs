@@ -116,6 +116,18 @@ fn setup(store: Arc<TestStore>) -> (Log, Arc<ManualClock>) {
 
 const TTL: Duration = Duration::from_secs(60);
 
+/// The clock's start in microseconds: positions start there (see `StreamLog::assign`).
+const T: u64 = 1_000_000;
+
+/// The `i`-th position (from 1) handed out while the clock stands still at `T`.
+fn at(i: u64) -> Seq {
+    Seq::new(T + i - 1)
+}
+
+fn n(seqs: &[u64]) -> Vec<u64> {
+    seqs.iter().map(|&i| at(i).get()).collect()
+}
+
 fn seqs(batch: &ReadBatch) -> Vec<u64> {
     batch.records.iter().map(|r| r.seq.get()).collect()
 }
@@ -129,7 +141,7 @@ fn appends_are_numbered_in_order_and_continue_after_a_restart() -> Result<(), Bo
         let mut append = pin!(log.append(sid("s"), msg(&format!("m{i}"), clock.now()), TTL));
         assert!(poll(append.as_mut()).is_pending());
         assert!(poll(worker.as_mut()).is_pending());
-        assert_eq!(ready(append)?, Seq::new(i));
+        assert_eq!(ready(append)?, at(i));
     }
     // A new log over the same store continues from the store's last position.
     let (log, clock) = setup(store);
@@ -137,9 +149,9 @@ fn appends_are_numbered_in_order_and_continue_after_a_restart() -> Result<(), Bo
     let mut append = pin!(log.append(sid("s"), msg("m4", clock.now()), TTL));
     assert!(poll(append.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(append)?, Seq::new(4));
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), [1, 2, 3, 4]);
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::new(2), 1))?), [3]);
+    assert_eq!(ready(append)?, at(4));
+    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), n(&[1, 2, 3, 4]));
+    assert_eq!(seqs(&ready(log.read(&sid("s"), at(2), 1))?), n(&[3]));
     Ok(())
 }
 
@@ -158,7 +170,7 @@ fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles(
     let mut second = pin!(log.append(sid("s"), msg("second", clock.now()), TTL));
     assert!(poll(second.as_mut()).is_pending());
     assert!(poll(fast.as_mut()).is_pending());
-    assert_eq!(ready(second.as_mut())?, Seq::new(2), "the second is durable and acknowledged");
+    assert_eq!(ready(second.as_mut())?, at(2), "the second is durable and acknowledged");
 
     let read = ready(log.read(&sid("s"), Seq::ZERO, 10))?;
     assert_eq!((seqs(&read), read.watermark), (vec![], Seq::ZERO), "but not visible past the gap");
@@ -168,9 +180,9 @@ fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles(
 
     store.release();
     assert!(poll(slow.as_mut()).is_pending());
-    assert_eq!(ready(first)?, Seq::new(1));
+    assert_eq!(ready(first)?, at(1));
     assert!(ready(tail)?, "the tail reader is woken by the watermark moving");
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), [1, 2]);
+    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), n(&[1, 2]));
     Ok(())
 }
 
@@ -189,9 +201,9 @@ fn a_failed_batch_is_not_acknowledged_and_its_positions_are_skipped() -> Result<
     let mut ok = pin!(log.append(sid("s"), msg("kept", clock.now()), TTL));
     assert!(poll(ok.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(ok)?, Seq::new(2), "position 1 is never reused");
+    assert_eq!(ready(ok)?, at(2), "position 1 is never reused");
     let read = ready(log.read(&sid("s"), Seq::ZERO, 10))?;
-    assert_eq!((seqs(&read), read.watermark), (vec![2], Seq::new(2)));
+    assert_eq!((seqs(&read), read.watermark), (n(&[2]), at(2)));
     Ok(())
 }
 
@@ -207,7 +219,7 @@ fn expired_records_are_never_returned() -> Result<(), Box<dyn std::error::Error>
         ready(append)?;
     }
     clock.advance(Duration::from_secs(1));
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), [2]);
+    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), n(&[2]));
     assert_eq!(ready(log.purge_expired(100))?, 1);
     Ok(())
 }
@@ -226,7 +238,7 @@ fn close_releases_tail_readers_and_stops_workers_after_draining() -> Result<(), 
     assert!(!ready(tail)?, "released without a commit");
     // The queued append is still written, then the worker stops.
     ready(log.run_commit_worker());
-    assert_eq!(ready(append)?, Seq::new(1));
+    assert_eq!(ready(append)?, at(1));
     assert!(matches!(ready(log.append(sid("s"), msg("late", clock.now()), TTL)), Err(AppendError::ShuttingDown)));
     Ok(())
 }
@@ -246,6 +258,29 @@ fn idle_streams_are_forgotten_and_reloaded() -> Result<(), Box<dyn std::error::E
     let mut append = pin!(log.append(sid("s"), msg("b", clock.now()), TTL));
     assert!(poll(append.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(append)?, Seq::new(2));
+    assert_eq!(ready(append)?, Seq::new(T + 10_000_000), "the clock moved on");
+    Ok(())
+}
+
+#[test]
+fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    let mut first = pin!(log.append(sid("s"), msg("a", clock.now()), Duration::from_secs(1)));
+    assert!(poll(first.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    let first = ready(first)?;
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(ready(log.purge_expired(10))?, 1);
+    assert_eq!(ready(store.last_seq(&sid("s")))?, Seq::ZERO, "the store forgot the stream");
+
+    let (log, clock) = setup(store);
+    clock.advance(Duration::from_secs(2));
+    let mut worker = pin!(log.run_commit_worker());
+    let mut next = pin!(log.append(sid("s"), msg("b", clock.now()), TTL));
+    assert!(poll(next.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert!(ready(next)? > first, "an old token never points past new messages");
     Ok(())
 }
