@@ -130,3 +130,28 @@ pub trait MessageStore: Send + Sync + 'static {
     /// fewer than `limit` means none are left. Callers loop in bounded batches.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError>;
 }
+
+#[async_trait]
+impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
+    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+        (**self).append(batch).await
+    }
+
+    async fn read_after(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        (**self).read_after(stream, after, limit, now).await
+    }
+
+    async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
+        (**self).last_seq(stream).await
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        (**self).purge_expired(now, limit).await
+    }
+}

@@ -85,16 +85,18 @@ impl fmt::Display for ResumeToken {
 
 /// FNV-1a, 64 bits, of the stream id's bytes.
 fn fingerprint(stream: &StreamId) -> u64 {
-    stream
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    stream.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn encode_base64url(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
         let chars = chunk.len() + 1;
         for i in 0..chars {
             out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
@@ -140,8 +142,14 @@ mod tests {
             let token = ResumeToken::new(&sid("orders"), Seq::new(seq));
             let text = token.to_string();
             assert_eq!(text.len(), 23);
-            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-            assert_eq!(ResumeToken::decode(&text, &sid("orders"))?.seq(), Seq::new(seq));
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(
+                ResumeToken::decode(&text, &sid("orders"))?.seq(),
+                Seq::new(seq)
+            );
         }
         Ok(())
     }
@@ -149,22 +157,37 @@ mod tests {
     #[test]
     fn is_bound_to_its_stream() {
         let text = ResumeToken::new(&sid("a"), Seq::new(5)).to_string();
-        assert_eq!(ResumeToken::decode(&text, &sid("b")), Err(TokenError::OtherStream));
+        assert_eq!(
+            ResumeToken::decode(&text, &sid("b")),
+            Err(TokenError::OtherStream)
+        );
     }
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "abc", "!!!!!!!!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", "A"] {
+        for bad in [
+            "",
+            "abc",
+            "!!!!!!!!!!!!!!!!!!!!!!!",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "A",
+        ] {
             assert!(ResumeToken::decode(bad, &sid("a")).is_err(), "{bad}");
         }
         let mut text = ResumeToken::new(&sid("a"), Seq::new(5)).to_string();
         text.replace_range(0..2, "Ag"); // version 2
-        assert!(matches!(ResumeToken::decode(&text, &sid("a")), Err(TokenError::UnknownVersion(_))));
+        assert!(matches!(
+            ResumeToken::decode(&text, &sid("a")),
+            Err(TokenError::UnknownVersion(_))
+        ));
         // The same bytes with stray low bits in the last character.
         let canonical = ResumeToken::new(&sid("orders"), Seq::new(1)).to_string();
         assert!(canonical.ends_with('w'));
         let stray = format!("{}x", &canonical[..22]);
-        assert_eq!(ResumeToken::decode(&stray, &sid("orders")), Err(TokenError::Malformed));
+        assert_eq!(
+            ResumeToken::decode(&stray, &sid("orders")),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

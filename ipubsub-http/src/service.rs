@@ -204,4 +204,3 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
     }
     response
 }
-

@@ -2,10 +2,13 @@
 //!
 //! Each backend lives in its own module behind its own cargo feature so that a build carries
 //! only the database drivers it uses. The [`memory`] store is always built: it is the reference
-//! implementation of the contract and what tests run against.
+//! implementation of the contract.
 //!
 //! # Layout
 //! - [`memory`]: [`MemoryStore`], everything in process memory, lost on restart.
+//! - `embedded` (feature `embedded`, default): `EmbeddedStore` on fjall, data in a directory.
+//! - `testsuite` (feature `testsuite`): the conformance suite every backend runs, and
+//!   `faults::FailingStore` for fault injection.
 //!
 //! # Example
 //! ```
@@ -22,6 +25,14 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "embedded")]
+pub mod embedded;
+#[cfg(feature = "testsuite")]
+pub mod faults;
 pub mod memory;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
+#[cfg(feature = "embedded")]
+pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 pub use memory::MemoryStore;

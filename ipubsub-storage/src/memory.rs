@@ -213,3 +213,20 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    use std::sync::Arc;
+
+    use super::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_conformance_suite() {
+        let shared = Arc::new(MemoryStore::new());
+        crate::testsuite::run(|| {
+            let store = shared.clone();
+            async move { store }
+        })
+        .await;
+    }
+}

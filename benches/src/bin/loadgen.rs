@@ -298,18 +298,28 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 async fn hold_waiters(args: &Args, count: usize) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let url = args.url[0].trim_start_matches("http://");
-    let addr: std::net::SocketAddr = url.trim_end_matches('/').parse().context("--url must be http://IP:PORT")?;
+    let addr: std::net::SocketAddr = url
+        .trim_end_matches('/')
+        .parse()
+        .context("--url must be http://IP:PORT")?;
     let rss_before = args.server_pid.map(rss_of).transpose()?;
     let timeout = Duration::from_secs(args.receive_timeout);
-    anyhow::ensure!(args.receive_timeout > 0, "--receive-timeout must be above 0 with --hold-waiters");
+    anyhow::ensure!(
+        args.receive_timeout > 0,
+        "--receive-timeout must be above 0 with --hold-waiters"
+    );
     let prefix = format!("waiter-{}", std::process::id());
     // First every connection makes one quick request and stays open (keep-alive), so that
     // what a connection costs and what a waiting receive adds to it are measured apart.
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(count);
     for i in 0..count {
-        let mut socket = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connection {i}"))?;
-        socket.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let mut socket = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
         let mut seen = Vec::new();
         while !seen.ends_with(b"{\"status\":\"ok\"}") {
             let mut chunk = [0u8; 256];
@@ -323,14 +333,20 @@ async fn hold_waiters(args: &Args, count: usize) -> anyhow::Result<()> {
     let rss_idle = args.server_pid.map(rss_of).transpose()?;
     let mut waiting = Vec::with_capacity(count);
     for (i, mut socket) in sockets.into_iter().enumerate() {
-        let request = format!("GET /api/v1/streams/receive?streamId={prefix}-{i}&timeoutSeconds={} HTTP/1.1\r\nHost: x\r\n\r\n", args.receive_timeout);
+        let request = format!(
+            "GET /api/v1/streams/receive?streamId={prefix}-{i}&timeoutSeconds={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            args.receive_timeout
+        );
         socket.write_all(request.as_bytes()).await?;
         waiting.push((socket, Instant::now() + timeout + Duration::from_secs(1)));
     }
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_waiting = args.server_pid.map(rss_of).transpose()?;
-    println!("holding {count} waiting receives (set up in {:.2}s)", opened.as_secs_f64());
+    println!(
+        "holding {count} waiting receives (set up in {:.2}s)",
+        opened.as_secs_f64()
+    );
     if let (Some(before), Some(idle), Some(busy)) = (rss_before, rss_idle, rss_waiting) {
         let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / count as f64;
         println!(
@@ -355,7 +371,11 @@ async fn hold_waiters(args: &Args, count: usize) -> anyhow::Result<()> {
         on_time += usize::from(answer.await?);
     }
     println!("answered 424 within timeout+1s: {on_time}/{count}");
-    anyhow::ensure!(!args.check || on_time == count, "{} waiters were not answered in time", count - on_time);
+    anyhow::ensure!(
+        !args.check || on_time == count,
+        "{} waiters were not answered in time",
+        count - on_time
+    );
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-use std::collections::HashMap;
 use state::StreamLog;
+use std::collections::HashMap;
 use wait::{Completion, LoadWait, NextBatch, Tail};
 
 use crate::id::StreamId;
@@ -124,7 +124,9 @@ struct Batch {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,8 +142,14 @@ impl Log {
     }
 
     /// A log over `store`, reading time from `clock` (for expiry).
-    pub fn with_clock(store: Arc<dyn MessageStore>, config: LogConfig, clock: Arc<dyn Clock>) -> Self {
-        let shards = (0..config.shards.max(1)).map(|_| Mutex::new(HashMap::new())).collect();
+    pub fn with_clock(
+        store: Arc<dyn MessageStore>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -165,7 +173,12 @@ impl Log {
     ///
     /// Positions follow acceptance order: the order in which appends to one stream reach this
     /// call. Dropping the future does not withdraw an append that was already queued.
-    pub async fn append(&self, stream: StreamId, message: Message, ttl: Duration) -> Result<Seq, AppendError> {
+    pub async fn append(
+        &self,
+        stream: StreamId,
+        message: Message,
+        ttl: Duration,
+    ) -> Result<Seq, AppendError> {
         self.ensure_loaded(&stream).await.map_err(|e| match e {
             ReadError::Store(e) => AppendError::Store(Arc::new(e)),
             _ => AppendError::ShuttingDown,
@@ -206,11 +219,19 @@ impl Log {
 
     /// Up to `limit` unexpired records of `stream` after `after`, never past the stream's
     /// committed watermark. A position before the oldest retained record starts at the oldest.
-    pub async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<ReadBatch, ReadError> {
+    pub async fn read(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<ReadBatch, ReadError> {
         self.ensure_loaded(stream).await?;
         let watermark = {
             let shard = lock(self.inner.shard(stream));
-            shard.get(stream).and_then(StreamLog::committed).unwrap_or(Seq::ZERO)
+            shard
+                .get(stream)
+                .and_then(StreamLog::committed)
+                .unwrap_or(Seq::ZERO)
         };
         if after >= watermark || limit == 0 {
             return Ok(ReadBatch {
@@ -246,7 +267,10 @@ impl Log {
 
     /// Deletes up to `limit` expired records; see [`MessageStore::purge_expired`].
     pub async fn purge_expired(&self, limit: usize) -> Result<usize, StoreError> {
-        self.inner.store.purge_expired(self.inner.clock.now(), limit).await
+        self.inner
+            .store
+            .purge_expired(self.inner.clock.now(), limit)
+            .await
     }
 
     /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
@@ -410,7 +434,8 @@ impl Inner {
     fn shard(&self, stream: &StreamId) -> &Mutex<HashMap<StreamId, StreamLog>> {
         use std::hash::BuildHasher;
         // Any fixed hash works: this only spreads locks.
-        let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(stream);
+        let hash =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(stream);
         &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 }

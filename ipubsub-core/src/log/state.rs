@@ -96,7 +96,9 @@ impl StreamLog {
         self.last_used = now;
         match &mut self.state {
             LoadState::Ready {
-                assigned, in_flight, ..
+                assigned,
+                in_flight,
+                ..
             } => {
                 *assigned = Seq::new(assigned.get().saturating_add(1).max(now.as_micros()));
                 in_flight.push_back((*assigned, false));
@@ -109,7 +111,9 @@ impl StreamLog {
     /// Position `seq` is settled; moves the watermark over the settled prefix.
     pub(super) fn settle(&mut self, seq: Seq) {
         let LoadState::Ready {
-            committed, in_flight, ..
+            committed,
+            in_flight,
+            ..
         } = &mut self.state
         else {
             return;

@@ -57,7 +57,13 @@ impl MessageStore for TestStore {
         Ok(())
     }
 
-    async fn read_after(&self, stream: &StreamId, after: Seq, limit: usize, now: Timestamp) -> Result<Vec<LogRecord>, StoreError> {
+    async fn read_after(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<LogRecord>, StoreError> {
         let records = lock(&self.records);
         Ok(records
             .range((stream.to_string(), after.get() + 1)..(stream.to_string(), u64::MAX))
@@ -78,7 +84,12 @@ impl MessageStore for TestStore {
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         let mut records = lock(&self.records);
-        let expired: Vec<_> = records.iter().filter(|(_, r)| r.is_expired(now)).map(|(k, _)| k.clone()).take(limit).collect();
+        let expired: Vec<_> = records
+            .iter()
+            .filter(|(_, r)| r.is_expired(now))
+            .map(|(k, _)| k.clone())
+            .take(limit)
+            .collect();
         for k in &expired {
             records.remove(k);
         }
@@ -106,12 +117,19 @@ fn sid(s: &str) -> StreamId {
 }
 
 fn msg(id: &str, at: Timestamp) -> Message {
-    Message::new(MessageId::new(id).expect("id"), Bytes::from(format!("\"{id}\"")), at)
+    Message::new(
+        MessageId::new(id).expect("id"),
+        Bytes::from(format!("\"{id}\"")),
+        at,
+    )
 }
 
 fn setup(store: Arc<TestStore>) -> (Log, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
-    (Log::with_clock(store, LogConfig::default(), clock.clone()), clock)
+    (
+        Log::with_clock(store, LogConfig::default(), clock.clone()),
+        clock,
+    )
 }
 
 const TTL: Duration = Duration::from_secs(60);
@@ -133,7 +151,8 @@ fn seqs(batch: &ReadBatch) -> Vec<u64> {
 }
 
 #[test]
-fn appends_are_numbered_in_order_and_continue_after_a_restart() -> Result<(), Box<dyn std::error::Error>> {
+fn appends_are_numbered_in_order_and_continue_after_a_restart()
+-> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
     let (log, clock) = setup(store.clone());
     let mut worker = pin!(log.run_commit_worker());
@@ -150,13 +169,17 @@ fn appends_are_numbered_in_order_and_continue_after_a_restart() -> Result<(), Bo
     assert!(poll(append.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
     assert_eq!(ready(append)?, at(4));
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), n(&[1, 2, 3, 4]));
+    assert_eq!(
+        seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?),
+        n(&[1, 2, 3, 4])
+    );
     assert_eq!(seqs(&ready(log.read(&sid("s"), at(2), 1))?), n(&[3]));
     Ok(())
 }
 
 #[test]
-fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles() -> Result<(), Box<dyn std::error::Error>> {
+fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles()
+-> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
     store.hold_first.store(true, Ordering::SeqCst);
     let (log, clock) = setup(store.clone());
@@ -165,15 +188,26 @@ fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles(
 
     let mut first = pin!(log.append(sid("s"), msg("first", clock.now()), TTL));
     assert!(poll(first.as_mut()).is_pending());
-    assert!(poll(slow.as_mut()).is_pending(), "the first batch is held by the store");
+    assert!(
+        poll(slow.as_mut()).is_pending(),
+        "the first batch is held by the store"
+    );
 
     let mut second = pin!(log.append(sid("s"), msg("second", clock.now()), TTL));
     assert!(poll(second.as_mut()).is_pending());
     assert!(poll(fast.as_mut()).is_pending());
-    assert_eq!(ready(second.as_mut())?, at(2), "the second is durable and acknowledged");
+    assert_eq!(
+        ready(second.as_mut())?,
+        at(2),
+        "the second is durable and acknowledged"
+    );
 
     let read = ready(log.read(&sid("s"), Seq::ZERO, 10))?;
-    assert_eq!((seqs(&read), read.watermark), (vec![], Seq::ZERO), "but not visible past the gap");
+    assert_eq!(
+        (seqs(&read), read.watermark),
+        (vec![], Seq::ZERO),
+        "but not visible past the gap"
+    );
     let s = sid("s");
     let mut tail = pin!(log.wait_past(&s, Seq::ZERO));
     assert!(poll(tail.as_mut()).is_pending());
@@ -181,13 +215,20 @@ fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles(
     store.release();
     assert!(poll(slow.as_mut()).is_pending());
     assert_eq!(ready(first)?, at(1));
-    assert!(ready(tail)?, "the tail reader is woken by the watermark moving");
-    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), n(&[1, 2]));
+    assert!(
+        ready(tail)?,
+        "the tail reader is woken by the watermark moving"
+    );
+    assert_eq!(
+        seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?),
+        n(&[1, 2])
+    );
     Ok(())
 }
 
 #[test]
-fn a_failed_batch_is_not_acknowledged_and_its_positions_are_skipped() -> Result<(), Box<dyn std::error::Error>> {
+fn a_failed_batch_is_not_acknowledged_and_its_positions_are_skipped()
+-> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
     let (log, clock) = setup(store.clone());
     let mut worker = pin!(log.run_commit_worker());
@@ -225,7 +266,8 @@ fn expired_records_are_never_returned() -> Result<(), Box<dyn std::error::Error>
 }
 
 #[test]
-fn close_releases_tail_readers_and_stops_workers_after_draining() -> Result<(), Box<dyn std::error::Error>> {
+fn close_releases_tail_readers_and_stops_workers_after_draining()
+-> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
     let (log, clock) = setup(store);
     let s = sid("s");
@@ -239,7 +281,10 @@ fn close_releases_tail_readers_and_stops_workers_after_draining() -> Result<(), 
     // The queued append is still written, then the worker stops.
     ready(log.run_commit_worker());
     assert_eq!(ready(append)?, at(1));
-    assert!(matches!(ready(log.append(sid("s"), msg("late", clock.now()), TTL)), Err(AppendError::ShuttingDown)));
+    assert!(matches!(
+        ready(log.append(sid("s"), msg("late", clock.now()), TTL)),
+        Err(AppendError::ShuttingDown)
+    ));
     Ok(())
 }
 
@@ -258,12 +303,17 @@ fn idle_streams_are_forgotten_and_reloaded() -> Result<(), Box<dyn std::error::E
     let mut append = pin!(log.append(sid("s"), msg("b", clock.now()), TTL));
     assert!(poll(append.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(append)?, Seq::new(T + 10_000_000), "the clock moved on");
+    assert_eq!(
+        ready(append)?,
+        Seq::new(T + 10_000_000),
+        "the clock moved on"
+    );
     Ok(())
 }
 
 #[test]
-fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn std::error::Error>> {
+fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn std::error::Error>>
+{
     let store = Arc::new(TestStore::default());
     let (log, clock) = setup(store.clone());
     let mut worker = pin!(log.run_commit_worker());
@@ -273,7 +323,11 @@ fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn 
     let first = ready(first)?;
     clock.advance(Duration::from_secs(2));
     assert_eq!(ready(log.purge_expired(10))?, 1);
-    assert_eq!(ready(store.last_seq(&sid("s")))?, Seq::ZERO, "the store forgot the stream");
+    assert_eq!(
+        ready(store.last_seq(&sid("s")))?,
+        Seq::ZERO,
+        "the store forgot the stream"
+    );
 
     let (log, clock) = setup(store);
     clock.advance(Duration::from_secs(2));
@@ -281,6 +335,9 @@ fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn 
     let mut next = pin!(log.append(sid("s"), msg("b", clock.now()), TTL));
     assert!(poll(next.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    assert!(ready(next)? > first, "an old token never points past new messages");
+    assert!(
+        ready(next)? > first,
+        "an old token never points past new messages"
+    );
     Ok(())
 }

@@ -63,7 +63,11 @@ impl Future for LoadWait<'_> {
         let waiting = shard
             .get_mut(&self.stream)
             .is_some_and(|log| log.wait_for_load(cx.waker()));
-        if waiting { Poll::Pending } else { Poll::Ready(()) }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 }
 

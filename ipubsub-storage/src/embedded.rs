@@ -1,0 +1,331 @@
+//! [`EmbeddedStore`]: the default store, on the fjall LSM engine, in a local directory.
+//!
+//! # Layout
+//! Two keyspaces, written together in one atomic batch per append:
+//! - `log`: key = `len(stream) u16 | stream | seq u64`, big-endian, so that one stream's
+//!   records are one contiguous, ordered key range and a read is a single range scan; value =
+//!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`.
+//! - `expiry`: key = `expires_at u64 | log key`, no value: the expiry index. A purge scans it
+//!   from the start up to `now`, so it touches expired records only, never live data.
+//!
+//! Durability is the journal's: [`Durability::Buffer`] hands each batch to the OS before the
+//! append returns (it survives `kill -9` of the process), [`Durability::Sync`] also
+//! `fdatasync`s it (it survives a power loss).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use ipubsub_core::{
+    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp,
+};
+
+/// How far an append is flushed before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Written to the OS: survives the process being killed, not a power loss.
+    #[default]
+    Buffer,
+    /// Written and `fdatasync`ed: survives a power loss.
+    Sync,
+}
+
+/// Where and how the embedded store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EmbeddedConfig {
+    /// The data directory; created if missing.
+    pub path: PathBuf,
+    /// How far appends are flushed.
+    pub durability: Durability,
+}
+
+impl EmbeddedConfig {
+    /// Data under `path`, with the default durability.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+/// Why the embedded store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The directory could not be created or the database not opened (in use by another
+    /// process, unreadable, or corrupt).
+    #[error("cannot open the embedded store at {path}")]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: fjall::Error,
+    },
+}
+
+/// The default [`MessageStore`]: fjall in a local directory. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    log: Keyspace,
+    expiry: Keyspace,
+    mode: PersistMode,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `config.path`, recovering its journal.
+    pub fn open(config: &EmbeddedConfig) -> Result<Self, OpenError> {
+        let wrap = |source| OpenError::Open {
+            path: config.path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.path).map_err(|e| wrap(fjall::Error::Io(e)))?;
+        let db = Database::builder(&config.path).open().map_err(wrap)?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
+        let expiry = db
+            .keyspace("expiry", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
+        let mode = match config.durability {
+            Durability::Buffer => PersistMode::Buffer,
+            Durability::Sync => PersistMode::SyncData,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                log,
+                expiry,
+                mode,
+            }),
+        })
+    }
+
+    /// The directory's size on disk, in bytes.
+    pub fn disk_space(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+
+    /// Runs blocking engine work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+}
+
+fn unavailable(e: fjall::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn stream_prefix(stream: &StreamId) -> Vec<u8> {
+    let id = stream.as_str().as_bytes();
+    let mut key = Vec::with_capacity(2 + id.len() + 8);
+    // Stream ids are at most 256 bytes (enforced by StreamId).
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+fn log_key(stream: &StreamId, seq: Seq) -> Vec<u8> {
+    let mut key = stream_prefix(stream);
+    key.extend_from_slice(&seq.get().to_be_bytes());
+    key
+}
+
+fn encode_value(record: &LogRecord) -> Vec<u8> {
+    let id = record.message.id().as_str().as_bytes();
+    let payload = record.message.payload();
+    let mut value = Vec::with_capacity(18 + id.len() + payload.len());
+    value.extend_from_slice(&record.expires_at.as_micros().to_be_bytes());
+    value.extend_from_slice(&record.message.timestamp().as_micros().to_be_bytes());
+    value.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    value.extend_from_slice(id);
+    value.extend_from_slice(payload);
+    value
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned().into())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("truncated record"))
+}
+
+fn decode(stream: &StreamId, key: &[u8], value: &[u8]) -> Result<LogRecord, StoreError> {
+    let seq = u64_at(
+        key,
+        key.len()
+            .checked_sub(8)
+            .ok_or_else(|| corrupt("short key"))?,
+    )?;
+    let expires_at = Timestamp::from_micros(u64_at(value, 0)?);
+    let timestamp = Timestamp::from_micros(u64_at(value, 8)?);
+    let id_len = value
+        .get(16..18)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| corrupt("truncated record"))?;
+    let id = value
+        .get(18..18 + id_len)
+        .ok_or_else(|| corrupt("truncated id"))?;
+    let id = std::str::from_utf8(id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+    let id = MessageId::new(id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+    let payload = bytes::Bytes::copy_from_slice(&value[18 + id_len..]);
+    Ok(LogRecord {
+        stream: stream.clone(),
+        seq: Seq::new(seq),
+        message: Message::new(id, payload, timestamp),
+        expires_at,
+    })
+}
+
+fn expiry_key(expires_at: Timestamp, log_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + log_key.len());
+    key.extend_from_slice(&expires_at.as_micros().to_be_bytes());
+    key.extend_from_slice(log_key);
+    key
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+        let batch = batch.to_vec();
+        self.blocking(move |inner| {
+            let mut write = inner.db.batch().durability(Some(inner.mode));
+            for record in &batch {
+                let key = log_key(&record.stream, record.seq);
+                let value = encode_value(record);
+                // A retried append finds its own records: skip them; anything else is a conflict.
+                match inner.log.get(&key).map_err(unavailable)? {
+                    Some(existing) if existing.as_ref() == value.as_slice() => continue,
+                    Some(_) => {
+                        return Err(StoreError::Conflict {
+                            stream: record.stream.clone(),
+                            seq: record.seq,
+                        });
+                    }
+                    None => {}
+                }
+                write.insert(
+                    &inner.expiry,
+                    expiry_key(record.expires_at, &key),
+                    Vec::<u8>::new(),
+                );
+                write.insert(&inner.log, key, value);
+            }
+            write.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn read_after(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let stream = stream.clone();
+        self.blocking(move |inner| {
+            let Some(from) = after.get().checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::with_capacity(limit.min(1024));
+            let range = inner
+                .log
+                .range(log_key(&stream, Seq::new(from))..=log_key(&stream, Seq::new(u64::MAX)));
+            for item in range {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, value) = item.into_inner().map_err(unavailable)?;
+                // Expired records are skipped until the purge removes them.
+                if u64_at(&value, 0)? <= now.as_micros() {
+                    continue;
+                }
+                out.push(decode(&stream, &key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
+        let stream = stream.clone();
+        self.blocking(move |inner| {
+            let last = inner
+                .log
+                .range(log_key(&stream, Seq::ZERO)..=log_key(&stream, Seq::new(u64::MAX)))
+                .next_back();
+            match last {
+                None => Ok(Seq::ZERO),
+                Some(item) => {
+                    let key = item.key().map_err(unavailable)?;
+                    Ok(Seq::new(u64_at(&key, key.len().saturating_sub(8))?))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.blocking(move |inner| {
+            let mut write = inner.db.batch().durability(Some(inner.mode));
+            let mut purged = 0;
+            let end = now.as_micros().saturating_add(1).to_be_bytes();
+            for item in inner.expiry.range(..end.as_slice()) {
+                if purged >= limit {
+                    break;
+                }
+                let key = item.key().map_err(unavailable)?;
+                let log_key = key
+                    .get(8..)
+                    .ok_or_else(|| corrupt("short expiry key"))?
+                    .to_vec();
+                write.remove(&inner.log, log_key);
+                write.remove(&inner.expiry, key);
+                purged += 1;
+            }
+            write.commit().map_err(unavailable)?;
+            Ok(purged)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = EmbeddedConfig::new(dir.path());
+        // Each open is a new process's view: the previous store is dropped before reopening.
+        crate::testsuite::run(|| async { EmbeddedStore::open(&config).expect("open") }).await;
+    }
+}

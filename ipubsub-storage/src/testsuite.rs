@@ -1,0 +1,435 @@
+//! The conformance suite of the [`MessageStore`] contract. Every backend runs it against a
+//! real instance with one call:
+//!
+//! ```text
+//! ipubsub_storage::testsuite::run(|| async { MyStore::open(&config).await.unwrap() }).await;
+//! ```
+//!
+//! `open` must return a store over the *same* data each time it is called: the suite reopens
+//! the store to check that appends survive it. Every case writes to streams of its own, with
+//! a prefix unique to the run, so the suite can share a database with other data and other
+//! runs. A failed check panics with the case's name and what differed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ipubsub_core::{
+    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp, expiry,
+};
+
+/// A time in the suite's future and past are relative to: the real present, so that servers
+/// with native TTLs (which expire by their own clock) agree with the suite's `now`.
+fn base() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    Timestamp::from_micros(micros)
+}
+
+struct Case {
+    prefix: String,
+    now: Timestamp,
+}
+
+impl Case {
+    fn new(name: &str) -> Self {
+        let now = base();
+        Self {
+            prefix: format!("suite-{name}-{}-{}", std::process::id(), now.as_micros()),
+            now,
+        }
+    }
+
+    fn stream(&self, name: &str) -> StreamId {
+        StreamId::new(format!("{}-{name}", self.prefix)).expect("valid stream id")
+    }
+
+    /// A record of `stream` at `seq`, accepted now, living `ttl`.
+    fn record(&self, stream: &StreamId, seq: u64, ttl: Duration) -> LogRecord {
+        LogRecord {
+            stream: stream.clone(),
+            seq: Seq::new(seq),
+            message: Message::new(
+                MessageId::new(format!("m-{seq}")).expect("valid id"),
+                Bytes::from(format!(
+                    "{{\"seq\":{seq},\"text\":\"caf\u{e9} \\\"q\\\"\"}}"
+                )),
+                self.now,
+            ),
+            expires_at: expiry(self.now, ttl),
+        }
+    }
+}
+
+const LONG: Duration = Duration::from_secs(3600);
+
+#[track_caller]
+fn seqs(records: &[LogRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.seq.get()).collect()
+}
+
+async fn ok<T>(case: &str, what: &str, result: Result<T, StoreError>) -> T {
+    match result {
+        Ok(v) => v,
+        Err(e) => panic!("[{case}] {what} failed: {e} ({e:?})"),
+    }
+}
+
+/// Runs every case of the suite on stores from `open`.
+pub async fn run<S, F, Fut>(open: F)
+where
+    S: MessageStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = open().await;
+    appends_are_read_back_in_order_with_their_bytes(&store).await;
+    reads_start_after_the_position_and_honour_the_limit(&store).await;
+    unknown_streams_are_empty(&store).await;
+    a_retried_append_is_idempotent(&store).await;
+    a_conflicting_batch_writes_nothing(&store).await;
+    expired_records_are_hidden(&store).await;
+    purge_removes_expired_records_in_bounded_batches(&store).await;
+    many_streams_in_one_batch(&store).await;
+    let store = Arc::new(store);
+    concurrent_appends_to_different_streams(&store).await;
+    let written = appends_survive_a_reopen_before(&*store).await;
+    drop(store);
+    let reopened = open().await;
+    appends_survive_a_reopen_after(&reopened, written).await;
+}
+
+async fn appends_are_read_back_in_order_with_their_bytes(store: &impl MessageStore) {
+    let name = "order";
+    let c = Case::new(name);
+    let (a, b) = (c.stream("a"), c.stream("b"));
+    ok(
+        name,
+        "append",
+        store
+            .append(&[
+                c.record(&a, 1, LONG),
+                c.record(&b, 1, LONG),
+                c.record(&a, 2, LONG),
+            ])
+            .await,
+    )
+    .await;
+    ok(name, "append", store.append(&[c.record(&a, 5, LONG)]).await).await;
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&a, Seq::ZERO, 100, c.now).await,
+    )
+    .await;
+    assert_eq!(seqs(&read), [1, 2, 5], "[{name}] positions of stream a");
+    assert_eq!(
+        read[0],
+        c.record(&a, 1, LONG),
+        "[{name}] a record comes back exactly as written"
+    );
+    assert_eq!(
+        ok(name, "last_seq", store.last_seq(&a).await).await,
+        Seq::new(5),
+        "[{name}] last_seq"
+    );
+    assert_eq!(
+        ok(name, "last_seq", store.last_seq(&b).await).await,
+        Seq::new(1),
+        "[{name}] last_seq of b"
+    );
+}
+
+async fn reads_start_after_the_position_and_honour_the_limit(store: &impl MessageStore) {
+    let name = "positions";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    let batch: Vec<_> = (1..=20).map(|i| c.record(&s, i * 10, LONG)).collect();
+    ok(name, "append", store.append(&batch).await).await;
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::new(50), 3, c.now).await,
+    )
+    .await;
+    assert_eq!(seqs(&read), [60, 70, 80], "[{name}] after 50, limit 3");
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::new(55), 2, c.now).await,
+    )
+    .await;
+    assert_eq!(
+        seqs(&read),
+        [60, 70],
+        "[{name}] after a position between records"
+    );
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::new(200), 10, c.now).await,
+    )
+    .await;
+    assert!(read.is_empty(), "[{name}] nothing after the last");
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 1000, c.now).await,
+    )
+    .await;
+    assert_eq!(read.len(), 20, "[{name}] everything");
+}
+
+async fn unknown_streams_are_empty(store: &impl MessageStore) {
+    let name = "unknown";
+    let c = Case::new(name);
+    let s = c.stream("never-written");
+    assert!(
+        ok(
+            name,
+            "read",
+            store.read_after(&s, Seq::ZERO, 10, c.now).await
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        ok(name, "last_seq", store.last_seq(&s).await).await,
+        Seq::ZERO
+    );
+}
+
+async fn a_retried_append_is_idempotent(store: &impl MessageStore) {
+    let name = "retry";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    let batch = [c.record(&s, 1, LONG), c.record(&s, 2, LONG)];
+    ok(name, "append", store.append(&batch).await).await;
+    ok(name, "the same append again", store.append(&batch).await).await;
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 10, c.now).await,
+    )
+    .await;
+    assert_eq!(seqs(&read), [1, 2], "[{name}] no duplicate positions");
+}
+
+async fn a_conflicting_batch_writes_nothing(store: &impl MessageStore) {
+    let name = "conflict";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    ok(name, "append", store.append(&[c.record(&s, 1, LONG)]).await).await;
+    let mut other = c.record(&s, 1, LONG);
+    other.message = Message::new(
+        MessageId::new("different").expect("id"),
+        Bytes::from_static(b"0"),
+        c.now,
+    );
+    let result = store.append(&[c.record(&s, 2, LONG), other]).await;
+    assert!(
+        matches!(result, Err(StoreError::Conflict { .. })),
+        "[{name}] expected a conflict, got {result:?}"
+    );
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 10, c.now).await,
+    )
+    .await;
+    assert_eq!(
+        seqs(&read),
+        [1],
+        "[{name}] no part of the conflicting batch was written"
+    );
+    assert_eq!(
+        read[0],
+        c.record(&s, 1, LONG),
+        "[{name}] the original record is intact"
+    );
+}
+
+async fn expired_records_are_hidden(store: &impl MessageStore) {
+    let name = "ttl";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    ok(
+        name,
+        "append",
+        store
+            .append(&[
+                c.record(&s, 1, Duration::from_secs(2)),
+                c.record(&s, 2, LONG),
+                c.record(&s, 3, Duration::from_secs(2)),
+            ])
+            .await,
+    )
+    .await;
+    let before = c.now.saturating_add(Duration::from_secs(1));
+    assert_eq!(
+        seqs(
+            &ok(
+                name,
+                "read",
+                store.read_after(&s, Seq::ZERO, 10, before).await
+            )
+            .await
+        ),
+        [1, 2, 3]
+    );
+    let at_expiry = c.now.saturating_add(Duration::from_secs(2));
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 10, at_expiry).await,
+    )
+    .await;
+    assert_eq!(
+        seqs(&read),
+        [2],
+        "[{name}] a record is hidden from its expires_at on"
+    );
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 1, at_expiry).await,
+    )
+    .await;
+    assert_eq!(
+        seqs(&read),
+        [2],
+        "[{name}] the limit counts unexpired records only"
+    );
+}
+
+async fn purge_removes_expired_records_in_bounded_batches(store: &impl MessageStore) {
+    let name = "purge";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    let mut batch: Vec<_> = (1..=25)
+        .map(|i| c.record(&s, i, Duration::from_secs(1)))
+        .collect();
+    batch.push(c.record(&s, 26, LONG));
+    ok(name, "append", store.append(&batch).await).await;
+    let later = c.now.saturating_add(Duration::from_secs(5));
+    // Other data in a shared database may expire too: purge until a call comes back short.
+    let mut rounds = 0;
+    loop {
+        let purged = ok(name, "purge", store.purge_expired(later, 10).await).await;
+        assert!(purged <= 10, "[{name}] purged {purged} with a limit of 10");
+        rounds += 1;
+        if purged < 10 {
+            break;
+        }
+        assert!(rounds < 100_000, "[{name}] purge never finished");
+    }
+    assert!(
+        rounds >= 3,
+        "[{name}] 25 expired records need at least 3 rounds of 10"
+    );
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 100, c.now).await,
+    )
+    .await;
+    assert_eq!(
+        seqs(&read),
+        [26],
+        "[{name}] expired records are gone even for a reader in the past"
+    );
+    assert_eq!(
+        ok(name, "last_seq", store.last_seq(&s).await).await,
+        Seq::new(26)
+    );
+}
+
+async fn many_streams_in_one_batch(store: &impl MessageStore) {
+    let name = "many";
+    let c = Case::new(name);
+    let streams: Vec<_> = (0..300).map(|i| c.stream(&format!("s{i}"))).collect();
+    let batch: Vec<_> = streams
+        .iter()
+        .flat_map(|s| (1..=3).map(|q| c.record(s, q, LONG)))
+        .collect();
+    ok(name, "append", store.append(&batch).await).await;
+    for s in &streams {
+        let read = ok(
+            name,
+            "read",
+            store.read_after(s, Seq::ZERO, 10, c.now).await,
+        )
+        .await;
+        assert_eq!(seqs(&read), [1, 2, 3], "[{name}] stream {s}");
+    }
+}
+
+async fn concurrent_appends_to_different_streams<S: MessageStore>(store: &Arc<S>) {
+    let name = "concurrent";
+    let c = Arc::new(Case::new(name));
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, c) = (store.clone(), c.clone());
+            tokio::spawn(async move {
+                let s = c.stream(&format!("t{t}"));
+                for q in 1..=25 {
+                    store.append(&[c.record(&s, q, LONG)]).await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let joined = task
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] task panicked: {e}"));
+        ok(name, "append", joined).await;
+    }
+    for t in 0..8 {
+        let s = c.stream(&format!("t{t}"));
+        let read = ok(
+            name,
+            "read",
+            store.read_after(&s, Seq::ZERO, 100, c.now).await,
+        )
+        .await;
+        assert_eq!(
+            seqs(&read),
+            (1..=25).collect::<Vec<_>>(),
+            "[{name}] stream {s}"
+        );
+    }
+}
+
+async fn appends_survive_a_reopen_before(store: &impl MessageStore) -> (StreamId, Vec<LogRecord>) {
+    let name = "reopen";
+    let c = Case::new(name);
+    let s = c.stream("s");
+    let batch: Vec<_> = (1..=5).map(|q| c.record(&s, q, LONG)).collect();
+    ok(name, "append", store.append(&batch).await).await;
+    (s, batch)
+}
+
+async fn appends_survive_a_reopen_after(
+    store: &impl MessageStore,
+    (s, written): (StreamId, Vec<LogRecord>),
+) {
+    let name = "reopen";
+    let now = written[0].message.timestamp();
+    let read = ok(
+        name,
+        "read after reopening",
+        store.read_after(&s, Seq::ZERO, 10, now).await,
+    )
+    .await;
+    assert_eq!(
+        read, written,
+        "[{name}] everything appended before the reopen is there"
+    );
+    assert_eq!(
+        ok(name, "last_seq", store.last_seq(&s).await).await,
+        Seq::new(5)
+    );
+}
