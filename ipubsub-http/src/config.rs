@@ -18,6 +18,14 @@ pub struct HttpConfig {
     pub default_stream_size: u32,
     /// Largest `inMemoryStreamSize` accepted; more is a 400.
     pub max_stream_size: u32,
+    /// `dbTTLSeconds` of a persistent send that gives none.
+    pub default_ttl: Duration,
+    /// Largest `dbTTLSeconds` accepted; more is a 400.
+    pub max_ttl: Duration,
+    /// Largest `maxMessages` accepted.
+    pub max_messages: usize,
+    /// How long a persistent send or read may wait for the store before a 503.
+    pub store_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -29,6 +37,10 @@ impl Default for HttpConfig {
             max_timeout: Duration::from_secs(300),
             default_stream_size: 100,
             max_stream_size: 100_000,
+            default_ttl: Duration::from_secs(86_400),
+            max_ttl: Duration::from_secs(30 * 86_400),
+            max_messages: 1000,
+            store_timeout: Duration::from_secs(10),
         }
     }
 }

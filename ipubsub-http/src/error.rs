@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use ipubsub_core::{ReceiveError, SendError};
+use ipubsub_core::{AppendError, ReadError, ReceiveError, SendError};
 
 /// The stable, machine-readable error codes of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub enum ErrorCode {
     TooManyWaiters,
     /// 503: the node is shutting down.
     ShuttingDown,
+    /// 503: the message store failed or did not answer in time; the request may be retried.
+    StoreUnavailable,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -73,6 +75,7 @@ impl ErrorCode {
             Self::TooManyStreams => "TOO_MANY_STREAMS",
             Self::TooManyWaiters => "TOO_MANY_WAITERS",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
@@ -94,9 +97,10 @@ impl ErrorCode {
             Self::StreamFull | Self::NoReceiver | Self::NoMessage | Self::OwnerUnavailable => {
                 StatusCode::FAILED_DEPENDENCY
             }
-            Self::TooManyStreams | Self::TooManyWaiters | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TooManyStreams
+            | Self::TooManyWaiters
+            | Self::ShuttingDown
+            | Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -155,6 +159,39 @@ impl From<ReceiveError> for ApiError {
             _ => ErrorCode::Internal,
         };
         Self::new(code, e.to_string())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
+            AppendError::Store(cause) => {
+                tracing::warn!(error = %cause, "persistent append failed");
+                Self::new(
+                    ErrorCode::StoreUnavailable,
+                    format!("the message was not stored: {cause}"),
+                )
+            }
+            _ => Self::new(ErrorCode::StoreUnavailable, e.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::TooManyWaiters { .. } => Self::new(ErrorCode::TooManyWaiters, e.to_string()),
+            ReadError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
+            ReadError::Store(cause) => {
+                tracing::warn!(error = %cause, "persistent read failed");
+                Self::new(
+                    ErrorCode::StoreUnavailable,
+                    format!("the log could not be read: {cause}"),
+                )
+            }
+            _ => Self::new(ErrorCode::StoreUnavailable, e.to_string()),
+        }
     }
 }
 

@@ -22,7 +22,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cluster = Cluster::single(Node::new(NodeId::new("n1")?, "127.0.0.1:16681".parse()?));
-//! let app = App::new(Engine::default(), cluster, HttpConfig::default());
+//! let app = App::new(Engine::default(), None, cluster, HttpConfig::default());
 //! let send = hyper::Request::post("/api/v1/streams/send")
 //!     .body(Full::new(Bytes::from(r#"{"streamId":"s","messageUuid":"m1","message":{"hi":1}}"#)))?;
 //! assert_eq!(app.handle(send).await.status(), 200);

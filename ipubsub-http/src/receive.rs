@@ -4,30 +4,41 @@ use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ipubsub_core::{Engine, Message, StreamId};
+use ipubsub_core::{Engine, Log, LogRecord, Message, ResumeToken, Seq, StreamId};
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode};
 
-/// A validated in-memory receive.
+/// A validated receive.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReceiveRequest {
     pub(crate) stream: StreamId,
     pub(crate) timeout: Duration,
+    /// `maxMessages`, when given: the answer is then `{"messages": [...]}`.
+    pub(crate) max_messages: Option<usize>,
+    /// `Some(position)` to read the persistent log after `position`; `None` for the queue.
+    pub(crate) log_after: Option<Seq>,
 }
 
-/// Parses and validates the receive query string.
-pub(crate) fn parse(query: Option<&str>, config: &HttpConfig) -> Result<ReceiveRequest, ApiError> {
+/// Parses and validates the receive query string. `persistence` tells whether this node has
+/// a log.
+pub(crate) fn parse(
+    query: Option<&str>,
+    config: &HttpConfig,
+    persistence: bool,
+) -> Result<ReceiveRequest, ApiError> {
     let mut stream_id = None;
     let mut timeout = None;
     let mut read_from_db = None;
     let mut token = None;
+    let mut max_messages = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match key.as_ref() {
             "streamId" => &mut stream_id,
             "timeoutSeconds" => &mut timeout,
             "readFromDB" => &mut read_from_db,
             "dbResumeToken" => &mut token,
+            "maxMessages" => &mut max_messages,
             other => {
                 return Err(ApiError::new(
                     ErrorCode::UnknownParameter,
@@ -91,17 +102,108 @@ pub(crate) fn parse(query: Option<&str>, config: &HttpConfig) -> Result<ReceiveR
             "dbResumeToken requires readFromDB=true",
         ));
     }
-    if read_from_db {
+    if read_from_db && !persistence {
         return Err(ApiError::new(
             ErrorCode::PersistenceNotConfigured,
             "readFromDB: persistence is not configured on this node",
         ));
     }
-    Ok(ReceiveRequest { stream, timeout })
+    let log_after = match (read_from_db, token) {
+        (false, _) => None,
+        (true, None) => Some(Seq::ZERO),
+        (true, Some(text)) => {
+            let token = ResumeToken::decode(&text, &stream)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.to_string()))?;
+            Some(token.seq())
+        }
+    };
+    let max_messages = match max_messages {
+        None => None,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=config.max_messages).contains(&n) => Some(n),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "maxMessages must be 1 to {}, got `{text}`",
+                        config.max_messages
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(ReceiveRequest {
+        stream,
+        timeout,
+        max_messages,
+        log_after,
+    })
 }
 
-/// Runs a validated receive: the next message, or `NO_MESSAGE` after the timeout.
-pub(crate) async fn run(engine: &Engine, request: ReceiveRequest) -> Result<Message, ApiError> {
+/// Receives from the in-memory queue: the next message (then up to `max - 1` more that are
+/// already there), or `NO_MESSAGE` after the timeout.
+pub(crate) async fn run_memory(
+    engine: &Engine,
+    request: &ReceiveRequest,
+) -> Result<Vec<Message>, ApiError> {
+    let first = receive_one(engine, request).await?;
+    let mut messages = vec![first];
+    let more = request.max_messages.unwrap_or(1) - 1;
+    if more > 0 {
+        messages.extend(engine.try_receive_many(&request.stream, more));
+    }
+    Ok(messages)
+}
+
+/// Reads the persistent log after the request's position, waiting at the tail for the next
+/// commit (woken in memory, never by polling the store) until the timeout.
+pub(crate) async fn run_log(
+    log: &Log,
+    request: &ReceiveRequest,
+    after: Seq,
+    store_timeout: Duration,
+) -> Result<Vec<LogRecord>, ApiError> {
+    let deadline = tokio::time::Instant::now() + request.timeout;
+    let limit = request.max_messages.unwrap_or(1);
+    let no_message = || {
+        ApiError::new(
+            ErrorCode::NoMessage,
+            format!("no message arrived within {} s", request.timeout.as_secs()),
+        )
+    };
+    loop {
+        let read = match tokio::time::timeout(
+            store_timeout,
+            log.read(&request.stream, after, limit),
+        )
+        .await
+        {
+            Ok(read) => read?,
+            Err(_elapsed) => {
+                return Err(ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the message store did not answer in time",
+                ));
+            }
+        };
+        if !read.records.is_empty() {
+            return Ok(read.records);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(no_message());
+        }
+        match tokio::time::timeout_at(deadline, log.wait_past(&request.stream, read.watermark))
+            .await
+        {
+            Ok(Ok(true)) => continue,
+            Ok(Ok(false)) => return Err(no_message()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_elapsed) => return Err(no_message()),
+        }
+    }
+}
+
+async fn receive_one(engine: &Engine, request: &ReceiveRequest) -> Result<Message, ApiError> {
     let no_message = || {
         ApiError::new(
             ErrorCode::NoMessage,
@@ -125,20 +227,44 @@ pub(crate) async fn run(engine: &Engine, request: ReceiveRequest) -> Result<Mess
     }
 }
 
-/// The v1 receive body: `{"messageUuid", "message", "timestamp"}`, with the message's bytes
-/// written as they were posted.
-pub(crate) fn body(message: &Message) -> Bytes {
-    let id = message.id().as_str();
-    let payload = message.payload();
-    let mut out = Vec::with_capacity(80 + id.len() + payload.len());
+/// The receive body. Without `maxMessages`, the v1 shape for one message:
+/// `{"messageUuid", "message", "timestamp"[, "dbResumeToken"]}`; with it,
+/// `{"messages": [...]}` of that shape. Message bytes are written as they were posted.
+pub(crate) fn body<'a>(
+    batch: bool,
+    items: impl ExactSizeIterator<Item = (&'a Message, Option<String>)>,
+) -> Bytes {
+    let mut out = Vec::with_capacity(128 * items.len());
+    if batch {
+        out.extend_from_slice(b"{\"messages\":[");
+    }
+    for (i, (message, token)) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_message(&mut out, message, token.as_deref());
+    }
+    if batch {
+        out.extend_from_slice(b"]}");
+    }
+    Bytes::from(out)
+}
+
+fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>) {
     out.extend_from_slice(b"{\"messageUuid\":");
-    push_json_string(&mut out, id);
+    push_json_string(out, message.id().as_str());
     out.extend_from_slice(b",\"message\":");
-    out.extend_from_slice(payload);
+    out.extend_from_slice(message.payload());
     out.extend_from_slice(b",\"timestamp\":\"");
     out.extend_from_slice(message.timestamp().to_rfc3339().as_bytes());
-    out.extend_from_slice(b"\"}");
-    Bytes::from(out)
+    out.push(b'"');
+    if let Some(token) = token {
+        // Tokens are base64url: nothing to escape.
+        out.extend_from_slice(b",\"dbResumeToken\":\"");
+        out.extend_from_slice(token.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
 }
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
@@ -155,7 +281,7 @@ mod tests {
     use super::*;
 
     fn parse_q(q: &str) -> Result<ReceiveRequest, ApiError> {
-        parse(Some(q), &HttpConfig::default())
+        parse(Some(q), &HttpConfig::default(), false)
     }
 
     #[track_caller]
@@ -231,13 +357,63 @@ mod tests {
     }
 
     #[test]
+    fn log_reads_take_a_token_of_their_own_stream() -> Result<(), Box<dyn std::error::Error>> {
+        let config = HttpConfig::default();
+        let parse_log = |q: &str| parse(Some(q), &config, true);
+        assert_eq!(
+            parse_log("streamId=s&readFromDB=true")?.log_after,
+            Some(Seq::ZERO)
+        );
+        let token = ResumeToken::new(&StreamId::new("s")?, Seq::new(42)).to_string();
+        let r = parse_log(&format!(
+            "streamId=s&readFromDB=true&dbResumeToken={token}&maxMessages=10"
+        ))?;
+        assert_eq!(
+            (r.log_after, r.max_messages),
+            (Some(Seq::new(42)), Some(10))
+        );
+        let other = parse_log(&format!("streamId=t&readFromDB=true&dbResumeToken={token}"))
+            .err()
+            .ok_or("accepted")?;
+        assert!(other.message.contains("another stream"), "{other}");
+        let garbage = parse_log("streamId=s&readFromDB=true&dbResumeToken=zzz")
+            .err()
+            .ok_or("accepted")?;
+        assert!(garbage.message.contains("malformed"), "{garbage}");
+        for bad in ["0", "1001", "x", "-1"] {
+            assert!(
+                parse_log(&format!("streamId=s&maxMessages={bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batch_body_lists_messages_with_tokens() -> Result<(), Box<dyn std::error::Error>> {
+        let m = Message::new(
+            MessageId::new("a")?,
+            Bytes::from_static(b"1"),
+            Timestamp::from_micros(0),
+        );
+        let body = body(
+            true,
+            [(&m, Some("T1".to_owned())), (&m, Some("T2".to_owned()))].into_iter(),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        assert_eq!(v["messages"][1]["dbResumeToken"], "T2");
+        assert_eq!(v["messages"][0]["message"], 1);
+        Ok(())
+    }
+
+    #[test]
     fn body_writes_the_payload_verbatim() -> Result<(), Box<dyn std::error::Error>> {
         let m = Message::new(
             MessageId::new("id \"q\"")?,
             Bytes::from_static(b"[1.50,2e3]"),
             Timestamp::from_micros(1),
         );
-        let body = body(&m);
+        let body = body(false, std::iter::once((&m, None)));
         assert_eq!(
             std::str::from_utf8(&body)?,
             r#"{"messageUuid":"id \"q\"","message":[1.50,2e3],"timestamp":"1970-01-01T00:00:00.000001Z"}"#

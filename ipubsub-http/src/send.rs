@@ -5,7 +5,9 @@ use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ipubsub_core::{Engine, Message, MessageId, SendOptions, SendOutcome, StreamId};
+use ipubsub_core::{
+    Engine, Log, Message, MessageId, ResumeToken, SendOptions, SendOutcome, StreamId,
+};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -36,20 +38,34 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// A validated in-memory send.
+/// A validated send.
 #[derive(Debug)]
 pub(crate) struct SendRequest {
     pub(crate) stream: StreamId,
     pub(crate) id: MessageId,
     /// The message's JSON text, exactly as posted.
     pub(crate) payload: Bytes,
-    pub(crate) options: SendOptions,
-    /// How long a blocking send or a sync match may wait.
-    pub(crate) wait: Duration,
+    pub(crate) kind: SendKind,
 }
 
-/// Parses and validates a send body.
-pub(crate) fn parse(body: &[u8], config: &HttpConfig) -> Result<SendRequest, ApiError> {
+/// Where a send puts its message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendKind {
+    /// The in-memory queue, in the mode `options` select; a waiting send waits up to `wait`.
+    Memory {
+        options: SendOptions,
+        wait: Duration,
+    },
+    /// The persistent log only, to expire after `ttl`.
+    Log { ttl: Duration },
+}
+
+/// Parses and validates a send body. `persistence` tells whether this node has a log.
+pub(crate) fn parse(
+    body: &[u8],
+    config: &HttpConfig,
+    persistence: bool,
+) -> Result<SendRequest, ApiError> {
     // serde would also read a struct from a JSON array; the API takes objects only.
     if body
         .iter()
@@ -80,17 +96,49 @@ pub(crate) fn parse(body: &[u8], config: &HttpConfig) -> Result<SendRequest, Api
             "message is required (null is a valid message)",
         ));
     };
-    if parsed.write_to_db == Some(true) {
+    // One copy, on purpose: a slice of the request would pin the connection's whole read
+    // buffer (kilobytes) for as long as the message waits in a stream.
+    let payload = Bytes::copy_from_slice(message.get().as_bytes());
+    let persistent = parsed.write_to_db == Some(true);
+    if persistent && !persistence {
         return Err(ApiError::new(
             ErrorCode::PersistenceNotConfigured,
             "writeToDB: persistence is not configured on this node",
         ));
     }
-    if parsed.db_ttl_seconds.is_some() {
+    if !persistent && parsed.db_ttl_seconds.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidField,
             "dbTTLSeconds applies only with writeToDB: true",
         ));
+    }
+    if persistent {
+        let ttl = match parsed.db_ttl_seconds {
+            None => config.default_ttl,
+            Some(0) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "dbTTLSeconds must be above 0",
+                ));
+            }
+            Some(secs) if Duration::from_secs(secs) > config.max_ttl => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "dbTTLSeconds is {secs}, the limit is {}",
+                        config.max_ttl.as_secs()
+                    ),
+                ));
+            }
+            Some(secs) => Duration::from_secs(secs),
+        };
+        // The in-memory fields do not apply to a message that goes to the log only.
+        return Ok(SendRequest {
+            stream,
+            id,
+            payload,
+            kind: SendKind::Log { ttl },
+        });
     }
     let size = parsed
         .in_memory_stream_size
@@ -124,14 +172,14 @@ pub(crate) fn parse(body: &[u8], config: &HttpConfig) -> Result<SendRequest, Api
     Ok(SendRequest {
         stream,
         id,
-        // One copy, on purpose: a slice of the request would pin the connection's whole read
-        // buffer (kilobytes) for as long as the message waits in a stream.
-        payload: Bytes::copy_from_slice(message.get().as_bytes()),
-        options: SendOptions {
-            stream_size: size,
-            wait: wait_secs > 0,
+        payload,
+        kind: SendKind::Memory {
+            options: SendOptions {
+                stream_size: size,
+                wait: wait_secs > 0,
+            },
+            wait,
         },
-        wait,
     })
 }
 
@@ -169,14 +217,19 @@ fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::new(code, message)
 }
 
-/// Runs a validated send on the engine, waiting up to its timeout.
-pub(crate) async fn run(engine: &Engine, request: SendRequest) -> Result<SendOutcome, ApiError> {
-    let message = Message::new(request.id, request.payload, engine.now());
-    let mut send = pin!(engine.send(request.stream, message, request.options));
-    if !request.options.wait {
+/// Runs an in-memory send on the engine, waiting up to its timeout.
+pub(crate) async fn run_memory(
+    engine: &Engine,
+    stream: StreamId,
+    message: Message,
+    options: SendOptions,
+    wait: Duration,
+) -> Result<SendOutcome, ApiError> {
+    let mut send = pin!(engine.send(stream, message, options));
+    if !options.wait {
         return Ok(send.await?);
     }
-    match tokio::time::timeout(request.wait, send.as_mut()).await {
+    match tokio::time::timeout(wait, send.as_mut()).await {
         Ok(result) => Ok(result?),
         // The abandon settles the race with a receiver: a message accepted at the last
         // moment is reported as sent.
@@ -184,12 +237,32 @@ pub(crate) async fn run(engine: &Engine, request: SendRequest) -> Result<SendOut
     }
 }
 
+/// Appends to the persistent log and answers with the message's resume token once durable.
+pub(crate) async fn run_log(
+    log: &Log,
+    stream: StreamId,
+    message: Message,
+    ttl: Duration,
+    limit: Duration,
+) -> Result<String, ApiError> {
+    let seq = match tokio::time::timeout(limit, log.append(stream.clone(), message, ttl)).await {
+        Ok(result) => result?,
+        Err(_elapsed) => {
+            return Err(ApiError::new(
+                ErrorCode::StoreUnavailable,
+                "the message store did not confirm the write in time; it may or may not be stored",
+            ));
+        }
+    };
+    Ok(ResumeToken::new(&stream, seq).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse_str(body: &str) -> Result<SendRequest, ApiError> {
-        parse(body.as_bytes(), &HttpConfig::default())
+        parse(body.as_bytes(), &HttpConfig::default(), false)
     }
 
     #[track_caller]
@@ -214,10 +287,13 @@ mod tests {
         )?;
         assert_eq!(&r.payload[..], br#"{"n":12345678901234567890,"f":1.5e3}"#);
         assert_eq!(
-            r.options,
-            SendOptions {
-                stream_size: 100,
-                wait: false
+            r.kind,
+            SendKind::Memory {
+                options: SendOptions {
+                    stream_size: 100,
+                    wait: false
+                },
+                wait: Duration::ZERO
             }
         );
         Ok(())
@@ -336,15 +412,60 @@ mod tests {
             r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":0,"blockingSendTimeoutSeconds":2}"#,
         )?;
         assert_eq!(
-            r.options,
-            SendOptions {
-                stream_size: 0,
-                wait: true
+            r.kind,
+            SendKind::Memory {
+                options: SendOptions {
+                    stream_size: 0,
+                    wait: true
+                },
+                wait: Duration::from_secs(2)
             }
         );
-        assert_eq!(r.wait, Duration::from_secs(2));
         let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":false}"#)?;
-        assert!(!r.options.wait);
+        assert!(matches!(
+            r.kind,
+            SendKind::Memory {
+                options: SendOptions { wait: false, .. },
+                ..
+            }
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn persistent_sends_take_a_ttl_within_limits() -> Result<(), ApiError> {
+        let config = HttpConfig::default();
+        let parse_log = |body: &str| parse(body.as_bytes(), &config, true);
+        let r = parse_log(r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true}"#)?;
+        assert_eq!(
+            r.kind,
+            SendKind::Log {
+                ttl: Duration::from_secs(86_400)
+            }
+        );
+        // In-memory fields do not apply, not even the size-0 rule.
+        let r = parse_log(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,"dbTTLSeconds":5,"inMemoryStreamSize":0}"#,
+        )?;
+        assert_eq!(
+            r.kind,
+            SendKind::Log {
+                ttl: Duration::from_secs(5)
+            }
+        );
+        for bad in [
+            r#""dbTTLSeconds":0"#,
+            r#""dbTTLSeconds":99999999"#,
+            r#""dbTTLSeconds":-5"#,
+        ] {
+            let body = format!(
+                r#"{{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,{bad}}}"#
+            );
+            let e = parse_log(&body)
+                .err()
+                .ok_or(ApiError::new(ErrorCode::Internal, "accepted"))?;
+            assert_eq!(e.code, ErrorCode::InvalidField, "{bad}: {e}");
+        }
         Ok(())
     }
 }

@@ -62,6 +62,11 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: answering waiting requests");
     app.engine().close();
+    // Waiting log readers are released; queued appends are still written by the workers,
+    // which the caller awaits after this returns.
+    if let Some(log) = app.log() {
+        log.close();
+    }
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

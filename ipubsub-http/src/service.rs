@@ -8,10 +8,11 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipubsub_cluster::{Cluster, Route};
-use ipubsub_core::{Engine, StreamId};
+use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::send::SendKind;
 use crate::{receive, send};
 
 const SEND_PATH: &str = "/api/v1/streams/send";
@@ -25,6 +26,8 @@ pub struct App {
 
 struct Inner {
     engine: Engine,
+    /// The persistent log; `None` when persistence is not configured.
+    log: Option<Log>,
     cluster: Cluster,
     config: HttpConfig,
 }
@@ -39,11 +42,13 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// The API over `engine`, routing streams by `cluster`, with `config`'s limits.
-    pub fn new(engine: Engine, cluster: Cluster, config: HttpConfig) -> Self {
+    /// The API over `engine` (and `log`, when persistence is configured), routing streams by
+    /// `cluster`, with `config`'s limits.
+    pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
+                log,
                 cluster,
                 config,
             }),
@@ -53,6 +58,11 @@ impl App {
     /// The engine behind the API.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The persistent log behind the API, if any.
+    pub fn log(&self) -> Option<&Log> {
+        self.inner.log.as_ref()
     }
 
     /// Answers one request. Never fails: every error becomes a JSON error response.
@@ -95,19 +105,60 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         self.refuse_when_closed()?;
-        let body = read_body(request, self.inner.config.max_body_bytes).await?;
-        let send = send::parse(&body, &self.inner.config)?;
+        let inner = &*self.inner;
+        let body = read_body(request, inner.config.max_body_bytes).await?;
+        let send = send::parse(&body, &inner.config, inner.log.is_some())?;
         self.route(&send.stream)?;
-        send::run(&self.inner.engine, send).await?;
-        Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
+        let message = Message::new(send.id, send.payload, inner.engine.now());
+        match (send.kind, &inner.log) {
+            (SendKind::Memory { options, wait }, _) => {
+                send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
+                Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
+            }
+            (SendKind::Log { ttl }, Some(log)) => {
+                let token =
+                    send::run_log(log, send.stream, message, ttl, inner.config.store_timeout)
+                        .await?;
+                Ok(json(
+                    StatusCode::OK,
+                    Bytes::from(format!("{{\"dbResumeToken\":\"{token}\"}}")),
+                ))
+            }
+            (SendKind::Log { .. }, None) => Err(ApiError::new(
+                ErrorCode::PersistenceNotConfigured,
+                "writeToDB: persistence is not configured on this node",
+            )),
+        }
     }
 
     async fn receive<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
         self.refuse_when_closed()?;
-        let receive = receive::parse(request.uri().query(), &self.inner.config)?;
+        let inner = &*self.inner;
+        let receive = receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
         self.route(&receive.stream)?;
-        let message = receive::run(&self.inner.engine, receive).await?;
-        Ok(json(StatusCode::OK, receive::body(&message)))
+        let batch = receive.max_messages.is_some();
+        let body = match (receive.log_after, &inner.log) {
+            (None, _) => {
+                let messages = receive::run_memory(&inner.engine, &receive).await?;
+                receive::body(batch, messages.iter().map(|m| (m, None)))
+            }
+            (Some(after), Some(log)) => {
+                let records =
+                    receive::run_log(log, &receive, after, inner.config.store_timeout).await?;
+                let tokens = records.iter().map(|r| {
+                    let token = ResumeToken::new(&r.stream, r.seq).to_string();
+                    (&r.message, Some(token))
+                });
+                receive::body(batch, tokens.collect::<Vec<_>>().into_iter())
+            }
+            (Some(_), None) => {
+                return Err(ApiError::new(
+                    ErrorCode::PersistenceNotConfigured,
+                    "readFromDB: persistence is not configured on this node",
+                ));
+            }
+        };
+        Ok(json(StatusCode::OK, body))
     }
 
     fn refuse_when_closed(&self) -> Result<(), ApiError> {

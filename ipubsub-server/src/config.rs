@@ -38,6 +38,8 @@ pub struct Config {
     pub http: HttpSection,
     /// The in-memory engine.
     pub engine: EngineSection,
+    /// The persistent log's storage.
+    pub storage: StorageSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -144,6 +146,89 @@ impl Default for EngineSection {
     }
 }
 
+/// `storage:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `embedded` (default: fjall in a local directory), `memory` (lost on restart; for
+    /// tests), or `none` (no persistence: `writeToDB` and `readFromDB` are 400s).
+    pub backend: Backend,
+    /// The embedded store.
+    pub embedded: EmbeddedSection,
+    /// `dbTTLSeconds` of a persistent send that gives none.
+    pub default_ttl_seconds: u64,
+    /// Largest `dbTTLSeconds` accepted.
+    pub max_ttl_seconds: u64,
+    /// Concurrent group-commit writers.
+    pub commit_workers: usize,
+    /// Most messages written by one store call.
+    pub max_batch: usize,
+    /// How often expired messages are purged.
+    pub purge_interval_seconds: u64,
+    /// Most messages deleted by one purge call (purges loop in batches of this size).
+    pub purge_batch: usize,
+    /// How long a request waits for the store before answering 503.
+    pub store_timeout_seconds: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Embedded,
+            embedded: EmbeddedSection::default(),
+            default_ttl_seconds: 86_400,
+            max_ttl_seconds: 30 * 86_400,
+            commit_workers: 4,
+            max_batch: 1024,
+            purge_interval_seconds: 10,
+            purge_batch: 1000,
+            store_timeout_seconds: 10,
+        }
+    }
+}
+
+/// Which store keeps the persistent log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// fjall in `storage.embedded.path`.
+    Embedded,
+    /// Process memory; lost on restart.
+    Memory,
+    /// No persistent log.
+    None,
+}
+
+/// `storage.embedded:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSection {
+    /// The data directory; a relative path resolves against the working directory.
+    pub path: std::path::PathBuf,
+    /// `buffer`: a 200 means the message survives the process being killed; `sync`: it also
+    /// survives a power loss (an fdatasync per group commit).
+    pub durability: DurabilitySetting,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        Self {
+            path: "./data".into(),
+            durability: DurabilitySetting::Buffer,
+        }
+    }
+}
+
+/// `storage.embedded.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// Handed to the OS before the 200.
+    Buffer,
+    /// fdatasync'ed before the 200.
+    Sync,
+}
+
 /// `log:`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +303,26 @@ impl Config {
         if http.max_body_bytes == 0 {
             return invalid("http.max_body_bytes must be above 0".into());
         }
+        let storage = &self.storage;
+        if storage.default_ttl_seconds == 0 || storage.default_ttl_seconds > storage.max_ttl_seconds
+        {
+            return invalid(format!(
+                "storage.default_ttl_seconds ({}) must be above 0 and at most storage.max_ttl_seconds ({})",
+                storage.default_ttl_seconds, storage.max_ttl_seconds
+            ));
+        }
+        if storage.commit_workers == 0 || storage.max_batch == 0 || storage.purge_batch == 0 {
+            return invalid(
+                "storage.commit_workers, storage.max_batch and storage.purge_batch must be above 0"
+                    .into(),
+            );
+        }
+        if storage.purge_interval_seconds == 0 || storage.store_timeout_seconds == 0 {
+            return invalid(
+                "storage.purge_interval_seconds and storage.store_timeout_seconds must be above 0"
+                    .into(),
+            );
+        }
         if self.engine.sweep_interval_seconds == 0 {
             return invalid("engine.sweep_interval_seconds must be above 0".into());
         }
@@ -236,6 +341,17 @@ impl Config {
         c.max_timeout = Duration::from_secs(self.http.max_timeout_seconds);
         c.default_stream_size = self.http.default_stream_size;
         c.max_stream_size = self.http.max_stream_size;
+        c.default_ttl = Duration::from_secs(self.storage.default_ttl_seconds);
+        c.max_ttl = Duration::from_secs(self.storage.max_ttl_seconds);
+        c.store_timeout = Duration::from_secs(self.storage.store_timeout_seconds);
+        c
+    }
+
+    /// The log's part.
+    pub fn log_config(&self) -> ipubsub_core::LogConfig {
+        let mut c = ipubsub_core::LogConfig::default();
+        c.max_batch = self.storage.max_batch;
+        c.max_waiters = self.engine.max_waiting_requests;
         c
     }
 

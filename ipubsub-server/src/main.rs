@@ -15,8 +15,13 @@ use anyhow::Context as _;
 use clap::Parser;
 use config::{Config, LogFormat};
 use ipubsub_cluster::{Cluster, Node, NodeId};
-use ipubsub_core::Engine;
+use std::error::Error as _;
+use std::sync::Arc;
+
+use config::{Backend, DurabilitySetting};
+use ipubsub_core::{Engine, Log, MessageStore};
 use ipubsub_http::App;
+use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -90,12 +95,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let node_id = NodeId::new(&config.node.name).context("node.name")?;
     let cluster = Cluster::single(Node::new(node_id, advertised));
     let engine = Engine::new(config.engine_config());
-    let app = App::new(engine.clone(), cluster, config.http_config());
+    let store = open_store(&config)?;
+    let log = store.map(|store| Log::new(store, config.log_config()));
+    let app = App::new(engine.clone(), log.clone(), cluster, config.http_config());
 
     let sweeper = tokio::spawn(sweep_idle_streams(
         engine.clone(),
+        log.clone(),
         Duration::from_secs(config.engine.sweep_interval_seconds),
+        Duration::from_secs(config.engine.stream_idle_timeout_seconds),
     ));
+    let mut workers = Vec::new();
+    let mut purger = None;
+    if let Some(log) = &log {
+        for _ in 0..config.storage.commit_workers {
+            let log = log.clone();
+            workers.push(tokio::spawn(async move { log.run_commit_worker().await }));
+        }
+        purger = Some(tokio::spawn(purge_expired(
+            log.clone(),
+            Duration::from_secs(config.storage.purge_interval_seconds),
+            config.storage.purge_batch,
+        )));
+    }
 
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, %bound, "ipubsub-server started");
     // Machine-readable, for scripts and tests that start the server on port 0.
@@ -104,21 +126,89 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     ipubsub_http::serve(listener, app, shutdown_signal(), grace).await;
     sweeper.abort();
+    if let Some(purger) = purger {
+        purger.abort();
+    }
+    // The log was closed by `serve`: the workers write what is queued, then stop.
+    for worker in workers {
+        if tokio::time::timeout(grace, worker).await.is_err() {
+            tracing::warn!("a commit worker did not finish within the grace period");
+        }
+    }
     tracing::info!("ipubsub-server stopped");
     Ok(())
 }
 
-/// Drops idle streams periodically, off the async workers (a sweep visits every stream).
-async fn sweep_idle_streams(engine: Engine, every: Duration) {
+/// Opens the configured store; `None` when persistence is off.
+fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageStore>>> {
+    Ok(match config.storage.backend {
+        Backend::None => None,
+        Backend::Memory => Some(Arc::new(MemoryStore::new())),
+        Backend::Embedded => {
+            let section = &config.storage.embedded;
+            let mut embedded = EmbeddedConfig::new(&section.path);
+            embedded.durability = match section.durability {
+                DurabilitySetting::Buffer => Durability::Buffer,
+                DurabilitySetting::Sync => Durability::Sync,
+            };
+            let store = EmbeddedStore::open(&embedded).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: {}",
+                    e.source().map_or_else(String::new, ToString::to_string)
+                )
+            })?;
+            tracing::info!(path = %section.path.display(), durability = ?section.durability, "embedded store opened");
+            Some(Arc::new(store))
+        }
+    })
+}
+
+/// Drops idle streams and forgets idle log positions periodically, off the async workers
+/// (a sweep visits every stream).
+async fn sweep_idle_streams(engine: Engine, log: Option<Log>, every: Duration, idle: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let engine = engine.clone();
-        match tokio::task::spawn_blocking(move || engine.sweep_idle()).await {
-            Ok(0) => {}
-            Ok(dropped) => tracing::debug!(dropped, "dropped idle streams"),
+        let log = log.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            (
+                engine.sweep_idle(),
+                log.map_or(0, |log| log.sweep_idle(idle)),
+            )
+        });
+        match swept.await {
+            Ok((0, 0)) => {}
+            Ok((streams, positions)) => tracing::debug!(streams, positions, "dropped idle streams"),
             Err(e) => tracing::warn!(error = %e, "idle stream sweep failed"),
+        }
+    }
+}
+
+/// Deletes expired messages in bounded batches, so that disk use follows the live data.
+async fn purge_expired(log: Log, every: Duration, batch: usize) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let mut total = 0;
+        loop {
+            match log.purge_expired(batch).await {
+                Ok(n) => {
+                    total += n;
+                    if n < batch {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired messages failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::debug!(purged = total, "purged expired messages");
         }
     }
 }

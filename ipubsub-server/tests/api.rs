@@ -315,9 +315,16 @@ async fn bad_input_gets_a_400_with_a_stable_code() -> TestResult {
         (
             Method::POST,
             send,
-            r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true}"#,
+            r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,"dbTTLSeconds":0}"#,
             StatusCode::BAD_REQUEST,
-            "PERSISTENCE_NOT_CONFIGURED",
+            "INVALID_FIELD",
+        ),
+        (
+            Method::POST,
+            send,
+            r#"{"streamId":"s","messageUuid":"m","message":1,"dbTTLSeconds":60}"#,
+            StatusCode::BAD_REQUEST,
+            "INVALID_FIELD",
         ),
         (
             Method::GET,
@@ -349,10 +356,17 @@ async fn bad_input_gets_a_400_with_a_stable_code() -> TestResult {
         ),
         (
             Method::GET,
-            "/api/v1/streams/receive?streamId=s&readFromDB=true",
+            "/api/v1/streams/receive?streamId=s&readFromDB=true&dbResumeToken=garbage",
             "",
             StatusCode::BAD_REQUEST,
-            "PERSISTENCE_NOT_CONFIGURED",
+            "INVALID_PARAMETER",
+        ),
+        (
+            Method::GET,
+            "/api/v1/streams/receive?streamId=s&maxMessages=0",
+            "",
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETER",
         ),
         (
             Method::GET,

@@ -20,7 +20,8 @@ pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 pub struct TestServer {
     child: Child,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The server's config file and data directory live here.
+    pub dir: tempfile::TempDir,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -41,9 +42,22 @@ impl TestServer {
             "node:\n  name: test-node\n  http_bind_addr_port: \"127.0.0.1:0\"\n{yaml}"
         )
         .expect("write config");
+        let data = dir.path().join("data");
+        Self::spawn(dir, &config, &data, env)
+    }
+
+    /// A server on an existing data directory (to restart one), with `config` and `env`.
+    #[track_caller]
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        data: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
             .arg("--config")
-            .arg(&config)
+            .arg(config)
+            .env("IPUBSUB_STORAGE__EMBEDDED__PATH", data)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -64,7 +78,7 @@ impl TestServer {
         Self {
             child,
             addr,
-            _dir: dir,
+            dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -131,6 +145,16 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl TestServer {
+    /// Kills the process with SIGKILL and returns its directory, data and all.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
     }
 }
 

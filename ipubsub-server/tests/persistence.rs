@@ -1,0 +1,254 @@
+//! The persistent log end to end, against the real server binary on its embedded store:
+//! replay with resume tokens, tail long-polls, TTL, batches, and survival of `kill -9`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestResult, TestServer, code};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+fn persistent(stream: &str, id: &str, ttl: Option<u64>) -> Value {
+    let mut body =
+        json!({"streamId": stream, "messageUuid": id, "message": {"id": id}, "writeToDB": true});
+    if let Some(ttl) = ttl {
+        body["dbTTLSeconds"] = json!(ttl);
+    }
+    body
+}
+
+async fn send_persistent(server: &TestServer, stream: &str, id: &str) -> String {
+    let (status, body) = server.send(persistent(stream, id, None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["dbResumeToken"].as_str().expect("a token").to_owned()
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["messages"].as_array().map_or_else(Vec::new, |items| {
+        items
+            .iter()
+            .map(|m| m["messageUuid"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn readers_replay_the_log_independently_with_their_tokens() -> TestResult {
+    let server = TestServer::start();
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(send_persistent(&server, "log", &format!("m{i}")).await);
+    }
+    // Two readers from the start, each following its own tokens: nothing is consumed.
+    for _reader in 0..2 {
+        let mut query = "streamId=log&readFromDB=true&timeoutSeconds=0".to_owned();
+        for i in 0..5 {
+            let (status, body) = server.receive(&query).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["messageUuid"], format!("m{i}"));
+            assert_eq!(body["message"], json!({"id": format!("m{i}")}));
+            assert_eq!(
+                body["dbResumeToken"], tokens[i],
+                "the read token is the send token"
+            );
+            query = format!(
+                "streamId=log&readFromDB=true&timeoutSeconds=0&dbResumeToken={}",
+                tokens[i]
+            );
+        }
+        let (status, body) = server.receive(&query).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::FAILED_DEPENDENCY, "NO_MESSAGE")
+        );
+    }
+    // The same token always yields the same next message; batches carry a token each.
+    let (_, body) = server
+        .receive(&format!(
+            "streamId=log&readFromDB=true&dbResumeToken={}&maxMessages=2",
+            tokens[1]
+        ))
+        .await;
+    assert_eq!(ids(&body), ["m2", "m3"]);
+    assert_eq!(body["messages"][1]["dbResumeToken"], tokens[3]);
+    let (_, body) = server
+        .receive("streamId=log&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
+        .await;
+    assert_eq!(ids(&body), ["m0", "m1", "m2", "m3", "m4"]);
+    // A persistent message goes to the log only.
+    let (status, _) = server.receive("streamId=log&timeoutSeconds=0").await;
+    assert_eq!(status, StatusCode::FAILED_DEPENDENCY);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reader_at_the_tail_is_woken_by_the_next_append() -> TestResult {
+    let server = std::sync::Arc::new(TestServer::start());
+    let token = send_persistent(&server, "tail", "first").await;
+    let reader = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let started = Instant::now();
+            let result = server
+                .receive(&format!(
+                    "streamId=tail&readFromDB=true&timeoutSeconds=10&dbResumeToken={token}"
+                ))
+                .await;
+            (result, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_persistent(&server, "tail", "second").await;
+    let ((status, body), waited) = reader.await?;
+    assert_eq!(
+        (status, &body["messageUuid"]),
+        (StatusCode::OK, &json!("second"))
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "woken by the append, not the timeout: {waited:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_are_bound_to_their_stream() -> TestResult {
+    let server = TestServer::start();
+    let token = send_persistent(&server, "a", "m").await;
+    let (status, body) = server
+        .receive(&format!("streamId=b&readFromDB=true&dbResumeToken={token}"))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "INVALID_PARAMETER")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another stream")),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_messages_are_never_returned() -> TestResult {
+    let server = TestServer::start();
+    assert_eq!(
+        server.send(persistent("ttl", "short", Some(1))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.send(persistent("ttl", "long", Some(3600))).await.0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, body) = server
+        .receive("streamId=ttl&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+        .await;
+    assert_eq!(ids(&body), ["long"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_memory_receives_take_batches_too() -> TestResult {
+    let server = TestServer::start();
+    for i in 0..3 {
+        server
+            .send(json!({"streamId": "mem", "messageUuid": format!("m{i}"), "message": i}))
+            .await;
+    }
+    let (status, body) = server
+        .receive("streamId=mem&maxMessages=10&timeoutSeconds=1")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&body), ["m0", "m1", "m2"]);
+    assert!(body["messages"][0].get("dbResumeToken").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
+    let server = TestServer::start();
+    let server = std::sync::Arc::new(server);
+    // Concurrent senders, so that appends are group-committed.
+    let senders: Vec<_> = (0..10)
+        .map(|t| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..10 {
+                    let id = format!("t{t}-{i}");
+                    acked.push((id.clone(), send_persistent(&server, "durable", &id).await));
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await?);
+    }
+    let (_, before) = server
+        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
+        .await;
+    let order_before = ids(&before);
+    assert_eq!(order_before.len(), 100);
+
+    let server = std::sync::Arc::into_inner(server).ok_or("server still shared")?;
+    let dir = server.kill9();
+    let config = dir.path().join("config.yaml");
+    let data = dir.path().join("data");
+    let server = TestServer::spawn(dir, &config, &data, &[]);
+
+    let (_, after) = server
+        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
+        .await;
+    assert_eq!(
+        ids(&after),
+        order_before,
+        "every acknowledged message, in the same order"
+    );
+    for (id, token) in &acked {
+        let position = order_before
+            .iter()
+            .position(|m| m == id)
+            .ok_or("acknowledged message missing")?;
+        let (status, body) = server
+            .receive(&format!(
+                "streamId=durable&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}"
+            ))
+            .await;
+        match order_before.get(position + 1) {
+            Some(next) => assert_eq!(
+                (status, &body["messageUuid"]),
+                (StatusCode::OK, &json!(next))
+            ),
+            None => assert_eq!(status, StatusCode::FAILED_DEPENDENCY),
+        }
+    }
+    let last = send_persistent(&server, "durable", "after-restart").await;
+    let (_, body) = server
+        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
+        .await;
+    assert_eq!(ids(&body).last().map(String::as_str), Some("after-restart"));
+    assert_eq!(body["messages"][100]["dbResumeToken"], json!(last));
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_persistence_log_requests_are_400() -> TestResult {
+    let server = TestServer::start_with("storage:\n  backend: none", &[]);
+    let (status, body) = server.send(persistent("s", "m", None)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "PERSISTENCE_NOT_CONFIGURED")
+    );
+    let (status, body) = server.receive("streamId=s&readFromDB=true").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "PERSISTENCE_NOT_CONFIGURED")
+    );
+    Ok(())
+}
