@@ -118,3 +118,20 @@ async fn new_requests_during_shutdown_are_not_served() -> TestResult {
     assert!(TcpStream::connect(addr).is_err());
     Ok(())
 }
+
+#[test]
+fn an_unopenable_store_is_a_clear_error_at_start() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "x")?;
+    let output = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .env("IPUBSUB_NODE__HTTP_BIND_ADDR_PORT", "127.0.0.1:0")
+        .env("IPUBSUB_STORAGE__EMBEDDED__PATH", blocker.join("data"))
+        .env("RUST_LOG", "off")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot open the embedded store"), "{stderr}");
+    Ok(())
+}
