@@ -16,7 +16,10 @@ use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-async fn call(app: &App, request: Request<Full<Bytes>>) -> Result<(StatusCode, Value), Box<dyn std::error::Error + Send + Sync>> {
+async fn call(
+    app: &App,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Value), Box<dyn std::error::Error + Send + Sync>> {
     let response = app.handle(request).await;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
@@ -24,21 +27,30 @@ async fn call(app: &App, request: Request<Full<Bytes>>) -> Result<(StatusCode, V
 }
 
 fn send(i: usize) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
-    let body = format!(r#"{{"streamId":"faulty","messageUuid":"m{i}","message":{i},"writeToDB":true}}"#);
+    let body =
+        format!(r#"{{"streamId":"faulty","messageUuid":"m{i}","message":{i},"writeToDB":true}}"#);
     Request::post("/api/v1/streams/send").body(Full::new(Bytes::from(body)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_appends_are_5xx_and_acknowledged_ones_are_never_lost() -> TestResult {
     // Every third store write fails.
-    let store = Arc::new(FailingStore::new(MemoryStore::new(), (1..100).map(|n| n * 3)));
+    let store = Arc::new(FailingStore::new(
+        MemoryStore::new(),
+        (1..100).map(|n| n * 3),
+    ));
     let log = Log::new(store.clone(), LogConfig::default());
     let worker = tokio::spawn({
         let log = log.clone();
         async move { log.run_commit_worker().await }
     });
     let cluster = Cluster::single(Node::new(NodeId::new("n1")?, "127.0.0.1:1".parse()?));
-    let app = App::new(Engine::default(), Some(log.clone()), cluster, HttpConfig::default());
+    let app = App::new(
+        Engine::default(),
+        Some(log.clone()),
+        cluster,
+        HttpConfig::default(),
+    );
 
     let mut acknowledged = Vec::new();
     let mut failed = 0;
@@ -56,15 +68,29 @@ async fn failed_appends_are_5xx_and_acknowledged_ones_are_never_lost() -> TestRe
     assert_eq!(failed, 10, "one write in three failed");
     assert_eq!(store.appends(), 30);
 
-    let read = Request::get("/api/v1/streams/receive?streamId=faulty&readFromDB=true&maxMessages=1000&timeoutSeconds=0").body(Full::new(Bytes::new()))?;
+    let read = Request::get(
+        "/api/v1/streams/receive?streamId=faulty&readFromDB=true&maxMessages=1000&timeoutSeconds=0",
+    )
+    .body(Full::new(Bytes::new()))?;
     let (status, body) = call(&app, read).await?;
     assert_eq!(status, StatusCode::OK);
-    let read_ids: Vec<_> = body["messages"].as_array().ok_or("messages")?.iter().map(|m| m["messageUuid"].as_str().unwrap_or("?").to_owned()).collect();
-    assert_eq!(read_ids, acknowledged, "exactly the acknowledged messages, in order");
+    let read_ids: Vec<_> = body["messages"]
+        .as_array()
+        .ok_or("messages")?
+        .iter()
+        .map(|m| m["messageUuid"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(
+        read_ids, acknowledged,
+        "exactly the acknowledged messages, in order"
+    );
 
     // The store goes away and comes back: the API follows without a restart.
     store.set_down(true);
-    assert_eq!(call(&app, send(100)?).await?.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        call(&app, send(100)?).await?.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     store.set_down(false);
     assert_eq!(call(&app, send(101)?).await?.0, StatusCode::OK);
 

@@ -132,6 +132,9 @@ fn an_unopenable_store_is_a_clear_error_at_start() -> TestResult {
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr)?;
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot open the embedded store"), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the embedded store"),
+        "{stderr}"
+    );
     Ok(())
 }
