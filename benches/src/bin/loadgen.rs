@@ -33,6 +33,12 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 enum Mode {
     /// In-memory circular buffers (`writeToDB: false`), competing receivers.
     Memory,
+    /// Persistent sends (`writeToDB: true`); each stream's log is followed live by one
+    /// receiver with resume tokens.
+    Persistent,
+    /// Persistent sends first; then receivers replay every stream's log from the start, timed
+    /// on their own.
+    Replay,
 }
 
 /// Load generator for ipubsub's HTTP API.
@@ -69,6 +75,9 @@ struct Args {
     /// `timeoutSeconds` of each receive.
     #[arg(long, default_value_t = 1)]
     receive_timeout: u64,
+    /// `maxMessages` of each receive (1: the v1 single-message receive).
+    #[arg(long, default_value_t = 1)]
+    max_messages: usize,
     /// Seconds receivers keep draining after publishers stop.
     #[arg(long, default_value_t = 10)]
     drain: u64,
@@ -158,11 +167,18 @@ async fn publisher(
             break;
         }
         let stream = stream_name(&prefix, (seq % args.streams as u64) as usize);
-        let body = format!(
-            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
-            args.stream_size,
-            payload(args.message_size)
-        );
+        let body = if args.mode == Mode::Memory {
+            format!(
+                "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
+                args.stream_size,
+                payload(args.message_size)
+            )
+        } else {
+            format!(
+                "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"writeToDB\":true,\"message\":{}}}",
+                payload(args.message_size)
+            )
+        };
         url_index = (url_index + 1) % args.url.len();
         let request = Request::builder()
             .method(Method::POST)
@@ -202,14 +218,19 @@ async fn receiver(
         statuses: BTreeMap::new(),
         transport_errors: 0,
     };
-    let owned: Vec<usize> = (0..args.streams)
+    let persistent = args.mode != Mode::Memory;
+    let mut owned: Vec<usize> = (0..args.streams)
         .filter(|s| s % args.receivers == index % args.receivers)
         .collect();
-    let owned = if owned.is_empty() {
-        vec![index % args.streams]
-    } else {
-        owned
-    };
+    // Competing consumers may double up on a queue; a log is read by exactly one receiver
+    // here, so that "exactly once" can be checked.
+    if owned.is_empty() {
+        if persistent {
+            return Ok(report);
+        }
+        owned.push(index % args.streams);
+    }
+    let mut tokens: Vec<Option<String>> = vec![None; owned.len()];
     let mut drain_deadline = None;
     let mut turn = 0;
     loop {
@@ -222,16 +243,24 @@ async fn receiver(
                 break;
             }
         }
-        let stream = stream_name(&prefix, owned[turn % owned.len()]);
+        let slot = turn % owned.len();
+        let stream = stream_name(&prefix, owned[slot]);
         let url = &args.url[(index + turn) % args.url.len()];
         turn += 1;
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(format!(
-                "{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}",
-                args.receive_timeout
-            ))
-            .body(Full::new(Bytes::new()))?;
+        let mut uri = format!(
+            "{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}",
+            args.receive_timeout
+        );
+        if args.max_messages > 1 {
+            uri.push_str(&format!("&maxMessages={}", args.max_messages));
+        }
+        if persistent {
+            uri.push_str("&readFromDB=true");
+            if let Some(token) = &tokens[slot] {
+                uri.push_str(&format!("&dbResumeToken={token}"));
+            }
+        }
+        let request = Request::builder().method(Method::GET).uri(uri).body(Full::new(Bytes::new()))?;
         let response = match client.request(request).await {
             Ok(response) => response,
             Err(_) => {
@@ -249,21 +278,22 @@ async fn receiver(
             continue;
         }
         let arrived = now_micros();
-        let json: serde_json::Value =
-            serde_json::from_slice(&body.to_bytes()).context("receive body")?;
-        let id = json["messageUuid"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .context("messageUuid")?;
-        let sent_at = json["message"]["t"].as_u64().context("message.t")?;
-        report
-            .e2e_latency
-            .saturating_record(arrived.saturating_sub(sent_at).max(1));
-        report.ids.push(id);
-        shared.received.fetch_add(1, Ordering::AcqRel);
-        shared
-            .last_receive_micros
-            .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).context("receive body")?;
+        let messages = match json.get("messages").and_then(|m| m.as_array()) {
+            Some(batch) => batch.clone(),
+            None => vec![json],
+        };
+        for message in &messages {
+            let id = message["messageUuid"].as_str().and_then(|s| s.parse().ok()).context("messageUuid")?;
+            let sent_at = message["message"]["t"].as_u64().context("message.t")?;
+            report.e2e_latency.saturating_record(arrived.saturating_sub(sent_at).max(1));
+            report.ids.push(id);
+            if let Some(token) = message["dbResumeToken"].as_str() {
+                tokens[slot] = Some(token.to_owned());
+            }
+        }
+        shared.received.fetch_add(messages.len() as u64, Ordering::AcqRel);
+        shared.last_receive_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     Ok(report)
 }
@@ -419,18 +449,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
-    let receivers: Vec<_> = (0..args.receivers)
-        .map(|j| {
-            tokio::spawn(receiver(
-                j,
-                args.clone(),
-                prefix.clone(),
-                client.clone(),
-                shared.clone(),
-                start,
-            ))
-        })
-        .collect();
+    let spawn_receivers = |start: Instant| -> Vec<_> {
+        (0..args.receivers)
+            .map(|j| tokio::spawn(receiver(j, args.clone(), prefix.clone(), client.clone(), shared.clone(), start)))
+            .collect()
+    };
+    let live = args.mode != Mode::Replay;
+    let mut receivers = if live { spawn_receivers(start) } else { Vec::new() };
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
             tokio::spawn(publisher(
@@ -458,6 +483,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let publish_time = start.elapsed();
     shared.publishing.store(false, Ordering::Release);
+    if !live {
+        // Replay: the log is complete; now time reading all of it back from the start.
+        receivers = spawn_receivers(Instant::now());
+    }
 
     let mut e2e = histogram()?;
     let mut seen = HashSet::new();

@@ -117,9 +117,11 @@ struct Pending {
     done: Arc<Completion>,
 }
 
-/// A batch a worker took from the queue.
+/// A batch a worker took from the queue: the records to write and, in the same order, who
+/// waits for each.
 struct Batch {
-    entries: Vec<Pending>,
+    records: Vec<LogRecord>,
+    done: Vec<Arc<Completion>>,
 }
 
 impl std::fmt::Debug for Log {
@@ -307,8 +309,7 @@ impl Log {
     /// on the runtime: each worker writes one batch at a time.
     pub async fn run_commit_worker(&self) {
         while let Some(batch) = NextBatch::new(self).await {
-            let records: Vec<LogRecord> = batch.entries.iter().map(|p| p.record.clone()).collect();
-            let result = self.inner.store.append(&records).await;
+            let result = self.inner.store.append(&batch.records).await;
             self.settle(batch, result);
         }
     }
@@ -324,32 +325,31 @@ impl Log {
             return None;
         }
         let n = queue.pending.len().min(self.inner.config.max_batch.max(1));
-        let entries: Vec<Pending> = queue.pending.drain(..n).collect();
+        let (records, done) = queue.pending.drain(..n).map(|p| (p.record, p.done)).unzip();
         // More left: let another idle worker start on it now.
         if !queue.pending.is_empty() {
             if let Some(worker) = queue.idle_workers.pop() {
                 worker.wake();
             }
         }
-        Some(Some(Batch { entries }))
+        Some(Some(Batch { records, done }))
     }
 
     /// Records a batch's outcome: advances watermarks, wakes tail readers, answers senders.
     fn settle(&self, batch: Batch, result: Result<(), StoreError>) {
         let result = result.map_err(Arc::new);
-        for entry in &batch.entries {
-            let record = &entry.record;
+        for record in &batch.records {
             let mut shard = lock(self.inner.shard(&record.stream));
             if let Some(log) = shard.get_mut(&record.stream) {
                 log.settle(record.seq);
             }
         }
-        for entry in batch.entries {
+        for (record, done) in batch.records.iter().zip(batch.done) {
             let answer = match &result {
-                Ok(()) => Ok(entry.record.seq),
+                Ok(()) => Ok(record.seq),
                 Err(e) => Err(AppendError::Store(e.clone())),
             };
-            entry.done.complete(answer);
+            done.complete(answer);
         }
     }
 
