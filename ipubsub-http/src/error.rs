@@ -200,6 +200,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_code_is_in_the_openapi_file() {
+        let spec = include_str!("../openapi.yaml");
+        let codes = [
+            ErrorCode::InvalidJson,
+            ErrorCode::MissingField,
+            ErrorCode::UnknownField,
+            ErrorCode::InvalidField,
+            ErrorCode::MissingParameter,
+            ErrorCode::UnknownParameter,
+            ErrorCode::InvalidParameter,
+            ErrorCode::PersistenceNotConfigured,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::BodyTooLarge,
+            ErrorCode::StreamFull,
+            ErrorCode::NoReceiver,
+            ErrorCode::NoMessage,
+            ErrorCode::OwnerUnavailable,
+            ErrorCode::TooManyStreams,
+            ErrorCode::TooManyWaiters,
+            ErrorCode::ShuttingDown,
+            ErrorCode::StoreUnavailable,
+            ErrorCode::Internal,
+        ];
+        for code in codes {
+            assert!(spec.contains(&format!("- {}\n", code.as_str())), "{} is not in openapi.yaml", code.as_str());
+            // The status in the spec's description of that status's responses.
+            assert!(spec.contains(&format!("\"{}\"", code.status().as_u16())), "status of {}", code.as_str());
+        }
+    }
+
+    #[test]
     fn body_is_the_documented_shape() -> Result<(), serde_json::Error> {
         let e = ApiError::new(ErrorCode::StreamFull, "full \"quoted\"");
         let v: serde_json::Value = serde_json::from_slice(&e.body())?;
