@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipubsub_core::{
-    LogConfig, LogRecord, Message, MessageId, MessageStore, ResumeToken, Seq, StreamId, Timestamp, expiry,
+    LogConfig, LogRecord, Message, MessageId, MessageStore, ResumeToken, Seq, StreamId, Timestamp,
+    expiry,
 };
 use ipubsub_storage::{EmbeddedConfig, EmbeddedStore};
 
@@ -22,13 +23,21 @@ fn record(stream: &StreamId, seq: u64) -> LogRecord {
     LogRecord {
         stream: stream.clone(),
         seq: Seq::new(seq),
-        message: Message::new(MessageId::new(format!("m-{seq}")).expect("id"), Bytes::from_static(PAYLOAD), now),
+        message: Message::new(
+            MessageId::new(format!("m-{seq}")).expect("id"),
+            Bytes::from_static(PAYLOAD),
+            now,
+        ),
         expires_at: expiry(now, Duration::from_secs(3600)),
     }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn tokens(c: &mut Criterion) {
@@ -36,14 +45,18 @@ fn tokens(c: &mut Criterion) {
     let token = ResumeToken::new(&stream, Seq::new(1_795_835_073_148_793));
     let text = token.to_string();
     c.bench_function("token/encode", |b| b.iter(|| black_box(token).to_string()));
-    c.bench_function("token/decode", |b| b.iter(|| ResumeToken::decode(black_box(&text), &stream).expect("token")));
+    c.bench_function("token/decode", |b| {
+        b.iter(|| ResumeToken::decode(black_box(&text), &stream).expect("token"))
+    });
 }
 
 fn store(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("dir");
     let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).expect("open");
-    let streams: Vec<StreamId> = (0..64).map(|i| format!("bench-stream-{i}").parse().expect("id")).collect();
+    let streams: Vec<StreamId> = (0..64)
+        .map(|i| format!("bench-stream-{i}").parse().expect("id"))
+        .collect();
     let mut seq = 0u64;
 
     let mut group = c.benchmark_group("embedded");
@@ -51,7 +64,8 @@ fn store(c: &mut Criterion) {
     group.bench_function("append_1", |b| {
         b.iter(|| {
             seq += 1;
-            rt.block_on(store.append(&[record(&streams[0], seq)])).expect("append");
+            rt.block_on(store.append(&[record(&streams[0], seq)]))
+                .expect("append");
         });
     });
     group.throughput(Throughput::Elements(64));
@@ -73,7 +87,9 @@ fn store(c: &mut Criterion) {
     group.bench_function("read_page_of_100", |b| {
         b.iter(|| {
             after = (after + 3_717) % 9_900;
-            let read = rt.block_on(store.read_after(&long, Seq::new(after), 100, Timestamp::now())).expect("read");
+            let read = rt
+                .block_on(store.read_after(&long, Seq::new(after), 100, Timestamp::now()))
+                .expect("read");
             assert_eq!(read.len(), 100);
         });
     });
@@ -89,7 +105,9 @@ fn group_commit(c: &mut Criterion) {
         let log = log.clone();
         rt.spawn(async move { log.run_commit_worker().await });
     }
-    let streams: Vec<StreamId> = (0..64).map(|i| format!("gc-stream-{i}").parse().expect("id")).collect();
+    let streams: Vec<StreamId> = (0..64)
+        .map(|i| format!("gc-stream-{i}").parse().expect("id"))
+        .collect();
     let mut group = c.benchmark_group("log");
     group.throughput(Throughput::Elements(64));
     group.bench_function("64_concurrent_durable_appends", |b| {
@@ -100,7 +118,11 @@ fn group_commit(c: &mut Criterion) {
                     .map(|s| {
                         let (log, s) = (log.clone(), s.clone());
                         tokio::spawn(async move {
-                            let message = Message::new(MessageId::new("m").expect("id"), Bytes::from_static(PAYLOAD), Timestamp::now());
+                            let message = Message::new(
+                                MessageId::new("m").expect("id"),
+                                Bytes::from_static(PAYLOAD),
+                                Timestamp::now(),
+                            );
                             log.append(s, message, Duration::from_secs(3600)).await
                         })
                     })

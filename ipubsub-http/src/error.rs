@@ -225,9 +225,17 @@ mod tests {
             ErrorCode::Internal,
         ];
         for code in codes {
-            assert!(spec.contains(&format!("- {}\n", code.as_str())), "{} is not in openapi.yaml", code.as_str());
+            assert!(
+                spec.contains(&format!("- {}\n", code.as_str())),
+                "{} is not in openapi.yaml",
+                code.as_str()
+            );
             // The status in the spec's description of that status's responses.
-            assert!(spec.contains(&format!("\"{}\"", code.status().as_u16())), "status of {}", code.as_str());
+            assert!(
+                spec.contains(&format!("\"{}\"", code.status().as_u16())),
+                "status of {}",
+                code.as_str()
+            );
         }
     }
 

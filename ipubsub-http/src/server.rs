@@ -50,6 +50,8 @@ pub async fn serve(
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
+            // Answers to pipelined requests go out in one write, not one each.
+            .pipeline_flush(true)
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

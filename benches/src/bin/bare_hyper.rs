@@ -16,7 +16,9 @@ use hyper_util::rt::TokioIo;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:16699".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:16699".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("bare-hyper listening on http://{}", listener.local_addr()?);
     loop {
@@ -27,7 +29,9 @@ async fn main() -> anyhow::Result<()> {
                 let _ = request.into_body().collect().await;
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

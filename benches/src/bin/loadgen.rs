@@ -75,6 +75,10 @@ struct Args {
     /// `timeoutSeconds` of each receive.
     #[arg(long, default_value_t = 1)]
     receive_timeout: u64,
+    /// Requests each publisher pipelines on its connection (HTTP/1.1 pipelining): it writes
+    /// this many sends at once, then reads their answers. 1 sends one at a time.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
     /// `maxMessages` of each receive (1: the v1 single-message receive).
     #[arg(long, default_value_t = 1)]
     max_messages: usize,
@@ -144,6 +148,119 @@ fn payload(size: usize) -> String {
     s
 }
 
+/// The JSON body of send number `seq`.
+fn send_body(args: &Args, prefix: &str, seq: u64) -> String {
+    let stream = stream_name(prefix, (seq % args.streams as u64) as usize);
+    if args.mode == Mode::Memory {
+        format!(
+            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
+            args.stream_size,
+            payload(args.message_size)
+        )
+    } else {
+        format!(
+            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"writeToDB\":true,\"message\":{}}}",
+            payload(args.message_size)
+        )
+    }
+}
+
+/// Reads one HTTP/1.1 response from `socket` (buffered in `buf`); returns its status.
+async fn read_response(
+    socket: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?;
+            let status: u16 = head.get(9..12).context("status line")?.parse()?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            while buf.len() < total {
+                let mut chunk = [0u8; 16 * 1024];
+                let n = socket.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "connection closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return Ok(status);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = socket.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A publisher that pipelines `--pipeline` sends per write on a raw connection.
+async fn pipelined_publisher(
+    index: usize,
+    args: Arc<Args>,
+    prefix: Arc<str>,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) -> anyhow::Result<PublisherReport> {
+    use tokio::io::AsyncWriteExt;
+    let mut report = PublisherReport {
+        send_latency: histogram()?,
+        statuses: BTreeMap::new(),
+        transport_errors: 0,
+    };
+    let url = &args.url[index % args.url.len()];
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .context("--url must be http://IP:PORT with --pipeline")?;
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        if args.count.is_none() && Instant::now() >= deadline {
+            break;
+        }
+        out.clear();
+        let mut n = 0;
+        for _ in 0..args.pipeline {
+            let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+            if args.count.is_some_and(|count| seq >= count) {
+                break;
+            }
+            let body = send_body(&args, &prefix, seq);
+            out.extend_from_slice(
+                format!("POST /api/v1/streams/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            );
+            out.extend_from_slice(body.as_bytes());
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        let started = Instant::now();
+        socket.write_all(&out).await?;
+        for _ in 0..n {
+            let status = read_response(&mut socket, &mut buf).await?;
+            report
+                .send_latency
+                .saturating_record(started.elapsed().as_micros() as u64);
+            *report.statuses.entry(status).or_default() += 1;
+            if status == 200 {
+                shared.sent_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(report)
+}
+
 async fn publisher(
     index: usize,
     args: Arc<Args>,
@@ -166,19 +283,7 @@ async fn publisher(
         if args.count.is_some_and(|count| seq >= count) {
             break;
         }
-        let stream = stream_name(&prefix, (seq % args.streams as u64) as usize);
-        let body = if args.mode == Mode::Memory {
-            format!(
-                "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
-                args.stream_size,
-                payload(args.message_size)
-            )
-        } else {
-            format!(
-                "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"writeToDB\":true,\"message\":{}}}",
-                payload(args.message_size)
-            )
-        };
+        let body = send_body(&args, &prefix, seq);
         url_index = (url_index + 1) % args.url.len();
         let request = Request::builder()
             .method(Method::POST)
@@ -260,7 +365,10 @@ async fn receiver(
                 uri.push_str(&format!("&dbResumeToken={token}"));
             }
         }
-        let request = Request::builder().method(Method::GET).uri(uri).body(Full::new(Bytes::new()))?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Full::new(Bytes::new()))?;
         let response = match client.request(request).await {
             Ok(response) => response,
             Err(_) => {
@@ -278,22 +386,32 @@ async fn receiver(
             continue;
         }
         let arrived = now_micros();
-        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).context("receive body")?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body.to_bytes()).context("receive body")?;
         let messages = match json.get("messages").and_then(|m| m.as_array()) {
             Some(batch) => batch.clone(),
             None => vec![json],
         };
         for message in &messages {
-            let id = message["messageUuid"].as_str().and_then(|s| s.parse().ok()).context("messageUuid")?;
+            let id = message["messageUuid"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .context("messageUuid")?;
             let sent_at = message["message"]["t"].as_u64().context("message.t")?;
-            report.e2e_latency.saturating_record(arrived.saturating_sub(sent_at).max(1));
+            report
+                .e2e_latency
+                .saturating_record(arrived.saturating_sub(sent_at).max(1));
             report.ids.push(id);
             if let Some(token) = message["dbResumeToken"].as_str() {
                 tokens[slot] = Some(token.to_owned());
             }
         }
-        shared.received.fetch_add(messages.len() as u64, Ordering::AcqRel);
-        shared.last_receive_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        shared
+            .received
+            .fetch_add(messages.len() as u64, Ordering::AcqRel);
+        shared
+            .last_receive_micros
+            .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     Ok(report)
 }
@@ -451,21 +569,44 @@ async fn main() -> anyhow::Result<()> {
     let deadline = start + Duration::from_secs(args.duration);
     let spawn_receivers = |start: Instant| -> Vec<_> {
         (0..args.receivers)
-            .map(|j| tokio::spawn(receiver(j, args.clone(), prefix.clone(), client.clone(), shared.clone(), start)))
+            .map(|j| {
+                tokio::spawn(receiver(
+                    j,
+                    args.clone(),
+                    prefix.clone(),
+                    client.clone(),
+                    shared.clone(),
+                    start,
+                ))
+            })
             .collect()
     };
     let live = args.mode != Mode::Replay;
-    let mut receivers = if live { spawn_receivers(start) } else { Vec::new() };
+    let mut receivers = if live {
+        spawn_receivers(start)
+    } else {
+        Vec::new()
+    };
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
-            tokio::spawn(publisher(
-                i,
-                args.clone(),
-                prefix.clone(),
-                client.clone(),
-                shared.clone(),
-                deadline,
-            ))
+            if args.pipeline > 1 {
+                tokio::spawn(pipelined_publisher(
+                    i,
+                    args.clone(),
+                    prefix.clone(),
+                    shared.clone(),
+                    deadline,
+                ))
+            } else {
+                tokio::spawn(publisher(
+                    i,
+                    args.clone(),
+                    prefix.clone(),
+                    client.clone(),
+                    shared.clone(),
+                    deadline,
+                ))
+            }
         })
         .collect();
 
