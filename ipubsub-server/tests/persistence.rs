@@ -43,19 +43,16 @@ async fn readers_replay_the_log_independently_with_their_tokens() -> TestResult 
     // Two readers from the start, each following its own tokens: nothing is consumed.
     for _reader in 0..2 {
         let mut query = "streamId=log&readFromDB=true&timeoutSeconds=0".to_owned();
-        for i in 0..5 {
+        for (i, token) in tokens.iter().enumerate() {
             let (status, body) = server.receive(&query).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             assert_eq!(body["messageUuid"], format!("m{i}"));
             assert_eq!(body["message"], json!({"id": format!("m{i}")}));
             assert_eq!(
-                body["dbResumeToken"], tokens[i],
+                body["dbResumeToken"], *token,
                 "the read token is the send token"
             );
-            query = format!(
-                "streamId=log&readFromDB=true&timeoutSeconds=0&dbResumeToken={}",
-                tokens[i]
-            );
+            query = format!("streamId=log&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}");
         }
         let (status, body) = server.receive(&query).await;
         assert_eq!(

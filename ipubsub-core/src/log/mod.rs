@@ -327,10 +327,10 @@ impl Log {
         let n = queue.pending.len().min(self.inner.config.max_batch.max(1));
         let (records, done) = queue.pending.drain(..n).map(|p| (p.record, p.done)).unzip();
         // More left: let another idle worker start on it now.
-        if !queue.pending.is_empty() {
-            if let Some(worker) = queue.idle_workers.pop() {
-                worker.wake();
-            }
+        if !queue.pending.is_empty()
+            && let Some(worker) = queue.idle_workers.pop()
+        {
+            worker.wake();
         }
         Some(Some(Batch { records, done }))
     }

@@ -14,8 +14,11 @@ use crate::store::Seq;
 /// A one-shot answer to an append.
 #[derive(Default)]
 pub(super) struct Completion {
-    state: Mutex<(Option<Result<Seq, AppendError>>, Option<Waker>)>,
+    state: Mutex<Answer>,
 }
+
+/// The answer once given, and who waits for it meanwhile.
+type Answer = (Option<Result<Seq, AppendError>>, Option<Waker>);
 
 impl Completion {
     pub(super) fn complete(&self, result: Result<Seq, AppendError>) {
@@ -138,10 +141,10 @@ impl Future for Tail<'_> {
 
 impl Drop for Tail<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            if let Some(log) = lock(self.log.inner.shard(&self.stream)).get_mut(&self.stream) {
-                log.remove_tail_waiter(id);
-            }
+        if let Some(id) = self.id
+            && let Some(log) = lock(self.log.inner.shard(&self.stream)).get_mut(&self.stream)
+        {
+            log.remove_tail_waiter(id);
         }
     }
 }
