@@ -289,11 +289,9 @@ fn expiry_key(expires_at: Timestamp, log_key: &[u8]) -> Vec<u8> {
 #[async_trait]
 impl MessageStore for EmbeddedStore {
     async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
-        // Handing a batch to the OS takes one buffered write: cheaper inline than a hop to
-        // the blocking pool. An fdatasync can take milliseconds: that goes to the pool.
-        if self.inner.mode == PersistMode::Buffer {
-            return self.inner.append(batch);
-        }
+        // Off the async workers: besides the journal write (and an fdatasync in sync mode),
+        // fjall stalls writers with sleeps of 10 to 100 ms when flushes fall behind, which
+        // must never freeze a runtime thread and every connection on it.
         let batch = batch.to_vec();
         self.blocking(move |inner| inner.append(&batch)).await
     }
