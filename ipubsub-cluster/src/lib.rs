@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`node`]: [`NodeId`] and [`Node`], a member's identity and advertised address.
+//! - [`ring`]: [`Ring`], consistent hashing with virtual nodes on a stable hash.
 //! - [`Cluster`] and [`Route`]: ownership lookup.
 //!
 //! # Example
@@ -23,9 +24,11 @@
 //! ```
 
 pub mod node;
+pub mod ring;
 
 use ipubsub_core::StreamId;
 pub use node::{Node, NodeId, NodeIdError};
+pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
 
 /// Where a request for a stream is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,18 +40,18 @@ pub enum Route<'a> {
     Forward(&'a Node),
 }
 
-/// This node's view of the cluster.
+/// This node's view of the cluster: itself and the ring of live members.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     local: Node,
-    members: Vec<Node>,
+    ring: Ring,
 }
 
 impl Cluster {
     /// A cluster of one: this node owns every stream.
     pub fn single(local: Node) -> Self {
         Self {
-            members: vec![local.clone()],
+            ring: Ring::new([local.clone()], DEFAULT_VIRTUAL_NODES),
             local,
         }
     }
@@ -58,16 +61,18 @@ impl Cluster {
         &self.local
     }
 
-    /// Every live member this node knows of, itself included.
+    /// Every live member this node knows of, itself included, sorted by id.
     pub fn members(&self) -> &[Node] {
-        &self.members
+        self.ring.members()
     }
 
     /// Which node serves `stream`.
     pub fn route(&self, stream: &StreamId) -> Route<'_> {
-        let _ = stream;
-        // One member owns everything; the ring only has a choice to make with more.
-        Route::Local
+        match self.ring.owner(stream) {
+            Some(owner) if owner.id() != self.local.id() => Route::Forward(owner),
+            // This node, or a ring that does not list it yet: serve here.
+            _ => Route::Local,
+        }
     }
 }
 
