@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`node`]: [`NodeId`] and [`Node`], a member's identity and advertised address.
 //! - [`ring`]: [`Ring`], consistent hashing with virtual nodes on a stable hash.
+//! - [`forward`]: [`Forwarder`], the one-hop HTTP client to a stream's owner.
 //! - [`Cluster`] and [`Route`]: ownership lookup.
 //!
 //! # Example
@@ -23,9 +24,11 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod forward;
 pub mod node;
 pub mod ring;
 
+pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder};
 use ipubsub_core::StreamId;
 pub use node::{Node, NodeId, NodeIdError};
 pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
@@ -50,8 +53,19 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster of one: this node owns every stream.
     pub fn single(local: Node) -> Self {
+        Self::with_members(local.clone(), [local], DEFAULT_VIRTUAL_NODES)
+    }
+
+    /// This node's view of a cluster of `members` (this node is added if missing), each at
+    /// `virtual_nodes` points of the ring.
+    pub fn with_members(
+        local: Node,
+        members: impl IntoIterator<Item = Node>,
+        virtual_nodes: usize,
+    ) -> Self {
+        let members = members.into_iter().chain([local.clone()]);
         Self {
-            ring: Ring::new([local.clone()], DEFAULT_VIRTUAL_NODES),
+            ring: Ring::new(members, virtual_nodes),
             local,
         }
     }

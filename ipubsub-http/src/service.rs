@@ -7,7 +7,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use ipubsub_cluster::{Cluster, Route};
+use std::time::Duration;
+
+use ipubsub_cluster::{Cluster, DEADLINE_HEADER, FORWARDED_HEADER, Forwarder, Node, Route};
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::config::HttpConfig;
@@ -26,6 +28,8 @@ pub struct App {
 
 struct Inner {
     engine: Engine,
+    /// Hands requests for streams this node does not own to their owner.
+    forwarder: Forwarder,
     /// The persistent log; `None` when persistence is not configured.
     log: Option<Log>,
     cluster: Cluster,
@@ -47,6 +51,7 @@ impl App {
     pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                forwarder: Forwarder::new(cluster.local().id().clone()),
                 engine,
                 log,
                 cluster,
@@ -106,12 +111,23 @@ impl App {
     {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
+        let hop = Hop::of(&request);
         let body = read_body(request, inner.config.max_body_bytes).await?;
+        // Validated here, so bad input is answered without a hop.
         let send = send::parse(&body, &inner.config, inner.log.is_some())?;
-        self.route(&send.stream)?;
+        let wait = match &send.kind {
+            SendKind::Memory { wait, .. } => *wait,
+            SendKind::Log { .. } => inner.config.store_timeout,
+        };
+        if let Some(owner) = self.owner_elsewhere(&send.stream, &hop) {
+            return self
+                .forward(owner, Method::POST, SEND_PATH, body, wait)
+                .await;
+        }
         let message = Message::new(send.id, send.payload, inner.engine.now());
         match (send.kind, &inner.log) {
             (SendKind::Memory { options, wait }, _) => {
+                let wait = hop.cap(wait);
                 send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
@@ -134,8 +150,20 @@ impl App {
     async fn receive<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
-        let receive = receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
-        self.route(&receive.stream)?;
+        let hop = Hop::of(&request);
+        let mut receive =
+            receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
+        if let Some(owner) = self.owner_elsewhere(&receive.stream, &hop) {
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or(RECEIVE_PATH, |p| p.as_str());
+            return self
+                .forward(owner, Method::GET, target, Bytes::new(), receive.timeout)
+                .await;
+        }
+        // A forwarded receive waits what its caller has left, not a fresh timeout.
+        receive.timeout = hop.cap(receive.timeout);
         let batch = receive.max_messages.is_some();
         let body = match (receive.log_after, &inner.log) {
             (None, _) => {
@@ -171,16 +199,79 @@ impl App {
         Ok(())
     }
 
-    /// Checks that this node serves `stream`.
-    fn route(&self, stream: &StreamId) -> Result<(), ApiError> {
-        match self.inner.cluster.route(stream) {
-            Route::Local => Ok(()),
-            // This node's cluster view has other members, but this build does not forward.
-            other => Err(ApiError::new(
-                ErrorCode::OwnerUnavailable,
-                format!("stream {stream} is owned by another node: {other:?}"),
-            )),
+    /// The owner of `stream` when it is another node and the request may still be forwarded:
+    /// a request that was forwarded once is served where it lands, never forwarded again.
+    fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop) -> Option<Node> {
+        if hop.forwarded {
+            return None;
         }
+        match self.inner.cluster.route(stream) {
+            Route::Forward(owner) => Some(owner.clone()),
+            _ => None,
+        }
+    }
+
+    /// Forwards the request to `owner` and passes its answer through unchanged.
+    async fn forward(
+        &self,
+        owner: Node,
+        method: Method,
+        target: &str,
+        body: Bytes,
+        wait: Duration,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        match self
+            .inner
+            .forwarder
+            .forward(&owner, method, target, body, wait)
+            .await
+        {
+            Ok(answer) => {
+                let (parts, body) = answer.into_parts();
+                let mut response = Response::new(Full::new(body));
+                *response.status_mut() = parts.status;
+                for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
+                    if let Some(value) = parts.headers.get(&name) {
+                        response.headers_mut().insert(name, value.clone());
+                    }
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                tracing::warn!(owner = %owner.id(), error = %e, "forwarding failed");
+                Err(ApiError::new(
+                    ErrorCode::OwnerUnavailable,
+                    format!("the node that owns this stream did not answer: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// What the forwarding headers of a request say.
+struct Hop {
+    /// The request was forwarded by another node.
+    forwarded: bool,
+    /// The time its original caller has left.
+    deadline: Option<Duration>,
+}
+
+impl Hop {
+    fn of<B>(request: &Request<B>) -> Self {
+        let headers = request.headers();
+        Self {
+            forwarded: headers.contains_key(FORWARDED_HEADER),
+            deadline: headers
+                .get(DEADLINE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+        }
+    }
+
+    /// `wait`, shortened to the caller's deadline if it has one.
+    fn cap(&self, wait: Duration) -> Duration {
+        self.deadline.map_or(wait, |deadline| wait.min(deadline))
     }
 }
 

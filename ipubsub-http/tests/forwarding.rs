@@ -1,0 +1,258 @@
+//! Forwarding between two real HTTP nodes in one process: every request is served by the
+//! stream's owner, whichever node the client talks to, and never takes a second hop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ipubsub_cluster::{Cluster, DEFAULT_VIRTUAL_NODES, FORWARDED_HEADER, Node, NodeId, Route};
+use ipubsub_core::{Engine, Log, LogConfig, StreamId};
+use ipubsub_http::{App, HttpConfig};
+use ipubsub_storage::MemoryStore;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+struct TestNode {
+    addr: SocketAddr,
+    app: App,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn node(name: &str, addr: SocketAddr) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Node::new(NodeId::new(name)?, addr))
+}
+
+async fn start(me: Node, members: Vec<Node>, listener: TcpListener) -> TestNode {
+    let log = Log::new(Arc::new(MemoryStore::new()), LogConfig::default());
+    tokio::spawn({
+        let log = log.clone();
+        async move { log.run_commit_worker().await }
+    });
+    let cluster = Cluster::with_members(me.clone(), members, DEFAULT_VIRTUAL_NODES);
+    let app = App::new(Engine::default(), Some(log), cluster, HttpConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ipubsub_http::serve(
+        listener,
+        app.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
+    TestNode {
+        addr: me.http_addr(),
+        app,
+        _stop: stop,
+    }
+}
+
+/// Two nodes that know each other.
+async fn pair() -> Result<(TestNode, TestNode, Cluster), Box<dyn std::error::Error + Send + Sync>> {
+    let (l1, l2) = (
+        TcpListener::bind("127.0.0.1:0").await?,
+        TcpListener::bind("127.0.0.1:0").await?,
+    );
+    let (n1, n2) = (node("n1", l1.local_addr()?)?, node("n2", l2.local_addr()?)?);
+    let view = Cluster::with_members(n1.clone(), [n2.clone()], DEFAULT_VIRTUAL_NODES);
+    let one = start(n1.clone(), vec![n2.clone()], l1).await;
+    let two = start(n2, vec![n1], l2).await;
+    Ok((one, two, view))
+}
+
+/// A stream that `view`'s ring gives to another node than its own.
+fn stream_owned_elsewhere(view: &Cluster) -> StreamId {
+    (0..)
+        .map(|i| StreamId::new(format!("fwd-{i}")).expect("id"))
+        .find(|s| matches!(view.route(s), Route::Forward(_)))
+        .expect("some stream is owned elsewhere")
+}
+
+async fn call(
+    to: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{to}{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_through_either_node_are_served_by_the_owner() -> TestResult {
+    let (one, two, view) = pair().await?;
+    let stream = stream_owned_elsewhere(&view);
+    let send = json!({"streamId": stream.as_str(), "messageUuid": "m1", "message": {"via": "n1"}})
+        .to_string();
+    let (status, _) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        two.app.engine().buffered(&stream),
+        Some(1),
+        "the owner holds the message"
+    );
+    assert_eq!(
+        one.app.engine().buffered(&stream),
+        None,
+        "the entry node holds nothing"
+    );
+
+    let (status, body) = call(
+        one.addr,
+        Method::GET,
+        &format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, &body["message"]),
+        (StatusCode::OK, &json!({"via": "n1"}))
+    );
+
+    // Persistent: written through one node, replayed through the other.
+    let persistent =
+        json!({"streamId": stream.as_str(), "messageUuid": "p1", "message": 1, "writeToDB": true})
+            .to_string();
+    let (status, body) = call(
+        one.addr,
+        Method::POST,
+        "/api/v1/streams/send",
+        &persistent,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["dbResumeToken"].as_str().ok_or("token")?.to_owned();
+    let (status, body) = call(
+        two.addr,
+        Method::GET,
+        &format!("/api/v1/streams/receive?streamId={stream}&readFromDB=true&timeoutSeconds=0"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body["dbResumeToken"].as_str()),
+        (StatusCode::OK, Some(token.as_str()))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_long_poll_is_woken_and_keeps_its_deadline() -> TestResult {
+    let (one, two, view) = pair().await?;
+    let stream = stream_owned_elsewhere(&view);
+    let receiver = tokio::spawn({
+        let (addr, path) = (
+            one.addr,
+            format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=10"),
+        );
+        async move { call(addr, Method::GET, &path, "", &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let send =
+        json!({"streamId": stream.as_str(), "messageUuid": "late", "message": 2}).to_string();
+    assert_eq!(
+        call(two.addr, Method::POST, "/api/v1/streams/send", &send, &[])
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = receiver.await?;
+    assert_eq!(
+        (status, &body["messageUuid"]),
+        (StatusCode::OK, &json!("late"))
+    );
+
+    // The owner waits what the caller asked for, not a fresh default.
+    let started = Instant::now();
+    let (status, body) = call(
+        one.addr,
+        Method::GET,
+        &format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FAILED_DEPENDENCY, Some("NO_MESSAGE"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_served_where_it_lands() -> TestResult {
+    let (one, two, view) = pair().await?;
+    let stream = stream_owned_elsewhere(&view);
+    let send = json!({"streamId": stream.as_str(), "messageUuid": "m", "message": 3}).to_string();
+    let (status, _) = call(
+        one.addr,
+        Method::POST,
+        "/api/v1/streams/send",
+        &send,
+        &[(FORWARDED_HEADER, "n2")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one.app.engine().buffered(&stream), Some(1), "no second hop");
+    assert_eq!(two.app.engine().buffered(&stream), None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_owner_is_a_424_owner_unavailable() -> TestResult {
+    let l1 = TcpListener::bind("127.0.0.1:0").await?;
+    let gone = TcpListener::bind("127.0.0.1:0").await?;
+    let gone_addr = gone.local_addr()?;
+    drop(gone); // nobody listens there any more
+    let (n1, dead) = (node("n1", l1.local_addr()?)?, node("dead", gone_addr)?);
+    let view = Cluster::with_members(n1.clone(), [dead.clone()], DEFAULT_VIRTUAL_NODES);
+    let one = start(n1, vec![dead], l1).await;
+    let stream = stream_owned_elsewhere(&view);
+    let send = json!({"streamId": stream.as_str(), "messageUuid": "m", "message": 4}).to_string();
+    let (status, body) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FAILED_DEPENDENCY, Some("OWNER_UNAVAILABLE"))
+    );
+    // Bad input is still answered locally, without a hop.
+    let (status, _) = call(one.addr, Method::POST, "/api/v1/streams/send", "{}", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
