@@ -2,9 +2,8 @@
 //! node that serves it.
 //!
 //! Every request names a stream; the HTTP adapter asks [`Cluster::route`] whether this node
-//! owns it. On a single node the answer is always [`Route::Local`]. (Gossip membership, the
-//! consistent-hash ring with virtual nodes and forwarding fill this crate in as the cluster
-//! grows beyond one node; the question the adapter asks stays the same.)
+//! owns it, and forwards the request once, with the [`Forwarder`], when another node does.
+//! The member set behind the ring is replaced as members come and go.
 //!
 //! # Layout
 //! - [`node`]: [`NodeId`] and [`Node`], a member's identity and advertised address.
@@ -28,6 +27,8 @@ pub mod forward;
 pub mod node;
 pub mod ring;
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder};
 use ipubsub_core::StreamId;
 pub use node::{Node, NodeId, NodeIdError};
@@ -36,18 +37,39 @@ pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
 /// Where a request for a stream is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Route<'a> {
+pub enum Route {
     /// This node owns the stream: serve it here.
     Local,
     /// Another node owns it: forward the request there.
-    Forward(&'a Node),
+    Forward(Node),
 }
 
-/// This node's view of the cluster: itself and the ring of live members.
+/// This node's view of the cluster: itself and the ring of live members. Cheap to clone;
+/// clones share the view, which membership replaces as members come and go.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     local: Node,
+    virtual_nodes: usize,
+    view: Arc<RwLock<Arc<View>>>,
+}
+
+/// One version of the member set and its ring.
+#[derive(Debug)]
+pub struct View {
     ring: Ring,
+    version: u64,
+}
+
+impl View {
+    /// The live members, sorted by id.
+    pub fn members(&self) -> &[Node] {
+        self.ring.members()
+    }
+
+    /// Increases by one each time the member set changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
 }
 
 impl Cluster {
@@ -58,15 +80,16 @@ impl Cluster {
 
     /// This node's view of a cluster of `members` (this node is added if missing), each at
     /// `virtual_nodes` points of the ring.
-    pub fn with_members(
-        local: Node,
-        members: impl IntoIterator<Item = Node>,
-        virtual_nodes: usize,
-    ) -> Self {
+    pub fn with_members(local: Node, members: impl IntoIterator<Item = Node>, virtual_nodes: usize) -> Self {
         let members = members.into_iter().chain([local.clone()]);
-        Self {
+        let view = View {
             ring: Ring::new(members, virtual_nodes),
+            version: 1,
+        };
+        Self {
             local,
+            virtual_nodes,
+            view: Arc::new(RwLock::new(Arc::new(view))),
         }
     }
 
@@ -75,18 +98,45 @@ impl Cluster {
         &self.local
     }
 
-    /// Every live member this node knows of, itself included, sorted by id.
-    pub fn members(&self) -> &[Node] {
-        self.ring.members()
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Every live member this node knows of, sorted by id.
+    pub fn members(&self) -> Vec<Node> {
+        self.view().members().to_vec()
+    }
+
+    /// Replaces the member set; returns whether it changed. Every node computes the same ring
+    /// from the same members.
+    pub fn set_members(&self, members: impl IntoIterator<Item = Node>) -> bool {
+        let ring = Ring::new(members, self.virtual_nodes);
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        if view.ring == ring {
+            return false;
+        }
+        let version = view.version + 1;
+        *view = Arc::new(View { ring, version });
+        true
     }
 
     /// Which node serves `stream`.
-    pub fn route(&self, stream: &StreamId) -> Route<'_> {
-        match self.ring.owner(stream) {
-            Some(owner) if owner.id() != self.local.id() => Route::Forward(owner),
-            // This node, or a ring that does not list it yet: serve here.
+    pub fn route(&self, stream: &StreamId) -> Route {
+        let view = self.view();
+        match view.ring.owner(stream) {
+            Some(owner) if owner.id() != self.local.id() => Route::Forward(owner.clone()),
+            // This node, or an empty ring (this node is leaving): serve here.
             _ => Route::Local,
         }
+    }
+
+    /// Which node would serve `stream` if this node were gone: where a leaving node hands its
+    /// buffered messages. `None` when no other member is known.
+    pub fn successor(&self, stream: &StreamId) -> Option<Node> {
+        let view = self.view();
+        let others = view.members().iter().filter(|m| m.id() != self.local.id()).cloned();
+        Ring::new(others, self.virtual_nodes).owner(stream).cloned()
     }
 }
 
@@ -102,6 +152,27 @@ mod tests {
             assert_eq!(cluster.route(&stream), Route::Local);
         }
         assert_eq!(cluster.members().len(), 1);
+        assert_eq!(cluster.successor(&StreamId::new("s")?), None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_view_follows_the_member_set() -> Result<(), Box<dyn std::error::Error>> {
+        let me = Node::new(NodeId::new("a")?, "127.0.0.1:1".parse()?);
+        let other = Node::new(NodeId::new("b")?, "127.0.0.1:2".parse()?);
+        let cluster = Cluster::single(me.clone());
+        let shared = cluster.clone();
+        assert!(cluster.set_members([me.clone(), other.clone()]));
+        assert!(!cluster.set_members([other.clone(), me.clone()]), "same set, same ring");
+        assert_eq!(shared.view().version(), 2, "clones share the view");
+        let forwarded = (0..200)
+            .map(|i| StreamId::new(format!("s{i}")))
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .filter(|s| shared.route(s) == Route::Forward(other.clone()))
+            .count();
+        assert!(forwarded > 50 && forwarded < 150, "{forwarded} of 200 forwarded");
+        assert_eq!(cluster.successor(&StreamId::new("s1")?), Some(other));
         Ok(())
     }
 }

@@ -206,7 +206,7 @@ impl App {
             return None;
         }
         match self.inner.cluster.route(stream) {
-            Route::Forward(owner) => Some(owner.clone()),
+            Route::Forward(owner) => Some(owner),
             _ => None,
         }
     }
