@@ -9,6 +9,7 @@
 //! - [`node`]: [`NodeId`] and [`Node`], a member's identity and advertised address.
 //! - [`ring`]: [`Ring`], consistent hashing with virtual nodes on a stable hash.
 //! - [`forward`]: [`Forwarder`], the one-hop HTTP client to a stream's owner.
+//! - [`membership`]: [`Membership`], gossip (chitchat) keeping the member set current.
 //! - [`Cluster`] and [`Route`]: ownership lookup.
 //!
 //! # Example
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod forward;
+pub mod membership;
 pub mod node;
 pub mod ring;
 
@@ -31,6 +33,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder};
 use ipubsub_core::StreamId;
+pub use membership::{Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};
 pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
 
@@ -80,7 +83,11 @@ impl Cluster {
 
     /// This node's view of a cluster of `members` (this node is added if missing), each at
     /// `virtual_nodes` points of the ring.
-    pub fn with_members(local: Node, members: impl IntoIterator<Item = Node>, virtual_nodes: usize) -> Self {
+    pub fn with_members(
+        local: Node,
+        members: impl IntoIterator<Item = Node>,
+        virtual_nodes: usize,
+    ) -> Self {
         let members = members.into_iter().chain([local.clone()]);
         let view = View {
             ring: Ring::new(members, virtual_nodes),
@@ -100,7 +107,10 @@ impl Cluster {
 
     /// The current view.
     pub fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every live member this node knows of, sorted by id.
@@ -135,7 +145,11 @@ impl Cluster {
     /// buffered messages. `None` when no other member is known.
     pub fn successor(&self, stream: &StreamId) -> Option<Node> {
         let view = self.view();
-        let others = view.members().iter().filter(|m| m.id() != self.local.id()).cloned();
+        let others = view
+            .members()
+            .iter()
+            .filter(|m| m.id() != self.local.id())
+            .cloned();
         Ring::new(others, self.virtual_nodes).owner(stream).cloned()
     }
 }
@@ -163,7 +177,10 @@ mod tests {
         let cluster = Cluster::single(me.clone());
         let shared = cluster.clone();
         assert!(cluster.set_members([me.clone(), other.clone()]));
-        assert!(!cluster.set_members([other.clone(), me.clone()]), "same set, same ring");
+        assert!(
+            !cluster.set_members([other.clone(), me.clone()]),
+            "same set, same ring"
+        );
         assert_eq!(shared.view().version(), 2, "clones share the view");
         let forwarded = (0..200)
             .map(|i| StreamId::new(format!("s{i}")))
@@ -171,7 +188,10 @@ mod tests {
             .iter()
             .filter(|s| shared.route(s) == Route::Forward(other.clone()))
             .count();
-        assert!(forwarded > 50 && forwarded < 150, "{forwarded} of 200 forwarded");
+        assert!(
+            forwarded > 50 && forwarded < 150,
+            "{forwarded} of 200 forwarded"
+        );
         assert_eq!(cluster.successor(&StreamId::new("s1")?), Some(other));
         Ok(())
     }

@@ -19,6 +19,7 @@ use crate::{receive, send};
 
 const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
+const CLUSTER_PATH: &str = "/api/v1/cluster";
 
 /// The HTTP API over an engine: what every connection serves. Cheap to clone.
 #[derive(Clone)]
@@ -84,15 +85,43 @@ impl App {
                 StatusCode::OK,
                 Bytes::from_static(b"{\"status\":\"ok\"}"),
             )),
+            (CLUSTER_PATH, &Method::GET) => Ok(json(StatusCode::OK, self.cluster_view())),
             ("/", &Method::GET) => Ok(json(StatusCode::OK, self.about())),
             (SEND_PATH, _) => Err(not_allowed("POST")),
-            (RECEIVE_PATH | "/health" | "/", _) => Err(not_allowed("GET")),
+            (RECEIVE_PATH | CLUSTER_PATH | "/health" | "/", _) => Err(not_allowed("GET")),
             _ => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no endpoint at {path}"),
             )),
         };
         result.unwrap_or_else(|e| error_response(&e))
+    }
+
+    /// `GET /api/v1/cluster`: this node's view of the members and the ring's version.
+    fn cluster_view(&self) -> Bytes {
+        let cluster = &self.inner.cluster;
+        let view = cluster.view();
+        let members: Vec<_> = view
+            .members()
+            .iter()
+            .map(|m| serde_json::json!({"id": m.id().as_str(), "httpAddr": m.http_addr().to_string(), "state": "up"}))
+            .collect();
+        let body = serde_json::json!({
+            "node": cluster.local().id().as_str(),
+            "ringVersion": view.version(),
+            "members": members,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The cluster view behind the API.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// The forwarding client of this node.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
     }
 
     fn about(&self) -> Bytes {

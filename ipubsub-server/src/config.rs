@@ -54,6 +54,10 @@ pub struct NodeSection {
     pub http_bind_addr_port: SocketAddr,
     /// The address other nodes and clients reach the API at; the bind address if unset.
     pub http_advertise_addr_port: Option<SocketAddr>,
+    /// Where gossip listens (UDP). Unset: a single node that gossips with nobody.
+    pub gossip_bind_addr_port: Option<SocketAddr>,
+    /// The gossip address other nodes use; the bind address if unset.
+    pub gossip_advertise_addr_port: Option<SocketAddr>,
 }
 
 impl Default for NodeSection {
@@ -62,6 +66,8 @@ impl Default for NodeSection {
             name: "node-1".into(),
             http_bind_addr_port: SocketAddr::from(([127, 0, 0, 1], 16681)),
             http_advertise_addr_port: None,
+            gossip_bind_addr_port: None,
+            gossip_advertise_addr_port: None,
         }
     }
 }
@@ -72,12 +78,21 @@ impl Default for NodeSection {
 pub struct ClusterSection {
     /// The cluster's name; nodes only join a cluster of the same name.
     pub name: String,
+    /// Gossip addresses of nodes to contact at start (this node's own may be listed).
+    pub static_bootstrap_node_addr_ports: Vec<String>,
+    /// Points of each member on the consistent-hash ring.
+    pub virtual_nodes: usize,
+    /// Time between gossip rounds, in milliseconds.
+    pub gossip_interval_ms: u64,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {
             name: "ipubsub".into(),
+            static_bootstrap_node_addr_ports: Vec::new(),
+            virtual_nodes: ipubsub_cluster::DEFAULT_VIRTUAL_NODES,
+            gossip_interval_ms: 500,
         }
     }
 }
@@ -321,6 +336,18 @@ impl Config {
             return invalid(
                 "storage.purge_interval_seconds and storage.store_timeout_seconds must be above 0"
                     .into(),
+            );
+        }
+        if self.cluster.virtual_nodes == 0 || self.cluster.gossip_interval_ms == 0 {
+            return invalid(
+                "cluster.virtual_nodes and cluster.gossip_interval_ms must be above 0".into(),
+            );
+        }
+        if !self.cluster.static_bootstrap_node_addr_ports.is_empty()
+            && self.node.gossip_bind_addr_port.is_none()
+        {
+            return invalid(
+                "cluster.static_bootstrap_node_addr_ports needs node.gossip_bind_addr_port".into(),
             );
         }
         if self.engine.sweep_interval_seconds == 0 {

@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use config::{Config, LogFormat};
-use ipubsub_cluster::{Cluster, Node, NodeId};
+use hyper::Method;
+use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, NodeId};
 use std::error::Error as _;
 use std::sync::Arc;
 
 use config::{Backend, DurabilitySetting};
-use ipubsub_core::{Engine, Log, MessageStore};
+use ipubsub_core::{Engine, Log, Message, MessageStore, StreamId};
 use ipubsub_http::App;
 use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
@@ -93,11 +94,42 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     let advertised = config.node.http_advertise_addr_port.unwrap_or(bound);
     let node_id = NodeId::new(&config.node.name).context("node.name")?;
-    let cluster = Cluster::single(Node::new(node_id, advertised));
+    let local = Node::new(node_id, advertised);
+    let cluster = Cluster::with_members(local.clone(), [local], config.cluster.virtual_nodes);
+    let gossip_interval = Duration::from_millis(config.cluster.gossip_interval_ms);
+    let membership = match config.node.gossip_bind_addr_port {
+        None => None,
+        Some(listen) => {
+            let mut gossip = MembershipConfig::new(
+                &config.cluster.name,
+                listen,
+                config.cluster.static_bootstrap_node_addr_ports.clone(),
+            );
+            gossip.advertise = config.node.gossip_advertise_addr_port.unwrap_or(listen);
+            gossip.interval = gossip_interval;
+            let membership = Membership::start(cluster.clone(), gossip).await?;
+            tracing::info!(gossip = %listen, seeds = ?config.cluster.static_bootstrap_node_addr_ports, "gossip started");
+            if !config.cluster.static_bootstrap_node_addr_ports.is_empty()
+                && config.storage.backend == Backend::Embedded
+            {
+                tracing::warn!(
+                    "a multi-node cluster on the embedded store: each stream's log stays on the node that \
+                     owned the stream when it was written, and is unreadable while another node owns it; \
+                     give every node the same shared database for persistence across the cluster"
+                );
+            }
+            Some(membership)
+        }
+    };
     let engine = Engine::new(config.engine_config());
     let store = open_store(&config)?;
     let log = store.map(|store| Log::new(store, config.log_config()));
-    let app = App::new(engine.clone(), log.clone(), cluster, config.http_config());
+    let app = App::new(
+        engine.clone(),
+        log.clone(),
+        cluster.clone(),
+        config.http_config(),
+    );
 
     let sweeper = tokio::spawn(sweep_idle_streams(
         engine.clone(),
@@ -124,7 +156,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("ipubsub-server listening on http://{bound}");
 
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
-    ipubsub_http::serve(listener, app, shutdown_signal(), grace).await;
+    let shutdown = {
+        let membership = &membership;
+        async move {
+            shutdown_signal().await;
+            if let Some(membership) = membership {
+                // Leave first: the others take this node out of their rings and this node
+                // forwards what still reaches it, before it stops accepting.
+                membership.announce_leaving().await;
+                tracing::info!("leaving the cluster");
+                tokio::time::sleep(gossip_interval * 3).await;
+            }
+        }
+    };
+    ipubsub_http::serve(listener, app.clone(), shutdown, grace).await;
+    if membership.is_some() {
+        hand_off(&engine, &cluster, app.forwarder()).await;
+    }
     sweeper.abort();
     if let Some(purger) = purger {
         purger.abort();
@@ -135,8 +183,71 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("a commit worker did not finish within the grace period");
         }
     }
+    if let Some(membership) = membership {
+        membership.leave(Duration::ZERO).await;
+    }
     tracing::info!("ipubsub-server stopped");
     Ok(())
+}
+
+/// Hands every buffered in-memory message to its stream's next owner, in order, before the
+/// node exits. Messages that cannot be handed over are counted and logged: they are lost.
+async fn hand_off(engine: &Engine, cluster: &Cluster, forwarder: &Forwarder) {
+    let (mut handed, mut lost) = (0usize, 0usize);
+    for (stream, messages) in engine.drain() {
+        let Some(owner) = cluster.successor(&stream) else {
+            lost += messages.len();
+            continue;
+        };
+        // One at a time per stream: the order of the stream is kept.
+        for message in messages {
+            let body = handoff_body(&stream, &message);
+            match forwarder
+                .forward(
+                    &owner,
+                    Method::POST,
+                    "/api/v1/streams/send",
+                    body,
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                Ok(response) if response.status().is_success() => handed += 1,
+                Ok(response) => {
+                    tracing::warn!(%stream, owner = %owner.id(), status = %response.status(), "hand-off refused");
+                    lost += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(%stream, owner = %owner.id(), error = %e, "hand-off failed");
+                    lost += 1;
+                }
+            }
+        }
+    }
+    if handed + lost > 0 {
+        tracing::info!(handed, lost, "handed buffered messages to their new owners");
+    }
+}
+
+/// A send body that re-creates `message` on `stream` (its bytes, as sent).
+fn handoff_body(stream: &StreamId, message: &Message) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(96 + message.payload().len());
+    out.extend_from_slice(b"{\"streamId\":");
+    out.extend_from_slice(
+        serde_json::to_string(stream.as_str())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"messageUuid\":");
+    out.extend_from_slice(
+        serde_json::to_string(message.id().as_str())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"message\":");
+    out.extend_from_slice(message.payload());
+    out.push(b'}');
+    bytes::Bytes::from(out)
 }
 
 /// Opens the configured store; `None` when persistence is off.
