@@ -1,0 +1,266 @@
+//! Three real server processes forming a cluster by gossip, each on its own ephemeral ports:
+//! every API behaviour through every node, membership changes, and leaving.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestResult, TestServer};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A free UDP port on loopback for a node's gossip.
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    socket.local_addr().expect("addr").port()
+}
+
+struct Cluster {
+    nodes: Vec<Option<TestServer>>,
+}
+
+impl Cluster {
+    /// `n` nodes that all know each other's gossip address as seeds.
+    fn start(n: usize) -> Self {
+        let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+        let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let yaml = format!(
+            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n",
+            seeds.join(", ")
+        );
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let name = format!("node-{i}");
+                let gossip = format!("127.0.0.1:{port}");
+                Some(TestServer::start_with(
+                    &yaml,
+                    &[
+                        ("IPUBSUB_NODE__NAME", &name),
+                        ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip),
+                    ],
+                ))
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    fn node(&self, i: usize) -> &TestServer {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn live(&self) -> impl Iterator<Item = &TestServer> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Waits until every running node sees exactly `n` members; returns how long it took.
+    async fn converge(&self, n: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let mut all = true;
+            for node in self.live() {
+                let (_, view) = node.call(Method::GET, "/api/v1/cluster", "").await;
+                all &= view["members"].as_array().map(Vec::len) == Some(n);
+            }
+            if all {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "no convergence to {n} members within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn owner_of(view: &Value) -> Vec<String> {
+    view["members"].as_array().map_or_else(Vec::new, |m| {
+        m.iter()
+            .filter_map(|x| x["id"].as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_works_through_every_node() -> TestResult {
+    let cluster = Arc::new(Cluster::start(3));
+    let took = cluster.converge(3, Duration::from_secs(15)).await;
+    println!("3 nodes converged in {took:?}");
+    let (_, view) = cluster
+        .node(0)
+        .call(Method::GET, "/api/v1/cluster", "")
+        .await;
+    assert_eq!(owner_of(&view), ["node-0", "node-1", "node-2"]);
+
+    // Circular buffer: send through one node, receive through each of the others.
+    for i in 0..12 {
+        let (from, to) = (i % 3, (i + 1) % 3);
+        let stream = format!("circ-{i}");
+        let (status, _) = cluster
+            .node(from)
+            .send(json!({"streamId": stream, "messageUuid": format!("m{i}"), "message": i}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = cluster
+            .node(to)
+            .receive(&format!("streamId={stream}&timeoutSeconds=2"))
+            .await;
+        assert_eq!(
+            (status, &body["message"]),
+            (StatusCode::OK, &json!(i)),
+            "stream {stream}"
+        );
+    }
+
+    // Sync match: the receiver waits on one node, the sender arrives at another.
+    let receiver = tokio::spawn({
+        let cluster = cluster.clone();
+        async move {
+            cluster
+                .node(2)
+                .receive("streamId=rendezvous&timeoutSeconds=5")
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = cluster
+        .node(0)
+        .send(json!({"streamId": "rendezvous", "messageUuid": "r", "message": "hi", "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 3}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(receiver.await?.1["message"], "hi");
+
+    // A full blocking queue answers 424 through any node.
+    let blocking = |id: &str| json!({"streamId": "bq", "messageUuid": id, "message": 1, "inMemoryStreamSize": 1, "blockingSendTimeoutSeconds": 1});
+    assert_eq!(cluster.node(1).send(blocking("a")).await.0, StatusCode::OK);
+    let (status, body) = cluster.node(2).send(blocking("b")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FAILED_DEPENDENCY, Some("STREAM_FULL"))
+    );
+
+    // Competing receivers on different nodes: each message exactly once.
+    let receivers: Vec<_> = (0..9)
+        .map(|r| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                cluster
+                    .node(r % 3)
+                    .receive("streamId=shared&timeoutSeconds=5")
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..9 {
+        cluster
+            .node(i % 3)
+            .send(json!({"streamId": "shared", "messageUuid": format!("s{i}"), "message": i}))
+            .await;
+    }
+    let mut got = Vec::new();
+    for r in receivers {
+        let (status, body) = r.await?;
+        assert_eq!(status, StatusCode::OK);
+        got.push(body["message"].as_i64().ok_or("message")?);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..9).collect::<Vec<_>>());
+
+    // The persistent log: written through one node, replayed through every node.
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        let (status, body) = cluster.node(i % 3).send(json!({"streamId": "log", "messageUuid": format!("p{i}"), "message": i, "writeToDB": true})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokens.push(body["dbResumeToken"].as_str().ok_or("token")?.to_owned());
+    }
+    for node in 0..3 {
+        let (_, body) = cluster
+            .node(node)
+            .receive("streamId=log&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+            .await;
+        assert_eq!(
+            body["messages"].as_array().map(Vec::len),
+            Some(5),
+            "node {node}: {body}"
+        );
+        let (_, body) = cluster
+            .node(node)
+            .receive(&format!(
+                "streamId=log&readFromDB=true&timeoutSeconds=0&dbResumeToken={}",
+                tokens[2]
+            ))
+            .await;
+        assert_eq!(body["messageUuid"], "p3");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_hands_over_every_buffered_message() -> TestResult {
+    let mut cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    let streams = 60;
+    for i in 0..streams {
+        let (status, _) = cluster
+            .node(i % 3)
+            .send(
+                json!({"streamId": format!("h{i}"), "messageUuid": format!("m{i}"), "message": i}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut leaving = cluster.nodes[1].take().ok_or("node 1")?;
+    let started = Instant::now();
+    assert!(
+        leaving.terminate(Duration::from_secs(15)).success(),
+        "a leaving node exits 0"
+    );
+    println!("node-1 left in {:?}", started.elapsed());
+    cluster.converge(2, Duration::from_secs(10)).await;
+    let mut received = 0;
+    for i in 0..streams {
+        let (status, body) = cluster
+            .node(if i % 2 == 0 { 0 } else { 2 })
+            .receive(&format!("streamId=h{i}&timeoutSeconds=0"))
+            .await;
+        if status == StatusCode::OK {
+            assert_eq!(body["message"], json!(i));
+            received += 1;
+        }
+    }
+    assert_eq!(
+        received,
+        streams,
+        "messages lost across the leave: {}",
+        streams - received
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_others_serve_every_stream_after_a_kill_9() -> TestResult {
+    let mut cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    let killed = cluster.nodes[2].take().ok_or("node 2")?;
+    drop(killed.kill9());
+    let took = cluster.converge(2, Duration::from_secs(30)).await;
+    println!("failure detected and ring rebuilt in {took:?}");
+    for i in 0..30 {
+        let stream = format!("after-{i}");
+        let (status, body) = cluster
+            .node(i % 2)
+            .send(json!({"streamId": stream, "messageUuid": "m", "message": i}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _) = cluster
+            .node((i + 1) % 2)
+            .receive(&format!("streamId={stream}&timeoutSeconds=1"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    Ok(())
+}
