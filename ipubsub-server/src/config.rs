@@ -84,6 +84,9 @@ pub struct ClusterSection {
     pub virtual_nodes: usize,
     /// Time between gossip rounds, in milliseconds.
     pub gossip_interval_ms: u64,
+    /// At start, how long to wait to hear from another member before serving alone (the
+    /// first node of a cluster): a node never routes as if alone while its seeds answer.
+    pub join_timeout_seconds: u64,
 }
 
 impl Default for ClusterSection {
@@ -93,6 +96,7 @@ impl Default for ClusterSection {
             static_bootstrap_node_addr_ports: Vec::new(),
             virtual_nodes: ipubsub_cluster::DEFAULT_VIRTUAL_NODES,
             gossip_interval_ms: 500,
+            join_timeout_seconds: 5,
         }
     }
 }

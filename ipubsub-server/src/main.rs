@@ -7,6 +7,7 @@
 mod config;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,8 +108,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             );
             gossip.advertise = config.node.gossip_advertise_addr_port.unwrap_or(listen);
             gossip.interval = gossip_interval;
+            let own = gossip.advertise;
             let membership = Membership::start(cluster.clone(), gossip).await?;
             tracing::info!(gossip = %listen, seeds = ?config.cluster.static_bootstrap_node_addr_ports, "gossip started");
+            let others = config
+                .cluster
+                .static_bootstrap_node_addr_ports
+                .iter()
+                .any(|seed| seed.parse::<SocketAddr>().ok() != Some(own));
+            if others {
+                join(
+                    &cluster,
+                    Duration::from_secs(config.cluster.join_timeout_seconds),
+                )
+                .await;
+            }
             if !config.cluster.static_bootstrap_node_addr_ports.is_empty()
                 && config.storage.backend == Backend::Embedded
             {
@@ -188,6 +202,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("ipubsub-server stopped");
     Ok(())
+}
+
+/// Waits until gossip shows another member, so that this node does not serve streams that
+/// the running cluster gives to others; after `timeout` it serves alone (it is the first).
+async fn join(cluster: &Cluster, timeout: Duration) {
+    let started = std::time::Instant::now();
+    while cluster.members().len() < 2 {
+        if started.elapsed() >= timeout {
+            tracing::info!(
+                ?timeout,
+                "no other member answered: serving as the first node of the cluster"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(members = cluster.members().len(), took = ?started.elapsed(), "joined the cluster");
 }
 
 /// Hands every buffered in-memory message to its stream's next owner, in order, before the
