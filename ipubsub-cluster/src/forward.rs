@@ -27,9 +27,19 @@ pub const DEADLINE_HEADER: &str = "x-ipubsub-deadline-ms";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ForwardError {
-    /// The owner could not be reached (connection refused, reset, ...).
-    #[error("cannot reach node {node}")]
+    /// No connection to the owner could be made: the request was not delivered, so it is
+    /// safe to send it elsewhere.
+    #[error("cannot connect to node {node}")]
     Unreachable {
+        /// The owner.
+        node: NodeId,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The exchange broke after the request may have been delivered: retrying could repeat it.
+    #[error("the exchange with node {node} broke")]
+    Broken {
         /// The owner.
         node: NodeId,
         /// What failed.
@@ -91,22 +101,25 @@ impl Forwarder {
             .map_err(ForwardError::Request)?;
         let limit = wait + SLACK;
         let exchange = async {
-            let response =
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| ForwardError::Unreachable {
-                        node: owner.id().clone(),
+            let response = self.client.request(request).await.map_err(|e| {
+                let node = owner.id().clone();
+                if e.is_connect() {
+                    ForwardError::Unreachable {
+                        node,
                         source: Box::new(e),
-                    })?;
+                    }
+                } else {
+                    ForwardError::Broken {
+                        node,
+                        source: Box::new(e),
+                    }
+                }
+            })?;
             let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| ForwardError::Unreachable {
-                    node: owner.id().clone(),
-                    source: Box::new(e),
-                })?;
+            let body = body.collect().await.map_err(|e| ForwardError::Broken {
+                node: owner.id().clone(),
+                source: Box::new(e),
+            })?;
             Ok(Response::from_parts(parts, body.to_bytes()))
         };
         match tokio::time::timeout(limit, exchange).await {

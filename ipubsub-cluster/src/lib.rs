@@ -29,7 +29,9 @@ pub mod membership;
 pub mod node;
 pub mod ring;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder};
 use ipubsub_core::StreamId;
@@ -54,11 +56,18 @@ pub struct Cluster {
     local: Node,
     virtual_nodes: usize,
     view: Arc<RwLock<Arc<View>>>,
+    /// Members this node could not reach, left out of its ring until the time given. Gossip
+    /// takes a dead node out for good; this covers the seconds before it notices.
+    suspects: Arc<Mutex<Vec<(NodeId, Instant)>>>,
+    /// Whether `suspects` is non-empty: keeps `route` from taking that lock on the hot path.
+    any_suspect: Arc<AtomicBool>,
 }
 
 /// One version of the member set and its ring.
 #[derive(Debug)]
 pub struct View {
+    /// The members as membership last reported them, suspects included.
+    reported: Vec<Node>,
     ring: Ring,
     version: u64,
 }
@@ -88,15 +97,18 @@ impl Cluster {
         members: impl IntoIterator<Item = Node>,
         virtual_nodes: usize,
     ) -> Self {
-        let members = members.into_iter().chain([local.clone()]);
+        let reported: Vec<Node> = members.into_iter().chain([local.clone()]).collect();
         let view = View {
-            ring: Ring::new(members, virtual_nodes),
+            ring: Ring::new(reported.clone(), virtual_nodes),
+            reported,
             version: 1,
         };
         Self {
             local,
             virtual_nodes,
             view: Arc::new(RwLock::new(Arc::new(view))),
+            suspects: Arc::new(Mutex::new(Vec::new())),
+            any_suspect: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -121,18 +133,75 @@ impl Cluster {
     /// Replaces the member set; returns whether it changed. Every node computes the same ring
     /// from the same members.
     pub fn set_members(&self, members: impl IntoIterator<Item = Node>) -> bool {
-        let ring = Ring::new(members, self.virtual_nodes);
+        self.rebuild(Some(members.into_iter().collect()))
+    }
+
+    /// Leaves `node` out of this node's ring for `duration`, after it could not be reached.
+    /// Returns whether the ring changed.
+    pub fn suspect(&self, node: &NodeId, duration: Duration) -> bool {
+        {
+            let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+            suspects.retain(|(id, _)| id != node);
+            suspects.push((node.clone(), Instant::now() + duration));
+            self.any_suspect.store(true, Ordering::Release);
+        }
+        self.rebuild(None)
+    }
+
+    /// Rebuilds the ring from `reported` members (or the last reported ones), leaving out
+    /// current suspects; bumps the version if it changed.
+    fn rebuild(&self, reported: Option<Vec<Node>>) -> bool {
+        let suspects: Vec<NodeId> = {
+            let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            suspects.retain(|(_, until)| *until > now);
+            self.any_suspect
+                .store(!suspects.is_empty(), Ordering::Release);
+            suspects.iter().map(|(id, _)| id.clone()).collect()
+        };
         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        let reported = reported.unwrap_or_else(|| view.reported.clone());
+        let ring = Ring::new(
+            reported
+                .iter()
+                .filter(|m| !suspects.contains(m.id()))
+                .cloned(),
+            self.virtual_nodes,
+        );
         if view.ring == ring {
+            if view.reported != reported {
+                let version = view.version;
+                *view = Arc::new(View {
+                    reported,
+                    ring,
+                    version,
+                });
+            }
             return false;
         }
         let version = view.version + 1;
-        *view = Arc::new(View { ring, version });
+        *view = Arc::new(View {
+            reported,
+            ring,
+            version,
+        });
         true
     }
 
     /// Which node serves `stream`.
     pub fn route(&self, stream: &StreamId) -> Route {
+        if self.any_suspect.load(Ordering::Acquire) {
+            // Suspicions end by themselves: give an expired one its streams back.
+            let expired = self
+                .suspects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|(_, until)| *until <= Instant::now());
+            if expired {
+                self.rebuild(None);
+            }
+        }
         let view = self.view();
         match view.ring.owner(stream) {
             Some(owner) if owner.id() != self.local.id() => Route::Forward(owner.clone()),
@@ -192,7 +261,22 @@ mod tests {
             forwarded > 50 && forwarded < 150,
             "{forwarded} of 200 forwarded"
         );
-        assert_eq!(cluster.successor(&StreamId::new("s1")?), Some(other));
+        assert_eq!(
+            cluster.successor(&StreamId::new("s1")?),
+            Some(other.clone())
+        );
+
+        // A suspect is left out until its suspicion ends.
+        assert!(cluster.suspect(other.id(), Duration::from_millis(200)));
+        assert_eq!(cluster.members(), [me.clone()]);
+        assert_eq!(cluster.view().members().len(), 1);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            cluster.route(&StreamId::new("s1")?),
+            Route::Forward(other),
+            "back after expiry"
+        );
+        assert_eq!(cluster.members().len(), 2);
         Ok(())
     }
 }

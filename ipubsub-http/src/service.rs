@@ -9,7 +9,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::Duration;
 
-use ipubsub_cluster::{Cluster, DEADLINE_HEADER, FORWARDED_HEADER, Forwarder, Node, Route};
+use ipubsub_cluster::{
+    Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, Node, Route,
+};
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::config::HttpConfig;
@@ -148,10 +150,11 @@ impl App {
             SendKind::Memory { wait, .. } => *wait,
             SendKind::Log { .. } => inner.config.store_timeout,
         };
-        if let Some(owner) = self.owner_elsewhere(&send.stream, &hop) {
-            return self
-                .forward(owner, Method::POST, SEND_PATH, body, wait)
-                .await;
+        if let Some(answer) = self
+            .forward(&send.stream, &hop, Method::POST, SEND_PATH, &body, wait)
+            .await?
+        {
+            return Ok(answer);
         }
         let message = Message::new(send.id, send.payload, inner.engine.now());
         match (send.kind, &inner.log) {
@@ -182,14 +185,21 @@ impl App {
         let hop = Hop::of(&request);
         let mut receive =
             receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
-        if let Some(owner) = self.owner_elsewhere(&receive.stream, &hop) {
-            let target = request
-                .uri()
-                .path_and_query()
-                .map_or(RECEIVE_PATH, |p| p.as_str());
-            return self
-                .forward(owner, Method::GET, target, Bytes::new(), receive.timeout)
-                .await;
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(RECEIVE_PATH, |p| p.as_str());
+        let empty = Bytes::new();
+        let forwarded = self.forward(
+            &receive.stream,
+            &hop,
+            Method::GET,
+            target,
+            &empty,
+            receive.timeout,
+        );
+        if let Some(answer) = forwarded.await? {
+            return Ok(answer);
         }
         // A forwarded receive waits what its caller has left, not a fresh timeout.
         receive.timeout = hop.cap(receive.timeout);
@@ -240,42 +250,58 @@ impl App {
         }
     }
 
-    /// Forwards the request to `owner` and passes its answer through unchanged.
+    /// Forwards the request to the owner of `stream` when that is another node, and passes
+    /// its answer through unchanged; `None` when this node serves it. An owner that cannot be
+    /// connected to is suspected (left out of this node's ring for a while) and the route is
+    /// computed again, once: the request then goes to the next owner, possibly this node.
     async fn forward(
         &self,
-        owner: Node,
+        stream: &StreamId,
+        hop: &Hop,
         method: Method,
         target: &str,
-        body: Bytes,
+        body: &Bytes,
         wait: Duration,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
-        match self
-            .inner
-            .forwarder
-            .forward(&owner, method, target, body, wait)
-            .await
-        {
-            Ok(answer) => {
-                let (parts, body) = answer.into_parts();
-                let mut response = Response::new(Full::new(body));
-                *response.status_mut() = parts.status;
-                for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
-                    if let Some(value) = parts.headers.get(&name) {
-                        response.headers_mut().insert(name, value.clone());
+    ) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
+        let mut retried = false;
+        while let Some(owner) = self.owner_elsewhere(stream, hop) {
+            let forwarded =
+                self.inner
+                    .forwarder
+                    .forward(&owner, method.clone(), target, body.clone(), wait);
+            match forwarded.await {
+                Ok(answer) => {
+                    let (parts, body) = answer.into_parts();
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = parts.status;
+                    for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
+                        if let Some(value) = parts.headers.get(&name) {
+                            response.headers_mut().insert(name, value.clone());
+                        }
                     }
+                    return Ok(Some(response));
                 }
-                Ok(response)
-            }
-            Err(e) => {
-                tracing::warn!(owner = %owner.id(), error = %e, "forwarding failed");
-                Err(ApiError::new(
-                    ErrorCode::OwnerUnavailable,
-                    format!("the node that owns this stream did not answer: {e}"),
-                ))
+                Err(e @ ForwardError::Unreachable { .. }) if !retried => {
+                    tracing::warn!(owner = %owner.id(), error = %e, "owner unreachable: suspecting it and routing again");
+                    self.inner.cluster.suspect(owner.id(), SUSPICION);
+                    retried = true;
+                }
+                Err(e) => {
+                    tracing::warn!(owner = %owner.id(), error = %e, "forwarding failed");
+                    return Err(ApiError::new(
+                        ErrorCode::OwnerUnavailable,
+                        format!("the node that owns this stream did not answer: {e}"),
+                    ));
+                }
             }
         }
+        Ok(None)
     }
 }
+
+/// How long an owner that could not be reached stays out of this node's ring (gossip
+/// usually declares it dead, or alive again, well within that).
+const SUSPICION: Duration = Duration::from_secs(10);
 
 /// What the forwarding headers of a request say.
 struct Hop {

@@ -236,7 +236,7 @@ async fn a_forwarded_request_is_served_where_it_lands() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_owner_is_a_424_owner_unavailable() -> TestResult {
+async fn an_unreachable_owner_is_suspected_and_the_request_routed_again() -> TestResult {
     let l1 = TcpListener::bind("127.0.0.1:0").await?;
     let gone = TcpListener::bind("127.0.0.1:0").await?;
     let gone_addr = gone.local_addr()?;
@@ -248,11 +248,57 @@ async fn an_unreachable_owner_is_a_424_owner_unavailable() -> TestResult {
     let send = json!({"streamId": stream.as_str(), "messageUuid": "m", "message": 4}).to_string();
     let (status, body) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::FAILED_DEPENDENCY, Some("OWNER_UNAVAILABLE"))
+        status,
+        StatusCode::OK,
+        "served by the next owner, this node: {body}"
+    );
+    assert_eq!(one.app.engine().buffered(&stream), Some(1));
+    assert_eq!(
+        one.app.cluster().members().len(),
+        1,
+        "the dead owner is suspected"
     );
     // Bad input is still answered locally, without a hop.
     let (status, _) = call(one.addr, Method::POST, "/api/v1/streams/send", "{}", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_unreachable_owners_in_a_row_are_a_424() -> TestResult {
+    let l1 = TcpListener::bind("127.0.0.1:0").await?;
+    let mut dead = Vec::new();
+    for name in ["dead-a", "dead-b"] {
+        let gone = TcpListener::bind("127.0.0.1:0").await?;
+        dead.push(node(name, gone.local_addr()?)?);
+    } // both listeners dropped here
+    let n1 = node("n1", l1.local_addr()?)?;
+    let view = Cluster::with_members(n1.clone(), dead.clone(), DEFAULT_VIRTUAL_NODES);
+    let one = start(n1.clone(), dead.clone(), l1).await;
+    // A stream whose owner, and whose owner once that one is gone, are both dead.
+    let stream = (0..)
+        .map(|i| StreamId::new(format!("dd-{i}")).expect("id"))
+        .find(|s| {
+            let Route::Forward(first) = view.route(s) else {
+                return false;
+            };
+            let without: Vec<Node> = dead
+                .iter()
+                .filter(|d| d.id() != first.id())
+                .cloned()
+                .collect();
+            matches!(
+                Cluster::with_members(n1.clone(), without, DEFAULT_VIRTUAL_NODES).route(s),
+                Route::Forward(_)
+            )
+        })
+        .expect("such a stream");
+    let send = json!({"streamId": stream.as_str(), "messageUuid": "m", "message": 5}).to_string();
+    let (status, body) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FAILED_DEPENDENCY, Some("OWNER_UNAVAILABLE")),
+        "{body}"
+    );
     Ok(())
 }
