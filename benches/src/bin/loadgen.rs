@@ -41,6 +41,16 @@ enum Mode {
     Replay,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouteChoice {
+    /// Round robin over `--url`.
+    Any,
+    /// Straight to each stream's owner.
+    Owner,
+    /// To a node that does not own the stream: every request is forwarded once.
+    Other,
+}
+
 /// Load generator for ipubsub's HTTP API.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ipubsub-loadgen")]
@@ -79,6 +89,15 @@ struct Args {
     /// this many sends at once, then reads their answers. 1 sends one at a time.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// Which node each request goes to: `any` spreads requests over `--url` round robin;
+    /// `owner` sends each to its stream's owner and `other` to a node that is not, using the
+    /// ring of the cluster that `/api/v1/cluster` of the first URL describes (to measure what
+    /// forwarding costs).
+    #[arg(long, value_enum, default_value = "any")]
+    route: RouteChoice,
+    /// The cluster's `virtual_nodes`, to compute its ring with `--route`.
+    #[arg(long, default_value_t = ipubsub_cluster::DEFAULT_VIRTUAL_NODES)]
+    virtual_nodes: usize,
     /// `maxMessages` of each receive (1: the v1 single-message receive).
     #[arg(long, default_value_t = 1)]
     max_messages: usize,
@@ -103,6 +122,8 @@ struct Args {
 
 #[derive(Default)]
 struct Shared {
+    /// With `--route owner|other`: the base URL for each stream index.
+    stream_urls: Vec<String>,
     next_seq: AtomicU64,
     sent_ok: AtomicU64,
     received: AtomicU64,
@@ -285,9 +306,13 @@ async fn publisher(
         }
         let body = send_body(&args, &prefix, seq);
         url_index = (url_index + 1) % args.url.len();
+        let base = shared
+            .stream_urls
+            .get((seq % args.streams as u64) as usize)
+            .unwrap_or(&args.url[url_index]);
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("{}/api/v1/streams/send", args.url[url_index]))
+            .uri(format!("{base}/api/v1/streams/send"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
         let started = Instant::now();
@@ -350,7 +375,10 @@ async fn receiver(
         }
         let slot = turn % owned.len();
         let stream = stream_name(&prefix, owned[slot]);
-        let url = &args.url[(index + turn) % args.url.len()];
+        let url = shared
+            .stream_urls
+            .get(owned[slot])
+            .unwrap_or(&args.url[(index + turn) % args.url.len()]);
         turn += 1;
         let mut uri = format!(
             "{url}/api/v1/streams/receive?streamId={stream}&timeoutSeconds={}",
@@ -527,6 +555,55 @@ async fn hold_waiters(args: &Args, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The base URL of each stream index under `--route owner|other`, from the cluster's ring.
+async fn route_streams(
+    client: &HttpClient,
+    args: &Args,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    use ipubsub_cluster::{Node, NodeId, Ring};
+    let request = Request::builder()
+        .uri(format!("{}/api/v1/cluster", args.url[0]))
+        .body(Full::new(Bytes::new()))?;
+    let body = client
+        .request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body).context("/api/v1/cluster")?;
+    let members: Vec<Node> = view["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| {
+            let id = NodeId::new(m["id"].as_str().context("id")?)?;
+            let addr = m["httpAddr"].as_str().context("httpAddr")?.parse()?;
+            anyhow::Ok(Node::new(id, addr))
+        })
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        members.len() > 1 || args.route == RouteChoice::Owner,
+        "--route other needs two or more members"
+    );
+    let ring = Ring::new(members.clone(), args.virtual_nodes);
+    (0..args.streams)
+        .map(|i| {
+            let stream = ipubsub_core::StreamId::new(stream_name(prefix, i))?;
+            let owner = ring.owner(&stream).context("an empty ring")?;
+            let node = match args.route {
+                RouteChoice::Other => members
+                    .iter()
+                    .find(|m| m.id() != owner.id())
+                    .context("another member")?,
+                _ => owner,
+            };
+            Ok(format!("http://{}", node.http_addr()))
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
@@ -549,7 +626,15 @@ async fn main() -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
-    let shared = Arc::new(Shared::default());
+    let stream_urls = if args.route == RouteChoice::Any {
+        Vec::new()
+    } else {
+        route_streams(&client, &args, &prefix).await?
+    };
+    let shared = Arc::new(Shared {
+        stream_urls,
+        ..Shared::default()
+    });
     shared.publishing.store(true, Ordering::Release);
 
     println!(
