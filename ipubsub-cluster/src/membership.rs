@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
@@ -90,10 +90,21 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// Starts gossiping as `cluster`'s local node and keeps `cluster`'s view up to date.
+    /// Starts gossiping over UDP as `cluster`'s local node and keeps `cluster`'s view up to
+    /// date.
     pub async fn start(
         cluster: Cluster,
         config: MembershipConfig,
+    ) -> Result<Self, MembershipError> {
+        Self::start_with_transport(cluster, config, &UdpTransport).await
+    }
+
+    /// [`Membership::start`] over another chitchat transport (tests use an in-process one that
+    /// can cut links, to partition the cluster).
+    pub async fn start_with_transport(
+        cluster: Cluster,
+        config: MembershipConfig,
+        transport: &dyn Transport,
     ) -> Result<Self, MembershipError> {
         let local = cluster.local().clone();
         // A new generation each start: peers tell a restarted node from its previous life.
@@ -127,7 +138,7 @@ impl Membership {
             (HTTP_KEY.to_owned(), local.http_addr().to_string()),
             (STATUS_KEY.to_owned(), UP.to_owned()),
         ];
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+        let handle = spawn_chitchat(chitchat_config, initial, transport)
             .await
             .map_err(|e| MembershipError::Start {
                 listen: config.listen,
