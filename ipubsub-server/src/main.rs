@@ -16,12 +16,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use config::{Config, LogFormat};
 use hyper::Method;
-use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, NodeId};
+use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, NodeId, Route};
 use std::error::Error as _;
 use std::sync::Arc;
 
 use config::{Backend, DurabilitySetting};
-use ipubsub_core::{Engine, Log, Message, MessageStore, StreamId};
+use ipubsub_core::{Engine, Log, Message, MessageStore, SendOptions, StreamId};
 use ipubsub_http::App;
 use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
@@ -169,6 +169,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Machine-readable, for scripts and tests that start the server on port 0.
     println!("ipubsub-server listening on http://{bound}");
 
+    let rebalancer = membership.as_ref().map(|_| {
+        tokio::spawn(rebalance(
+            engine.clone(),
+            cluster.clone(),
+            app.forwarder().clone(),
+        ))
+    });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let shutdown = {
         let membership = &membership;
@@ -184,8 +191,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ipubsub_http::serve(listener, app.clone(), shutdown, grace).await;
+    if let Some(rebalancer) = rebalancer {
+        rebalancer.abort();
+    }
     if membership.is_some() {
-        hand_off(&engine, &cluster, app.forwarder()).await;
+        hand_off(engine.drain(), &engine, &cluster, app.forwarder(), true).await;
     }
     sweeper.abort();
     if let Some(purger) = purger {
@@ -221,12 +231,65 @@ async fn join(cluster: &Cluster, timeout: Duration) {
     tracing::info!(members = cluster.members().len(), took = ?started.elapsed(), "joined the cluster");
 }
 
-/// Hands every buffered in-memory message to its stream's next owner, in order, before the
-/// node exits. Messages that cannot be handed over are counted and logged: they are lost.
-async fn hand_off(engine: &Engine, cluster: &Cluster, forwarder: &Forwarder) {
+/// Watches the member set; when it changes, hands the buffered messages of streams that now
+/// belong to another node to that node, so that a joining node gets the streams it owns with
+/// what they hold.
+async fn rebalance(engine: Engine, cluster: Cluster, forwarder: Forwarder) {
+    let mut seen = cluster.view().version();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let version = cluster.view().version();
+        if version == seen {
+            continue;
+        }
+        seen = version;
+        let moved = {
+            let cluster = cluster.clone();
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.drain_streams(|stream| matches!(cluster.route(stream), Route::Forward(_)))
+            })
+            .await
+        };
+        match moved {
+            Ok(moved) if !moved.is_empty() => {
+                hand_off(moved, &engine, &cluster, &forwarder, false).await
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rebalancing failed"),
+        }
+    }
+}
+
+/// Hands buffered in-memory messages to their streams' owners, one at a time per stream so
+/// that order is kept: the next owner once this node is gone (`leaving`), else the current
+/// owner. Messages that cannot be handed over are counted and logged: they are lost.
+async fn hand_off(
+    drained: Vec<(StreamId, Vec<Message>)>,
+    engine: &Engine,
+    cluster: &Cluster,
+    forwarder: &Forwarder,
+    leaving: bool,
+) {
     let (mut handed, mut lost) = (0usize, 0usize);
-    for (stream, messages) in engine.drain() {
-        let Some(owner) = cluster.successor(&stream) else {
+    for (stream, messages) in drained {
+        let owner = if leaving {
+            cluster.successor(&stream)
+        } else {
+            match cluster.route(&stream) {
+                Route::Forward(owner) => Some(owner),
+                _ => {
+                    // The stream came back to this node meanwhile: keep its messages here.
+                    for message in messages {
+                        let _ = engine
+                            .send(stream.clone(), message, SendOptions::default())
+                            .await;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(owner) = owner else {
             lost += messages.len();
             continue;
         };

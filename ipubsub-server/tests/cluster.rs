@@ -18,33 +18,68 @@ fn free_udp_port() -> u16 {
 
 struct Cluster {
     nodes: Vec<Option<TestServer>>,
+    ports: Vec<u16>,
+    yaml: String,
 }
 
 impl Cluster {
     /// `n` nodes that all know each other's gossip address as seeds.
     fn start(n: usize) -> Self {
+        Self::start_some(n, n)
+    }
+
+    /// Starts the first `running` of `n` nodes; all list all `n` gossip addresses as seeds.
+    fn start_some(n: usize, running: usize) -> Self {
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         let yaml = format!(
             "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n",
             seeds.join(", ")
         );
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let name = format!("node-{i}");
-                let gossip = format!("127.0.0.1:{port}");
-                Some(TestServer::start_with(
-                    &yaml,
-                    &[
-                        ("IPUBSUB_NODE__NAME", &name),
-                        ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip),
-                    ],
-                ))
-            })
-            .collect();
-        Self { nodes }
+        let mut cluster = Self {
+            nodes: (0..n).map(|_| None).collect(),
+            ports,
+            yaml,
+        };
+        // Started together: each waits at start to hear from the others.
+        let started = Instant::now();
+        let nodes: Vec<TestServer> = std::thread::scope(|scope| {
+            let starting: Vec<_> = (0..running)
+                .map(|i| {
+                    let cluster = &cluster;
+                    scope.spawn(move || cluster.spawn_node(i))
+                })
+                .collect();
+            starting
+                .into_iter()
+                .map(|s| s.join().expect("node started"))
+                .collect()
+        });
+        for (i, node) in nodes.into_iter().enumerate() {
+            cluster.nodes[i] = Some(node);
+        }
+        println!(
+            "{running} of {n} nodes started and joined in {:?}",
+            started.elapsed()
+        );
+        cluster
+    }
+
+    fn spawn_node(&self, i: usize) -> TestServer {
+        let name = format!("node-{i}");
+        let gossip = format!("127.0.0.1:{}", self.ports[i]);
+        TestServer::start_with(
+            &self.yaml,
+            &[
+                ("IPUBSUB_NODE__NAME", &name),
+                ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip),
+            ],
+        )
+    }
+
+    /// Starts node `i`, which joins the running ones.
+    fn add(&mut self, i: usize) {
+        self.nodes[i] = Some(self.spawn_node(i));
     }
 
     fn node(&self, i: usize) -> &TestServer {
@@ -262,5 +297,76 @@ async fn the_others_serve_every_stream_after_a_kill_9() -> TestResult {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_streams_with_their_messages_while_clients_run() -> TestResult {
+    let mut cluster = Cluster::start_some(3, 2);
+    cluster.converge(2, Duration::from_secs(15)).await;
+    let streams = 60;
+    for i in 0..streams {
+        let (status, _) = cluster
+            .node(i % 2)
+            .send(
+                json!({"streamId": format!("j{i}"), "messageUuid": format!("m{i}"), "message": i}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // A client keeps sending and receiving through node 0 while node 2 joins.
+    let client_node = cluster.node(0).addr;
+    let client = tokio::spawn(async move {
+        let client = common::Client::new(client_node);
+        let (mut ok, mut failed) = (0, 0);
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut i = 0;
+        while Instant::now() < until {
+            let stream = format!("live-{}", i % 40);
+            let sent = client
+                .send(json!({"streamId": stream, "messageUuid": format!("l{i}"), "message": i}))
+                .await
+                .0;
+            let received = client
+                .receive(&format!("streamId={stream}&timeoutSeconds=2"))
+                .await
+                .0;
+            if sent == StatusCode::OK && received == StatusCode::OK {
+                ok += 1
+            } else {
+                failed += 1
+            }
+            i += 1;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    cluster.add(2);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    println!("node-2 joined, all views agree in {:?}", started.elapsed());
+    let (ok, failed) = client.await?;
+    println!("client during the join: {ok} send+receive pairs ok, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the join");
+
+    // Every buffered message is reachable through the new node, moved ones included.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut received = 0;
+    for i in 0..streams {
+        let (status, body) = cluster
+            .node(2)
+            .receive(&format!("streamId=j{i}&timeoutSeconds=0"))
+            .await;
+        if status == StatusCode::OK {
+            assert_eq!(body["message"], json!(i));
+            received += 1;
+        }
+    }
+    assert_eq!(
+        received,
+        streams,
+        "messages stranded on their old owner: {}",
+        streams - received
+    );
     Ok(())
 }

@@ -250,10 +250,19 @@ impl Engine {
     /// Removes and returns every buffered message, stream by stream, oldest first within each
     /// stream: what a node hands over when it leaves.
     pub fn drain(&self) -> Vec<(StreamId, Vec<Message>)> {
+        self.drain_streams(|_| true)
+    }
+
+    /// Removes and returns the buffered messages of the streams `moved` selects, oldest first
+    /// within each stream: what a node hands over when streams it held now belong to another.
+    pub fn drain_streams(
+        &self,
+        mut moved: impl FnMut(&StreamId) -> bool,
+    ) -> Vec<(StreamId, Vec<Message>)> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
-            for (id, stream) in table.iter_mut() {
+            for (id, stream) in table.iter_mut().filter(|(id, _)| moved(id)) {
                 let mut messages = Vec::new();
                 while let Some(message) = stream.take() {
                     messages.push(message);

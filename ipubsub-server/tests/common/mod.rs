@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -22,7 +22,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The server's config file and data directory live here.
     pub dir: tempfile::TempDir,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
 }
 
 impl TestServer {
@@ -79,7 +79,7 @@ impl TestServer {
             child,
             addr,
             dir,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: HttpClient::builder(TokioExecutor::new()).build_http(),
         }
     }
 
@@ -162,6 +162,58 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A client of one server address, without owning the server.
+pub struct Client {
+    addr: SocketAddr,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client of the server at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            client: HttpClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: String) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let response = self.client.request(request).await.expect("response");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// `POST /api/v1/streams/send`.
+    pub async fn send(&self, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/api/v1/streams/send", body.to_string())
+            .await
+    }
+
+    /// `GET /api/v1/streams/receive?{query}`.
+    pub async fn receive(&self, query: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/streams/receive?{query}"),
+            String::new(),
+        )
+        .await
     }
 }
 
