@@ -47,7 +47,7 @@ pub mod time;
 pub mod token;
 
 pub use engine::{
-    Engine, EngineConfig, EngineStats, ReceiveFuture, SendFuture, SendOptions, SendOutcome,
+    Drained, Engine, EngineConfig, EngineStats, ReceiveFuture, SendFuture, SendOptions, SendOutcome,
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};

@@ -68,11 +68,14 @@ impl Cluster {
     fn spawn_node(&self, i: usize) -> TestServer {
         let name = format!("node-{i}");
         let gossip = format!("127.0.0.1:{}", self.ports[i]);
+        // TEST_SERVER_LOG=info shows the nodes' logs when a test needs looking into.
+        let log = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into());
         TestServer::start_with(
             &self.yaml,
             &[
                 ("IPUBSUB_NODE__NAME", &name),
                 ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip),
+                ("RUST_LOG", &log),
             ],
         )
     }
@@ -368,5 +371,89 @@ async fn a_joining_node_takes_its_streams_with_their_messages_while_clients_run(
         "messages stranded on their old owner: {}",
         streams - received
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_across_a_graceful_leave_under_load() -> TestResult {
+    let mut cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    // Two clients send continuously through the nodes that stay, while node 1 leaves.
+    let senders: Vec<_> = [0usize, 2]
+        .into_iter()
+        .map(|n| {
+            let client = common::Client::new(cluster.node(n).addr);
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut i = 0;
+                while Instant::now() < until {
+                    let id = format!("c{n}-{i}");
+                    let (status, _) = client.send(json!({"streamId": format!("load-{}", i % 40), "messageUuid": id, "message": i, "inMemoryStreamSize": 10000})).await;
+                    if status == StatusCode::OK {
+                        acked.push(id);
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut leaving = cluster.nodes[1].take().ok_or("node 1")?;
+    assert!(leaving.terminate(Duration::from_secs(15)).success());
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await?);
+    }
+    cluster.converge(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = Vec::new();
+    for k in 0..40 {
+        loop {
+            let (status, body) = cluster
+                .node(k % 2 * 2)
+                .receive(&format!(
+                    "streamId=load-{k}&maxMessages=1000&timeoutSeconds=0"
+                ))
+                .await;
+            if status != StatusCode::OK {
+                break;
+            }
+            for m in body["messages"].as_array().ok_or("messages")? {
+                received.push(m["messageUuid"].as_str().ok_or("id")?.to_owned());
+            }
+        }
+    }
+    // Nothing is stranded on a node that does not own its stream.
+    let mut stranded = 0;
+    for n in [0usize, 2] {
+        let client = common::Client::new(cluster.node(n).addr);
+        for k in 0..40 {
+            let (status, body) = client
+                .receive_local(&format!(
+                    "streamId=load-{k}&maxMessages=1000&timeoutSeconds=0"
+                ))
+                .await;
+            if status == StatusCode::OK {
+                stranded += body["messages"].as_array().map_or(0, Vec::len);
+            }
+        }
+    }
+    assert_eq!(
+        stranded, 0,
+        "messages left on a node that does not own their stream"
+    );
+    let unique: std::collections::HashSet<&String> = received.iter().collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !unique.contains(id)).collect();
+    println!(
+        "graceful leave under load: {} acknowledged, {} received, {} lost, {} duplicated",
+        acked.len(),
+        received.len(),
+        lost.len(),
+        received.len() - unique.len()
+    );
+    assert!(lost.is_empty(), "lost across the leave: {lost:?}");
+    assert_eq!(received.len(), unique.len(), "duplicates");
     Ok(())
 }

@@ -47,6 +47,18 @@ impl Default for EngineConfig {
     }
 }
 
+/// The buffered messages of one stream, taken out of the engine to move them elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// The stream.
+    pub stream: StreamId,
+    /// Its `inMemoryStreamSize`, to re-create it alike; `None` if no send fixed it.
+    pub size: Option<u32>,
+    /// Its messages, oldest first.
+    pub messages: Vec<Message>,
+}
+
 /// Counts an [`Engine`] keeps as it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -249,16 +261,13 @@ impl Engine {
 
     /// Removes and returns every buffered message, stream by stream, oldest first within each
     /// stream: what a node hands over when it leaves.
-    pub fn drain(&self) -> Vec<(StreamId, Vec<Message>)> {
+    pub fn drain(&self) -> Vec<Drained> {
         self.drain_streams(|_| true)
     }
 
     /// Removes and returns the buffered messages of the streams `moved` selects, oldest first
     /// within each stream: what a node hands over when streams it held now belong to another.
-    pub fn drain_streams(
-        &self,
-        mut moved: impl FnMut(&StreamId) -> bool,
-    ) -> Vec<(StreamId, Vec<Message>)> {
+    pub fn drain_streams(&self, mut moved: impl FnMut(&StreamId) -> bool) -> Vec<Drained> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
@@ -268,7 +277,11 @@ impl Engine {
                     messages.push(message);
                 }
                 if !messages.is_empty() {
-                    out.push((id.clone(), messages));
+                    out.push(Drained {
+                        stream: id.clone(),
+                        size: stream.capacity(),
+                        messages,
+                    });
                 }
             }
         }

@@ -78,6 +78,11 @@ impl Stream {
         *self.capacity.get_or_insert(size) as usize
     }
 
+    /// The size fixed by the first send, if any.
+    pub(super) fn capacity(&self) -> Option<u32> {
+        self.capacity
+    }
+
     pub(super) fn len(&self) -> usize {
         self.buffer.len()
     }

@@ -338,7 +338,11 @@ fn close_answers_every_waiter_and_refuses_new_work() {
     assert_eq!(ready(e.receive(sid("s"))), Err(ReceiveError::ShuttingDown));
     let drained = e.drain();
     assert_eq!(drained.len(), 1);
-    assert_eq!(drained[0].1.iter().map(id_of).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(
+        drained[0].messages.iter().map(id_of).collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(drained[0].size, Some(1));
     assert_eq!(e.stats().waiters, 0);
 }
 

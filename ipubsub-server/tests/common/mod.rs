@@ -58,8 +58,8 @@ impl TestServer {
             .arg("--config")
             .arg(config)
             .env("IPUBSUB_STORAGE__EMBEDDED__PATH", data)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -214,6 +214,30 @@ impl Client {
             String::new(),
         )
         .await
+    }
+
+    /// A receive marked as forwarded: served by this node whoever owns the stream.
+    pub async fn receive_local(&self, query: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .uri(format!(
+                "http://{}/api/v1/streams/receive?{query}",
+                self.addr
+            ))
+            .header("x-ipubsub-forwarded", "test")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = self.client.request(request).await.expect("response");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 }
 
