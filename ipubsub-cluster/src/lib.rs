@@ -268,7 +268,7 @@ mod tests {
 
         // A suspect is left out until its suspicion ends.
         assert!(cluster.suspect(other.id(), Duration::from_millis(200)));
-        assert_eq!(cluster.members(), [me.clone()]);
+        assert_eq!(cluster.members(), std::slice::from_ref(&me));
         assert_eq!(cluster.view().members().len(), 1);
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(
