@@ -294,7 +294,13 @@ async fn two_unreachable_owners_in_a_row_are_a_424() -> TestResult {
         })
         .expect("such a stream");
     let send = json!({"streamId": stream.as_str(), "messageUuid": "m", "message": 5}).to_string();
+    let started = Instant::now();
     let (status, body) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no request hangs on dead owners: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::FAILED_DEPENDENCY, Some("OWNER_UNAVAILABLE")),
