@@ -1,5 +1,5 @@
 //! Shared helpers of ipubsub's benchmarks and tools: see `benches/matching.rs` (criterion),
-//! `src/bin/stream_memory.rs` (bytes per idle stream) and `src/bin/loadgen.rs` (HTTP load).
+//! `src/bin/stream_memory.rs` (bytes per idle stream) and `src/bin/loadgen/` (HTTP load).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -22,7 +22,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The server's config file and data directory live here.
     pub dir: tempfile::TempDir,
-    client: HttpClient<HttpConnector, Full<Bytes>>,
+    client: Client,
 }
 
 impl TestServer {
@@ -79,7 +79,7 @@ impl TestServer {
             child,
             addr,
             dir,
-            client: HttpClient::builder(TokioExecutor::new()).build_http(),
+            client: Client::new(addr),
         }
     }
 
@@ -97,33 +97,17 @@ impl TestServer {
 
     /// Sends a request and returns the status and the raw body.
     pub async fn call_raw(&self, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
-        let request = Request::builder()
-            .method(method)
-            .uri(self.url(path))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .expect("request");
-        let response = self.client.request(request).await.expect("response");
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
+        self.client.raw(method, path, body.to_owned(), &[]).await
     }
 
     /// `POST /api/v1/streams/send` with `body`.
     pub async fn send(&self, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, "/api/v1/streams/send", &body.to_string())
-            .await
+        self.client.send(body).await
     }
 
     /// `GET /api/v1/streams/receive?{query}`.
     pub async fn receive(&self, query: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, &format!("/api/v1/streams/receive?{query}"), "")
-            .await
+        self.client.receive(query).await
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -180,12 +164,22 @@ impl Client {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: String) -> (StatusCode, Value) {
-        let request = Request::builder()
+    /// Sends a request with extra `headers`; returns the status and the raw body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Bytes) {
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).expect("request");
         let response = self.client.request(request).await.expect("response");
         let status = response.status();
         let bytes = response
@@ -194,6 +188,17 @@ impl Client {
             .await
             .expect("body")
             .to_bytes();
+        (status, bytes)
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let (status, bytes) = self.raw(method, path, body, headers).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -202,42 +207,31 @@ impl Client {
 
     /// `POST /api/v1/streams/send`.
     pub async fn send(&self, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, "/api/v1/streams/send", body.to_string())
+        self.json(Method::POST, "/api/v1/streams/send", body.to_string(), &[])
             .await
     }
 
     /// `GET /api/v1/streams/receive?{query}`.
     pub async fn receive(&self, query: &str) -> (StatusCode, Value) {
-        self.call(
+        self.json(
             Method::GET,
             &format!("/api/v1/streams/receive?{query}"),
             String::new(),
+            &[],
         )
         .await
     }
 
     /// A receive marked as forwarded: served by this node whoever owns the stream.
     pub async fn receive_local(&self, query: &str) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .uri(format!(
-                "http://{}/api/v1/streams/receive?{query}",
-                self.addr
-            ))
-            .header("x-ipubsub-forwarded", "test")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let response = self.client.request(request).await.expect("response");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        let path = format!("/api/v1/streams/receive?{query}");
+        self.json(
+            Method::GET,
+            &path,
+            String::new(),
+            &[("x-ipubsub-forwarded", "test")],
         )
+        .await
     }
 }
 

@@ -27,6 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+mod pipelined;
+mod routing;
+mod waiters;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -184,102 +188,6 @@ fn send_body(args: &Args, prefix: &str, seq: u64) -> String {
             payload(args.message_size)
         )
     }
-}
-
-/// Reads one HTTP/1.1 response from `socket` (buffered in `buf`); returns its status.
-async fn read_response(
-    socket: &mut tokio::net::TcpStream,
-    buf: &mut Vec<u8>,
-) -> anyhow::Result<u16> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])?;
-            let status: u16 = head.get(9..12).context("status line")?.parse()?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            let total = end + 4 + length;
-            while buf.len() < total {
-                let mut chunk = [0u8; 16 * 1024];
-                let n = socket.read(&mut chunk).await?;
-                anyhow::ensure!(n > 0, "connection closed mid-response");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..total);
-            return Ok(status);
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = socket.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// A publisher that pipelines `--pipeline` sends per write on a raw connection.
-async fn pipelined_publisher(
-    index: usize,
-    args: Arc<Args>,
-    prefix: Arc<str>,
-    shared: Arc<Shared>,
-    deadline: Instant,
-) -> anyhow::Result<PublisherReport> {
-    use tokio::io::AsyncWriteExt;
-    let mut report = PublisherReport {
-        send_latency: histogram()?,
-        statuses: BTreeMap::new(),
-        transport_errors: 0,
-    };
-    let url = &args.url[index % args.url.len()];
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .context("--url must be http://IP:PORT with --pipeline")?;
-    let mut socket = tokio::net::TcpStream::connect(addr).await?;
-    socket.set_nodelay(true)?;
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        if args.count.is_none() && Instant::now() >= deadline {
-            break;
-        }
-        out.clear();
-        let mut n = 0;
-        for _ in 0..args.pipeline {
-            let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-            if args.count.is_some_and(|count| seq >= count) {
-                break;
-            }
-            let body = send_body(&args, &prefix, seq);
-            out.extend_from_slice(
-                format!("POST /api/v1/streams/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
-            );
-            out.extend_from_slice(body.as_bytes());
-            n += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        let started = Instant::now();
-        socket.write_all(&out).await?;
-        for _ in 0..n {
-            let status = read_response(&mut socket, &mut buf).await?;
-            report
-                .send_latency
-                .saturating_record(started.elapsed().as_micros() as u64);
-            *report.statuses.entry(status).or_default() += 1;
-            if status == 200 {
-                shared.sent_ok.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    Ok(report)
 }
 
 async fn publisher(
@@ -458,157 +366,11 @@ fn percentiles(h: &Histogram<u64>) -> String {
     )
 }
 
-/// The resident memory of process `pid`, in bytes.
-fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kib * 1024)
-}
-
-/// Holds `count` receives waiting, each on its own connection, and checks their answers.
-async fn hold_waiters(args: &Args, count: usize) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = args.url[0].trim_start_matches("http://");
-    let addr: std::net::SocketAddr = url
-        .trim_end_matches('/')
-        .parse()
-        .context("--url must be http://IP:PORT")?;
-    let rss_before = args.server_pid.map(rss_of).transpose()?;
-    let timeout = Duration::from_secs(args.receive_timeout);
-    anyhow::ensure!(
-        args.receive_timeout > 0,
-        "--receive-timeout must be above 0 with --hold-waiters"
-    );
-    let prefix = format!("waiter-{}", std::process::id());
-    // First every connection makes one quick request and stays open (keep-alive), so that
-    // what a connection costs and what a waiting receive adds to it are measured apart.
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(count);
-    for i in 0..count {
-        let mut socket = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connection {i}"))?;
-        socket
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await?;
-        let mut seen = Vec::new();
-        while !seen.ends_with(b"{\"status\":\"ok\"}") {
-            let mut chunk = [0u8; 256];
-            let n = socket.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "connection {i} closed during /health");
-            seen.extend_from_slice(&chunk[..n]);
-        }
-        sockets.push(socket);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = args.server_pid.map(rss_of).transpose()?;
-    let mut waiting = Vec::with_capacity(count);
-    for (i, mut socket) in sockets.into_iter().enumerate() {
-        let request = format!(
-            "GET /api/v1/streams/receive?streamId={prefix}-{i}&timeoutSeconds={} HTTP/1.1\r\nHost: x\r\n\r\n",
-            args.receive_timeout
-        );
-        socket.write_all(request.as_bytes()).await?;
-        waiting.push((socket, Instant::now() + timeout + Duration::from_secs(1)));
-    }
-    let opened = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_waiting = args.server_pid.map(rss_of).transpose()?;
-    println!(
-        "holding {count} waiting receives (set up in {:.2}s)",
-        opened.as_secs_f64()
-    );
-    if let (Some(before), Some(idle), Some(busy)) = (rss_before, rss_idle, rss_waiting) {
-        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / count as f64;
-        println!(
-            "server rss: start={:.1}MiB idle-connections={:.1}MiB waiting={:.1}MiB; per idle keep-alive connection={:.0}B, added by its waiting receive={:.0}B, total per waiter={:.0}B",
-            before as f64 / 1048576.0,
-            idle as f64 / 1048576.0,
-            busy as f64 / 1048576.0,
-            per(before, idle),
-            per(idle, busy),
-            per(before, busy)
-        );
-    }
-    let answers = waiting.into_iter().map(|(mut socket, deadline)| {
-        tokio::spawn(async move {
-            let mut head = [0u8; 12];
-            let read = tokio::time::timeout_at(deadline.into(), socket.read_exact(&mut head)).await;
-            matches!(read, Ok(Ok(_))) && &head[9..12] == b"424"
-        })
-    });
-    let mut on_time = 0;
-    for answer in answers.collect::<Vec<_>>() {
-        on_time += usize::from(answer.await?);
-    }
-    println!("answered 424 within timeout+1s: {on_time}/{count}");
-    anyhow::ensure!(
-        !args.check || on_time == count,
-        "{} waiters were not answered in time",
-        count - on_time
-    );
-    Ok(())
-}
-
-/// The base URL of each stream index under `--route owner|other`, from the cluster's ring.
-async fn route_streams(
-    client: &HttpClient,
-    args: &Args,
-    prefix: &str,
-) -> anyhow::Result<Vec<String>> {
-    use ipubsub_cluster::{Node, NodeId, Ring};
-    let request = Request::builder()
-        .uri(format!("{}/api/v1/cluster", args.url[0]))
-        .body(Full::new(Bytes::new()))?;
-    let body = client
-        .request(request)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    let view: serde_json::Value = serde_json::from_slice(&body).context("/api/v1/cluster")?;
-    let members: Vec<Node> = view["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .map(|m| {
-            let id = NodeId::new(m["id"].as_str().context("id")?)?;
-            let addr = m["httpAddr"].as_str().context("httpAddr")?.parse()?;
-            anyhow::Ok(Node::new(id, addr))
-        })
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(
-        members.len() > 1 || args.route == RouteChoice::Owner,
-        "--route other needs two or more members"
-    );
-    let ring = Ring::new(members.clone(), args.virtual_nodes);
-    (0..args.streams)
-        .map(|i| {
-            let stream = ipubsub_core::StreamId::new(stream_name(prefix, i))?;
-            let owner = ring.owner(&stream).context("an empty ring")?;
-            let node = match args.route {
-                RouteChoice::Other => members
-                    .iter()
-                    .find(|m| m.id() != owner.id())
-                    .context("another member")?,
-                _ => owner,
-            };
-            Ok(format!("http://{}", node.http_addr()))
-        })
-        .collect()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     if let Some(count) = args.hold_waiters {
-        return hold_waiters(&args, count).await;
+        return waiters::hold_waiters(&args, count).await;
     }
     anyhow::ensure!(
         args.message_size >= 24,
@@ -629,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
     let stream_urls = if args.route == RouteChoice::Any {
         Vec::new()
     } else {
-        route_streams(&client, &args, &prefix).await?
+        routing::route_streams(&client, &args, &prefix).await?
     };
     let shared = Arc::new(Shared {
         stream_urls,
@@ -675,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
             if args.pipeline > 1 {
-                tokio::spawn(pipelined_publisher(
+                tokio::spawn(pipelined::pipelined_publisher(
                     i,
                     args.clone(),
                     prefix.clone(),

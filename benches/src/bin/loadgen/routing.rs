@@ -1,0 +1,57 @@
+//! `--route owner|other`: which node each stream's requests go to, from the cluster's ring.
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+
+use crate::{Args, HttpClient, RouteChoice, stream_name};
+
+/// The base URL of each stream index under `--route owner|other`, from the cluster's ring.
+pub(crate) async fn route_streams(
+    client: &HttpClient,
+    args: &Args,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    use ipubsub_cluster::{Node, NodeId, Ring};
+    let request = Request::builder()
+        .uri(format!("{}/api/v1/cluster", args.url[0]))
+        .body(Full::new(Bytes::new()))?;
+    let body = client
+        .request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body).context("/api/v1/cluster")?;
+    let members: Vec<Node> = view["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| {
+            let id = NodeId::new(m["id"].as_str().context("id")?)?;
+            let addr = m["httpAddr"].as_str().context("httpAddr")?.parse()?;
+            anyhow::Ok(Node::new(id, addr))
+        })
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        members.len() > 1 || args.route == RouteChoice::Owner,
+        "--route other needs two or more members"
+    );
+    let ring = Ring::new(members.clone(), args.virtual_nodes);
+    (0..args.streams)
+        .map(|i| {
+            let stream = ipubsub_core::StreamId::new(stream_name(prefix, i))?;
+            let owner = ring.owner(&stream).context("an empty ring")?;
+            let node = match args.route {
+                RouteChoice::Other => members
+                    .iter()
+                    .find(|m| m.id() != owner.id())
+                    .context("another member")?,
+                _ => owner,
+            };
+            Ok(format!("http://{}", node.http_addr()))
+        })
+        .collect()
+}
