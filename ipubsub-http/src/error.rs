@@ -195,6 +195,28 @@ impl From<ReadError> for ApiError {
     }
 }
 
+/// Asserts that parsing `input` was refused with `code` and a message mentioning `needle`.
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, ApiError>,
+    input: &str,
+    code: ErrorCode,
+    needle: &str,
+) {
+    match result {
+        Ok(r) => panic!("accepted {input}: {r:?}"),
+        Err(e) => {
+            assert_eq!(e.code, code, "{e}");
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

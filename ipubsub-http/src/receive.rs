@@ -286,17 +286,7 @@ mod tests {
 
     #[track_caller]
     fn refused(q: &str, code: ErrorCode, needle: &str) {
-        match parse_q(q) {
-            Ok(r) => panic!("accepted {q}: {r:?}"),
-            Err(e) => {
-                assert_eq!(e.code, code, "{e}");
-                assert!(
-                    e.message.contains(needle),
-                    "{:?} lacks {needle:?}",
-                    e.message
-                );
-            }
-        }
+        crate::error::assert_refused(parse_q(q), q, code, needle);
     }
 
     #[test]

@@ -267,17 +267,7 @@ mod tests {
 
     #[track_caller]
     fn refused(body: &str, code: ErrorCode, needle: &str) {
-        match parse_str(body) {
-            Ok(r) => panic!("accepted {body}: {r:?}"),
-            Err(e) => {
-                assert_eq!(e.code, code, "{e}");
-                assert!(
-                    e.message.contains(needle),
-                    "{:?} lacks {needle:?}",
-                    e.message
-                );
-            }
-        }
+        crate::error::assert_refused(parse_str(body), body, code, needle);
     }
 
     #[test]

@@ -93,6 +93,26 @@ impl Cluster {
         self.nodes.iter().flatten()
     }
 
+    /// Takes the one message of each stream `{prefix}{i}` (`i < streams`) through node
+    /// `via(i)`, checking that it is message `i`; returns how many were there.
+    async fn take_numbered(
+        &self,
+        prefix: &str,
+        streams: usize,
+        via: impl Fn(usize) -> usize,
+    ) -> usize {
+        let mut received = 0;
+        for i in 0..streams {
+            let query = format!("streamId={prefix}{i}&timeoutSeconds=0");
+            let (status, body) = self.node(via(i)).receive(&query).await;
+            if status == StatusCode::OK {
+                assert_eq!(body["message"], json!(i));
+                received += 1;
+            }
+        }
+        received
+    }
+
     /// Waits until every running node sees exactly `n` members; returns how long it took.
     async fn converge(&self, n: usize, within: Duration) -> Duration {
         let started = Instant::now();
@@ -259,17 +279,9 @@ async fn a_graceful_leave_hands_over_every_buffered_message() -> TestResult {
     );
     println!("node-1 left in {:?}", started.elapsed());
     cluster.converge(2, Duration::from_secs(10)).await;
-    let mut received = 0;
-    for i in 0..streams {
-        let (status, body) = cluster
-            .node(if i % 2 == 0 { 0 } else { 2 })
-            .receive(&format!("streamId=h{i}&timeoutSeconds=0"))
-            .await;
-        if status == StatusCode::OK {
-            assert_eq!(body["message"], json!(i));
-            received += 1;
-        }
-    }
+    let received = cluster
+        .take_numbered("h", streams, |i| if i % 2 == 0 { 0 } else { 2 })
+        .await;
     assert_eq!(
         received,
         streams,
@@ -354,17 +366,7 @@ async fn a_joining_node_takes_its_streams_with_their_messages_while_clients_run(
 
     // Every buffered message is reachable through the new node, moved ones included.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut received = 0;
-    for i in 0..streams {
-        let (status, body) = cluster
-            .node(2)
-            .receive(&format!("streamId=j{i}&timeoutSeconds=0"))
-            .await;
-        if status == StatusCode::OK {
-            assert_eq!(body["message"], json!(i));
-            received += 1;
-        }
-    }
+    let received = cluster.take_numbered("j", streams, |_| 2).await;
     assert_eq!(
         received,
         streams,
