@@ -70,6 +70,10 @@ impl Ring {
 
     /// The member that owns `stream`; `None` on an empty ring.
     pub fn owner(&self, stream: &StreamId) -> Option<&Node> {
+        // A ring of one (every single node, on every request) has no choice to hash for.
+        if self.members.len() <= 1 {
+            return self.members.first();
+        }
         let mut best: Option<(u64, u32)> = None;
         for probe in 0..PROBES {
             let hash = stream_hash(stream, probe);

@@ -126,11 +126,6 @@ impl EmbeddedStore {
         })
     }
 
-    /// The directory's size on disk, in bytes.
-    pub fn disk_space(&self) -> u64 {
-        self.inner.db.disk_space().unwrap_or(0)
-    }
-
     /// Runs blocking engine work off the async workers.
     async fn blocking<T: Send + 'static>(
         &self,

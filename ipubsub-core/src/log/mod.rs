@@ -165,11 +165,6 @@ impl Log {
         }
     }
 
-    /// The store behind the log.
-    pub fn store(&self) -> &Arc<dyn MessageStore> {
-        &self.inner.store
-    }
-
     /// Appends `message` (stamped with its acceptance time) to `stream`'s log, to expire
     /// `ttl` after it was accepted. Resolves with its position once it is durable.
     ///
