@@ -105,7 +105,8 @@ pub enum StoreError {
 ///   so a batch retried after an ambiguous error never duplicates a position. A *different*
 ///   message there is [`StoreError::Conflict`].
 /// - **Expiry.** A record is never returned at or after its `expires_at`, whatever the state
-///   of purging; `purge_expired` removes expired records for good.
+///   of purging; `purge_expired` removes expired records for good. A store may index expiry
+///   coarsely and purge a record up to one second after its `expires_at`.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Writes a batch of records, possibly of several streams, atomically and durably.
@@ -127,7 +128,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError>;
 
     /// Deletes up to `limit` records expired at `now` and returns how many it deleted;
-    /// fewer than `limit` means none are left. Callers loop in bounded batches.
+    /// fewer than `limit` means none are left (but those a coarse expiry index holds back for
+    /// at most a second, see the contract above). Callers loop in bounded batches.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError>;
 }
 
