@@ -27,6 +27,11 @@ use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: glibc's allocator took 15% of the server's CPU under persistent load (perf,
+/// BENCHMARKS.md), in the many short-lived buffers of requests, messages and LSM entries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A lightweight, horizontally scalable long-poll pub-sub server.
 #[derive(Debug, Parser)]
 #[command(name = "ipubsub-server", version)]
