@@ -169,11 +169,16 @@ impl Default for EngineSection {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
-    /// `embedded` (default: fjall in a local directory), `memory` (lost on restart; for
-    /// tests), or `none` (no persistence: `writeToDB` and `readFromDB` are 400s).
+    /// `embedded` (default: fjall in a local directory), `postgres`, `mysql` (MySQL or
+    /// MariaDB), `memory` (lost on restart; for tests), or `none` (no persistence:
+    /// `writeToDB` and `readFromDB` are 400s).
     pub backend: Backend,
     /// The embedded store.
     pub embedded: EmbeddedSection,
+    /// The PostgreSQL store.
+    pub postgres: SqlSection,
+    /// The MySQL / MariaDB store.
+    pub mysql: SqlSection,
     /// `dbTTLSeconds` of a persistent send that gives none.
     pub default_ttl_seconds: u64,
     /// Largest `dbTTLSeconds` accepted.
@@ -195,6 +200,8 @@ impl Default for StorageSection {
         Self {
             backend: Backend::Embedded,
             embedded: EmbeddedSection::default(),
+            postgres: SqlSection::new("postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub"),
+            mysql: SqlSection::new("mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub"),
             default_ttl_seconds: 86_400,
             max_ttl_seconds: 30 * 86_400,
             commit_workers: 4,
@@ -212,6 +219,10 @@ impl Default for StorageSection {
 pub enum Backend {
     /// fjall in `storage.embedded.path`.
     Embedded,
+    /// PostgreSQL at `storage.postgres.url`.
+    Postgres,
+    /// MySQL or MariaDB at `storage.mysql.url`.
+    Mysql,
     /// Process memory; lost on restart.
     Memory,
     /// No persistent log.
@@ -235,6 +246,45 @@ impl Default for EmbeddedSection {
             path: "./data".into(),
             durability: DurabilitySetting::Buffer,
         }
+    }
+}
+
+/// `storage.postgres:` and `storage.mysql:`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlSection {
+    /// `postgres://user:password@host:port/database` (or `mysql://…`).
+    pub url: String,
+    /// Most connections the node opens to the database.
+    pub pool_size: u32,
+    /// How long a store call waits for a connection before it fails (503).
+    pub connect_timeout_seconds: u64,
+}
+
+impl SqlSection {
+    fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            pool_size: 16,
+            connect_timeout_seconds: 5,
+        }
+    }
+}
+
+impl Default for SqlSection {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+impl std::fmt::Debug for SqlSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it whole.
+        f.debug_struct("SqlSection")
+            .field("url", &ipubsub_storage::redacted_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
+            .finish()
     }
 }
 
@@ -353,6 +403,24 @@ impl Config {
             return invalid(
                 "cluster.static_bootstrap_node_addr_ports needs node.gossip_bind_addr_port".into(),
             );
+        }
+        for (backend, name, sql) in [
+            (Backend::Postgres, "postgres", &self.storage.postgres),
+            (Backend::Mysql, "mysql", &self.storage.mysql),
+        ] {
+            if self.storage.backend != backend {
+                continue;
+            }
+            if sql.url.is_empty() {
+                return invalid(format!(
+                    "storage.{name}.url is needed with storage.backend: {name}"
+                ));
+            }
+            if sql.pool_size == 0 || sql.connect_timeout_seconds == 0 {
+                return invalid(format!(
+                    "storage.{name}.pool_size and storage.{name}.connect_timeout_seconds must be above 0"
+                ));
+            }
         }
         if self.engine.sweep_interval_seconds == 0 {
             return invalid("engine.sweep_interval_seconds must be above 0".into());

@@ -141,7 +141,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let engine = Engine::new(config.engine_config());
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let log = store.map(|store| Log::new(store, config.log_config()));
     let app = App::new(
         engine.clone(),
@@ -416,7 +416,7 @@ fn handoff_body(stream: &StreamId, size: Option<u32>, message: &Message) -> byte
 }
 
 /// Opens the configured store; `None` when persistence is off.
-fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageStore>>> {
+async fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageStore>>> {
     Ok(match config.storage.backend {
         Backend::None => None,
         Backend::Memory => Some(Arc::new(MemoryStore::new())),
@@ -436,7 +436,56 @@ fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageStore>>> 
             tracing::info!(path = %section.path.display(), durability = ?section.durability, "embedded store opened");
             Some(Arc::new(store))
         }
+        Backend::Postgres => Some(open_postgres(&config.storage.postgres).await?),
+        Backend::Mysql => Some(open_mysql(&config.storage.mysql).await?),
     })
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn sql_config(section: &config::SqlSection) -> ipubsub_storage::SqlConfig {
+    let mut sql = ipubsub_storage::SqlConfig::new(&section.url);
+    sql.pool_size = section.pool_size;
+    sql.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
+    sql
+}
+
+/// One line for a start-up error: the error and its first cause (the driver's words).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn one_line(e: &ipubsub_storage::sql::OpenError) -> anyhow::Error {
+    match e.source() {
+        Some(cause) if !e.to_string().contains(&cause.to_string()) => {
+            anyhow::anyhow!("{e}: {cause}")
+        }
+        _ => anyhow::anyhow!("{e}"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(section: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let store = ipubsub_storage::PostgresStore::connect(&sql_config(section))
+        .await
+        .map_err(|e| one_line(&e))?;
+    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), pool = section.pool_size, "PostgreSQL store opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    anyhow::bail!("storage.backend: postgres needs a build with the cargo feature `postgres`")
+}
+
+#[cfg(feature = "mysql")]
+async fn open_mysql(section: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let store = ipubsub_storage::MySqlStore::connect(&sql_config(section))
+        .await
+        .map_err(|e| one_line(&e))?;
+    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), pool = section.pool_size, "MySQL store opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn open_mysql(_: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    anyhow::bail!("storage.backend: mysql needs a build with the cargo feature `mysql`")
 }
 
 /// Drops idle streams and forgets idle log positions periodically, off the async workers

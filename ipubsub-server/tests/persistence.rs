@@ -1,5 +1,7 @@
-//! The persistent log end to end, against the real server binary on its embedded store:
-//! replay with resume tokens, tail long-polls, TTL, batches, and survival of `kill -9`.
+//! The persistent log end to end, against the real server binary on each store: the embedded
+//! one, and PostgreSQL and MariaDB as `scripts/services.sh` runs them (these fail, never
+//! skip, when their server is missing). Replay with resume tokens, tail long-polls, TTL,
+//! batches, and survival of `kill -9`.
 
 mod common;
 
@@ -8,6 +10,93 @@ use std::time::{Duration, Instant};
 use common::{TestResult, TestServer, code};
 use hyper::StatusCode;
 use serde_json::{Value, json};
+
+/// The store a server runs on, and stream names of its own: the SQL databases outlive the
+/// tests, so every run writes to streams no earlier run used.
+struct Store {
+    yaml: String,
+    prefix: String,
+}
+
+impl Store {
+    fn embedded() -> Self {
+        Self::with_yaml(String::new())
+    }
+
+    fn sql(backend: &str, variable: &str, default: &str) -> Self {
+        let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
+        Self::with_yaml(format!(
+            "storage:\n  backend: {backend}\n  {backend}:\n    url: \"{url}\"\n"
+        ))
+    }
+
+    fn postgres() -> Self {
+        Self::sql(
+            "postgres",
+            "IPUBSUB_TEST_POSTGRES_URL",
+            "postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub",
+        )
+    }
+
+    fn mysql() -> Self {
+        Self::sql(
+            "mysql",
+            "IPUBSUB_TEST_MYSQL_URL",
+            "mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub",
+        )
+    }
+
+    fn with_yaml(yaml: String) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            yaml,
+            prefix: format!("t{}-{nanos}", std::process::id()),
+        }
+    }
+
+    #[track_caller]
+    fn start(&self) -> TestServer {
+        TestServer::start_with(&self.yaml, &[])
+    }
+
+    fn stream(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+}
+
+/// Each case, once per store.
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test]
+            async fn $case() -> super::TestResult {
+                super::$case(&super::Store::embedded()).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() -> super::TestResult {
+                super::$case(&super::Store::postgres()).await
+            })*
+        }
+        mod mysql {
+            $(#[tokio::test]
+            async fn $case() -> super::TestResult {
+                super::$case(&super::Store::mysql()).await
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    readers_replay_the_log_independently_with_their_tokens,
+    a_reader_at_the_tail_is_woken_by_the_next_append,
+    tokens_are_bound_to_their_stream,
+    expired_messages_are_never_returned,
+    acknowledged_messages_and_tokens_survive_kill_9,
+);
 
 fn persistent(stream: &str, id: &str, ttl: Option<u64>) -> Value {
     let mut body =
@@ -33,16 +122,16 @@ fn ids(body: &Value) -> Vec<String> {
     })
 }
 
-#[tokio::test]
-async fn readers_replay_the_log_independently_with_their_tokens() -> TestResult {
-    let server = TestServer::start();
+async fn readers_replay_the_log_independently_with_their_tokens(store: &Store) -> TestResult {
+    let server = store.start();
+    let log = store.stream("log");
     let mut tokens = Vec::new();
     for i in 0..5 {
-        tokens.push(send_persistent(&server, "log", &format!("m{i}")).await);
+        tokens.push(send_persistent(&server, &log, &format!("m{i}")).await);
     }
     // Two readers from the start, each following its own tokens: nothing is consumed.
     for _reader in 0..2 {
-        let mut query = "streamId=log&readFromDB=true&timeoutSeconds=0".to_owned();
+        let mut query = format!("streamId={log}&readFromDB=true&timeoutSeconds=0");
         for (i, token) in tokens.iter().enumerate() {
             let (status, body) = server.receive(&query).await;
             assert_eq!(status, StatusCode::OK, "{body}");
@@ -52,7 +141,8 @@ async fn readers_replay_the_log_independently_with_their_tokens() -> TestResult 
                 body["dbResumeToken"], *token,
                 "the read token is the send token"
             );
-            query = format!("streamId=log&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}");
+            query =
+                format!("streamId={log}&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}");
         }
         let (status, body) = server.receive(&query).await;
         assert_eq!(
@@ -63,40 +153,44 @@ async fn readers_replay_the_log_independently_with_their_tokens() -> TestResult 
     // The same token always yields the same next message; batches carry a token each.
     let (_, body) = server
         .receive(&format!(
-            "streamId=log&readFromDB=true&dbResumeToken={}&maxMessages=2",
+            "streamId={log}&readFromDB=true&dbResumeToken={}&maxMessages=2",
             tokens[1]
         ))
         .await;
     assert_eq!(ids(&body), ["m2", "m3"]);
     assert_eq!(body["messages"][1]["dbResumeToken"], tokens[3]);
     let (_, body) = server
-        .receive("streamId=log&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
+        .receive(&format!(
+            "streamId={log}&readFromDB=true&maxMessages=1000&timeoutSeconds=0"
+        ))
         .await;
     assert_eq!(ids(&body), ["m0", "m1", "m2", "m3", "m4"]);
     // A persistent message goes to the log only.
-    let (status, _) = server.receive("streamId=log&timeoutSeconds=0").await;
+    let (status, _) = server
+        .receive(&format!("streamId={log}&timeoutSeconds=0"))
+        .await;
     assert_eq!(status, StatusCode::FAILED_DEPENDENCY);
     Ok(())
 }
 
-#[tokio::test]
-async fn a_reader_at_the_tail_is_woken_by_the_next_append() -> TestResult {
-    let server = std::sync::Arc::new(TestServer::start());
-    let token = send_persistent(&server, "tail", "first").await;
+async fn a_reader_at_the_tail_is_woken_by_the_next_append(store: &Store) -> TestResult {
+    let server = std::sync::Arc::new(store.start());
+    let tail = store.stream("tail");
+    let token = send_persistent(&server, &tail, "first").await;
     let reader = tokio::spawn({
-        let server = server.clone();
+        let (server, tail) = (server.clone(), tail.clone());
         async move {
             let started = Instant::now();
             let result = server
                 .receive(&format!(
-                    "streamId=tail&readFromDB=true&timeoutSeconds=10&dbResumeToken={token}"
+                    "streamId={tail}&readFromDB=true&timeoutSeconds=10&dbResumeToken={token}"
                 ))
                 .await;
             (result, started.elapsed())
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    send_persistent(&server, "tail", "second").await;
+    send_persistent(&server, &tail, "second").await;
     let ((status, body), waited) = reader.await?;
     assert_eq!(
         (status, &body["messageUuid"]),
@@ -109,12 +203,14 @@ async fn a_reader_at_the_tail_is_woken_by_the_next_append() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn tokens_are_bound_to_their_stream() -> TestResult {
-    let server = TestServer::start();
-    let token = send_persistent(&server, "a", "m").await;
+async fn tokens_are_bound_to_their_stream(store: &Store) -> TestResult {
+    let server = store.start();
+    let token = send_persistent(&server, &store.stream("a"), "m").await;
+    let b = store.stream("b");
     let (status, body) = server
-        .receive(&format!("streamId=b&readFromDB=true&dbResumeToken={token}"))
+        .receive(&format!(
+            "streamId={b}&readFromDB=true&dbResumeToken={token}"
+        ))
         .await;
     assert_eq!(
         (status, code(&body)),
@@ -129,20 +225,22 @@ async fn tokens_are_bound_to_their_stream() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn expired_messages_are_never_returned() -> TestResult {
-    let server = TestServer::start();
+async fn expired_messages_are_never_returned(store: &Store) -> TestResult {
+    let server = store.start();
+    let ttl = store.stream("ttl");
     assert_eq!(
-        server.send(persistent("ttl", "short", Some(1))).await.0,
+        server.send(persistent(&ttl, "short", Some(1))).await.0,
         StatusCode::OK
     );
     assert_eq!(
-        server.send(persistent("ttl", "long", Some(3600))).await.0,
+        server.send(persistent(&ttl, "long", Some(3600))).await.0,
         StatusCode::OK
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, body) = server
-        .receive("streamId=ttl&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+        .receive(&format!(
+            "streamId={ttl}&readFromDB=true&maxMessages=10&timeoutSeconds=0"
+        ))
         .await;
     assert_eq!(ids(&body), ["long"]);
     Ok(())
@@ -165,19 +263,20 @@ async fn in_memory_receives_take_batches_too() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
-    let server = TestServer::start();
-    let server = std::sync::Arc::new(server);
+async fn acknowledged_messages_and_tokens_survive_kill_9(store: &Store) -> TestResult {
+    let server = std::sync::Arc::new(store.start());
+    let durable = store.stream("durable");
+    let everything =
+        format!("streamId={durable}&readFromDB=true&maxMessages=1000&timeoutSeconds=0");
     // Concurrent senders, so that appends are group-committed.
     let senders: Vec<_> = (0..10)
         .map(|t| {
-            let server = server.clone();
+            let (server, durable) = (server.clone(), durable.clone());
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 for i in 0..10 {
                     let id = format!("t{t}-{i}");
-                    acked.push((id.clone(), send_persistent(&server, "durable", &id).await));
+                    acked.push((id.clone(), send_persistent(&server, &durable, &id).await));
                 }
                 acked
             })
@@ -187,9 +286,7 @@ async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
     for s in senders {
         acked.extend(s.await?);
     }
-    let (_, before) = server
-        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
-        .await;
+    let (_, before) = server.receive(&everything).await;
     let order_before = ids(&before);
     assert_eq!(order_before.len(), 100);
 
@@ -199,9 +296,7 @@ async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
     let data = dir.path().join("data");
     let server = TestServer::spawn(dir, &config, &data, &[]);
 
-    let (_, after) = server
-        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
-        .await;
+    let (_, after) = server.receive(&everything).await;
     assert_eq!(
         ids(&after),
         order_before,
@@ -214,7 +309,7 @@ async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
             .ok_or("acknowledged message missing")?;
         let (status, body) = server
             .receive(&format!(
-                "streamId=durable&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}"
+                "streamId={durable}&readFromDB=true&timeoutSeconds=0&dbResumeToken={token}"
             ))
             .await;
         match order_before.get(position + 1) {
@@ -225,10 +320,8 @@ async fn acknowledged_messages_and_tokens_survive_kill_9() -> TestResult {
             None => assert_eq!(status, StatusCode::FAILED_DEPENDENCY),
         }
     }
-    let last = send_persistent(&server, "durable", "after-restart").await;
-    let (_, body) = server
-        .receive("streamId=durable&readFromDB=true&maxMessages=1000&timeoutSeconds=0")
-        .await;
+    let last = send_persistent(&server, &durable, "after-restart").await;
+    let (_, body) = server.receive(&everything).await;
     assert_eq!(ids(&body).last().map(String::as_str), Some("after-restart"));
     assert_eq!(body["messages"][100]["dbResumeToken"], json!(last));
     Ok(())

@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`memory`]: [`MemoryStore`], everything in process memory, lost on restart.
 //! - `embedded` (feature `embedded`, default): `EmbeddedStore` on fjall, data in a directory.
+//! - `sql::postgres` (feature `postgres`): `PostgresStore`, in a PostgreSQL database.
+//! - `sql::mysql` (feature `mysql`): `MySqlStore`, in a MySQL or MariaDB database.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend runs, and
 //!   `faults::FailingStore` for fault injection.
 //!
@@ -30,9 +32,31 @@ pub mod embedded;
 #[cfg(feature = "testsuite")]
 pub mod faults;
 pub mod memory;
+#[cfg(feature = "sql")]
+pub mod sql;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
 #[cfg(feature = "embedded")]
 pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "sql")]
+pub use sql::SqlConfig;
+#[cfg(feature = "mysql")]
+pub use sql::mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use sql::postgres::PostgresStore;
+
+/// `url` with its password replaced by `***`, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,195 @@
+//! What the SQL backends ([`postgres`], [`mysql`]) share: their configuration, start-up
+//! errors, how a row becomes a [`LogRecord`] and how a record is compared with a stored row.
+//!
+//! # Schema (version 1)
+//! One table, `ipubsub_messages`, keyed by `(stream_id, seq)` so that a read of one stream is
+//! one range of the primary key, with an index on `expires_at` so that a purge reads expired
+//! rows only. Times are microseconds since the Unix epoch in `BIGINT`s (exactly the core's
+//! `Timestamp`); the message is its raw JSON bytes. `ipubsub_schema` holds the schema version,
+//! so that a later version can migrate the tables it finds.
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use std::time::Duration;
+
+use ipubsub_core::{LogRecord, Message, MessageId, Seq, StoreError, StreamId, Timestamp};
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// How to reach a SQL database.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlConfig {
+    /// `postgres://user:password@host:port/database` or `mysql://…`.
+    pub url: String,
+    /// Most connections the pool opens.
+    pub pool_size: u32,
+    /// How long a store call waits for a connection (and a connection attempt for the
+    /// server) before it fails as unavailable.
+    pub connect_timeout: Duration,
+}
+
+impl SqlConfig {
+    /// `url` with a pool of 16 connections and a 5 s connect timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlConfig")
+            .field("url", &crate::redacted_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Why a SQL store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is not one the driver understands.
+    #[error("bad {backend} URL {url}: {source}")]
+    Url {
+        /// `PostgreSQL` or `MySQL`.
+        backend: &'static str,
+        /// The URL, password hidden.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The server could not be reached, refused the credentials, or has no such database.
+    #[error("cannot connect to {backend} at {url}: {source}")]
+    Connect {
+        /// `PostgreSQL` or `MySQL`.
+        backend: &'static str,
+        /// The URL, password hidden.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema could not be created or migrated.
+    #[error("cannot set up the {backend} schema: {source}")]
+    Schema {
+        /// `PostgreSQL` or `MySQL`.
+        backend: &'static str,
+        /// What the database said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database holds a schema newer than this build knows.
+    #[error(
+        "the {backend} schema is at version {found}, newer than this build's {SCHEMA_VERSION}: upgrade ipubsub"
+    )]
+    NewerSchema {
+        /// `PostgreSQL` or `MySQL`.
+        backend: &'static str,
+        /// The version found.
+        found: i32,
+    },
+}
+
+/// Awaits a first connection for at most `config.connect_timeout`.
+async fn probe<C>(
+    config: &SqlConfig,
+    connect: impl std::future::Future<Output = Result<C, sqlx::Error>>,
+) -> Result<C, sqlx::Error> {
+    match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {:?}", config.connect_timeout),
+        ))),
+    }
+}
+
+/// A store error from a driver error: everything but a broken row is "unavailable" (the
+/// caller answers 503 and the pool reconnects behind it).
+fn unavailable(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(Box::new(e))
+        }
+        e => StoreError::Unavailable(Box::new(e)),
+    }
+}
+
+/// True when `e` is a primary-key violation: a record of the batch is already stored.
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Positions and times go to the database as `BIGINT`. Positions are microseconds since the
+/// epoch, far below `i64::MAX`; a larger one cannot have been assigned by a node.
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|e| StoreError::Corrupt(Box::new(e)))
+}
+
+fn to_u64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|e| StoreError::Corrupt(Box::new(e)))
+}
+
+/// One stored row, as both backends read it.
+struct Row {
+    seq: i64,
+    message_id: Vec<u8>,
+    accepted_at: i64,
+    expires_at: i64,
+    payload: Vec<u8>,
+}
+
+impl Row {
+    fn into_record(self, stream: &StreamId) -> Result<LogRecord, StoreError> {
+        let id =
+            String::from_utf8(self.message_id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+        let id = MessageId::new(id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+        Ok(LogRecord {
+            stream: stream.clone(),
+            seq: Seq::new(to_u64(self.seq)?),
+            message: Message::new(
+                id,
+                bytes::Bytes::from(self.payload),
+                Timestamp::from_micros(to_u64(self.accepted_at)?),
+            ),
+            expires_at: Timestamp::from_micros(to_u64(self.expires_at)?),
+        })
+    }
+
+    /// True when this row holds exactly `record` (a retried append finding its own write).
+    fn holds(&self, record: &LogRecord) -> bool {
+        self.message_id == record.message.id().as_str().as_bytes()
+            && self.payload == record.message.payload().as_ref()
+            && to_u64(self.accepted_at).ok() == Some(record.message.timestamp().as_micros())
+            && to_u64(self.expires_at).ok() == Some(record.expires_at.as_micros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::redacted_url as redacted;
+
+    #[test]
+    fn urls_lose_their_password_only() {
+        assert_eq!(
+            redacted("postgres://ipubsub:s3cr:et@db.local:5432/ipubsub"),
+            "postgres://ipubsub:***@db.local:5432/ipubsub"
+        );
+        assert_eq!(
+            redacted("mysql://root@127.0.0.1/x"),
+            "mysql://root@127.0.0.1/x"
+        );
+        assert_eq!(redacted("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs what is missing, starts what is stopped and reuses what runs: the database servers
+# that the storage backends' tests run against, each on 127.0.0.1 only. Idempotent; safe to
+# run before every test run. Needs root (apt, service accounts) on Debian.
+#
+#   PostgreSQL  Debian's cluster `main` on 127.0.0.1:5432, database/user/password `ipubsub`
+#   MariaDB     Debian's server on 127.0.0.1:3306,           database/user/password `ipubsub`
+#
+# The URLs the tests use (override with the variables of the same name):
+#   IPUBSUB_TEST_POSTGRES_URL=postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub
+#   IPUBSUB_TEST_MYSQL_URL=mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub
+set -euo pipefail
+
+log() { printf '==> services: %s\n' "$*"; }
+started=$(date +%s)
+
+# Waits until `probe` succeeds, for at most $2 seconds.
+wait_for() {
+    local what=$1 limit=$2; shift 2
+    local i
+    for ((i = 0; i < limit * 10; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "services: $what did not accept connections within ${limit}s" >&2
+    return 1
+}
+
+missing=()
+command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
+    || missing+=(postgresql)
+command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # The package lists may be stale on a fresh machine; refresh them only when needed.
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
+# --- PostgreSQL -------------------------------------------------------------------------
+pg_version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+if ! pg_lsclusters -h 2>/dev/null | awk '{print $2}' | grep -qx main; then
+    log "creating PostgreSQL $pg_version cluster main"
+    pg_createcluster "$pg_version" main >/dev/null
+fi
+conf=/etc/postgresql/$pg_version/main/conf.d/ipubsub.conf
+if [[ ! -f $conf ]]; then
+    # Loopback only; enough connections for parallel test binaries with their pools.
+    printf "listen_addresses = '127.0.0.1'\nmax_connections = 300\n" >"$conf"
+    pg_ctlcluster "$pg_version" main stop >/dev/null 2>&1 || true
+fi
+if pg_lsclusters -h | awk '$2 == "main" {print $4}' | grep -qx online; then
+    log "PostgreSQL $pg_version already running"
+else
+    log "starting PostgreSQL $pg_version"
+    pg_ctlcluster "$pg_version" main start
+fi
+wait_for PostgreSQL 30 pg_isready -q -h 127.0.0.1 -p 5432
+runuser -u postgres -- psql -qAt postgres <<'SQL' >/dev/null
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ipubsub') THEN
+    CREATE ROLE ipubsub LOGIN PASSWORD 'ipubsub';
+  END IF;
+END $$;
+SELECT 'CREATE DATABASE ipubsub OWNER ipubsub'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'ipubsub')\gexec
+SQL
+wait_for "PostgreSQL as ipubsub" 10 \
+    env PGPASSWORD=ipubsub psql -h 127.0.0.1 -U ipubsub -qAtc 'select 1' ipubsub
+
+# --- MariaDB ----------------------------------------------------------------------------
+mysql_conf=/etc/mysql/mariadb.conf.d/90-ipubsub.cnf
+if [[ ! -f $mysql_conf ]]; then
+    printf '[mysqld]\nbind-address = 127.0.0.1\nmax_connections = 300\n' >"$mysql_conf"
+fi
+if mariadb-admin --protocol=socket ping >/dev/null 2>&1; then
+    log "MariaDB already running"
+else
+    log "starting MariaDB"
+    # The init script works with or without systemd.
+    service mariadb start >/dev/null 2>&1 || /etc/init.d/mariadb start >/dev/null
+fi
+wait_for MariaDB 60 mariadb-admin --protocol=socket ping
+mariadb --protocol=socket <<'SQL'
+CREATE DATABASE IF NOT EXISTS ipubsub;
+CREATE USER IF NOT EXISTS 'ipubsub'@'127.0.0.1' IDENTIFIED BY 'ipubsub';
+CREATE USER IF NOT EXISTS 'ipubsub'@'localhost' IDENTIFIED BY 'ipubsub';
+GRANT ALL PRIVILEGES ON ipubsub.* TO 'ipubsub'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON ipubsub.* TO 'ipubsub'@'localhost';
+SQL
+wait_for "MariaDB as ipubsub" 10 \
+    mariadb -h 127.0.0.1 -P 3306 -u ipubsub -pipubsub -e 'select 1' ipubsub
+
+log "PostgreSQL and MariaDB ready in $(($(date +%s) - started))s"
