@@ -162,12 +162,24 @@ impl From<ReceiveError> for ApiError {
     }
 }
 
+/// `error: cause: cause…`, for the log: operators need the driver's words, clients do not.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             AppendError::Store(cause) => {
-                tracing::warn!(error = %cause, "persistent append failed");
+                tracing::warn!(error = %chain(&cause), "persistent append failed");
                 Self::new(
                     ErrorCode::StoreUnavailable,
                     format!("the message was not stored: {cause}"),
@@ -184,7 +196,7 @@ impl From<ReadError> for ApiError {
             ReadError::TooManyWaiters { .. } => Self::new(ErrorCode::TooManyWaiters, e.to_string()),
             ReadError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             ReadError::Store(cause) => {
-                tracing::warn!(error = %cause, "persistent read failed");
+                tracing::warn!(error = %chain(&cause), "persistent read failed");
                 Self::new(
                     ErrorCode::StoreUnavailable,
                     format!("the log could not be read: {cause}"),

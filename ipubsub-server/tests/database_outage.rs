@@ -1,0 +1,367 @@
+//! A SQL database that fails: at start-up (a clear one-line error, a non-zero exit) and at run
+//! time (503s for persistent requests while in-memory streams keep working, then recovery
+//! without a restart when it comes back). The run-time cases stop and start a private server
+//! process of their own (PostgreSQL or MariaDB from the packages `scripts/services.sh`
+//! installs) on an ephemeral loopback port, so they never disturb the shared servers.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestResult, TestServer, code};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+/// A free loopback port (released for the database to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs `program` as the `postgres` account when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+#[track_caller]
+fn run(command: &mut Command) {
+    let output = command.output().expect("run a database tool");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the database did not open port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A database server of the test's own, stopped with a kill and started again on the same
+/// data and port.
+trait Database {
+    fn url(&self) -> String;
+    fn yaml_backend(&self) -> &'static str;
+    fn stop(&mut self);
+    fn start(&mut self);
+}
+
+struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    fn new() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: run scripts/services.sh")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .max()
+            .expect("a PostgreSQL version");
+        let dir = tempfile::tempdir().expect("temp dir");
+        if is_root() {
+            run(Command::new("chown").arg("postgres").arg(dir.path()));
+        }
+        run(as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.path().join("data")));
+        let mut db = Self {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        db.start();
+        db
+    }
+}
+
+impl Database for Postgres {
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn yaml_backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn stop(&mut self) {
+        // `immediate`: the postmaster and every backend go at once, as in a crash.
+        run(as_postgres(&self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data")));
+    }
+
+    fn start(&mut self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run(as_postgres(&self.bin.join("pg_ctl"))
+            .args(["start", "-w", "-o", &options, "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg("-D")
+            .arg(self.dir.path().join("data")));
+        wait_for_port(self.port, Duration::from_secs(30));
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .output();
+    }
+}
+
+struct MariaDb {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let user = if is_root() { "root" } else { "" };
+        let mut install = Command::new("mariadb-install-db");
+        install
+            .args([
+                "--no-defaults",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", dir.path().join("data").display()));
+        if !user.is_empty() {
+            install.arg(format!("--user={user}"));
+        }
+        run(&mut install);
+        let mut db = Self {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        db.start();
+        let socket = db.dir.path().join("sock");
+        run(Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-u", "root", "-e", "CREATE DATABASE ipubsub"]));
+        db
+    }
+}
+
+impl Database for MariaDb {
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/ipubsub", self.port)
+    }
+
+    fn yaml_backend(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start(&mut self) {
+        let data = self.dir.path().join("data");
+        let mut command = Command::new("mariadbd");
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-log-bin",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if is_root() {
+            command.arg("--user=root");
+        }
+        self.child = Some(command.spawn().expect("start mariadbd"));
+        wait_for_port(self.port, Duration::from_secs(60));
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn persistent(stream: &str, id: &str) -> Value {
+    json!({"streamId": stream, "messageUuid": id, "message": {"id": id}, "writeToDB": true})
+}
+
+async fn outage_and_recovery(mut db: impl Database) -> TestResult {
+    let server = TestServer::start_with(
+        &format!(
+            "storage:\n  backend: {backend}\n  store_timeout_seconds: 2\n  {backend}:\n    url: \"{url}\"\n    connect_timeout_seconds: 1\n",
+            backend = db.yaml_backend(),
+            url = db.url()
+        ),
+        &[],
+    );
+    let (status, body) = server.send(persistent("log", "before")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    db.stop();
+    let started = Instant::now();
+    let (status, body) = server.send(persistent("log", "during")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+        "{body}"
+    );
+    let (status, body) = server
+        .receive("streamId=log&readFromDB=true&timeoutSeconds=0")
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered within the store timeout: {:?}",
+        started.elapsed()
+    );
+    // In-memory streams do not depend on the database.
+    let (status, _) = server
+        .send(json!({"streamId": "mem", "messageUuid": "m", "message": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.receive("streamId=mem&timeoutSeconds=1").await;
+    assert_eq!(
+        (status, &body["messageUuid"]),
+        (StatusCode::OK, &json!("m"))
+    );
+
+    // Back without a restart of ipubsub: the pool reconnects.
+    db.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server.send(persistent("log", "after")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(Instant::now() < deadline, "no recovery within 30 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = server
+        .receive("streamId=log&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["messageUuid"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ids,
+        ["before", "after"],
+        "the refused message was not written"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_outage_is_503_and_recovers_without_restart() -> TestResult {
+    outage_and_recovery(Postgres::new()).await
+}
+
+#[tokio::test]
+async fn mariadb_outage_is_503_and_recovers_without_restart() -> TestResult {
+    outage_and_recovery(MariaDb::new()).await
+}
+
+#[track_caller]
+fn start_up_fails(backend: &str, url: &str, expected: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .env("IPUBSUB_NODE__HTTP_BIND_ADDR_PORT", "127.0.0.1:0")
+        .env("IPUBSUB_STORAGE__BACKEND", backend)
+        .env(
+            format!("IPUBSUB_STORAGE__{}__URL", backend.to_uppercase()),
+            url,
+        )
+        .env(
+            format!(
+                "IPUBSUB_STORAGE__{}__CONNECT_TIMEOUT_SECONDS",
+                backend.to_uppercase()
+            ),
+            "2",
+        )
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run ipubsub-server");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password is never printed: {stderr}"
+    );
+}
+
+#[test]
+fn bad_credentials_or_no_database_stop_the_start_with_one_line() {
+    let closed = free_port();
+    start_up_fails(
+        "postgres",
+        "postgres://ipubsub:s3cret@127.0.0.1:5432/ipubsub",
+        "cannot connect to PostgreSQL at postgres://ipubsub:***@127.0.0.1:5432/ipubsub: error returned from database: password authentication failed",
+    );
+    start_up_fails(
+        "postgres",
+        &format!("postgres://ipubsub:s3cret@127.0.0.1:{closed}/ipubsub"),
+        "Connection refused",
+    );
+    start_up_fails(
+        "mysql",
+        "mysql://ipubsub:s3cret@127.0.0.1:3306/ipubsub",
+        "cannot connect to MySQL at mysql://ipubsub:***@127.0.0.1:3306/ipubsub: error returned from database: 1045 (28000): Access denied",
+    );
+    start_up_fails(
+        "mysql",
+        &format!("mysql://ipubsub:s3cret@127.0.0.1:{closed}/ipubsub"),
+        "Connection refused",
+    );
+}
