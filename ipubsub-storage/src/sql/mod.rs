@@ -141,6 +141,10 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
+/// The columns both backends select, in order: `seq, message_id, accepted_at, expires_at,
+/// payload`.
+type RowTuple = (i64, Vec<u8>, i64, i64, Vec<u8>);
+
 /// One stored row, as both backends read it.
 struct Row {
     seq: i64,
@@ -148,6 +152,18 @@ struct Row {
     accepted_at: i64,
     expires_at: i64,
     payload: Vec<u8>,
+}
+
+impl From<RowTuple> for Row {
+    fn from((seq, message_id, accepted_at, expires_at, payload): RowTuple) -> Self {
+        Self {
+            seq,
+            message_id,
+            accepted_at,
+            expires_at,
+            payload,
+        }
+    }
 }
 
 impl Row {

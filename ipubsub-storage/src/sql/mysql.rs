@@ -15,7 +15,9 @@ use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor, MySql};
 
-use super::{OpenError, Row, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
+use super::{
+    OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
+};
 
 const BACKEND: &str = "MySQL";
 
@@ -118,7 +120,7 @@ impl MySqlStore {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let mut missing = Vec::new();
         for record in batch {
-            let row = sqlx::query_as::<_, (i64, Vec<u8>, i64, i64, Vec<u8>)>(
+            let row = sqlx::query_as::<_, RowTuple>(
                 "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
                  WHERE stream_id = ? AND seq = ? FOR UPDATE",
             )
@@ -127,7 +129,7 @@ impl MySqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
-            match row.map(row_of) {
+            match row.map(Row::from) {
                 Some(row) if row.holds(record) => {}
                 Some(_) => {
                     tx.rollback().await.map_err(unavailable)?;
@@ -143,18 +145,6 @@ impl MySqlStore {
             Self::insert(&mut *tx, chunk).await?;
         }
         tx.commit().await.map_err(unavailable)
-    }
-}
-
-fn row_of(
-    (seq, message_id, accepted_at, expires_at, payload): (i64, Vec<u8>, i64, i64, Vec<u8>),
-) -> Row {
-    Row {
-        seq,
-        message_id,
-        accepted_at,
-        expires_at,
-        payload,
     }
 }
 
@@ -243,7 +233,7 @@ impl MessageStore for MySqlStore {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = sqlx::query_as::<_, (i64, Vec<u8>, i64, i64, Vec<u8>)>(
+        let rows = sqlx::query_as::<_, RowTuple>(
             "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
              WHERE stream_id = ? AND seq > ? AND expires_at > ?
              ORDER BY seq LIMIT ?",
@@ -256,7 +246,7 @@ impl MessageStore for MySqlStore {
         .await
         .map_err(unavailable)?;
         rows.into_iter()
-            .map(|row| row_of(row).into_record(stream))
+            .map(|row| Row::from(row).into_record(stream))
             .collect()
     }
 

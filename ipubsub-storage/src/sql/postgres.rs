@@ -13,7 +13,9 @@ use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Postgres, Transaction};
 
-use super::{OpenError, Row, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
+use super::{
+    OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
+};
 
 const BACKEND: &str = "PostgreSQL";
 
@@ -116,7 +118,7 @@ impl PostgresStore {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(unavailable)?;
         let mut missing = Vec::new();
         for record in batch {
-            let row = sqlx::query_as::<_, (i64, Vec<u8>, i64, i64, Vec<u8>)>(
+            let row = sqlx::query_as::<_, RowTuple>(
                 "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
                  WHERE stream_id = $1 AND seq = $2 FOR UPDATE",
             )
@@ -125,7 +127,7 @@ impl PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
-            match row.map(row_of) {
+            match row.map(Row::from) {
                 Some(row) if row.holds(record) => {}
                 Some(_) => {
                     tx.rollback().await.map_err(unavailable)?;
@@ -143,18 +145,6 @@ impl PostgresStore {
                 .map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)
-    }
-}
-
-fn row_of(
-    (seq, message_id, accepted_at, expires_at, payload): (i64, Vec<u8>, i64, i64, Vec<u8>),
-) -> Row {
-    Row {
-        seq,
-        message_id,
-        accepted_at,
-        expires_at,
-        payload,
     }
 }
 
@@ -228,7 +218,7 @@ impl MessageStore for PostgresStore {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = sqlx::query_as::<_, (i64, Vec<u8>, i64, i64, Vec<u8>)>(
+        let rows = sqlx::query_as::<_, RowTuple>(
             "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
              WHERE stream_id = $1 AND seq > $2 AND expires_at > $3
              ORDER BY seq LIMIT $4",
@@ -241,7 +231,7 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.into_iter()
-            .map(|row| row_of(row).into_record(stream))
+            .map(|row| Row::from(row).into_record(stream))
             .collect()
     }
 
