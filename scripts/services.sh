@@ -5,11 +5,16 @@
 #
 #   PostgreSQL  Debian's cluster `main` on 127.0.0.1:5432, database/user/password `ipubsub`
 #   MariaDB     Debian's server on 127.0.0.1:3306,           database/user/password `ipubsub`
+#   Cassandra   Apache Cassandra 5.0 from Maven Central on Java 17, 127.0.0.1:9042, one node,
+#               files under $IPUBSUB_SERVICES_DIR (default /var/lib/ipubsub-services)
 #
 # The URLs the tests use (override with the variables of the same name):
 #   IPUBSUB_TEST_POSTGRES_URL=postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub
 #   IPUBSUB_TEST_MYSQL_URL=mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub
+#   IPUBSUB_TEST_CASSANDRA_NODE=127.0.0.1:9042
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+services_dir=${IPUBSUB_SERVICES_DIR:-/var/lib/ipubsub-services}
 
 log() { printf '==> services: %s\n' "$*"; }
 started=$(date +%s)
@@ -92,4 +97,32 @@ SQL
 wait_for "MariaDB as ipubsub" 10 \
     mariadb -h 127.0.0.1 -P 3306 -u ipubsub -pipubsub -e 'select 1' ipubsub
 
-log "PostgreSQL and MariaDB ready in $(($(date +%s) - started))s"
+# --- Cassandra --------------------------------------------------------------------------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+cassandra=$services_dir/cassandra
+if port_open 9042; then
+    log "Cassandra already running"
+else
+    command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 \
+        || { echo "services: Cassandra needs java (17) and mvn" >&2; exit 1; }
+    if [[ ! -f $cassandra/lib/.complete ]]; then
+        log "fetching Apache Cassandra from Maven Central"
+        rm -rf "$cassandra/lib"
+        mvn -q -B -Dstyle.color=never -f "$here/cassandra/pom.xml" dependency:copy-dependencies \
+            -DoutputDirectory="$cassandra/lib"
+        touch "$cassandra/lib/.complete"
+    fi
+    mkdir -p "$cassandra/logs"
+    sed "s#IPUBSUB_CASSANDRA_DIR#$cassandra#g" "$here/cassandra/cassandra.yaml" >"$cassandra/cassandra.yaml"
+    log "starting Cassandra"
+    (cd "$cassandra" && exec setsid nohup java @"$here/cassandra/jvm17.options" \
+        -Dcassandra.config="file://$cassandra/cassandra.yaml" \
+        -Dcassandra.storagedir="$cassandra" -Dcassandra.logdir="$cassandra/logs" \
+        -Dlogback.configurationFile="$here/cassandra/logback.xml" \
+        -cp "$cassandra/lib/*" org.apache.cassandra.service.CassandraDaemon \
+        >"$cassandra/logs/stdout.log" 2>&1 </dev/null &)
+fi
+# The native protocol port opens last, once the node serves CQL.
+wait_for Cassandra 180 port_open 9042 || { tail -n 20 "$cassandra/logs/system.log" >&2; exit 1; }
+
+log "PostgreSQL, MariaDB and Cassandra ready in $(($(date +%s) - started))s"

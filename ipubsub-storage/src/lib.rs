@@ -9,6 +9,7 @@
 //! - `embedded` (feature `embedded`, default): `EmbeddedStore` on fjall, data in a directory.
 //! - `sql::postgres` (feature `postgres`): `PostgresStore`, in a PostgreSQL database.
 //! - `sql::mysql` (feature `mysql`): `MySqlStore`, in a MySQL or MariaDB database.
+//! - `cassandra` (feature `cassandra`): `CassandraStore`, in Apache Cassandra or ScyllaDB.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend runs, and
 //!   `faults::FailingStore` for fault injection.
 //!
@@ -27,6 +28,8 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "cassandra")]
+pub mod cassandra;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "testsuite")]
@@ -37,6 +40,8 @@ pub mod sql;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+#[cfg(feature = "cassandra")]
+pub use cassandra::{CassandraConfig, CassandraStore};
 #[cfg(feature = "embedded")]
 pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 pub use memory::MemoryStore;
