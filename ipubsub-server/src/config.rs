@@ -179,6 +179,8 @@ pub struct StorageSection {
     pub postgres: SqlSection,
     /// The MySQL / MariaDB store.
     pub mysql: SqlSection,
+    /// The Cassandra store.
+    pub cassandra: CassandraSection,
     /// `dbTTLSeconds` of a persistent send that gives none.
     pub default_ttl_seconds: u64,
     /// Largest `dbTTLSeconds` accepted.
@@ -202,6 +204,7 @@ impl Default for StorageSection {
             embedded: EmbeddedSection::default(),
             postgres: SqlSection::new("postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub"),
             mysql: SqlSection::new("mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub"),
+            cassandra: CassandraSection::default(),
             default_ttl_seconds: 86_400,
             max_ttl_seconds: 30 * 86_400,
             commit_workers: 4,
@@ -223,6 +226,8 @@ pub enum Backend {
     Postgres,
     /// MySQL or MariaDB at `storage.mysql.url`.
     Mysql,
+    /// Apache Cassandra (or ScyllaDB) at `storage.cassandra.nodes`.
+    Cassandra,
     /// Process memory; lost on restart.
     Memory,
     /// No persistent log.
@@ -286,6 +291,50 @@ impl std::fmt::Debug for SqlSection {
             .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .finish()
     }
+}
+
+/// `storage.cassandra:`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraSection {
+    /// Contact points, `host:port`; the driver discovers the rest of the cluster.
+    pub nodes: Vec<String>,
+    /// The keyspace, created if missing.
+    pub keyspace: String,
+    /// The keyspace's replication, as CQL, used when the keyspace is created.
+    pub replication: String,
+    /// Consistency of reads and writes: `local_quorum`, `quorum`, `one`, `local_one`, `all`…
+    pub consistency: CassandraConsistency,
+    /// How long the first connection may take.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for CassandraSection {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "ipubsub".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: CassandraConsistency::LocalQuorum,
+            connect_timeout_seconds: 5,
+        }
+    }
+}
+
+/// `storage.cassandra.consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)] // Cassandra's own levels
+pub enum CassandraConsistency {
+    Any,
+    One,
+    Two,
+    Three,
+    Quorum,
+    All,
+    LocalQuorum,
+    EachQuorum,
+    LocalOne,
 }
 
 /// `storage.embedded.durability`.
@@ -420,6 +469,15 @@ impl Config {
                 return invalid(format!(
                     "storage.{name}.pool_size and storage.{name}.connect_timeout_seconds must be above 0"
                 ));
+            }
+        }
+        if self.storage.backend == Backend::Cassandra {
+            let c = &self.storage.cassandra;
+            if c.nodes.is_empty() || c.keyspace.is_empty() || c.connect_timeout_seconds == 0 {
+                return invalid(
+                    "storage.cassandra needs nodes, a keyspace and a connect_timeout_seconds above 0"
+                        .into(),
+                );
             }
         }
         if self.engine.sweep_interval_seconds == 0 {

@@ -438,6 +438,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageSto
         }
         Backend::Postgres => Some(open_postgres(&config.storage.postgres).await?),
         Backend::Mysql => Some(open_mysql(&config.storage.mysql).await?),
+        Backend::Cassandra => Some(open_cassandra(&config.storage.cassandra).await?),
     })
 }
 
@@ -450,8 +451,8 @@ fn sql_config(section: &config::SqlSection) -> ipubsub_storage::SqlConfig {
 }
 
 /// One line for a start-up error: the error and its first cause (the driver's words).
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn one_line(e: &ipubsub_storage::sql::OpenError) -> anyhow::Error {
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "cassandra"))]
+fn one_line(e: &dyn std::error::Error) -> anyhow::Error {
     match e.source() {
         Some(cause) if !e.to_string().contains(&cause.to_string()) => {
             anyhow::anyhow!("{e}: {cause}")
@@ -481,6 +482,40 @@ async fn open_mysql(section: &config::SqlSection) -> anyhow::Result<Arc<dyn Mess
         .map_err(|e| one_line(&e))?;
     tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), pool = section.pool_size, "MySQL store opened");
     Ok(Arc::new(store))
+}
+
+#[cfg(feature = "cassandra")]
+async fn open_cassandra(
+    section: &config::CassandraSection,
+) -> anyhow::Result<Arc<dyn MessageStore>> {
+    use config::CassandraConsistency as C;
+    use scylla::statement::Consistency;
+    let mut cassandra = ipubsub_storage::CassandraConfig::new("");
+    cassandra.nodes = section.nodes.clone();
+    cassandra.keyspace = section.keyspace.clone();
+    cassandra.replication = section.replication.clone();
+    cassandra.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
+    cassandra.consistency = match section.consistency {
+        C::Any => Consistency::Any,
+        C::One => Consistency::One,
+        C::Two => Consistency::Two,
+        C::Three => Consistency::Three,
+        C::Quorum => Consistency::Quorum,
+        C::All => Consistency::All,
+        C::LocalQuorum => Consistency::LocalQuorum,
+        C::EachQuorum => Consistency::EachQuorum,
+        C::LocalOne => Consistency::LocalOne,
+    };
+    let store = ipubsub_storage::CassandraStore::connect(&cassandra)
+        .await
+        .map_err(|e| one_line(&e))?;
+    tracing::info!(nodes = ?section.nodes, keyspace = %section.keyspace, consistency = ?section.consistency, "Cassandra store opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "cassandra"))]
+async fn open_cassandra(_: &config::CassandraSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    anyhow::bail!("storage.backend: cassandra needs a build with the cargo feature `cassandra`")
 }
 
 #[cfg(not(feature = "mysql"))]

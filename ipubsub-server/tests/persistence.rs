@@ -1,5 +1,5 @@
 //! The persistent log end to end, against the real server binary on each store: the embedded
-//! one, and PostgreSQL and MariaDB as `scripts/services.sh` runs them (these fail, never
+//! one, and PostgreSQL, MariaDB and Cassandra as `scripts/services.sh` runs them (these fail, never
 //! skip, when their server is missing). Replay with resume tokens, tail long-polls, TTL,
 //! batches, and survival of `kill -9`.
 
@@ -46,6 +46,14 @@ impl Store {
         )
     }
 
+    fn cassandra() -> Self {
+        let node = std::env::var("IPUBSUB_TEST_CASSANDRA_NODE")
+            .unwrap_or_else(|_| "127.0.0.1:9042".to_owned());
+        Self::with_yaml(format!(
+            "storage:\n  backend: cassandra\n  cassandra:\n    nodes: [\"{node}\"]\n    keyspace: ipubsub_http_tests\n"
+        ))
+    }
+
     fn with_yaml(yaml: String) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -85,6 +93,12 @@ macro_rules! on_every_store {
             $(#[tokio::test]
             async fn $case() -> super::TestResult {
                 super::$case(&super::Store::mysql()).await
+            })*
+        }
+        mod cassandra {
+            $(#[tokio::test]
+            async fn $case() -> super::TestResult {
+                super::$case(&super::Store::cassandra()).await
             })*
         }
     };

@@ -29,7 +29,12 @@ async fn passes_the_conformance_suite() {
 async fn an_unreachable_cluster_fails_with_the_reason() {
     let mut config = CassandraConfig::new("127.0.0.1:1");
     config.connect_timeout = std::time::Duration::from_secs(2);
-    let error = CassandraStore::connect(&config).await.expect_err("nothing listens there");
+    let error = CassandraStore::connect(&config)
+        .await
+        .expect_err("nothing listens there");
     let text = format!("{error}");
-    assert!(text.starts_with("cannot connect to Cassandra at 127.0.0.1:1: "), "{text}");
+    assert!(
+        text.starts_with("cannot connect to Cassandra at 127.0.0.1:1: "),
+        "{text}"
+    );
 }
