@@ -1,8 +1,8 @@
 //! A SQL database that fails: at start-up (a clear one-line error, a non-zero exit) and at run
 //! time (503s for persistent requests while in-memory streams keep working, then recovery
 //! without a restart when it comes back). The run-time cases stop and start a private server
-//! process of their own (PostgreSQL or MariaDB from the packages `scripts/services.sh`
-//! installs) on an ephemeral loopback port, so they never disturb the shared servers.
+//! process of their own (PostgreSQL, MariaDB or Cassandra, from what `scripts/services.sh`
+//! installs) on ephemeral loopback ports, so they never disturb the shared servers.
 
 mod common;
 
@@ -226,16 +226,117 @@ impl Drop for MariaDb {
     }
 }
 
+/// A private Apache Cassandra node, from the jars and config template `scripts/services.sh`
+/// uses, on ephemeral ports.
+struct Cassandra {
+    dir: tempfile::TempDir,
+    port: u16,
+    storage_port: u16,
+    child: Option<Child>,
+}
+
+impl Cassandra {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut db = Self {
+            dir,
+            port: free_port(),
+            storage_port: free_port(),
+            child: None,
+        };
+        let template = std::fs::read_to_string(scripts().join("cassandra/cassandra.yaml"))
+            .expect("the Cassandra config template");
+        let config = template
+            .replace(
+                "IPUBSUB_CASSANDRA_DIR",
+                &db.dir.path().display().to_string(),
+            )
+            .replace("9042", &db.port.to_string())
+            .replace("7000", &db.storage_port.to_string());
+        std::fs::write(db.dir.path().join("cassandra.yaml"), config).expect("write config");
+        db.start();
+        db
+    }
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts")
+}
+
+impl Database for Cassandra {
+    fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn yaml_backend(&self) -> &'static str {
+        "cassandra"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start(&mut self) {
+        let services = std::env::var("IPUBSUB_SERVICES_DIR")
+            .unwrap_or_else(|_| "/var/lib/ipubsub-services".into());
+        let lib = Path::new(&services).join("cassandra/lib");
+        assert!(
+            lib.join(".complete").exists(),
+            "no Cassandra jars in {}: run scripts/services.sh",
+            lib.display()
+        );
+        let dir = self.dir.path();
+        let child = Command::new("java")
+            .arg(format!(
+                "@{}",
+                scripts().join("cassandra/jvm17.options").display()
+            ))
+            .arg(format!(
+                "-Dcassandra.config=file://{}/cassandra.yaml",
+                dir.display()
+            ))
+            .arg(format!("-Dcassandra.storagedir={}", dir.display()))
+            .arg(format!("-Dcassandra.logdir={}", dir.display()))
+            .arg(format!(
+                "-Dlogback.configurationFile={}",
+                scripts().join("cassandra/logback.xml").display()
+            ))
+            .arg("-cp")
+            .arg(format!("{}/*", lib.display()))
+            .arg("org.apache.cassandra.service.CassandraDaemon")
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Cassandra");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(120));
+    }
+}
+
+impl Drop for Cassandra {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn persistent(stream: &str, id: &str) -> Value {
     json!({"streamId": stream, "messageUuid": id, "message": {"id": id}, "writeToDB": true})
 }
 
 async fn outage_and_recovery(mut db: impl Database) -> TestResult {
+    let backend = db.yaml_backend();
+    let location = if backend == "cassandra" {
+        format!("nodes: [\"{}\"]", db.url())
+    } else {
+        format!("url: \"{}\"", db.url())
+    };
     let server = TestServer::start_with(
         &format!(
-            "storage:\n  backend: {backend}\n  store_timeout_seconds: 2\n  {backend}:\n    url: \"{url}\"\n    connect_timeout_seconds: 1\n",
-            backend = db.yaml_backend(),
-            url = db.url()
+            "storage:\n  backend: {backend}\n  store_timeout_seconds: 2\n  {backend}:\n    {location}\n    connect_timeout_seconds: 1\n",
         ),
         &[],
     );
@@ -276,14 +377,14 @@ async fn outage_and_recovery(mut db: impl Database) -> TestResult {
 
     // Back without a restart of ipubsub: the pool reconnects.
     db.start();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = server.send(persistent("log", "after")).await;
         if status == StatusCode::OK {
             break;
         }
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(Instant::now() < deadline, "no recovery within 30 s: {body}");
+        assert!(Instant::now() < deadline, "no recovery within 60 s: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, body) = server
@@ -310,6 +411,11 @@ async fn postgres_outage_is_503_and_recovers_without_restart() -> TestResult {
 #[tokio::test]
 async fn mariadb_outage_is_503_and_recovers_without_restart() -> TestResult {
     outage_and_recovery(MariaDb::new()).await
+}
+
+#[tokio::test]
+async fn cassandra_outage_is_503_and_recovers_without_restart() -> TestResult {
+    outage_and_recovery(Cassandra::new()).await
 }
 
 #[track_caller]
@@ -339,6 +445,32 @@ fn start_up_fails(backend: &str, url: &str, expected: &str) {
         !stderr.contains("s3cret"),
         "the password is never printed: {stderr}"
     );
+}
+
+#[test]
+fn an_unreachable_cassandra_stops_the_start_with_one_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "node:\n  http_bind_addr_port: \"127.0.0.1:0\"\nstorage:\n  backend: cassandra\n  cassandra:\n    nodes: [\"127.0.0.1:{}\"]\n    connect_timeout_seconds: 2\n",
+            free_port()
+        ),
+    )?;
+    let output = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .output()?;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to Cassandra at 127.0.0.1:"),
+        "{stderr}"
+    );
+    Ok(())
 }
 
 #[test]
