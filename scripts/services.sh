@@ -7,11 +7,14 @@
 #   MariaDB     Debian's server on 127.0.0.1:3306,           database/user/password `ipubsub`
 #   Cassandra   Apache Cassandra 5.0 from Maven Central on Java 17, 127.0.0.1:9042, one node,
 #               files under $IPUBSUB_SERVICES_DIR (default /var/lib/ipubsub-services)
+#   MongoDB     SecantusDB (a MongoDB-wire server on WiredTiger, from PyPI, in a virtualenv
+#               there too) on 127.0.0.1:27017: no mongod is packaged for Debian
 #
 # The URLs the tests use (override with the variables of the same name):
 #   IPUBSUB_TEST_POSTGRES_URL=postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub
 #   IPUBSUB_TEST_MYSQL_URL=mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub
 #   IPUBSUB_TEST_CASSANDRA_NODE=127.0.0.1:9042
+#   IPUBSUB_TEST_MONGODB_URL=mongodb://127.0.0.1:27017/
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 services_dir=${IPUBSUB_SERVICES_DIR:-/var/lib/ipubsub-services}
@@ -125,4 +128,25 @@ fi
 # The native protocol port opens last, once the node serves CQL.
 wait_for Cassandra 180 port_open 9042 || { tail -n 20 "$cassandra/logs/system.log" >&2; exit 1; }
 
-log "PostgreSQL, MariaDB and Cassandra ready in $(($(date +%s) - started))s"
+# --- MongoDB (SecantusDB) -----------------------------------------------------------------
+secantus=$services_dir/secantus
+secantus_version=0.7.0b3
+if port_open 27017; then
+    log "MongoDB (SecantusDB) already running"
+else
+    if [[ ! -x $secantus/venv/bin/secantusd-py ]] \
+        || ! "$secantus/venv/bin/pip" show secantusdb 2>/dev/null | grep -qx "Version: $secantus_version"; then
+        log "installing SecantusDB $secantus_version from PyPI"
+        python3 -m venv "$secantus/venv"
+        "$secantus/venv/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"
+    fi
+    mkdir -p "$secantus/data"
+    log "starting MongoDB (SecantusDB)"
+    # --sync-on-commit: an acknowledged write is on disk, as ipubsub's 200 promises.
+    (cd "$secantus" && exec setsid nohup "$secantus/venv/bin/secantusd-py" --host 127.0.0.1 \
+        --port 27017 --storage-path "$secantus/data" --standalone --sync-on-commit \
+        --log-level WARNING >"$secantus/server.log" 2>&1 </dev/null &)
+fi
+wait_for "MongoDB (SecantusDB)" 60 port_open 27017 || { tail -n 20 "$secantus/server.log" >&2; exit 1; }
+
+log "PostgreSQL, MariaDB, Cassandra and MongoDB ready in $(($(date +%s) - started))s"

@@ -181,6 +181,8 @@ pub struct StorageSection {
     pub mysql: SqlSection,
     /// The Cassandra store.
     pub cassandra: CassandraSection,
+    /// The MongoDB store.
+    pub mongodb: MongoSection,
     /// `dbTTLSeconds` of a persistent send that gives none.
     pub default_ttl_seconds: u64,
     /// Largest `dbTTLSeconds` accepted.
@@ -205,6 +207,7 @@ impl Default for StorageSection {
             postgres: SqlSection::new("postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub"),
             mysql: SqlSection::new("mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub"),
             cassandra: CassandraSection::default(),
+            mongodb: MongoSection::default(),
             default_ttl_seconds: 86_400,
             max_ttl_seconds: 30 * 86_400,
             commit_workers: 4,
@@ -228,6 +231,8 @@ pub enum Backend {
     Mysql,
     /// Apache Cassandra (or ScyllaDB) at `storage.cassandra.nodes`.
     Cassandra,
+    /// MongoDB (or a server of its wire protocol) at `storage.mongodb.url`.
+    Mongodb,
     /// Process memory; lost on restart.
     Memory,
     /// No persistent log.
@@ -318,6 +323,42 @@ impl Default for CassandraSection {
             consistency: CassandraConsistency::LocalQuorum,
             connect_timeout_seconds: 5,
         }
+    }
+}
+
+/// `storage.mongodb:`
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoSection {
+    /// `mongodb://user:password@host:port/?options`.
+    pub url: String,
+    /// The database holding the `messages` collection.
+    pub database: String,
+    /// Most connections the node opens.
+    pub pool_size: u32,
+    /// How long an operation waits for a usable server before it fails (503).
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for MongoSection {
+    fn default() -> Self {
+        Self {
+            url: "mongodb://127.0.0.1:27017/".into(),
+            database: "ipubsub".into(),
+            pool_size: 16,
+            connect_timeout_seconds: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for MongoSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoSection")
+            .field("url", &ipubsub_storage::redacted_url(&self.url))
+            .field("database", &self.database)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
+            .finish()
     }
 }
 
@@ -476,6 +517,19 @@ impl Config {
             if c.nodes.is_empty() || c.keyspace.is_empty() || c.connect_timeout_seconds == 0 {
                 return invalid(
                     "storage.cassandra needs nodes, a keyspace and a connect_timeout_seconds above 0"
+                        .into(),
+                );
+            }
+        }
+        if self.storage.backend == Backend::Mongodb {
+            let m = &self.storage.mongodb;
+            if m.url.is_empty()
+                || m.database.is_empty()
+                || m.pool_size == 0
+                || m.connect_timeout_seconds == 0
+            {
+                return invalid(
+                    "storage.mongodb needs a url, a database, and a pool_size and connect_timeout_seconds above 0"
                         .into(),
                 );
             }

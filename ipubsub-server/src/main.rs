@@ -439,6 +439,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageSto
         Backend::Postgres => Some(open_postgres(&config.storage.postgres).await?),
         Backend::Mysql => Some(open_mysql(&config.storage.mysql).await?),
         Backend::Cassandra => Some(open_cassandra(&config.storage.cassandra).await?),
+        Backend::Mongodb => Some(open_mongodb(&config.storage.mongodb).await?),
     })
 }
 
@@ -451,7 +452,12 @@ fn sql_config(section: &config::SqlSection) -> ipubsub_storage::SqlConfig {
 }
 
 /// One line for a start-up error: the error and its first cause (the driver's words).
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "cassandra"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "cassandra",
+    feature = "mongodb"
+))]
 fn one_line(e: &dyn std::error::Error) -> anyhow::Error {
     match e.source() {
         Some(cause) if !e.to_string().contains(&cause.to_string()) => {
@@ -511,6 +517,24 @@ async fn open_cassandra(
         .map_err(|e| one_line(&e))?;
     tracing::info!(nodes = ?section.nodes, keyspace = %section.keyspace, consistency = ?section.consistency, "Cassandra store opened");
     Ok(Arc::new(store))
+}
+
+#[cfg(feature = "mongodb")]
+async fn open_mongodb(section: &config::MongoSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let mut mongo = ipubsub_storage::MongoConfig::new(&section.url);
+    mongo.database = section.database.clone();
+    mongo.pool_size = section.pool_size;
+    mongo.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
+    let store = ipubsub_storage::MongoStore::connect(&mongo)
+        .await
+        .map_err(|e| one_line(&e))?;
+    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), database = %section.database, "MongoDB store opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "mongodb"))]
+async fn open_mongodb(_: &config::MongoSection) -> anyhow::Result<Arc<dyn MessageStore>> {
+    anyhow::bail!("storage.backend: mongodb needs a build with the cargo feature `mongodb`")
 }
 
 #[cfg(not(feature = "cassandra"))]

@@ -1,5 +1,5 @@
 //! The persistent log end to end, against the real server binary on each store: the embedded
-//! one, and PostgreSQL, MariaDB and Cassandra as `scripts/services.sh` runs them (these fail, never
+//! one, and PostgreSQL, MariaDB, Cassandra and MongoDB (SecantusDB) as `scripts/services.sh` runs them (these fail, never
 //! skip, when their server is missing). Replay with resume tokens, tail long-polls, TTL,
 //! batches, and survival of `kill -9`.
 
@@ -54,6 +54,14 @@ impl Store {
         ))
     }
 
+    fn mongodb() -> Self {
+        let url = std::env::var("IPUBSUB_TEST_MONGODB_URL")
+            .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/".to_owned());
+        Self::with_yaml(format!(
+            "storage:\n  backend: mongodb\n  mongodb:\n    url: \"{url}\"\n    database: ipubsub_http_tests\n"
+        ))
+    }
+
     fn with_yaml(yaml: String) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -99,6 +107,12 @@ macro_rules! on_every_store {
             $(#[tokio::test]
             async fn $case() -> super::TestResult {
                 super::$case(&super::Store::cassandra()).await
+            })*
+        }
+        mod mongodb {
+            $(#[tokio::test]
+            async fn $case() -> super::TestResult {
+                super::$case(&super::Store::mongodb()).await
             })*
         }
     };

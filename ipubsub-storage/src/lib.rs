@@ -10,6 +10,7 @@
 //! - `sql::postgres` (feature `postgres`): `PostgresStore`, in a PostgreSQL database.
 //! - `sql::mysql` (feature `mysql`): `MySqlStore`, in a MySQL or MariaDB database.
 //! - `cassandra` (feature `cassandra`): `CassandraStore`, in Apache Cassandra or ScyllaDB.
+//! - `mongodb` (feature `mongodb`): `MongoStore`, in MongoDB or a server of its protocol.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend runs, and
 //!   `faults::FailingStore` for fault injection.
 //!
@@ -35,6 +36,8 @@ pub mod embedded;
 #[cfg(feature = "testsuite")]
 pub mod faults;
 pub mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 #[cfg(feature = "sql")]
 pub mod sql;
 #[cfg(feature = "testsuite")]
@@ -45,6 +48,8 @@ pub use cassandra::{CassandraConfig, CassandraStore};
 #[cfg(feature = "embedded")]
 pub use embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "mongodb")]
+pub use mongodb::{MongoConfig, MongoStore};
 #[cfg(feature = "sql")]
 pub use sql::SqlConfig;
 #[cfg(feature = "mysql")]
