@@ -1,7 +1,7 @@
 //! A SQL database that fails: at start-up (a clear one-line error, a non-zero exit) and at run
 //! time (503s for persistent requests while in-memory streams keep working, then recovery
 //! without a restart when it comes back). The run-time cases stop and start a private server
-//! process of their own (PostgreSQL, MariaDB or Cassandra, from what `scripts/services.sh`
+//! process of their own (PostgreSQL, MariaDB, Cassandra or SecantusDB, from what `scripts/services.sh`
 //! installs) on ephemeral loopback ports, so they never disturb the shared servers.
 
 mod common;
@@ -323,6 +323,71 @@ impl Drop for Cassandra {
     }
 }
 
+/// A private SecantusDB (MongoDB wire protocol) from the virtualenv `scripts/services.sh`
+/// installs.
+struct Secantus {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Secantus {
+    fn new() -> Self {
+        let mut db = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            child: None,
+        };
+        db.start();
+        db
+    }
+}
+
+impl Database for Secantus {
+    fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/", self.port)
+    }
+
+    fn yaml_backend(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start(&mut self) {
+        let services = std::env::var("IPUBSUB_SERVICES_DIR")
+            .unwrap_or_else(|_| "/var/lib/ipubsub-services".into());
+        let server = Path::new(&services).join("secantus/venv/bin/secantusd-py");
+        assert!(
+            server.exists(),
+            "no SecantusDB at {}: run scripts/services.sh",
+            server.display()
+        );
+        let child = Command::new(server)
+            .args(["--host", "127.0.0.1", "--standalone", "--sync-on-commit"])
+            .args(["--log-level", "ERROR", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start SecantusDB");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(60));
+    }
+}
+
+impl Drop for Secantus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn persistent(stream: &str, id: &str) -> Value {
     json!({"streamId": stream, "messageUuid": id, "message": {"id": id}, "writeToDB": true})
 }
@@ -414,6 +479,11 @@ async fn mariadb_outage_is_503_and_recovers_without_restart() -> TestResult {
 }
 
 #[tokio::test]
+async fn mongodb_outage_is_503_and_recovers_without_restart() -> TestResult {
+    outage_and_recovery(Secantus::new()).await
+}
+
+#[tokio::test]
 async fn cassandra_outage_is_503_and_recovers_without_restart() -> TestResult {
     outage_and_recovery(Cassandra::new()).await
 }
@@ -495,5 +565,10 @@ fn bad_credentials_or_no_database_stop_the_start_with_one_line() {
         "mysql",
         &format!("mysql://ipubsub:s3cret@127.0.0.1:{closed}/ipubsub"),
         "Connection refused",
+    );
+    start_up_fails(
+        "mongodb",
+        &format!("mongodb://ipubsub:s3cret@127.0.0.1:{closed}/"),
+        "cannot connect to MongoDB at mongodb://ipubsub:***@127.0.0.1:",
     );
 }
