@@ -461,15 +461,14 @@ impl MessageStore for CassandraStore {
                     high
                 }
             };
-            if record.seq <= known {
-                if let Some(row) = inner.stored(record).await? {
-                    if !holds(&row, record) {
-                        return Err(StoreError::Conflict {
-                            stream: record.stream.clone(),
-                            seq: record.seq,
-                        });
-                    }
-                }
+            if record.seq <= known
+                && let Some(row) = inner.stored(record).await?
+                && !holds(&row, record)
+            {
+                return Err(StoreError::Conflict {
+                    stream: record.stream.clone(),
+                    seq: record.seq,
+                });
             }
         }
         let now = Timestamp::now();

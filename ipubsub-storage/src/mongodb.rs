@@ -301,15 +301,14 @@ impl MessageStore for MongoStore {
                     high
                 }
             };
-            if record.seq <= known {
-                if let Some(stored) = self.stored(record).await? {
-                    if stored != *record {
-                        return Err(StoreError::Conflict {
-                            stream: record.stream.clone(),
-                            seq: record.seq,
-                        });
-                    }
-                }
+            if record.seq <= known
+                && let Some(stored) = self.stored(record).await?
+                && stored != *record
+            {
+                return Err(StoreError::Conflict {
+                    stream: record.stream.clone(),
+                    seq: record.seq,
+                });
             }
         }
         let documents = batch.iter().map(document).collect::<Result<Vec<_>, _>>()?;
