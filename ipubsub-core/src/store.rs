@@ -99,7 +99,11 @@ pub enum StoreError {
 ///   by the caller (the stream's owner), never by the store.
 /// - **Atomicity.** An `append` is all or nothing: when it returns `Ok`, every record of the
 ///   batch is durable; when it returns `Err`, a reader may see none or all of them, never a
-///   part, once the store is reachable again.
+///   part, once the store is reachable again. A store without multi-partition transactions
+///   (Cassandra, a standalone MongoDB) may instead leave part of a failed batch visible,
+///   whole streams at a time where it can; it must say so. The log treats every failed append
+///   as ambiguous (its senders get an error, its positions are never reused), so a partial
+///   batch looks to readers like messages whose senders timed out.
 /// - **Retries.** Appending a record at a `(stream, seq)` that already holds the *same*
 ///   message (same id, payload, timestamp and expiry) succeeds without writing a second copy,
 ///   so a batch retried after an ambiguous error never duplicates a position. A *different*
