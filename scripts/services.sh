@@ -134,8 +134,8 @@ secantus_version=0.7.0b3
 if port_open 27017; then
     log "MongoDB (SecantusDB) already running"
 else
-    if [[ ! -x $secantus/venv/bin/secantusd-py ]] \
-        || ! "$secantus/venv/bin/pip" show secantusdb 2>/dev/null | grep -qx "Version: $secantus_version"; then
+    installed=$("$secantus/venv/bin/pip" show secantusdb 2>/dev/null || true)
+    if [[ ! -x $secantus/venv/bin/secantusd-py || $installed != *"Version: $secantus_version"* ]]; then
         log "installing SecantusDB $secantus_version from PyPI"
         python3 -m venv "$secantus/venv"
         "$secantus/venv/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"

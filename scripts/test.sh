@@ -20,7 +20,7 @@ started=$(date +%s)
 
 # The database servers the storage backends' tests run against: installed if missing,
 # started if stopped, reused if running. Their tests fail (never skip) without them.
-step "services (PostgreSQL, MariaDB)"
+step "services (PostgreSQL, MariaDB, Cassandra, MongoDB)"
 scripts/services.sh
 
 step "cargo fmt --check"
