@@ -62,6 +62,14 @@ fn wait_for_port(port: u16, within: Duration) {
     }
 }
 
+/// Kills a database process we started, as a crash would, and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A database server of the test's own, stopped with a kill and started again on the same
 /// data and port.
 trait Database {
@@ -188,10 +196,7 @@ impl Database for MariaDb {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     fn start(&mut self) {
@@ -273,10 +278,7 @@ impl Database for Cassandra {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     fn start(&mut self) {
@@ -353,10 +355,7 @@ impl Database for Secantus {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     fn start(&mut self) {

@@ -28,7 +28,7 @@
 //! are assigned by its owner and grow with the clock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,14 +41,13 @@ use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::high_water::HighWater;
+
 /// The width of a partition of a stream: ten minutes of positions.
 pub const BUCKET_MICROS: u64 = 600 * 1_000_000;
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = 1;
-
-/// Entries of the high-water cache kept before it is cleared (it refills on demand).
-const HIGH_WATER_ENTRIES: usize = 1 << 20;
 
 /// Buckets asked for per query when walking a stream.
 const BUCKET_PAGE: i32 = 64;
@@ -130,9 +129,8 @@ struct Inner {
     select_last: PreparedStatement,
     buckets_from: PreparedStatement,
     buckets_last: PreparedStatement,
-    /// Per stream, a position at or above every position this store has written or found
-    /// for it: appends above it skip the conflict check.
-    high: Mutex<HashMap<StreamId, Seq>>,
+    /// Appends above a stream's known high-water mark skip the conflict check.
+    high: HighWater,
 }
 
 type Row = (i64, Vec<u8>, i64, i64, Vec<u8>);
@@ -279,7 +277,7 @@ impl CassandraStore {
             .await?,
             session,
             consistency: config.consistency,
-            high: Mutex::new(HashMap::new()),
+            high: HighWater::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -288,23 +286,6 @@ impl CassandraStore {
 }
 
 impl Inner {
-    fn high(&self, stream: &StreamId) -> Option<Seq> {
-        self.high
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(stream)
-            .copied()
-    }
-
-    fn raise(&self, stream: &StreamId, seq: Seq) {
-        let mut high = self.high.lock().unwrap_or_else(PoisonError::into_inner);
-        if high.len() > HIGH_WATER_ENTRIES {
-            high.clear();
-        }
-        let entry = high.entry(stream.clone()).or_insert(seq);
-        *entry = (*entry).max(seq);
-    }
-
     /// The stored row at `record`'s position, if any.
     async fn stored(&self, record: &LogRecord) -> Result<Option<Row>, StoreError> {
         let seq = record.seq.get();
@@ -453,11 +434,11 @@ impl MessageStore for CassandraStore {
         let inner = &*self.inner;
         // Check first, write after: a conflict anywhere writes nothing.
         for record in batch {
-            let known = match inner.high(&record.stream) {
+            let known = match inner.high.get(&record.stream) {
                 Some(high) => high,
                 None => {
                     let high = inner.last_seq(&record.stream).await?;
-                    inner.raise(&record.stream, high);
+                    inner.high.raise(&record.stream, high);
                     high
                 }
             };
@@ -494,7 +475,7 @@ impl MessageStore for CassandraStore {
             written.map_err(unavailable)??;
         }
         for record in batch {
-            inner.raise(&record.stream, record.seq);
+            inner.high.raise(&record.stream, record.seq);
         }
         Ok(())
     }

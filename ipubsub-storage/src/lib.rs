@@ -35,6 +35,8 @@ pub mod cassandra;
 pub mod embedded;
 #[cfg(feature = "testsuite")]
 pub mod faults;
+#[cfg(any(feature = "cassandra", feature = "mongodb"))]
+mod high_water;
 pub mod memory;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;

@@ -20,8 +20,6 @@
 //! different message there is a [`StoreError::Conflict`] and writes nothing; a retried batch
 //! that finds its own prefix (duplicate key) inserts only what is missing.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +31,7 @@ use mongodb::bson::{Binary, Bson, DateTime, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
-/// Entries of the high-water cache kept before it is cleared (it refills on demand).
-const HIGH_WATER_ENTRIES: usize = 1 << 20;
+use crate::high_water::HighWater;
 
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
@@ -107,7 +104,8 @@ pub enum OpenError {
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     messages: Collection<Document>,
-    high: std::sync::Arc<Mutex<HashMap<StreamId, Seq>>>,
+    /// Appends above a stream's known high-water mark skip the conflict check.
+    high: std::sync::Arc<HighWater>,
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
@@ -233,23 +231,6 @@ impl MongoStore {
         })
     }
 
-    fn high(&self, stream: &StreamId) -> Option<Seq> {
-        self.high
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(stream)
-            .copied()
-    }
-
-    fn raise(&self, stream: &StreamId, seq: Seq) {
-        let mut high = self.high.lock().unwrap_or_else(PoisonError::into_inner);
-        if high.len() > HIGH_WATER_ENTRIES {
-            high.clear();
-        }
-        let entry = high.entry(stream.clone()).or_insert(seq);
-        *entry = (*entry).max(seq);
-    }
-
     async fn stored(&self, record: &LogRecord) -> Result<Option<LogRecord>, StoreError> {
         let found = self
             .messages
@@ -293,11 +274,11 @@ impl MessageStore for MongoStore {
         }
         // Check first, write after: a conflict with what is known to be stored writes nothing.
         for record in batch {
-            let known = match self.high(&record.stream) {
+            let known = match self.high.get(&record.stream) {
                 Some(high) => high,
                 None => {
                     let high = self.last_seq(&record.stream).await?;
-                    self.raise(&record.stream, high);
+                    self.high.raise(&record.stream, high);
                     high
                 }
             };
@@ -318,7 +299,7 @@ impl MessageStore for MongoStore {
             Err(e) => return Err(unavailable(e)),
         }
         for record in batch {
-            self.raise(&record.stream, record.seq);
+            self.high.raise(&record.stream, record.seq);
         }
         Ok(())
     }

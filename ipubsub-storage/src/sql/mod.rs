@@ -101,18 +101,42 @@ pub enum OpenError {
     },
 }
 
-/// Awaits a first connection for at most `config.connect_timeout`.
-async fn probe<C>(
+/// Parses `config.url`, makes one direct connection (a pool would retry until its timeout and
+/// then report only that, hiding the reason: refused, bad password, no such database), then
+/// returns a pool that connects on demand.
+async fn open_pool<DB: sqlx::Database>(
     config: &SqlConfig,
-    connect: impl std::future::Future<Output = Result<C, sqlx::Error>>,
-) -> Result<C, sqlx::Error> {
-    match tokio::time::timeout(config.connect_timeout, connect).await {
+    backend: &'static str,
+) -> Result<sqlx::Pool<DB>, OpenError> {
+    use sqlx::ConnectOptions as _;
+    use sqlx::Connection as _;
+    use std::str::FromStr as _;
+
+    let url = crate::redacted_url(&config.url);
+    let options = <<DB::Connection as sqlx::Connection>::Options>::from_str(&config.url).map_err(
+        |source| OpenError::Url {
+            backend,
+            url: url.clone(),
+            source,
+        },
+    )?;
+    let probe = match tokio::time::timeout(config.connect_timeout, options.connect()).await {
         Ok(result) => result,
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {:?}", config.connect_timeout),
         ))),
     }
+    .map_err(|source| OpenError::Connect {
+        backend,
+        url,
+        source,
+    })?;
+    probe.close().await.ok();
+    Ok(sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(config.pool_size.max(1))
+        .acquire_timeout(config.connect_timeout)
+        .connect_lazy_with(options))
 }
 
 /// A store error from a driver error: everything but a broken row is "unavailable" (the

@@ -8,12 +8,10 @@
 //! Ids are `VARBINARY`: MySQL's default collations compare text case- and
 //! trailing-space-insensitively, which would make `Orders` and `orders ` one stream.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Executor, MySql};
+use sqlx::mysql::MySqlPool;
+use sqlx::{AssertSqlSafe, Executor, MySql};
 
 use super::{
     OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
@@ -48,27 +46,7 @@ impl MySqlStore {
     /// Connects to `config.url`, checks that the server answers, and creates or migrates the
     /// schema (under a named lock, so nodes starting together do not race).
     pub async fn connect(config: &SqlConfig) -> Result<Self, OpenError> {
-        let url = crate::redacted_url(&config.url);
-        let options =
-            MySqlConnectOptions::from_str(&config.url).map_err(|source| OpenError::Url {
-                backend: BACKEND,
-                url: url.clone(),
-                source,
-            })?;
-        // One direct connection first: a pool would retry until its timeout and then report
-        // only that, hiding the reason (refused, bad password, no such database).
-        let probe = super::probe(config, MySqlConnection::connect_with(&options))
-            .await
-            .map_err(|source| OpenError::Connect {
-                backend: BACKEND,
-                url,
-                source,
-            })?;
-        probe.close().await.ok();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(config.pool_size.max(1))
-            .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(options);
+        let pool = super::open_pool(config, BACKEND).await?;
         migrate(&pool).await?;
         Ok(Self { pool })
     }

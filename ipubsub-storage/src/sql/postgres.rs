@@ -6,12 +6,10 @@
 //! compares each stored row with the record at its position, fails with
 //! [`StoreError::Conflict`] if one differs, and inserts the records that are missing.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Executor, Postgres, Transaction};
+use sqlx::postgres::PgPool;
+use sqlx::{Executor, Postgres, Transaction};
 
 use super::{
     OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
@@ -48,26 +46,7 @@ impl PostgresStore {
     /// Connects to `config.url`, checks that the server answers, and creates or migrates the
     /// schema (under an advisory lock, so nodes starting together do not race).
     pub async fn connect(config: &SqlConfig) -> Result<Self, OpenError> {
-        let url = crate::redacted_url(&config.url);
-        let options = PgConnectOptions::from_str(&config.url).map_err(|source| OpenError::Url {
-            backend: BACKEND,
-            url: url.clone(),
-            source,
-        })?;
-        // One direct connection first: a pool would retry until its timeout and then report
-        // only that, hiding the reason (refused, bad password, no such database).
-        let probe = super::probe(config, PgConnection::connect_with(&options))
-            .await
-            .map_err(|source| OpenError::Connect {
-                backend: BACKEND,
-                url,
-                source,
-            })?;
-        probe.close().await.ok();
-        let pool = PgPoolOptions::new()
-            .max_connections(config.pool_size.max(1))
-            .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(options);
+        let pool = super::open_pool(config, BACKEND).await?;
         migrate(&pool).await?;
         Ok(Self { pool })
     }
