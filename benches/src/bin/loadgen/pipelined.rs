@@ -64,7 +64,9 @@ pub(crate) async fn pipelined_publisher(
         .trim_end_matches('/')
         .parse()
         .context("--url must be http://IP:PORT with --pipeline")?;
-    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     socket.set_nodelay(true)?;
     let mut out = Vec::new();
     let mut buf = Vec::new();
