@@ -41,6 +41,7 @@ use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::convert::{corrupt, to_i64, to_u64};
 use crate::high_water::HighWater;
 
 /// The width of a partition of a stream: ten minutes of positions.
@@ -137,18 +138,6 @@ type Row = (i64, Vec<u8>, i64, i64, Vec<u8>);
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable(Box::new(e))
-}
-
-fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Corrupt(Box::new(e))
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(corrupt)
-}
-
-fn to_u64(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(corrupt)
 }
 
 fn bucket_of(seq: u64) -> i64 {
@@ -302,10 +291,16 @@ impl Inner {
             .map_err(corrupt)
     }
 
-    /// Buckets of `stream` from `from` on, a page at a time.
-    async fn buckets_from(&self, stream: &StreamId, from: i64) -> Result<Vec<i64>, StoreError> {
+    /// A page of `stream`'s buckets from `statement` (`buckets_from` or `buckets_last`),
+    /// starting at (or below) `bound`.
+    async fn buckets(
+        &self,
+        statement: &PreparedStatement,
+        stream: &StreamId,
+        bound: i64,
+    ) -> Result<Vec<i64>, StoreError> {
         self.session
-            .execute_unpaged(&self.buckets_from, (stream.as_str(), from, BUCKET_PAGE))
+            .execute_unpaged(statement, (stream.as_str(), bound, BUCKET_PAGE))
             .await
             .map_err(unavailable)?
             .into_rows_result()
@@ -319,17 +314,7 @@ impl Inner {
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         let mut below = i64::MAX;
         loop {
-            let buckets: Vec<i64> = self
-                .session
-                .execute_unpaged(&self.buckets_last, (stream.as_str(), below, BUCKET_PAGE))
-                .await
-                .map_err(unavailable)?
-                .into_rows_result()
-                .map_err(corrupt)?
-                .rows::<(i64,)>()
-                .map_err(corrupt)?
-                .map(|row| row.map(|(b,)| b).map_err(corrupt))
-                .collect::<Result<_, _>>()?;
+            let buckets = self.buckets(&self.buckets_last, stream, below).await?;
             for &bucket in &buckets {
                 let last = self
                     .session
@@ -494,7 +479,7 @@ impl MessageStore for CassandraStore {
         let mut out = Vec::new();
         let mut from = bucket_of(after.get());
         'walk: loop {
-            let buckets = inner.buckets_from(stream, from).await?;
+            let buckets = inner.buckets(&inner.buckets_from, stream, from).await?;
             for &bucket in &buckets {
                 let mut position = after_i64;
                 loop {

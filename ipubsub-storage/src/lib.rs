@@ -31,6 +31,8 @@
 
 #[cfg(feature = "cassandra")]
 pub mod cassandra;
+#[cfg(any(feature = "sql", feature = "cassandra", feature = "mongodb"))]
+mod convert;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "testsuite")]

@@ -31,6 +31,7 @@ use mongodb::bson::{Binary, Bson, DateTime, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
+use crate::convert::{corrupt, to_i64, to_u64};
 use crate::high_water::HighWater;
 
 /// MongoDB's duplicate key error.
@@ -110,18 +111,6 @@ pub struct MongoStore {
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(Box::new(e))
-}
-
-fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Corrupt(Box::new(e))
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(corrupt)
-}
-
-fn to_u64(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(corrupt)
 }
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {

@@ -155,14 +155,16 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Positions and times go to the database as `BIGINT`. Positions are microseconds since the
-/// epoch, far below `i64::MAX`; a larger one cannot have been assigned by a node.
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|e| StoreError::Corrupt(Box::new(e)))
-}
+use crate::convert::{to_i64, to_u64};
 
-fn to_u64(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|e| StoreError::Corrupt(Box::new(e)))
+/// Whether a database at schema version `found` (`None`: no version yet) needs version 1
+/// created; an error when it is newer than this build.
+fn needs_v1(found: Option<i32>, backend: &'static str) -> Result<bool, OpenError> {
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema { backend, found });
+    }
+    Ok(found < 1)
 }
 
 /// The columns both backends select, in order: `seq, message_id, accepted_at, expires_at,

@@ -13,9 +13,7 @@ use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Executor, MySql};
 
-use super::{
-    OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
-};
+use super::{OpenError, Row, RowTuple, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
 
 const BACKEND: &str = "MySQL";
 
@@ -154,14 +152,7 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
             .fetch_one(&mut *conn)
             .await
             .map_err(schema)?;
-        let found = found.unwrap_or(0);
-        if found > SCHEMA_VERSION {
-            return Err(OpenError::NewerSchema {
-                backend: BACKEND,
-                found,
-            });
-        }
-        if found < 1 {
+        if super::needs_v1(found, BACKEND)? {
             sqlx::query(SCHEMA_V1)
                 .execute(&mut *conn)
                 .await

@@ -11,9 +11,7 @@ use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp
 use sqlx::postgres::PgPool;
 use sqlx::{Executor, Postgres, Transaction};
 
-use super::{
-    OpenError, Row, RowTuple, SCHEMA_VERSION, SqlConfig, is_duplicate, to_i64, to_u64, unavailable,
-};
+use super::{OpenError, Row, RowTuple, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
 
 const BACKEND: &str = "PostgreSQL";
 
@@ -151,14 +149,7 @@ async fn migrate(pool: &PgPool) -> Result<(), OpenError> {
         .fetch_one(&mut *tx)
         .await
         .map_err(schema)?;
-    let found = found.unwrap_or(0);
-    if found > SCHEMA_VERSION {
-        return Err(OpenError::NewerSchema {
-            backend: BACKEND,
-            found,
-        });
-    }
-    if found < 1 {
+    if super::needs_v1(found, BACKEND)? {
         sqlx::raw_sql(SCHEMA_V1)
             .execute(&mut *tx)
             .await
