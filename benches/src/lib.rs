@@ -1,6 +1,8 @@
 //! Shared helpers of ipubsub's benchmarks and tools: see `benches/matching.rs` (criterion),
 //! `src/bin/stream_memory.rs` (bytes per idle stream) and `src/bin/loadgen/` (HTTP load).
 
+pub mod http1;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -20,4 +22,49 @@ pub fn rss_bytes() -> std::io::Result<u64> {
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| std::io::Error::other("unexpected /proc/self/statm"))?;
     Ok(pages * 4096)
+}
+
+/// The resident and peak memory and the CPU time of process `pid`, from `/proc` (Linux).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStats {
+    /// Resident set size now, bytes (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub peak_rss_bytes: u64,
+    /// User + system CPU time so far, seconds.
+    pub cpu_seconds: f64,
+}
+
+/// Reads [`ProcStats`] of `pid`.
+pub fn proc_stats(pid: u32) -> std::io::Result<ProcStats> {
+    let bad = || std::io::Error::other(format!("unexpected /proc/{pid} contents"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> std::io::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k * 1024)
+            .ok_or_else(bad)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or_else(bad)?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: indices 11 and 12 after the name.
+    let ticks = |i: usize| -> std::io::Result<u64> {
+        fields.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad)
+    };
+    // USER_HZ is 100 on every Linux architecture this runs on.
+    let cpu_seconds = (ticks(11)? + ticks(12)?) as f64 / 100.0;
+    Ok(ProcStats {
+        rss_bytes: kib("VmRSS:")?,
+        peak_rss_bytes: kib("VmHWM:")?,
+        cpu_seconds,
+    })
 }

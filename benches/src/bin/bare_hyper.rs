@@ -1,6 +1,6 @@
 //! The HTTP ceiling of this machine: a hyper 1 HTTP/1.1 server, built like ipubsub's (tokio
-//! multi-thread runtime, one task per connection, TCP_NODELAY), that reads each request's
-//! body and answers `200 {}`. Load it with the same load generator to see what share of the
+//! multi-thread runtime, one task per connection, TCP_NODELAY, pipelined answers flushed
+//! together, mimalloc), that reads each request's body and answers `200 {}`. Load it with the same load generator to see what share of the
 //! ceiling ipubsub reaches.
 //!
 //! `cargo run --release -p ipubsub-benches --bin bare-hyper -- 127.0.0.1:16699`
@@ -13,6 +13,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
             });
             let _ = http1::Builder::new()
+                .pipeline_flush(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -8,14 +8,7 @@ use crate::Args;
 
 /// The resident memory of process `pid`, in bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kib * 1024)
+    Ok(ipubsub_benches::proc_stats(pid)?.rss_bytes)
 }
 
 /// Holds `count` receives waiting, each on its own connection, and checks their answers.

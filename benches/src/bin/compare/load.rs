@@ -1,0 +1,534 @@
+//! The load patterns, driven the same way against every target: publishers send one message
+//! per request on their own connection; receivers long-poll one stream per request.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use ipubsub_benches::http1::{Http1Conn, push_post};
+
+use crate::resp::{RedisConn, Reply};
+use crate::servers::Target;
+
+/// How messages are spread over streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Message `seq` goes to stream `seq % streams`; every stream has one poller of its own,
+    /// run by receiver `stream % receivers`.
+    Spread,
+    /// Every message goes to one stream that every receiver polls (a persistent log is read
+    /// by receiver 0 alone: a log is read by position, not competed for).
+    Hot,
+    /// Message `seq` goes to stream `seq`, `count` streams in all; receiver j reads its streams
+    /// (`stream % receivers == j`) one after the other, one message each.
+    OneEach(u64),
+}
+
+/// One load pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// Publishers, each with one connection and one request in flight.
+    pub publishers: usize,
+    /// Receivers (0: sends alone).
+    pub receivers: usize,
+    /// Streams (with [`Shape::Spread`]).
+    pub streams: usize,
+    /// Messages per receive (`maxMessages`; Redis: `BLMPOP … COUNT`).
+    pub max_messages: usize,
+    /// How messages map to streams.
+    pub shape: Shape,
+    /// Messages per second over all publishers; `None`: as fast as they go.
+    pub rate: Option<f64>,
+    /// Seconds of publishing (not with [`Shape::OneEach`], which sends its count).
+    pub duration: Duration,
+    /// Size of each message's JSON text, bytes.
+    pub message_size: usize,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Sends answered 200 (`:n` from Redis).
+    pub sent: u64,
+    /// Seconds the publishers ran.
+    pub publish_secs: f64,
+    /// Distinct messages delivered.
+    pub delivered: u64,
+    /// Seconds from the start to the last delivery.
+    pub delivery_secs: f64,
+    /// Messages delivered more than once.
+    pub duplicates: u64,
+    /// Accepted messages never delivered.
+    pub missing: u64,
+    /// Send latency, µs.
+    pub send_latency: Histogram<u64>,
+    /// Send to delivery, µs.
+    pub e2e_latency: Histogram<u64>,
+    /// Answers other than success, by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+struct Shared {
+    start: Instant,
+    next_seq: AtomicU64,
+    sent_ok: AtomicU64,
+    received: AtomicU64,
+    publishing: AtomicBool,
+    last_receive_micros: AtomicU64,
+    drain: Duration,
+    drain_deadline: std::sync::OnceLock<Instant>,
+}
+
+impl Shared {
+    /// Whether receivers should stop: publishing is over and everything accepted arrived,
+    /// or the drain time ran out.
+    fn done(&self) -> bool {
+        if self.publishing.load(Ordering::Acquire) {
+            return false;
+        }
+        let deadline = *self
+            .drain_deadline
+            .get_or_init(|| Instant::now() + self.drain);
+        self.received.load(Ordering::Acquire) >= self.sent_ok.load(Ordering::Acquire)
+            || Instant::now() >= deadline
+    }
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 120_000_000, 3)?)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `{"i":<seq>,"t":<send time µs>,"p":"xxx…"}`, `size` bytes: the same bytes to every target.
+fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let head = format!("{{\"i\":{seq},\"t\":{},\"p\":\"", now_micros());
+    let mut p = head.into_bytes();
+    let pad = size.saturating_sub(p.len() + 2);
+    p.extend(std::iter::repeat_n(b'x', pad));
+    p.extend_from_slice(b"\"}");
+    p
+}
+
+/// The (seq, send time) of every payload in `bytes`, in order.
+fn scan_payloads(bytes: &[u8], out: &mut Vec<(u64, u64)>) {
+    let number = |from: usize| -> (u64, usize) {
+        let digits = bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let n = std::str::from_utf8(&bytes[from..from + digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        (n, from + digits)
+    };
+    let mut at = 0;
+    while let Some(found) = find(&bytes[at..], b"{\"i\":") {
+        let (seq, end) = number(at + found + 5);
+        if !bytes[end..].starts_with(b",\"t\":") {
+            at = end;
+            continue;
+        }
+        let (sent, end) = number(end + 5);
+        out.push((seq, sent));
+        at = end;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of the last `"dbResumeToken":"…"` in `body`.
+fn last_token(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"dbResumeToken\":\"";
+    let start = body.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    String::from_utf8(body[start..start + len].to_vec()).ok()
+}
+
+fn stream_name(prefix: &str, index: u64) -> String {
+    format!("{prefix}-{index}")
+}
+
+/// One client connection to a target.
+enum Client {
+    Http(Http1Conn, Vec<u8>),
+    Redis(RedisConn),
+}
+
+impl Client {
+    async fn connect(target: Target, addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(if target.is_http() {
+            Client::Http(Http1Conn::connect(addr).await?, Vec::with_capacity(512))
+        } else {
+            Client::Redis(RedisConn::connect(addr).await?)
+        })
+    }
+
+    /// Sends one message; `Ok(None)` when accepted, else the refusal.
+    async fn send(
+        &mut self,
+        target: Target,
+        stream: &str,
+        seq: u64,
+        message: &[u8],
+    ) -> anyhow::Result<Option<String>> {
+        match self {
+            Client::Http(conn, out) => {
+                out.clear();
+                let mut body = Vec::with_capacity(message.len() + 128);
+                body.extend_from_slice(b"{\"streamId\":\"");
+                body.extend_from_slice(stream.as_bytes());
+                body.extend_from_slice(format!("\",\"messageUuid\":\"{seq}\",").as_bytes());
+                if target == Target::Persistent {
+                    body.extend_from_slice(b"\"writeToDB\":true,");
+                } else {
+                    body.extend_from_slice(b"\"inMemoryStreamSize\":100000,");
+                }
+                body.extend_from_slice(b"\"message\":");
+                body.extend_from_slice(message);
+                body.push(b'}');
+                push_post(out, "/api/v1/streams/send", &body);
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                Ok((response.status != 200).then(|| format!("send {}", response.status)))
+            }
+            Client::Redis(conn) => {
+                match conn
+                    .command(&[b"RPUSH", stream.as_bytes(), message])
+                    .await?
+                {
+                    Reply::Simple(_) => Ok(None),
+                    other => Ok(Some(format!("RPUSH {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// Long-polls `stream` for up to `max` messages; appends (seq, send time) of each.
+    /// `Ok(Some(status))` when nothing came (timeout or refusal).
+    async fn receive(
+        &mut self,
+        target: Target,
+        stream: &str,
+        max: usize,
+        token: &mut Option<String>,
+        got: &mut Vec<(u64, u64)>,
+    ) -> anyhow::Result<Option<String>> {
+        match self {
+            Client::Http(conn, out) => {
+                use std::fmt::Write;
+                let mut uri = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
+                if max > 1 {
+                    let _ = write!(uri, "&maxMessages={max}");
+                }
+                if target == Target::Persistent {
+                    uri.push_str("&readFromDB=true");
+                    if let Some(t) = token {
+                        let _ = write!(uri, "&dbResumeToken={t}");
+                    }
+                }
+                out.clear();
+                out.extend_from_slice(format!("GET {uri} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                if response.status != 200 {
+                    return Ok(Some(format!("receive {}", response.status)));
+                }
+                let body = conn.body(response);
+                scan_payloads(body, got);
+                if target == Target::Persistent
+                    && let Some(t) = last_token(body)
+                {
+                    *token = Some(t);
+                }
+                Ok(None)
+            }
+            Client::Redis(conn) => {
+                let reply = if max > 1 {
+                    let count = max.to_string();
+                    conn.command(&[
+                        b"BLMPOP",
+                        b"1",
+                        b"1",
+                        stream.as_bytes(),
+                        b"LEFT",
+                        b"COUNT",
+                        count.as_bytes(),
+                    ])
+                    .await?
+                } else {
+                    conn.command(&[b"BLPOP", stream.as_bytes(), b"1"]).await?
+                };
+                let Reply::Array(Some(mut pair)) = reply else {
+                    return Ok(Some("receive timeout".into()));
+                };
+                let values = match pair.pop() {
+                    Some(Reply::Bulk(Some(value))) => vec![value],
+                    Some(Reply::Array(Some(items))) => items
+                        .into_iter()
+                        .filter_map(|i| match i {
+                            Reply::Bulk(Some(v)) => Some(v),
+                            _ => None,
+                        })
+                        .collect(),
+                    other => anyhow::bail!("unexpected pop reply {other:?}"),
+                };
+                for value in values {
+                    scan_payloads(&value, got);
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+struct ReceiverReport {
+    ids: Vec<u64>,
+    e2e: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Runs `pattern` against `target` at `addr`.
+pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow::Result<Outcome> {
+    let prefix: Arc<str> = format!("cmp-{}-{}", std::process::id(), now_micros()).into();
+    let pattern = Arc::new(pattern.clone());
+    // Every connection is open before the clock starts.
+    let mut pollers = Vec::new();
+    for j in 0..pattern.receivers {
+        let streams: Vec<u64> = match pattern.shape {
+            Shape::Spread => (0..pattern.streams as u64)
+                .filter(|s| s % pattern.receivers as u64 == j as u64)
+                .collect(),
+            Shape::Hot if target == Target::Persistent && j > 0 => Vec::new(),
+            Shape::Hot => vec![0],
+            Shape::OneEach(count) => (0..count)
+                .filter(|s| s % pattern.receivers as u64 == j as u64)
+                .collect(),
+        };
+        if matches!(pattern.shape, Shape::OneEach(_)) {
+            pollers.push((Client::connect(target, addr).await?, streams));
+        } else {
+            for stream in streams {
+                pollers.push((Client::connect(target, addr).await?, vec![stream]));
+            }
+        }
+    }
+    let mut publishers = Vec::new();
+    for _ in 0..pattern.publishers {
+        publishers.push(Client::connect(target, addr).await?);
+    }
+
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        start,
+        next_seq: AtomicU64::new(0),
+        sent_ok: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        publishing: AtomicBool::new(true),
+        last_receive_micros: AtomicU64::new(0),
+        drain: Duration::from_secs(10),
+        drain_deadline: std::sync::OnceLock::new(),
+    });
+    let receivers: Vec<_> = pollers
+        .into_iter()
+        .map(|(client, streams)| {
+            tokio::spawn(poll(
+                client,
+                target,
+                streams,
+                pattern.clone(),
+                prefix.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
+    let publishers: Vec<_> = publishers
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(publish(
+                client,
+                target,
+                pattern.clone(),
+                prefix.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
+
+    let mut send_latency = histogram()?;
+    let mut errors = BTreeMap::new();
+    for p in publishers {
+        let (latency, errs) = p.await??;
+        send_latency.add(&latency)?;
+        merge(&mut errors, errs);
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    shared.publishing.store(false, Ordering::Release);
+
+    let mut e2e_latency = histogram()?;
+    let mut seen = vec![false; shared.next_seq.load(Ordering::Acquire) as usize];
+    let mut delivered = 0u64;
+    let mut duplicates = 0u64;
+    for r in receivers {
+        let report = r.await??;
+        e2e_latency.add(&report.e2e)?;
+        merge(&mut errors, report.errors);
+        for id in report.ids {
+            match seen.get_mut(id as usize) {
+                Some(s) if *s => duplicates += 1,
+                Some(s) => {
+                    *s = true;
+                    delivered += 1;
+                }
+                None => *errors.entry("unknown message id".into()).or_default() += 1,
+            }
+        }
+    }
+    let sent = shared.sent_ok.load(Ordering::Acquire);
+    Ok(Outcome {
+        sent,
+        publish_secs,
+        delivered,
+        delivery_secs: (shared.last_receive_micros.load(Ordering::Relaxed) as f64 / 1e6).max(1e-3),
+        duplicates,
+        missing: if pattern.receivers == 0 {
+            0
+        } else {
+            sent.saturating_sub(delivered)
+        },
+        send_latency,
+        e2e_latency,
+        errors,
+    })
+}
+
+fn merge(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+async fn publish(
+    mut client: Client,
+    target: Target,
+    pattern: Arc<Pattern>,
+    prefix: Arc<str>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(Histogram<u64>, BTreeMap<String, u64>)> {
+    let mut latency = histogram()?;
+    let mut errors = BTreeMap::new();
+    let deadline = shared.start + pattern.duration;
+    loop {
+        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let stream = match pattern.shape {
+            Shape::OneEach(count) if seq >= count => break,
+            Shape::OneEach(_) => seq,
+            _ if Instant::now() >= deadline => break,
+            Shape::Spread => seq % pattern.streams as u64,
+            Shape::Hot => 0,
+        };
+        if let Some(rate) = pattern.rate {
+            // Open loop: message `seq` is due at seq / rate seconds after the start.
+            let due = shared.start + Duration::from_secs_f64(seq as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let message = payload(seq, pattern.message_size);
+        let started = Instant::now();
+        let refused = client
+            .send(target, &stream_name(&prefix, stream), seq, &message)
+            .await
+            .context("send")?;
+        latency.saturating_record(started.elapsed().as_micros() as u64);
+        match refused {
+            None => {
+                shared.sent_ok.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    Ok((latency, errors))
+}
+
+async fn poll(
+    mut client: Client,
+    target: Target,
+    streams: Vec<u64>,
+    pattern: Arc<Pattern>,
+    prefix: Arc<str>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<ReceiverReport> {
+    let mut report = ReceiverReport {
+        ids: Vec::new(),
+        e2e: histogram()?,
+        errors: BTreeMap::new(),
+    };
+    let one_each = matches!(pattern.shape, Shape::OneEach(_));
+    let mut got = Vec::new();
+    'streams: for stream in streams {
+        let name = stream_name(&prefix, stream);
+        let mut token = None;
+        loop {
+            if shared.done() {
+                break 'streams;
+            }
+            got.clear();
+            let nothing = client
+                .receive(target, &name, pattern.max_messages, &mut token, &mut got)
+                .await
+                .context("receive")?;
+            if let Some(status) = nothing {
+                *report.errors.entry(status).or_default() += 1;
+                continue;
+            }
+            let arrived = now_micros();
+            for &(seq, sent) in &got {
+                report
+                    .e2e
+                    .saturating_record(arrived.saturating_sub(sent).max(1));
+                report.ids.push(seq);
+            }
+            shared
+                .received
+                .fetch_add(got.len() as u64, Ordering::AcqRel);
+            shared
+                .last_receive_micros
+                .store(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if one_each && !got.is_empty() {
+                continue 'streams;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_found_in_single_and_batched_answers() {
+        let p = payload(42, 100);
+        assert_eq!(p.len(), 100);
+        let mut got = Vec::new();
+        scan_payloads(&p, &mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 42);
+        let batch = br#"{"messages":[{"messageUuid":"7","message":{"i":7,"t":11,"p":"x"},"dbResumeToken":"A1"},{"messageUuid":"8","message":{"i":8,"t":12,"p":"{\"i\":9}"},"dbResumeToken":"B2"}]}"#;
+        got.clear();
+        scan_payloads(batch, &mut got);
+        assert_eq!(got, vec![(7, 11), (8, 12)]);
+        assert_eq!(last_token(batch).as_deref(), Some("B2"));
+        assert_eq!(last_token(b"{}"), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! The side-by-side comparison: ipubsub (in-memory and persistent), Redis lists and a bare
+//! hyper server, each started fresh on loopback by this runner, driven by the same load
+//! patterns in one run; prints one table of medians with the ratios ipubsub / peer.
+//!
+//! ```text
+//! cargo build --release -p ipubsub-server -p ipubsub-benches
+//! target/release/ipubsub-compare --runs 3
+//! ```
+//!
+//! Patterns: `send` (64 publishers, no receivers, 1,000 streams: the send path against the
+//! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `2`
+//! (the same, 100 messages per receive), `3` (one hot stream), `4` (100,000 streams, one
+//! message each), `half` (pattern 1 paced at half of what the same target delivered in
+//! pattern 1 of the same round: the latency at half load).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod load;
+mod resp;
+mod servers;
+
+use load::{Outcome, Pattern, Shape};
+use servers::{Programs, Server, Target};
+
+/// Side-by-side benchmark of ipubsub against Redis and a bare hyper server.
+#[derive(Debug, Parser)]
+#[command(name = "ipubsub-compare")]
+struct Args {
+    /// Rounds; every pattern runs once against every target per round, and the table gives
+    /// the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds each timed pattern publishes for.
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// Patterns to run, in order (`half` needs `1` before it).
+    #[arg(long, value_delimiter = ',', default_value = "send,1,half,2,3,4")]
+    patterns: Vec<String>,
+    /// Targets: memory, persistent, redis, bare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory,persistent,redis,bare"
+    )]
+    targets: Vec<String>,
+    /// Streams (one message each) of pattern 4.
+    #[arg(long, default_value_t = 100_000)]
+    one_each: u64,
+    /// The ipubsub server binary (default: next to this one).
+    #[arg(long)]
+    ipubsub_server: Option<PathBuf>,
+    /// The bare hyper binary (default: next to this one).
+    #[arg(long)]
+    bare_hyper: Option<PathBuf>,
+    /// An environment variable for the ipubsub server, `KEY=VALUE` (repeatable), e.g.
+    /// `TOKIO_WORKER_THREADS=1` or `IPUBSUB_ENGINE__MAX_STREAMS=2000000`.
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+    /// The Redis server binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone)]
+struct Row {
+    /// Messages delivered per second (accepted sends per second for `send`).
+    rate: f64,
+    p50: u64,
+    p99: u64,
+    cpu_per_million: f64,
+    peak_rss_mib: f64,
+    exactly_once: bool,
+    errors: String,
+}
+
+fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern> {
+    let spread = |receivers, max_messages| Pattern {
+        publishers: 64,
+        receivers,
+        streams: 1_000,
+        max_messages,
+        shape: Shape::Spread,
+        rate,
+        duration: Duration::from_secs(args.duration),
+        message_size: 100,
+    };
+    Ok(match name {
+        "send" => spread(0, 1),
+        "1" | "half" => spread(64, 1),
+        "2" => spread(64, 100),
+        "3" => Pattern {
+            shape: Shape::Hot,
+            ..spread(64, 1)
+        },
+        "4" => Pattern {
+            shape: Shape::OneEach(args.one_each),
+            ..spread(64, 1)
+        },
+        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 3, 4, half)"),
+    })
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), String> {
+    let (k, v) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn target(name: &str) -> anyhow::Result<Target> {
+    Ok(match name {
+        "memory" => Target::Memory,
+        "persistent" => Target::Persistent,
+        "redis" => Target::Redis,
+        "bare" => Target::BareHyper,
+        other => anyhow::bail!("unknown target {other:?} (memory, persistent, redis, bare)"),
+    })
+}
+
+fn row(pattern: &Pattern, outcome: &Outcome, cpu: f64, peak_rss: u64) -> Row {
+    let send_only = pattern.receivers == 0;
+    let (count, secs, latency) = if send_only {
+        (outcome.sent, outcome.publish_secs, &outcome.send_latency)
+    } else {
+        (
+            outcome.delivered,
+            outcome.delivery_secs,
+            &outcome.e2e_latency,
+        )
+    };
+    let quantile = |q| {
+        if latency.is_empty() {
+            0
+        } else {
+            latency.value_at_quantile(q)
+        }
+    };
+    Row {
+        rate: count as f64 / secs,
+        p50: quantile(0.5),
+        p99: quantile(0.99),
+        cpu_per_million: cpu / (count.max(1) as f64) * 1e6,
+        peak_rss_mib: peak_rss as f64 / 1048576.0,
+        exactly_once: send_only || (outcome.duplicates == 0 && outcome.missing == 0),
+        errors: outcome
+            .errors
+            .iter()
+            .filter(|(k, _)| !k.contains("424") && !k.contains("timeout"))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let here = std::env::current_exe()?
+        .parent()
+        .context("no directory of the executable")?
+        .to_path_buf();
+    let programs = Programs {
+        ipubsub: args
+            .ipubsub_server
+            .clone()
+            .unwrap_or_else(|| here.join("ipubsub-server")),
+        bare_hyper: args
+            .bare_hyper
+            .clone()
+            .unwrap_or_else(|| here.join("bare-hyper")),
+        redis: args.redis_server.clone(),
+        ipubsub_env: args.server_env.clone(),
+    };
+    let targets: Vec<Target> = args
+        .targets
+        .iter()
+        .map(|t| target(t))
+        .collect::<anyhow::Result<_>>()?;
+    for name in &args.patterns {
+        pattern(name, &args, None)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "ipubsub-compare: {} cores, runs={}, duration={}s, patterns={}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.runs,
+        args.duration,
+        args.patterns.join(",")
+    );
+
+    let mut rows: BTreeMap<(usize, Target), Vec<Row>> = BTreeMap::new();
+    let mut run_index = 0;
+    for round in 0..args.runs {
+        let mut pattern_one: BTreeMap<Target, f64> = BTreeMap::new();
+        for (p, name) in args.patterns.iter().enumerate() {
+            for &target in &targets {
+                // Only sends are comparable with a server that does nothing.
+                if target == Target::BareHyper && name != "send" {
+                    continue;
+                }
+                let rate = if name == "half" {
+                    let Some(max) = pattern_one.get(&target) else {
+                        anyhow::bail!("pattern half needs pattern 1 before it");
+                    };
+                    Some(max / 2.0)
+                } else {
+                    None
+                };
+                let pattern = pattern(name, &args, rate)?;
+                run_index += 1;
+                let server = Server::start(target, &programs, run_index)?;
+                let before = server.stats()?;
+                let outcome = runtime
+                    .block_on(load::run(target, server.addr, &pattern))
+                    .with_context(|| format!("pattern {name} on {target:?}"))?;
+                let after = server.stats()?;
+                drop(server);
+                let row = row(
+                    &pattern,
+                    &outcome,
+                    after.cpu_seconds - before.cpu_seconds,
+                    after.peak_rss_bytes,
+                );
+                println!(
+                    "round {} pattern {name:>4} {:<24} {:>9.0} msg/s p50={}µs p99={}µs cpu={:.2}s/M rss={:.1}MiB sent={} delivered={} dup={} missing={}{}",
+                    round + 1,
+                    target.label(),
+                    row.rate,
+                    row.p50,
+                    row.p99,
+                    row.cpu_per_million,
+                    row.peak_rss_mib,
+                    outcome.sent,
+                    outcome.delivered,
+                    outcome.duplicates,
+                    outcome.missing,
+                    if row.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" errors: {}", row.errors)
+                    }
+                );
+                if name == "1" {
+                    pattern_one.insert(target, row.rate);
+                }
+                rows.entry((p, target)).or_default().push(row);
+            }
+        }
+    }
+    print_table(&args, &rows);
+    Ok(())
+}
+
+fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
+    let med = |rs: &[Row], f: &dyn Fn(&Row) -> f64| median(rs.iter().map(f).collect());
+    println!();
+    println!(
+        "| pattern | target | msgs/s | p50 µs | p99 µs | CPU s per M msgs | peak RSS MiB | exactly once | ipubsub / peer |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (p, name) in args.patterns.iter().enumerate() {
+        let peer = if name == "send" {
+            Target::BareHyper
+        } else {
+            Target::Redis
+        };
+        let peer_rate = rows.get(&(p, peer)).map(|rs| med(rs, &|r| r.rate));
+        let peer_name = if peer == Target::Redis {
+            "Redis"
+        } else {
+            "bare hyper"
+        };
+        for ((_, target), rs) in rows.range((p, Target::Memory)..=(p, Target::BareHyper)) {
+            let rate = med(rs, &|r| r.rate);
+            let ratio = match (target, peer_rate) {
+                (Target::Memory | Target::Persistent, Some(peer)) => {
+                    format!("{:.2}× {peer_name}", rate / peer)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {ratio} |",
+                target.label(),
+                rate,
+                med(rs, &|r| r.p50 as f64),
+                med(rs, &|r| r.p99 as f64),
+                med(rs, &|r| r.cpu_per_million),
+                med(rs, &|r| r.peak_rss_mib),
+                if rs.iter().all(|r| r.exactly_once) {
+                    "yes"
+                } else {
+                    "NO"
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping the servers under comparison, each a fresh process on a loopback
+//! port, so that its peak memory and CPU time belong to one run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ipubsub_benches::{ProcStats, proc_stats};
+
+/// What serves the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// ipubsub, in-memory circular buffers, no persistent store configured.
+    Memory,
+    /// ipubsub, persistent log on the embedded store (`durability: buffer`, the default).
+    Persistent,
+    /// Redis lists: `RPUSH` and `BLPOP` (`BLMPOP … COUNT n` for batched receives).
+    Redis,
+    /// A hyper server that answers 200 to every request: this machine's HTTP ceiling.
+    BareHyper,
+}
+
+impl Target {
+    /// The name in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Memory => "ipubsub in-memory",
+            Target::Persistent => "ipubsub persistent",
+            Target::Redis => "Redis RPUSH/BLPOP",
+            Target::BareHyper => "bare hyper (200 to all)",
+        }
+    }
+
+    /// Whether the target speaks ipubsub's HTTP API (or at least accepts its sends).
+    pub fn is_http(self) -> bool {
+        self != Target::Redis
+    }
+}
+
+/// Where the server programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// `ipubsub-server`.
+    pub ipubsub: PathBuf,
+    /// `bare-hyper`.
+    pub bare_hyper: PathBuf,
+    /// `redis-server`.
+    pub redis: PathBuf,
+    /// Environment variables for the ipubsub server (`TOKIO_WORKER_THREADS=1`, …).
+    pub ipubsub_env: Vec<(String, String)>,
+}
+
+/// A running server process; killed and its files removed when dropped.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `target` on a free loopback port and waits until it accepts connections.
+    pub fn start(target: Target, programs: &Programs, run: usize) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = std::env::temp_dir().join(format!(
+            "ipubsub-compare-{}-{run}-{target:?}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let mut command = match target {
+            Target::Memory | Target::Persistent => {
+                let config = dir.join("ipubsub.yaml");
+                std::fs::write(&config, ipubsub_config(target, addr, &dir))?;
+                let mut c = Command::new(&programs.ipubsub);
+                c.arg("--config").arg(&config);
+                c.envs(programs.ipubsub_env.iter().map(|(k, v)| (k, v)));
+                c
+            }
+            Target::Redis => {
+                let mut c = Command::new(&programs.redis);
+                c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                    .args(["--maxclients", "10000", "--loglevel", "warning"])
+                    .arg("--dir")
+                    .arg(&dir);
+                c
+            }
+            Target::BareHyper => {
+                let mut c = Command::new(&programs.bare_hyper);
+                c.arg(addr.to_string());
+                c
+            }
+        };
+        let child = command
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {target:?} ({command:?})"))?;
+        let mut server = Self { child, addr, dir };
+        server.wait_ready(target)?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, target: Target) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                anyhow::bail!("{target:?} exited at start-up ({status}):\n{log}");
+            }
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{target:?} did not listen on {} within 30 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its memory and CPU time so far.
+    pub fn stats(&self) -> anyhow::Result<ProcStats> {
+        Ok(proc_stats(self.child.id())?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A single node on `addr`; the persistent target keeps its log under `dir`.
+fn ipubsub_config(target: Target, addr: SocketAddr, dir: &Path) -> String {
+    let backend = if target == Target::Persistent {
+        "embedded"
+    } else {
+        "none"
+    };
+    format!(
+        "node:\n  name: compare\n  http_bind_addr_port: \"{addr}\"\n\
+         engine:\n  max_waiting_requests: 200000\n\
+         log:\n  level: warn\n\
+         storage:\n  backend: {backend}\n  embedded:\n    path: \"{}\"\n",
+        dir.join("data").display()
+    )
+}
