@@ -1,6 +1,7 @@
 //! The [`Engine`]: a sharded registry of in-memory streams and the matching of senders with
 //! receivers.
 
+mod buffer;
 mod receive;
 mod send;
 mod slot;
@@ -32,7 +33,8 @@ pub struct EngineConfig {
     pub max_streams: usize,
     /// Most receives and blocking sends waiting at once.
     pub max_waiters: usize,
-    /// How long an empty stream nobody waits on survives before [`Engine::sweep_idle`] drops it.
+    /// How long an empty stream nobody waits on survives before [`Engine::sweep_idle`] drops it
+    /// (idle time is kept in whole seconds: up to a second more, never less).
     pub stream_idle_timeout: Duration,
 }
 
@@ -95,7 +97,7 @@ struct Inner {
 /// One lock and its part of the registry, padded to its own cache lines so that shards that
 /// are hit from different cores do not share a line.
 #[repr(align(128))]
-struct Shard(Mutex<HashTable<(StreamId, Stream)>>);
+struct Shard(Mutex<HashTable<Box<Stream>>>);
 
 /// A reservation of one waiting place, given back on drop.
 struct WaitPermit(Arc<Inner>);
@@ -176,7 +178,7 @@ impl Engine {
     pub fn buffered(&self, stream: &StreamId) -> Option<usize> {
         let (hash, shard) = self.inner.locate(stream);
         let table = shard.0.lock();
-        table.find(hash, |(k, _)| k == stream).map(|(_, s)| s.len())
+        table.find(hash, |s| s.id() == stream).map(|s| s.len())
     }
 
     /// Sends `message` to `stream`, creating the stream if needed. See [`SendFuture`] for how
@@ -197,7 +199,7 @@ impl Engine {
         let now = self.now();
         let (hash, shard) = self.inner.locate(stream);
         let mut table = shard.0.lock();
-        let (_, entry) = table.find_mut(hash, |(k, _)| k == stream)?;
+        let entry = Inner::find_mut(&mut table, hash, stream)?;
         entry.touch(now);
         entry.take()
     }
@@ -216,7 +218,7 @@ impl Engine {
     }
 
     /// Drops every stream that is empty, has no waiters and has been idle for the configured
-    /// `stream_idle_timeout`. Returns how many were dropped. Call it periodically; it locks one
+    /// `stream_idle_timeout` (up to a second more). Returns how many were dropped. Call it periodically; it locks one
     /// shard at a time.
     pub fn sweep_idle(&self) -> usize {
         let now = self.now();
@@ -226,14 +228,14 @@ impl Engine {
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
             let before = table.len();
-            table.retain(|(_, stream)| !stream.is_idle(now, idle));
+            table.retain(|stream| !stream.is_idle(now, idle));
             let gone = before - table.len();
             if gone > 0 {
                 self.inner.streams.fetch_sub(gone, Ordering::Relaxed);
             }
             // A table that lost most of its entries keeps its memory; give it back.
             if table.capacity() > 64 && table.len() * 4 < table.capacity() {
-                table.shrink_to_fit(|(k, _)| self.inner.hasher.hash_one(k));
+                table.shrink_to_fit(|s| self.inner.hasher.hash_one(s.id()));
             }
             dropped += gone;
         }
@@ -248,7 +250,7 @@ impl Engine {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         for shard in self.inner.shards.iter() {
-            for (_, stream) in shard.0.lock().iter_mut() {
+            for stream in shard.0.lock().iter_mut() {
                 stream.close_waiters();
             }
         }
@@ -271,14 +273,14 @@ impl Engine {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
-            for (id, stream) in table.iter_mut().filter(|(id, _)| moved(id)) {
+            for stream in table.iter_mut().filter(|s| moved(s.id())) {
                 let mut messages = Vec::new();
                 while let Some(message) = stream.take() {
                     messages.push(message);
                 }
                 if !messages.is_empty() {
                     out.push(Drained {
-                        stream: id.clone(),
+                        stream: stream.id().clone(),
                         size: stream.capacity(),
                         messages,
                     });
@@ -330,14 +332,14 @@ impl Inner {
     /// The stream in `table` (the shard of `hash`), touched at `now`, created if missing.
     fn stream_mut<'t>(
         &self,
-        table: &'t mut HashTable<(StreamId, Stream)>,
+        table: &'t mut HashTable<Box<Stream>>,
         hash: u64,
         id: &StreamId,
         now: Timestamp,
         create: Create,
     ) -> Result<&'t mut Stream, Refusal> {
-        let entry = table.entry(hash, |(k, _)| k == id, |(k, _)| self.hasher.hash_one(k));
-        let (_, stream) = match entry {
+        let entry = table.entry(hash, |s| s.id() == id, |s| self.hasher.hash_one(s.id()));
+        let stream = match entry {
             Entry::Occupied(occupied) => occupied.into_mut(),
             Entry::Vacant(vacant) => {
                 if create == Create::WithinLimit {
@@ -349,7 +351,9 @@ impl Inner {
                 } else {
                     self.streams.fetch_add(1, Ordering::Relaxed);
                 }
-                vacant.insert((id.clone(), Stream::new(now))).into_mut()
+                vacant
+                    .insert(Box::new(Stream::new(id.clone(), now)))
+                    .into_mut()
             }
         };
         stream.touch(now);
@@ -358,11 +362,11 @@ impl Inner {
 
     /// The stream if it exists, without touching it.
     fn find_mut<'t>(
-        table: &'t mut HashTable<(StreamId, Stream)>,
+        table: &'t mut HashTable<Box<Stream>>,
         hash: u64,
         id: &StreamId,
     ) -> Option<&'t mut Stream> {
-        table.find_mut(hash, |(k, _)| k == id).map(|(_, s)| s)
+        table.find_mut(hash, |s| s.id() == id).map(|s| &mut **s)
     }
 
     /// Reserves a waiting place, or refuses at the limit.

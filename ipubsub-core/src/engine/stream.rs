@@ -7,13 +7,20 @@
 use std::collections::VecDeque;
 
 use super::SendOutcome;
+use super::buffer::Buffer;
 use super::slot::Slot;
+use crate::id::StreamId;
 use crate::message::Message;
 use crate::sync::Arc;
 use crate::time::Timestamp;
 
-/// Buffer slots an emptied stream keeps allocated; more are freed when it drains.
-const RETAINED_BUFFER: usize = 16;
+/// `capacity` of a stream no send has sized yet.
+const NO_CAPACITY: u32 = u32::MAX;
+
+/// `now` in whole seconds since the Unix epoch, rounded up (saturating in 2106).
+fn ceil_secs(now: Timestamp) -> u32 {
+    u32::try_from(now.as_micros().div_ceil(1_000_000)).unwrap_or(u32::MAX)
+}
 
 pub(super) type ReceiverSlot = Arc<Slot<Message>>;
 pub(super) type SenderSlot = Arc<Slot<SendOutcome>>;
@@ -48,39 +55,55 @@ impl Waiting {
     }
 }
 
+/// One stream's record. The registry holds it boxed, keyed by its own `id`, so that a table
+/// slot is one pointer and the table's spare slots (up to half of them right after it grows)
+/// cost 8 bytes each instead of a whole record.
 pub(super) struct Stream {
+    id: StreamId,
     /// Messages waiting for a receiver, oldest first. Grows on demand: never preallocated to
     /// the capacity, so a stream costs memory for what it holds, not for what it may hold.
-    buffer: VecDeque<Message>,
+    buffer: Buffer,
     /// `inMemoryStreamSize`, fixed by the first send. A stream created by a receive has none
     /// until then, so that a receiver that polls first does not choose the mode for senders.
-    capacity: Option<u32>,
-    last_active: Timestamp,
+    /// [`NO_CAPACITY`] until then; a size of `u32::MAX` is kept as `u32::MAX - 1`.
+    capacity: u32,
+    /// Last use, in whole seconds since the Unix epoch, rounded up: 4 bytes instead of 8,
+    /// which with the packed capacity keeps the record in a 96-byte allocation. Rounding up
+    /// means an idle stream is dropped up to a second late, never early.
+    last_active_secs: u32,
     waiting: Option<Box<Waiting>>,
 }
 
 impl Stream {
-    pub(super) fn new(now: Timestamp) -> Self {
+    pub(super) fn new(id: StreamId, now: Timestamp) -> Self {
         Self {
-            buffer: VecDeque::new(),
-            capacity: None,
-            last_active: now,
+            id,
+            buffer: Buffer::Empty,
+            capacity: NO_CAPACITY,
+            last_active_secs: ceil_secs(now),
             waiting: None,
         }
     }
 
+    pub(super) fn id(&self) -> &StreamId {
+        &self.id
+    }
+
     pub(super) fn touch(&mut self, now: Timestamp) {
-        self.last_active = now;
+        self.last_active_secs = ceil_secs(now);
     }
 
     /// The capacity, fixing it to `size` if no send has fixed it yet.
     pub(super) fn capacity_or_set(&mut self, size: u32) -> usize {
-        *self.capacity.get_or_insert(size) as usize
+        if self.capacity == NO_CAPACITY {
+            self.capacity = size.min(NO_CAPACITY - 1);
+        }
+        self.capacity as usize
     }
 
     /// The size fixed by the first send, if any.
     pub(super) fn capacity(&self) -> Option<u32> {
-        self.capacity
+        (self.capacity != NO_CAPACITY).then_some(self.capacity)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -146,10 +169,6 @@ impl Stream {
     }
 
     fn push_back(&mut self, message: Message) {
-        if self.buffer.capacity() == 0 {
-            // The first message gets an exact allocation: most streams hold one message.
-            self.buffer.reserve_exact(1);
-        }
         self.buffer.push_back(message);
     }
 
@@ -165,16 +184,12 @@ impl Stream {
     /// waiting sender into the room it leaves), else straight from the oldest waiting sender.
     pub(super) fn take(&mut self) -> Option<Message> {
         if let Some(message) = self.buffer.pop_front() {
-            let capacity = self.capacity.unwrap_or(0) as usize;
+            let capacity = self.capacity().unwrap_or(0) as usize;
             while self.buffer.len() < capacity {
                 match self.pop_sender(SendOutcome::Buffered { evicted: 0 }) {
                     Some(admitted) => self.buffer.push_back(admitted),
                     None => break,
                 }
-            }
-            if self.buffer.is_empty() && self.buffer.capacity() > RETAINED_BUFFER {
-                // A burst is over: give its memory back, keep a small buffer for the next.
-                self.buffer = VecDeque::new();
             }
             return Some(message);
         }
@@ -238,7 +253,8 @@ impl Stream {
         self.tidy();
         self.buffer.is_empty()
             && self.waiting.is_none()
-            && now.as_micros().saturating_sub(self.last_active.as_micros()) >= idle_micros
+            && now.as_micros()
+                >= (u64::from(self.last_active_secs) * 1_000_000).saturating_add(idle_micros)
     }
 
     /// Answers every waiter for shutdown. Waiting senders' messages were never accepted and
@@ -258,7 +274,7 @@ impl Stream {
 #[cfg(test)]
 impl Stream {
     pub(super) fn buffer_capacity(&self) -> usize {
-        self.buffer.capacity()
+        self.buffer.allocated()
     }
 
     pub(super) fn has_waiting_queues(&self) -> bool {

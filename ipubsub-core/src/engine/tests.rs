@@ -279,6 +279,35 @@ fn idle_streams_are_swept_after_the_timeout_only() {
 }
 
 #[test]
+fn idle_time_is_kept_in_seconds_rounded_so_a_stream_never_goes_early() {
+    let (e, clock) = engine_with(EngineConfig {
+        stream_idle_timeout: Duration::from_secs(60),
+        ..EngineConfig::default()
+    });
+    clock.advance(Duration::from_millis(500));
+    ready(e.send(sid("s"), msg("a"), circular(5))).expect("send");
+    ready(e.receive(sid("s"))).expect("receive");
+    // Last used at 1.5 s: idle for 59.6 s is not yet 60.
+    clock.advance(Duration::from_millis(59_600));
+    assert_eq!(e.sweep_idle(), 0);
+    // 60.6 s: gone (at most a second after the timeout).
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(e.sweep_idle(), 1);
+}
+
+#[test]
+fn a_size_of_u32_max_still_fixes_the_stream() {
+    let e = engine();
+    ready(e.send(sid("s"), msg("a"), circular(u32::MAX))).expect("a");
+    ready(e.send(sid("s"), msg("b"), circular(1))).expect("b");
+    assert_eq!(
+        e.buffered(&sid("s")),
+        Some(2),
+        "the first send's size holds"
+    );
+}
+
+#[test]
 fn stream_limit_refuses_new_streams_only() {
     let (e, _) = engine_with(EngineConfig {
         max_streams: 2,
@@ -356,4 +385,16 @@ fn try_receive_many_takes_what_is_there_in_order() {
     assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(e.try_receive_many(&sid("s"), 10).len(), 1);
     assert!(e.try_receive_many(&sid("none"), 10).is_empty());
+}
+
+#[test]
+fn an_idle_stream_record_fits_mimallocs_96_byte_class() {
+    // 1,000,000 streams of one message each must fit in 400 MB (issue 7): the record holds
+    // the id, the one message inline and the bookkeeping; one byte more and every stream
+    // pays for the next allocator size class (112 B).
+    assert!(
+        std::mem::size_of::<super::stream::Stream>() <= 96,
+        "{}",
+        std::mem::size_of::<super::stream::Stream>()
+    );
 }

@@ -11,7 +11,8 @@
 //! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `2`
 //! (the same, 100 messages per receive), `3` (one hot stream), `4` (100,000 streams, one
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
-//! pattern 1 of the same round: the latency at half load).
+//! pattern 1 of the same round: the latency at half load), `fill` (1,000,000 streams that each
+//! keep one message, nobody receiving: the peak memory of holding them).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     duration: u64,
     /// Patterns to run, in order (`half` needs `1` before it).
-    #[arg(long, value_delimiter = ',', default_value = "send,1,half,2,3,4")]
+    #[arg(long, value_delimiter = ',', default_value = "send,1,half,2,3,4,fill")]
     patterns: Vec<String>,
     /// Targets: memory, persistent, redis, bare.
     #[arg(
@@ -51,6 +52,10 @@ struct Args {
     /// Streams (one message each) of pattern 4.
     #[arg(long, default_value_t = 100_000)]
     one_each: u64,
+    /// Streams of pattern `fill`: each gets one message, nobody receives; its figure is the
+    /// server's peak memory holding them all.
+    #[arg(long, default_value_t = 1_000_000)]
+    fill_streams: u64,
     /// The ipubsub server binary (default: next to this one).
     #[arg(long)]
     ipubsub_server: Option<PathBuf>,
@@ -102,7 +107,11 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             shape: Shape::OneEach(args.one_each),
             ..spread(64, 1)
         },
-        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 3, 4, half)"),
+        "fill" => Pattern {
+            shape: Shape::OneEach(args.fill_streams),
+            ..spread(0, 1)
+        },
+        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 3, 4, half, fill)"),
     })
 }
 
@@ -210,8 +219,11 @@ fn main() -> anyhow::Result<()> {
         let mut pattern_one: BTreeMap<Target, f64> = BTreeMap::new();
         for (p, name) in args.patterns.iter().enumerate() {
             for &target in &targets {
-                // Only sends are comparable with a server that does nothing.
-                if target == Target::BareHyper && name != "send" {
+                // Only sends are comparable with a server that does nothing, and only what
+                // stays in memory with memory.
+                if (target == Target::BareHyper && name != "send")
+                    || (target == Target::Persistent && name == "fill")
+                {
                     continue;
                 }
                 let rate = if name == "half" {
