@@ -185,16 +185,21 @@ impl App {
         let hop = Hop::of(&request);
         let mut receive =
             receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
+        // The request's URI and headers share hyper's read buffer: held while this receive
+        // waits, they would make hyper allocate a second buffer for the connection. Only the
+        // target (for a forward) is kept.
         let target = request
             .uri()
             .path_and_query()
-            .map_or(RECEIVE_PATH, |p| p.as_str());
+            .map_or(RECEIVE_PATH, |p| p.as_str())
+            .to_owned();
+        drop(request);
         let empty = Bytes::new();
         let forwarded = self.forward(
             &receive.stream,
             &hop,
             Method::GET,
-            target,
+            &target,
             &empty,
             receive.timeout,
         );
