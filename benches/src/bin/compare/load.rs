@@ -78,23 +78,24 @@ struct Shared {
     sent_ok: AtomicU64,
     received: AtomicU64,
     publishing: AtomicBool,
+    /// µs after `start` of the last delivery (or of the end of publishing).
     last_receive_micros: AtomicU64,
-    drain: Duration,
-    drain_deadline: std::sync::OnceLock<Instant>,
 }
+
+/// Receivers give up draining after this long without a delivery.
+const DRAIN_STALL: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// Whether receivers should stop: publishing is over and everything accepted arrived,
-    /// or the drain time ran out.
+    /// or nothing arrived for [`DRAIN_STALL`] (a slow reader that still makes progress, like
+    /// the one reader of a hot log, is waited for).
     fn done(&self) -> bool {
         if self.publishing.load(Ordering::Acquire) {
             return false;
         }
-        let deadline = *self
-            .drain_deadline
-            .get_or_init(|| Instant::now() + self.drain);
+        let last = Duration::from_micros(self.last_receive_micros.load(Ordering::Acquire));
         self.received.load(Ordering::Acquire) >= self.sent_ok.load(Ordering::Acquire)
-            || Instant::now() >= deadline
+            || self.start.elapsed() >= last + DRAIN_STALL
     }
 }
 
@@ -337,8 +338,6 @@ pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow:
         received: AtomicU64::new(0),
         publishing: AtomicBool::new(true),
         last_receive_micros: AtomicU64::new(0),
-        drain: Duration::from_secs(10),
-        drain_deadline: std::sync::OnceLock::new(),
     });
     let receivers: Vec<_> = pollers
         .into_iter()
@@ -374,6 +373,9 @@ pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow:
         merge(&mut errors, errs);
     }
     let publish_secs = start.elapsed().as_secs_f64();
+    shared
+        .last_receive_micros
+        .fetch_max(start.elapsed().as_micros() as u64, Ordering::AcqRel);
     shared.publishing.store(false, Ordering::Release);
 
     let mut e2e_latency = histogram()?;
@@ -503,7 +505,7 @@ async fn poll(
                 .fetch_add(got.len() as u64, Ordering::AcqRel);
             shared
                 .last_receive_micros
-                .store(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_max(shared.start.elapsed().as_micros() as u64, Ordering::AcqRel);
             if one_each && !got.is_empty() {
                 continue 'streams;
             }

@@ -293,6 +293,7 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
             Target::Redis
         };
         let peer_rate = rows.get(&(p, peer)).map(|rs| med(rs, &|r| r.rate));
+        let peer_rss = rows.get(&(p, peer)).map(|rs| med(rs, &|r| r.peak_rss_mib));
         let peer_name = if peer == Target::Redis {
             "Redis"
         } else {
@@ -300,8 +301,13 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
         };
         for ((_, target), rs) in rows.range((p, Target::Memory)..=(p, Target::BareHyper)) {
             let rate = med(rs, &|r| r.rate);
-            let ratio = match (target, peer_rate) {
-                (Target::Memory | Target::Persistent, Some(peer)) => {
+            let rss = med(rs, &|r| r.peak_rss_mib);
+            // `fill` is about memory: its ratio is of peak RSS, the others' of messages/s.
+            let ratio = match (target, peer_rate, peer_rss) {
+                (Target::Memory | Target::Persistent, _, Some(peer)) if name == "fill" => {
+                    format!("{:.2}× {peer_name} RSS", rss / peer)
+                }
+                (Target::Memory | Target::Persistent, Some(peer), _) => {
                     format!("{:.2}× {peer_name}", rate / peer)
                 }
                 _ => String::new(),
@@ -313,7 +319,7 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
                 med(rs, &|r| r.p50 as f64),
                 med(rs, &|r| r.p99 as f64),
                 med(rs, &|r| r.cpu_per_million),
-                med(rs, &|r| r.peak_rss_mib),
+                rss,
                 if rs.iter().all(|r| r.exactly_once) {
                     "yes"
                 } else {
