@@ -199,8 +199,12 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| target(t))
         .collect::<anyhow::Result<_>>()?;
-    for name in &args.patterns {
+    for (i, name) in args.patterns.iter().enumerate() {
         pattern(name, &args, None)?;
+        anyhow::ensure!(
+            name != "half" || args.patterns[..i].iter().any(|p| p == "1"),
+            "pattern half is paced from pattern 1: list 1 before it"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,9 +231,9 @@ fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 let rate = if name == "half" {
-                    let Some(max) = pattern_one.get(&target) else {
-                        anyhow::bail!("pattern half needs pattern 1 before it");
-                    };
+                    let max = pattern_one
+                        .get(&target)
+                        .context("pattern 1 ran before half")?;
                     Some(max / 2.0)
                 } else {
                     None
