@@ -40,10 +40,17 @@ struct Args {
     /// environment variables override the file (e.g. IPUBSUB_HTTP__MAX_TIMEOUT_SECONDS=60).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Print every configuration key with its default, as YAML, and exit.
+    #[arg(long)]
+    print_default_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default_yaml());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
