@@ -4,7 +4,8 @@
 //! A forwarded request carries [`FORWARDED_HEADER`] (the forwarding node's id), and the owner
 //! serves it wherever it lands: a request never takes a second hop, even while two nodes
 //! disagree about the ring. [`DEADLINE_HEADER`] carries the time the caller has left, so the
-//! owner waits that long and no longer.
+//! owner waits that long and no longer, and [`REQUEST_ID_HEADER`] the caller's request id, so
+//! that both nodes' answers and logs name the request the same way.
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
 
 /// Milliseconds the original caller has left; the owner waits no longer than that.
 pub const DEADLINE_HEADER: &str = "x-ipubsub-deadline-ms";
+
+/// The request's id: taken from the client when it sends a valid one, made up otherwise,
+/// returned on every response and kept across the forwarded hop.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +87,8 @@ impl Forwarder {
     }
 
     /// Sends `method path_and_query` with `body` to `owner` and returns its answer as is.
-    /// `wait` is how long the caller's request may wait (its long-poll or blocking time).
+    /// `wait` is how long the caller's request may wait (its long-poll or blocking time);
+    /// `request_id` goes along as [`REQUEST_ID_HEADER`].
     pub async fn forward(
         &self,
         owner: &Node,
@@ -90,6 +96,7 @@ impl Forwarder {
         path_and_query: &str,
         body: Bytes,
         wait: Duration,
+        request_id: &str,
     ) -> Result<Response<Bytes>, ForwardError> {
         let request = Request::builder()
             .method(method)
@@ -97,6 +104,7 @@ impl Forwarder {
             .header(header::CONTENT_TYPE, "application/json")
             .header(FORWARDED_HEADER, self.local.as_str())
             .header(DEADLINE_HEADER, wait.as_millis().to_string())
+            .header(REQUEST_ID_HEADER, request_id)
             .body(Full::new(body))
             .map_err(ForwardError::Request)?;
         let limit = wait + SLACK;
@@ -129,5 +137,58 @@ impl Forwarder {
                 waited: limit,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// What the owner receives: the hop, the deadline and the caller's request id.
+    #[tokio::test]
+    async fn a_forwarded_request_carries_its_hop_deadline_and_request_id()
+    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let owner = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await?;
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = socket.read(&mut chunk).await?;
+                head.extend_from_slice(&chunk[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).to_lowercase())
+        });
+        let forwarder = Forwarder::new(NodeId::new("n1")?);
+        let to = Node::new(NodeId::new("n2")?, addr);
+        let answer = forwarder
+            .forward(
+                &to,
+                Method::GET,
+                "/x?y=1",
+                Bytes::new(),
+                Duration::from_millis(1500),
+                "req-7.a",
+            )
+            .await?;
+        assert_eq!(answer.status(), 200);
+        let head = owner.await??;
+        assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
+        for line in [
+            "x-ipubsub-forwarded: n1",
+            "x-ipubsub-deadline-ms: 1500",
+            "x-request-id: req-7.a",
+        ] {
+            assert!(head.contains(line), "{line} missing from {head}");
+        }
+        Ok(())
     }
 }

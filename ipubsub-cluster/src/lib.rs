@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder};
+pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, REQUEST_ID_HEADER};
 use ipubsub_core::StreamId;
 pub use membership::{Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};

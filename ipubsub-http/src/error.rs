@@ -114,6 +114,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
+    /// The whole cause chain, for the operator's log (not the client's answer), logged with
+    /// the request id by the handler that answers the request.
+    pub(crate) log_cause: Option<String>,
 }
 
 impl ApiError {
@@ -122,7 +125,14 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            log_cause: None,
         }
+    }
+
+    /// The error, with `cause` to be logged where the request is answered.
+    fn logged(mut self, cause: &dyn std::error::Error) -> Self {
+        self.log_cause = Some(chain(cause));
+        self
     }
 
     /// The JSON body: `{"error": {"code": "...", "message": "..."}}`.
@@ -178,13 +188,11 @@ impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
-            AppendError::Store(cause) => {
-                tracing::warn!(error = %chain(&cause), "persistent append failed");
-                Self::new(
-                    ErrorCode::StoreUnavailable,
-                    format!("the message was not stored: {cause}"),
-                )
-            }
+            AppendError::Store(cause) => Self::new(
+                ErrorCode::StoreUnavailable,
+                format!("the message was not stored: {cause}"),
+            )
+            .logged(&cause),
             _ => Self::new(ErrorCode::StoreUnavailable, e.to_string()),
         }
     }
@@ -195,13 +203,11 @@ impl From<ReadError> for ApiError {
         match e {
             ReadError::TooManyWaiters { .. } => Self::new(ErrorCode::TooManyWaiters, e.to_string()),
             ReadError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
-            ReadError::Store(cause) => {
-                tracing::warn!(error = %chain(&cause), "persistent read failed");
-                Self::new(
-                    ErrorCode::StoreUnavailable,
-                    format!("the log could not be read: {cause}"),
-                )
-            }
+            ReadError::Store(cause) => Self::new(
+                ErrorCode::StoreUnavailable,
+                format!("the log could not be read: {cause}"),
+            )
+            .logged(&cause),
             _ => Self::new(ErrorCode::StoreUnavailable, e.to_string()),
         }
     }

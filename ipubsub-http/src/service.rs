@@ -1,6 +1,8 @@
 //! [`App`]: the routes of the API and the shared state behind them.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -10,7 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::time::Duration;
 
 use ipubsub_cluster::{
-    Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, Node, Route,
+    Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, Node, REQUEST_ID_HEADER,
+    Route,
 };
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
@@ -37,6 +40,9 @@ struct Inner {
     log: Option<Log>,
     cluster: Cluster,
     config: HttpConfig,
+    /// Request ids this node makes up: a random prefix per process, then a counter.
+    id_prefix: String,
+    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for App {
@@ -59,6 +65,11 @@ impl App {
                 log,
                 cluster,
                 config,
+                id_prefix: format!(
+                    "{:016x}",
+                    std::hash::RandomState::new().hash_one(std::process::id())
+                ),
+                next_id: AtomicU64::new(0),
             }),
         }
     }
@@ -73,16 +84,19 @@ impl App {
         self.inner.log.as_ref()
     }
 
-    /// Answers one request. Never fails: every error becomes a JSON error response.
+    /// Answers one request. Never fails: every error becomes a JSON error response. Every
+    /// answer carries the request's id ([`REQUEST_ID_HEADER`]): the caller's, when it sent a
+    /// valid one (1 to 128 of `A-Z a-z 0-9 . _ : -`), else one made up here.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let id = self.request_id(&request);
         let path = request.uri().path();
         let result = match (path, request.method()) {
-            (SEND_PATH, &Method::POST) => self.send(request).await,
-            (RECEIVE_PATH, &Method::GET) => self.receive(request).await,
+            (SEND_PATH, &Method::POST) => self.send(request, &id).await,
+            (RECEIVE_PATH, &Method::GET) => self.receive(request, &id).await,
             ("/health", &Method::GET) => Ok(json(
                 StatusCode::OK,
                 Bytes::from_static(b"{\"status\":\"ok\"}"),
@@ -96,7 +110,39 @@ impl App {
                 format!("no endpoint at {path}"),
             )),
         };
-        result.unwrap_or_else(|e| error_response(&e))
+        let mut response = result.unwrap_or_else(|e| {
+            if let Some(cause) = &e.log_cause {
+                tracing::warn!(request_id = %id, code = e.code.as_str(), %cause, "{}", e.message);
+            } else if e.code == ErrorCode::Internal {
+                tracing::error!(request_id = %id, message = %e.message, "internal error");
+            }
+            error_response(&e)
+        });
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+
+    /// The caller's request id if it is a valid one, else a new one.
+    fn request_id<B>(&self, request: &Request<B>) -> String {
+        let given = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=128).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+            });
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{}-{:x}",
+                self.inner.id_prefix,
+                self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
     }
 
     /// `GET /api/v1/cluster`: this node's view of the members and the ring's version.
@@ -135,14 +181,18 @@ impl App {
         Bytes::from(about.to_string())
     }
 
-    async fn send<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    async fn send<B>(
+        &self,
+        request: Request<B>,
+        id: &str,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
-        let hop = Hop::of(&request);
+        let hop = Hop::of(&request, id);
         let body = read_body(request, inner.config.max_body_bytes).await?;
         // Validated here, so bad input is answered without a hop.
         let send = send::parse(&body, &inner.config, inner.log.is_some())?;
@@ -179,10 +229,14 @@ impl App {
         }
     }
 
-    async fn receive<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn receive<B>(
+        &self,
+        request: Request<B>,
+        id: &str,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
-        let hop = Hop::of(&request);
+        let hop = Hop::of(&request, id);
         let mut receive =
             receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
         // The request's URI and headers share hyper's read buffer: held while this receive
@@ -245,7 +299,7 @@ impl App {
 
     /// The owner of `stream` when it is another node and the request may still be forwarded:
     /// a request that was forwarded once is served where it lands, never forwarded again.
-    fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop) -> Option<Node> {
+    fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop<'_>) -> Option<Node> {
         if hop.forwarded {
             return None;
         }
@@ -262,18 +316,23 @@ impl App {
     async fn forward(
         &self,
         stream: &StreamId,
-        hop: &Hop,
+        hop: &Hop<'_>,
         method: Method,
         target: &str,
         body: &Bytes,
         wait: Duration,
     ) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
+        let id = hop.request_id;
         let mut retried = false;
         while let Some(owner) = self.owner_elsewhere(stream, hop) {
-            let forwarded =
-                self.inner
-                    .forwarder
-                    .forward(&owner, method.clone(), target, body.clone(), wait);
+            let forwarded = self.inner.forwarder.forward(
+                &owner,
+                method.clone(),
+                target,
+                body.clone(),
+                wait,
+                id,
+            );
             match forwarded.await {
                 Ok(answer) => {
                     let (parts, body) = answer.into_parts();
@@ -287,12 +346,12 @@ impl App {
                     return Ok(Some(response));
                 }
                 Err(e @ ForwardError::Unreachable { .. }) if !retried => {
-                    tracing::warn!(owner = %owner.id(), error = %e, "owner unreachable: suspecting it and routing again");
+                    tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "owner unreachable: suspecting it and routing again");
                     self.inner.cluster.suspect(owner.id(), SUSPICION);
                     retried = true;
                 }
                 Err(e) => {
-                    tracing::warn!(owner = %owner.id(), error = %e, "forwarding failed");
+                    tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "forwarding failed");
                     return Err(ApiError::new(
                         ErrorCode::OwnerUnavailable,
                         format!("the node that owns this stream did not answer: {e}"),
@@ -308,16 +367,18 @@ impl App {
 /// usually declares it dead, or alive again, well within that).
 const SUSPICION: Duration = Duration::from_secs(10);
 
-/// What the forwarding headers of a request say.
-struct Hop {
+/// What the forwarding headers of a request say, and the id it goes on with.
+struct Hop<'a> {
     /// The request was forwarded by another node.
     forwarded: bool,
     /// The time its original caller has left.
     deadline: Option<Duration>,
+    /// The request's id ([`App::handle`]).
+    request_id: &'a str,
 }
 
-impl Hop {
-    fn of<B>(request: &Request<B>) -> Self {
+impl<'a> Hop<'a> {
+    fn of<B>(request: &Request<B>, request_id: &'a str) -> Self {
         let headers = request.headers();
         Self {
             forwarded: headers.contains_key(FORWARDED_HEADER),
@@ -326,6 +387,7 @@ impl Hop {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
+            request_id,
         }
     }
 
@@ -400,9 +462,6 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
-    }
-    if error.code == ErrorCode::Internal {
-        tracing::error!(message = %error.message, "internal error");
     }
     response
 }

@@ -11,7 +11,9 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ipubsub_cluster::{Cluster, DEFAULT_VIRTUAL_NODES, FORWARDED_HEADER, Node, NodeId, Route};
+use ipubsub_cluster::{
+    Cluster, DEFAULT_VIRTUAL_NODES, FORWARDED_HEADER, Node, NodeId, REQUEST_ID_HEADER, Route,
+};
 use ipubsub_core::{Engine, Log, LogConfig, StreamId};
 use ipubsub_http::{App, HttpConfig};
 use ipubsub_storage::MemoryStore;
@@ -306,5 +308,85 @@ async fn two_unreachable_owners_in_a_row_are_a_424() -> TestResult {
         (StatusCode::FAILED_DEPENDENCY, Some("OWNER_UNAVAILABLE")),
         "{body}"
     );
+    Ok(())
+}
+
+/// Answers one request with `200 {}` and returns its head, lower-cased.
+async fn fake_owner(listener: TcpListener) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut socket, _) = listener.accept().await?;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    socket
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await?;
+    Ok(String::from_utf8_lossy(&head).to_lowercase())
+}
+
+fn get(path: &str, id: Option<&str>) -> Request<Full<Bytes>> {
+    let mut request = Request::get(path);
+    if let Some(id) = id {
+        request = request.header(REQUEST_ID_HEADER, id);
+    }
+    request.body(Full::new(Bytes::new())).expect("request")
+}
+
+fn id_of<B>(response: &hyper::Response<B>) -> String {
+    response
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .expect("every answer has a request id")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_the_callers_when_valid() -> TestResult {
+    let app = App::new(
+        Engine::default(),
+        None,
+        Cluster::single(node("n1", "127.0.0.1:1".parse()?)?),
+        HttpConfig::default(),
+    );
+    let first = app.handle(get("/health", None)).await;
+    let second = app.handle(get("/nowhere", None)).await;
+    assert_eq!(second.status(), StatusCode::NOT_FOUND);
+    assert_ne!(id_of(&first), id_of(&second), "made-up ids differ");
+    let kept = app.handle(get("/health", Some("trace-42.a:b_c"))).await;
+    assert_eq!(id_of(&kept), "trace-42.a:b_c");
+    for bad in ["two words", "", &"x".repeat(129), "quote\"d"] {
+        let replaced = app.handle(get("/health", Some(bad))).await;
+        assert_ne!(id_of(&replaced), bad, "{bad:?} is not echoed");
+        assert!(!id_of(&replaced).is_empty());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_hop_keeps_the_request_id() -> TestResult {
+    let owner_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (n1, n2) = (
+        node("n1", "127.0.0.1:1".parse()?)?,
+        node("n2", owner_listener.local_addr()?)?,
+    );
+    let owner = tokio::spawn(fake_owner(owner_listener));
+    let cluster = Cluster::with_members(n1, [n2], DEFAULT_VIRTUAL_NODES);
+    let stream = stream_owned_elsewhere(&cluster);
+    let app = App::new(Engine::default(), None, cluster, HttpConfig::default());
+    let path = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
+    let answer = app.handle(get(&path, Some("trace-fwd-1"))).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(id_of(&answer), "trace-fwd-1");
+    let head = owner.await??;
+    assert!(head.contains("x-request-id: trace-fwd-1"), "{head}");
     Ok(())
 }

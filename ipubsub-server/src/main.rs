@@ -371,8 +371,10 @@ async fn hand_off_stream(
         return (0, messages.len());
     };
     let (mut handed, mut lost) = (0, 0);
-    for message in messages {
+    for (i, message) in messages.into_iter().enumerate() {
         let body = handoff_body(&stream, size, &message);
+        // Node ids are header-safe; message ids need not be.
+        let request_id = format!("handoff-{}-{i}", cluster.local().id());
         match forwarder
             .forward(
                 &owner,
@@ -380,6 +382,7 @@ async fn hand_off_stream(
                 "/api/v1/streams/send",
                 body,
                 Duration::from_secs(5),
+                &request_id,
             )
             .await
         {
