@@ -1,5 +1,6 @@
 //! [`App`]: the routes of the API and the shared state behind them.
 
+use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use crate::{receive, send};
 const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
 const CLUSTER_PATH: &str = "/api/v1/cluster";
+
+/// [`REQUEST_ID_HEADER`], parsed once.
+static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// The HTTP API over an engine: what every connection serves. Cheap to clone.
 #[derive(Clone)]
@@ -92,13 +96,15 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let id = self.request_id(&request);
+        let id_value = self.request_id(&request);
+        // Checked visible ASCII: `to_str` cannot fail on it.
+        let id = id_value.to_str().unwrap_or_default();
         let path = request.uri().path();
         let result = match (path, request.method()) {
             // Boxed: hyper keeps one allocation the size of this future for every connection
             // (its in-flight slot); unboxed, the send path alone would make that 1.4 KB.
-            (SEND_PATH, &Method::POST) => Box::pin(self.send(request, &id)).await,
-            (RECEIVE_PATH, &Method::GET) => Box::pin(self.receive(request, &id)).await,
+            (SEND_PATH, &Method::POST) => Box::pin(self.send(request, id)).await,
+            (RECEIVE_PATH, &Method::GET) => Box::pin(self.receive(request, id)).await,
             ("/health", &Method::GET) => Ok(json(
                 StatusCode::OK,
                 Bytes::from_static(b"{\"status\":\"ok\"}"),
@@ -120,31 +126,29 @@ impl App {
             }
             error_response(&e)
         });
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
+        response.headers_mut().insert(REQUEST_ID.clone(), id_value);
         response
     }
 
-    /// The caller's request id if it is a valid one, else a new one.
-    fn request_id<B>(&self, request: &Request<B>) -> String {
-        let given = request
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                (1..=128).contains(&v.len())
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
-            });
-        match given {
-            Some(id) => id.to_owned(),
-            None => format!(
-                "{}-{:x}",
-                self.inner.id_prefix,
-                self.inner.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
+    /// The caller's request id if it is a valid one (shared, not copied), else a new one.
+    fn request_id<B>(&self, request: &Request<B>) -> HeaderValue {
+        let valid = |id: &&HeaderValue| {
+            let id = id.as_bytes();
+            (1..=128).contains(&id.len())
+                && id
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(b))
+        };
+        if let Some(given) = request.headers().get(&REQUEST_ID).filter(valid) {
+            return given.clone();
         }
+        let mut id = String::with_capacity(self.inner.id_prefix.len() + 17);
+        id.push_str(&self.inner.id_prefix);
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = write!(id, "-{n:x}");
+        // Hex digits and a dash: always a valid header value.
+        HeaderValue::from_maybe_shared(Bytes::from(id))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 
     /// `GET /api/v1/cluster`: this node's view of the members and the ring's version.
