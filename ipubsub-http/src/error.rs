@@ -49,6 +49,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 503: the message store failed or did not answer in time; the request may be retried.
     StoreUnavailable,
+    /// 503 (`GET /ready` only): the node should not get traffic now; the message says why.
+    NotReady,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -76,6 +78,7 @@ impl ErrorCode {
             Self::TooManyWaiters => "TOO_MANY_WAITERS",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::NotReady => "NOT_READY",
             Self::Internal => "INTERNAL",
         }
     }
@@ -100,7 +103,8 @@ impl ErrorCode {
             Self::TooManyStreams
             | Self::TooManyWaiters
             | Self::ShuttingDown
-            | Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::StoreUnavailable
+            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -262,6 +266,7 @@ mod tests {
             ErrorCode::TooManyWaiters,
             ErrorCode::ShuttingDown,
             ErrorCode::StoreUnavailable,
+            ErrorCode::NotReady,
             ErrorCode::Internal,
         ];
         for code in codes {

@@ -36,6 +36,7 @@
 
 mod config;
 mod error;
+mod readiness;
 mod receive;
 mod send;
 mod server;
@@ -43,5 +44,6 @@ mod service;
 
 pub use config::HttpConfig;
 pub use error::{ApiError, ErrorCode};
+pub use readiness::Readiness;
 pub use server::serve;
 pub use service::App;

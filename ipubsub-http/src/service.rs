@@ -20,6 +20,7 @@ use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::readiness::Readiness;
 use crate::send::SendKind;
 use crate::{receive, send};
 
@@ -44,6 +45,8 @@ struct Inner {
     log: Option<Log>,
     cluster: Cluster,
     config: HttpConfig,
+    /// What `GET /ready` answers.
+    readiness: Readiness,
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -69,6 +72,7 @@ impl App {
                 log,
                 cluster,
                 config,
+                readiness: Readiness::new(),
                 id_prefix: format!(
                     "{:016x}",
                     std::hash::RandomState::new().hash_one(std::process::id())
@@ -109,10 +113,19 @@ impl App {
                 StatusCode::OK,
                 Bytes::from_static(b"{\"status\":\"ok\"}"),
             )),
+            ("/ready", &Method::GET) => match self.inner.readiness.check() {
+                Ok(()) => Ok(json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ready\"}"),
+                )),
+                Err(reason) => Err(ApiError::new(ErrorCode::NotReady, reason)),
+            },
             (CLUSTER_PATH, &Method::GET) => Ok(json(StatusCode::OK, self.cluster_view())),
             ("/", &Method::GET) => Ok(json(StatusCode::OK, self.about())),
             (SEND_PATH, _) => Err(not_allowed("POST")),
-            (RECEIVE_PATH | CLUSTER_PATH | "/health" | "/", _) => Err(not_allowed("GET")),
+            (RECEIVE_PATH | CLUSTER_PATH | "/health" | "/ready" | "/", _) => {
+                Err(not_allowed("GET"))
+            }
             _ => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no endpoint at {path}"),
@@ -166,6 +179,12 @@ impl App {
             "members": members,
         });
         Bytes::from(body.to_string())
+    }
+
+    /// What `GET /ready` answers: shared, so that whoever watches the node's dependencies
+    /// can mark it not ready (and ready again).
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     /// The cluster view behind the API.
@@ -466,6 +485,7 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
         ErrorCode::TooManyStreams
         | ErrorCode::TooManyWaiters
         | ErrorCode::ShuttingDown
+        | ErrorCode::NotReady
         | ErrorCode::OwnerUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -197,6 +197,8 @@ pub struct StorageSection {
     pub purge_batch: usize,
     /// How long a request waits for the store before answering 503.
     pub store_timeout_seconds: u64,
+    /// How often the store is probed for `GET /ready`.
+    pub ready_probe_seconds: u64,
 }
 
 impl Default for StorageSection {
@@ -215,6 +217,7 @@ impl Default for StorageSection {
             purge_interval_seconds: 10,
             purge_batch: 1000,
             store_timeout_seconds: 10,
+            ready_probe_seconds: 5,
         }
     }
 }
@@ -491,9 +494,12 @@ impl Config {
                     .into(),
             );
         }
-        if storage.purge_interval_seconds == 0 || storage.store_timeout_seconds == 0 {
+        if storage.purge_interval_seconds == 0
+            || storage.store_timeout_seconds == 0
+            || storage.ready_probe_seconds == 0
+        {
             return invalid(
-                "storage.purge_interval_seconds and storage.store_timeout_seconds must be above 0"
+                "storage.purge_interval_seconds, storage.store_timeout_seconds and storage.ready_probe_seconds must be above 0"
                     .into(),
             );
         }

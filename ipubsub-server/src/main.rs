@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use config::{Backend, DurabilitySetting};
 use ipubsub_core::{Drained, Engine, Log, Message, MessageStore, SendOptions, StreamId};
-use ipubsub_http::App;
+use ipubsub_http::{App, Readiness};
 use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -149,6 +149,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let engine = Engine::new(config.engine_config());
     let store = open_store(&config).await?;
+    let probe = store.clone();
     let log = store.map(|store| Log::new(store, config.log_config()));
     let app = App::new(
         engine.clone(),
@@ -165,11 +166,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let mut workers = Vec::new();
     let mut purger = None;
+    let mut prober = None;
     if let Some(log) = &log {
         for _ in 0..config.storage.commit_workers {
             let log = log.clone();
             workers.push(tokio::spawn(async move { log.run_commit_worker().await }));
         }
+        prober = probe.map(|store| {
+            tokio::spawn(probe_store(
+                store,
+                app.readiness().clone(),
+                Duration::from_secs(config.storage.ready_probe_seconds),
+                Duration::from_secs(config.storage.store_timeout_seconds),
+            ))
+        });
         purger = Some(tokio::spawn(purge_expired(
             log.clone(),
             Duration::from_secs(config.storage.purge_interval_seconds),
@@ -217,6 +227,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hand_off(engine.drain(), &engine, &cluster, app.forwarder(), true).await;
     }
     sweeper.abort();
+    if let Some(prober) = prober {
+        prober.abort();
+    }
     if let Some(purger) = purger {
         purger.abort();
     }
@@ -581,6 +594,49 @@ async fn sweep_idle_streams(engine: Engine, log: Option<Log>, every: Duration, i
 }
 
 /// Deletes expired messages in bounded batches, so that disk use follows the live data.
+/// Asks the store for a stream's last position every `every`, and tells `readiness` whether
+/// it answered within `timeout`: what `GET /ready` reports. A read of one key, on a stream
+/// nobody writes, so it costs the store next to nothing and changes nothing.
+async fn probe_store(
+    store: Arc<dyn MessageStore>,
+    readiness: Readiness,
+    every: Duration,
+    timeout: Duration,
+) {
+    let Ok(probe) = StreamId::new("ipubsub-ready-probe") else {
+        return;
+    };
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let failure = match tokio::time::timeout(timeout, store.last_seq(&probe)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("the message store failed: {e}")),
+            Err(_) => Some(format!(
+                "the message store did not answer within {} s",
+                timeout.as_secs()
+            )),
+        };
+        // Logged when it changes, not at every probe of a long outage.
+        let was_ready = readiness.check().is_ok();
+        match failure {
+            None => {
+                if !was_ready {
+                    tracing::info!("the store answers again: ready");
+                }
+                readiness.set_ready();
+            }
+            Some(reason) => {
+                if was_ready {
+                    tracing::warn!(%reason, "not ready");
+                }
+                readiness.set_not_ready(reason);
+            }
+        }
+    }
+}
+
 async fn purge_expired(log: Log, every: Duration, batch: usize) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestResult, TestServer, code};
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// A free loopback port (released for the database to take).
@@ -400,11 +400,13 @@ async fn outage_and_recovery(mut db: impl Database) -> TestResult {
     };
     let server = TestServer::start_with(
         &format!(
-            "storage:\n  backend: {backend}\n  store_timeout_seconds: 2\n  {backend}:\n    {location}\n    connect_timeout_seconds: 1\n",
+            "storage:\n  backend: {backend}\n  store_timeout_seconds: 2\n  ready_probe_seconds: 1\n  {backend}:\n    {location}\n    connect_timeout_seconds: 1\n",
         ),
         &[],
     );
     let (status, body) = server.send(persistent("log", "before")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server.call(Method::GET, "/ready", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     db.stop();
@@ -439,6 +441,21 @@ async fn outage_and_recovery(mut db: impl Database) -> TestResult {
         (StatusCode::OK, &json!("m"))
     );
 
+    // The store probe tells orchestrators, within a probe and a store timeout.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.call(Method::GET, "/ready", "").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(code(&body), "NOT_READY", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "/ready still {status} 10 s into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Back without a restart of ipubsub: the pool reconnects.
     db.start();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -449,6 +466,14 @@ async fn outage_and_recovery(mut db: impl Database) -> TestResult {
         }
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(Instant::now() < deadline, "no recovery within 60 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while server.call(Method::GET, "/ready", "").await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < until,
+            "/ready not back 10 s after recovery"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, body) = server
