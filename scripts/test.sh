@@ -40,4 +40,21 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
 
+step "systemd unit (deploy/ipubsub.service)"
+# Checked against the binary just built, at the path the unit names once installed.
+if command -v systemd-analyze >/dev/null; then
+    unit_dir=$(mktemp -d)
+    sed "s|/usr/local/bin/ipubsub-server|$PWD/target/debug/ipubsub-server|" \
+        deploy/ipubsub.service >"$unit_dir/ipubsub.service"
+    # verify exits 0 on what it merely warns about ("Failed to parse …"): any output fails.
+    unit_report=$(systemd-analyze verify "$unit_dir/ipubsub.service" 2>&1 || echo "verify failed")
+    rm -rf "$unit_dir"
+    if [ -n "$unit_report" ]; then
+        echo "$unit_report"
+        exit 1
+    fi
+else
+    echo "systemd-analyze is not installed: unit not checked"
+fi
+
 printf '\nscripts/test.sh: all checks passed in %ss\n' "$(( $(date +%s) - started ))"
