@@ -13,6 +13,19 @@ pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
 }
 
+/// Microseconds since the Unix epoch: the send time the load tools put in each message, so
+/// that a receiver (in this process) can compute the end-to-end latency.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A latency histogram of the load tools: 1 µs to 120 s, 3 significant digits.
+pub fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>, hdrhistogram::CreationError> {
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3)
+}
+
 /// The resident set size of this process in bytes, from `/proc/self/statm` (Linux).
 pub fn rss_bytes() -> std::io::Result<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;

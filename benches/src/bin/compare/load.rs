@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use ipubsub_benches::http1::{Http1Conn, push_post};
+use ipubsub_benches::{latency_histogram as histogram, now_micros};
 
 use crate::resp::{RedisConn, Reply};
 use crate::servers::Target;
@@ -97,16 +98,6 @@ impl Shared {
         self.received.load(Ordering::Acquire) >= self.sent_ok.load(Ordering::Acquire)
             || self.start.elapsed() >= last + DRAIN_STALL
     }
-}
-
-fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 120_000_000, 3)?)
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// `{"i":<seq>,"t":<send time µs>,"p":"xxx…"}`, `size` bytes: the same bytes to every target.

@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use ipubsub_benches::http1::{Http1Conn, push_post};
 
-use crate::{Args, PublisherReport, Shared, histogram, send_body};
+use crate::{Args, PublisherReport, Shared, send_body};
+use ipubsub_benches::latency_histogram as histogram;
 
 /// A publisher that pipelines `--pipeline` sends per write on a raw connection.
 pub(crate) async fn pipelined_publisher(
