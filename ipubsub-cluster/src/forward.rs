@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::node::{Node, NodeId};
+use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
 
 /// Marks a request as forwarded; its value is the forwarding node's id.
 pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
@@ -69,6 +70,8 @@ pub enum ForwardError {
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
     local: NodeId,
+    /// Sent on every forwarded request, when the cluster has one.
+    secret: Option<ClusterSecret>,
 }
 
 /// Time given to the owner beyond the caller's own wait, to answer and transfer.
@@ -83,12 +86,23 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { client, local }
+        Self {
+            client,
+            local,
+            secret: None,
+        }
+    }
+
+    /// This forwarder, proving its requests with `secret` ([`CLUSTER_SECRET_HEADER`]).
+    pub fn with_secret(mut self, secret: Option<ClusterSecret>) -> Self {
+        self.secret = secret;
+        self
     }
 
     /// Sends `method path_and_query` with `body` to `owner` and returns its answer as is.
     /// `wait` is how long the caller's request may wait (its long-poll or blocking time);
-    /// `request_id` goes along as [`REQUEST_ID_HEADER`].
+    /// `request_id` goes along as [`REQUEST_ID_HEADER`], and the cluster secret, if any, as
+    /// [`CLUSTER_SECRET_HEADER`].
     pub async fn forward(
         &self,
         owner: &Node,
@@ -98,7 +112,7 @@ impl Forwarder {
         wait: Duration,
         request_id: &str,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{}", owner.http_addr(), path_and_query))
             .header(header::CONTENT_TYPE, "application/json")
@@ -107,6 +121,11 @@ impl Forwarder {
             .header(REQUEST_ID_HEADER, request_id)
             .body(Full::new(body))
             .map_err(ForwardError::Request)?;
+        if let Some(secret) = &self.secret {
+            request
+                .headers_mut()
+                .insert(CLUSTER_SECRET_HEADER, secret.header().clone());
+        }
         let limit = wait + SLACK;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
@@ -148,7 +167,8 @@ mod tests {
 
     use super::*;
 
-    /// What the owner receives: the hop, the deadline and the caller's request id.
+    /// What the owner receives: the hop, the deadline, the caller's request id and the
+    /// cluster secret.
     #[tokio::test]
     async fn a_forwarded_request_carries_its_hop_deadline_and_request_id()
     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -167,7 +187,8 @@ mod tests {
                 .await?;
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).to_lowercase())
         });
-        let forwarder = Forwarder::new(NodeId::new("n1")?);
+        let secret = ClusterSecret::new("s3cret-s3cret-s3cret")?;
+        let forwarder = Forwarder::new(NodeId::new("n1")?).with_secret(Some(secret));
         let to = Node::new(NodeId::new("n2")?, addr);
         let answer = forwarder
             .forward(
@@ -186,6 +207,7 @@ mod tests {
             "x-ipubsub-forwarded: n1",
             "x-ipubsub-deadline-ms: 1500",
             "x-request-id: req-7.a",
+            "x-ipubsub-cluster-secret: s3cret-s3cret-s3cret",
         ] {
             assert!(head.contains(line), "{line} missing from {head}");
         }

@@ -10,6 +10,7 @@
 //! - [`ring`]: [`Ring`], consistent hashing with virtual nodes on a stable hash.
 //! - [`forward`]: [`Forwarder`], the one-hop HTTP client to a stream's owner.
 //! - [`membership`]: [`Membership`], gossip (chitchat) keeping the member set current.
+//! - [`secret`]: [`ClusterSecret`], the proof that a forwarded request comes from a member.
 //! - [`Cluster`] and [`Route`]: ownership lookup.
 //!
 //! # Example
@@ -28,6 +29,7 @@ pub mod forward;
 pub mod membership;
 pub mod node;
 pub mod ring;
+pub mod secret;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -38,6 +40,7 @@ use ipubsub_core::StreamId;
 pub use membership::{Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};
 pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
+pub use secret::{CLUSTER_SECRET_HEADER, ClusterSecret, SecretError};
 
 /// Where a request for a stream is served.
 #[derive(Debug, Clone, PartialEq, Eq)]

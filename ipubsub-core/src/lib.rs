@@ -51,7 +51,7 @@ pub use engine::{
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
-pub use log::{AppendError, Log, LogConfig, ReadBatch, ReadError};
+pub use log::{AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError};
 pub use message::Message;
 pub use store::{LogRecord, MessageStore, Seq, StoreError, expiry};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-/// Limits and defaults of the HTTP API. `Default` gives the production defaults.
+use ipubsub_cluster::ClusterSecret;
+
+use crate::auth::Auth;
+
+/// Limits, defaults and access rules of the HTTP API. `Default` gives the production defaults:
+/// no auth, no cluster secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HttpConfig {
@@ -26,6 +31,21 @@ pub struct HttpConfig {
     pub max_messages: usize,
     /// How long a persistent send or read may wait for the store before a 503.
     pub store_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers arrived; then a
+    /// 408 and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// Client connections served at once; a connection beyond is answered 503
+    /// `TOO_MANY_CONNECTIONS` and closed.
+    pub max_connections: usize,
+    /// How long a connection may stay open between requests (or while a client sends a
+    /// request's headers) before it is closed.
+    pub idle_timeout: Duration,
+    /// The bearer tokens sends and receives need; `None`: no auth.
+    pub auth: Option<Auth>,
+    /// Proves node-to-node requests. With it, a request marked forwarded is served only if it
+    /// carries the secret (else a 403) and this node's forwards carry it. Without it, a
+    /// forwarded request is trusted unless auth is on, in which case it is refused.
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +61,13 @@ impl Default for HttpConfig {
             max_ttl: Duration::from_secs(30 * 86_400),
             max_messages: 1000,
             store_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            // Longer than the forwarders' pools keep an idle connection (60 s), so that a
+            // node never reuses one this side is closing.
+            idle_timeout: Duration::from_secs(75),
+            auth: None,
+            cluster_secret: None,
         }
     }
 }

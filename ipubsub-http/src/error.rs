@@ -5,7 +5,9 @@
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use ipubsub_core::{AppendError, ReadError, ReceiveError, SendError};
+use ipubsub_core::{AppendError, IdError, ReadError, ReceiveError, SendError};
+
+use crate::metrics::Limit;
 
 /// The stable, machine-readable error codes of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +29,21 @@ pub enum ErrorCode {
     InvalidParameter,
     /// 400: the request needs the persistent log, which this node does not have.
     PersistenceNotConfigured,
+    /// 401: the node needs a bearer token and the request has none, or an unknown one.
+    Unauthorized,
+    /// 403: the token may not do this (publish, subscribe, or use this stream), or a request
+    /// claims to be forwarded without the cluster secret.
+    Forbidden,
     /// 404: no such endpoint.
     NotFound,
     /// 405: the endpoint exists, the method does not.
     MethodNotAllowed,
+    /// 408: the body did not arrive within the configured time.
+    BodyTimeout,
     /// 413: the body is larger than the configured limit.
     BodyTooLarge,
+    /// 429: the token is over its request rate; retry after `Retry-After` seconds.
+    RateLimited,
     /// 424: a blocking send gave up while the stream stayed full.
     StreamFull,
     /// 424: a send to a stream without buffer found no receiver in time.
@@ -45,6 +56,9 @@ pub enum ErrorCode {
     TooManyStreams,
     /// 503: the node holds its maximum number of waiting requests.
     TooManyWaiters,
+    /// 503: the node holds its maximum number of client connections; the connection is
+    /// closed after this answer.
+    TooManyConnections,
     /// 503: the node is shutting down.
     ShuttingDown,
     /// 503: the message store failed or did not answer in time; the request may be retried.
@@ -67,15 +81,20 @@ impl ErrorCode {
             Self::UnknownParameter => "UNKNOWN_PARAMETER",
             Self::InvalidParameter => "INVALID_PARAMETER",
             Self::PersistenceNotConfigured => "PERSISTENCE_NOT_CONFIGURED",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::BodyTimeout => "BODY_TIMEOUT",
             Self::BodyTooLarge => "BODY_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
             Self::StreamFull => "STREAM_FULL",
             Self::NoReceiver => "NO_RECEIVER",
             Self::NoMessage => "NO_MESSAGE",
             Self::OwnerUnavailable => "OWNER_UNAVAILABLE",
             Self::TooManyStreams => "TOO_MANY_STREAMS",
             Self::TooManyWaiters => "TOO_MANY_WAITERS",
+            Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::NotReady => "NOT_READY",
@@ -94,14 +113,19 @@ impl ErrorCode {
             | Self::UnknownParameter
             | Self::InvalidParameter
             | Self::PersistenceNotConfigured => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::StreamFull | Self::NoReceiver | Self::NoMessage | Self::OwnerUnavailable => {
                 StatusCode::FAILED_DEPENDENCY
             }
             Self::TooManyStreams
             | Self::TooManyWaiters
+            | Self::TooManyConnections
             | Self::ShuttingDown
             | Self::StoreUnavailable
             | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,6 +145,8 @@ pub struct ApiError {
     /// The whole cause chain, for the operator's log (not the client's answer), logged with
     /// the request id by the handler that answers the request.
     pub(crate) log_cause: Option<String>,
+    /// The configured limit this error reports a hit of, for metrics.
+    pub(crate) limit: Option<Limit>,
 }
 
 impl ApiError {
@@ -130,7 +156,14 @@ impl ApiError {
             code,
             message: message.into(),
             log_cause: None,
+            limit: None,
         }
+    }
+
+    /// The error, counted as a hit of `limit`.
+    pub(crate) fn hit(mut self, limit: Limit) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// The error, with `cause` to be logged where the request is answered.
@@ -158,7 +191,7 @@ impl From<SendError> for ApiError {
             SendError::ShuttingDown => ErrorCode::ShuttingDown,
             _ => ErrorCode::Internal,
         };
-        Self::new(code, e.to_string())
+        Self::new(code, e.to_string()).with_limit_of_code()
     }
 }
 
@@ -172,7 +205,28 @@ impl From<ReceiveError> for ApiError {
             ReceiveError::ShuttingDown => ErrorCode::NoMessage,
             _ => ErrorCode::Internal,
         };
-        Self::new(code, e.to_string())
+        Self::new(code, e.to_string()).with_limit_of_code()
+    }
+}
+
+impl ApiError {
+    /// Tags the node-wide limits that an engine error code stands for.
+    fn with_limit_of_code(self) -> Self {
+        match self.code {
+            ErrorCode::TooManyStreams => self.hit(Limit::Streams),
+            ErrorCode::TooManyWaiters => self.hit(Limit::Waiters),
+            _ => self,
+        }
+    }
+}
+
+/// A refused stream id, counted as a limit hit when it was too long.
+pub(crate) fn stream_id_error(code: ErrorCode, e: &IdError) -> ApiError {
+    let error = ApiError::new(code, format!("streamId {e}"));
+    if matches!(e, IdError::TooLong { .. }) {
+        error.hit(Limit::StreamIdLength)
+    } else {
+        error
     }
 }
 
@@ -205,7 +259,9 @@ impl From<AppendError> for ApiError {
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::TooManyWaiters { .. } => Self::new(ErrorCode::TooManyWaiters, e.to_string()),
+            ReadError::TooManyWaiters { .. } => {
+                Self::new(ErrorCode::TooManyWaiters, e.to_string()).hit(Limit::Waiters)
+            }
             ReadError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             ReadError::Store(cause) => Self::new(
                 ErrorCode::StoreUnavailable,
@@ -255,15 +311,20 @@ mod tests {
             ErrorCode::UnknownParameter,
             ErrorCode::InvalidParameter,
             ErrorCode::PersistenceNotConfigured,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::BodyTimeout,
             ErrorCode::BodyTooLarge,
+            ErrorCode::RateLimited,
             ErrorCode::StreamFull,
             ErrorCode::NoReceiver,
             ErrorCode::NoMessage,
             ErrorCode::OwnerUnavailable,
             ErrorCode::TooManyStreams,
             ErrorCode::TooManyWaiters,
+            ErrorCode::TooManyConnections,
             ErrorCode::ShuttingDown,
             ErrorCode::StoreUnavailable,
             ErrorCode::NotReady,

@@ -7,8 +7,10 @@
 //! # Layout
 //! - [`App`]: routing and shared state; `App::handle` answers one request.
 //! - [`serve`]: the accept loop and graceful shutdown.
-//! - [`HttpConfig`]: limits and defaults.
+//! - [`HttpConfig`]: limits, defaults and access rules.
+//! - [`Auth`], [`TokenGrant`]: bearer tokens and what each may do.
 //! - [`ApiError`], [`ErrorCode`]: the error answers.
+//! - [`Metrics`]: what `GET /metrics` shows.
 //! - `send`, `receive`: one module per endpoint, parsing and running it.
 //!
 //! # Example
@@ -34,16 +36,20 @@
 //! # }
 //! ```
 
+mod auth;
 mod config;
 mod error;
+mod metrics;
 mod readiness;
 mod receive;
 mod send;
 mod server;
 mod service;
 
+pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
 pub use config::HttpConfig;
 pub use error::{ApiError, ErrorCode};
+pub use metrics::Metrics;
 pub use readiness::Readiness;
 pub use server::serve;
 pub use service::App;

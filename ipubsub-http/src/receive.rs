@@ -7,7 +7,8 @@ use bytes::Bytes;
 use ipubsub_core::{Engine, Log, LogRecord, Message, ResumeToken, Seq, StreamId};
 
 use crate::config::HttpConfig;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, stream_id_error};
+use crate::metrics::Limit;
 
 /// A validated receive.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,7 +62,7 @@ pub(crate) fn parse(
         ));
     };
     let stream = StreamId::with_max_len(stream_id.as_ref(), config.max_stream_id_bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, format!("streamId {e}")))?;
+        .map_err(|e| stream_id_error(ErrorCode::InvalidParameter, &e))?;
 
     let timeout = match timeout {
         None => config.default_receive_timeout,
@@ -80,7 +81,8 @@ pub(crate) fn parse(
                         "timeoutSeconds is {secs}, the limit is {}",
                         config.max_timeout.as_secs()
                     ),
-                ));
+                )
+                .hit(Limit::Timeout));
             }
             timeout
         }
@@ -121,14 +123,20 @@ pub(crate) fn parse(
         None => None,
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=config.max_messages).contains(&n) => Some(n),
-            _ => {
-                return Err(ApiError::new(
+            parsed => {
+                let error = ApiError::new(
                     ErrorCode::InvalidParameter,
                     format!(
                         "maxMessages must be 1 to {}, got `{text}`",
                         config.max_messages
                     ),
-                ));
+                );
+                let over = parsed.is_ok_and(|n| n > config.max_messages);
+                return Err(if over {
+                    error.hit(Limit::MaxMessages)
+                } else {
+                    error
+                });
             }
         },
     };

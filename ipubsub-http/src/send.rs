@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::config::HttpConfig;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, stream_id_error};
+use crate::metrics::Limit;
 
 /// The send body as it is on the wire. Unknown fields are refused: a misspelt `writeToDb`
 /// must never silently turn a persistent send into a volatile one.
@@ -87,7 +88,7 @@ pub(crate) fn parse(
     })?;
 
     let stream = StreamId::with_max_len(parsed.stream_id.as_ref(), config.max_stream_id_bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidField, format!("streamId {e}")))?;
+        .map_err(|e| stream_id_error(ErrorCode::InvalidField, &e))?;
     let id = MessageId::new(parsed.message_uuid.as_ref())
         .map_err(|e| ApiError::new(ErrorCode::InvalidField, format!("messageUuid {e}")))?;
     let Some(message) = parsed.message else {
@@ -128,7 +129,8 @@ pub(crate) fn parse(
                         "dbTTLSeconds is {secs}, the limit is {}",
                         config.max_ttl.as_secs()
                     ),
-                ));
+                )
+                .hit(Limit::Ttl));
             }
             Some(secs) => Duration::from_secs(secs),
         };
@@ -150,7 +152,8 @@ pub(crate) fn parse(
                 "inMemoryStreamSize is {size}, the limit is {}",
                 config.max_stream_size
             ),
-        ));
+        )
+        .hit(Limit::StreamSize));
     }
     let wait_secs = parsed.blocking_send_timeout_seconds.unwrap_or(0);
     let wait = Duration::from_secs(wait_secs);
@@ -161,7 +164,8 @@ pub(crate) fn parse(
                 "blockingSendTimeoutSeconds is {wait_secs}, the limit is {}",
                 config.max_timeout.as_secs()
             ),
-        ));
+        )
+        .hit(Limit::Timeout));
     }
     if size == 0 && wait_secs == 0 {
         return Err(ApiError::new(

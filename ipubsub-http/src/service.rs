@@ -10,16 +10,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipubsub_cluster::{
-    Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, Node, REQUEST_ID_HEADER,
-    Route,
+    CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder,
+    Node, REQUEST_ID_HEADER, Route,
 };
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
+use crate::auth::{Grant, Permission};
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
 use crate::send::SendKind;
 use crate::{receive, send};
@@ -27,6 +29,7 @@ use crate::{receive, send};
 const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
 const CLUSTER_PATH: &str = "/api/v1/cluster";
+const METRICS_PATH: &str = "/metrics";
 
 /// [`REQUEST_ID_HEADER`], parsed once.
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -47,6 +50,8 @@ struct Inner {
     config: HttpConfig,
     /// What `GET /ready` answers.
     readiness: Readiness,
+    /// What `GET /metrics` answers.
+    metrics: Metrics,
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -65,14 +70,17 @@ impl App {
     /// The API over `engine` (and `log`, when persistence is configured), routing streams by
     /// `cluster`, with `config`'s limits.
     pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
+        let metrics = Metrics::new(engine.clone(), log.clone(), cluster.clone());
         Self {
             inner: Arc::new(Inner {
-                forwarder: Forwarder::new(cluster.local().id().clone()),
+                forwarder: Forwarder::new(cluster.local().id().clone())
+                    .with_secret(config.cluster_secret.clone()),
                 engine,
                 log,
                 cluster,
                 config,
                 readiness: Readiness::new(),
+                metrics,
                 id_prefix: format!(
                     "{:016x}",
                     std::hash::RandomState::new().hash_one(std::process::id())
@@ -85,6 +93,11 @@ impl App {
     /// The engine behind the API.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The limits and access rules the API applies.
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
     }
 
     /// The persistent log behind the API, if any.
@@ -100,38 +113,60 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let started = Instant::now();
         let id_value = self.request_id(&request);
         // Checked visible ASCII: `to_str` cannot fail on it.
         let id = id_value.to_str().unwrap_or_default();
         let path = request.uri().path();
-        let result = match (path, request.method()) {
+        let (route, result) = match (path, request.method()) {
             // Boxed: hyper keeps one allocation the size of this future for every connection
             // (its in-flight slot); unboxed, the send path alone would make that 1.4 KB.
-            (SEND_PATH, &Method::POST) => Box::pin(self.send(request, id)).await,
-            (RECEIVE_PATH, &Method::GET) => Box::pin(self.receive(request, id)).await,
-            ("/health", &Method::GET) => Ok(json(
-                StatusCode::OK,
-                Bytes::from_static(b"{\"status\":\"ok\"}"),
-            )),
-            ("/ready", &Method::GET) => match self.inner.readiness.check() {
-                Ok(()) => Ok(json(
-                    StatusCode::OK,
-                    Bytes::from_static(b"{\"status\":\"ready\"}"),
-                )),
-                Err(reason) => Err(ApiError::new(ErrorCode::NotReady, reason)),
-            },
-            (CLUSTER_PATH, &Method::GET) => Ok(json(StatusCode::OK, self.cluster_view())),
-            ("/", &Method::GET) => Ok(json(StatusCode::OK, self.about())),
-            (SEND_PATH, _) => Err(not_allowed("POST")),
-            (RECEIVE_PATH | CLUSTER_PATH | "/health" | "/ready" | "/", _) => {
-                Err(not_allowed("GET"))
+            (SEND_PATH, &Method::POST) => {
+                (MetricRoute::Send, Box::pin(self.send(request, id)).await)
             }
-            _ => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no endpoint at {path}"),
-            )),
+            (RECEIVE_PATH, &Method::GET) => (
+                MetricRoute::Receive,
+                Box::pin(self.receive(request, id)).await,
+            ),
+            ("/health", &Method::GET) => (
+                MetricRoute::Health,
+                Ok(json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ok\"}"),
+                )),
+            ),
+            ("/ready", &Method::GET) => (
+                MetricRoute::Ready,
+                match self.inner.readiness.check() {
+                    Ok(()) => Ok(json(
+                        StatusCode::OK,
+                        Bytes::from_static(b"{\"status\":\"ready\"}"),
+                    )),
+                    Err(reason) => Err(ApiError::new(ErrorCode::NotReady, reason)),
+                },
+            ),
+            (METRICS_PATH, &Method::GET) => (MetricRoute::Metrics, Ok(self.metrics_answer())),
+            (CLUSTER_PATH, &Method::GET) => (
+                MetricRoute::Cluster,
+                self.admit(&request, &Hop::of(&request, id))
+                    .map(|_| json(StatusCode::OK, self.cluster_view())),
+            ),
+            ("/", &Method::GET) => (MetricRoute::Root, Ok(json(StatusCode::OK, self.about()))),
+            (SEND_PATH, _) => (MetricRoute::Send, Err(not_allowed("POST"))),
+            (RECEIVE_PATH, _) => (MetricRoute::Receive, Err(not_allowed("GET"))),
+            (CLUSTER_PATH | "/health" | "/ready" | METRICS_PATH | "/", _) => {
+                (MetricRoute::Unknown, Err(not_allowed("GET")))
+            }
+            _ => (
+                MetricRoute::Unknown,
+                Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no endpoint at {path}"),
+                )),
+            ),
         };
         let mut response = result.unwrap_or_else(|e| {
+            self.count_error(&e, route);
             if let Some(cause) = &e.log_cause {
                 tracing::warn!(request_id = %id, code = e.code.as_str(), %cause, "{}", e.message);
             } else if e.code == ErrorCode::Internal {
@@ -139,8 +174,43 @@ impl App {
             }
             error_response(&e)
         });
+        let metrics = &self.inner.metrics;
+        metrics.request(route, response.status().as_u16(), started.elapsed());
         response.headers_mut().insert(REQUEST_ID.clone(), id_value);
         response
+    }
+
+    /// Counts what `error` says about limits, auth and the store.
+    fn count_error(&self, error: &ApiError, route: MetricRoute) {
+        let metrics = &self.inner.metrics;
+        if let Some(limit) = error.limit {
+            metrics.limit_hit(limit);
+        }
+        match error.code {
+            ErrorCode::Unauthorized => metrics.auth_refusal("unauthenticated"),
+            ErrorCode::Forbidden => metrics.auth_refusal("forbidden"),
+            ErrorCode::StoreUnavailable => metrics.store_error(match route {
+                MetricRoute::Send => "append",
+                _ => "read",
+            }),
+            _ => {}
+        }
+    }
+
+    /// `GET /metrics`.
+    fn metrics_answer(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.inner.metrics.encode())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    /// The node's metrics: shared, so that the server can count what happens outside
+    /// requests (store probes, connections).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The caller's request id if it is a valid one (shared, not copied), else a new one.
@@ -218,9 +288,14 @@ impl App {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
         let hop = Hop::of(&request, id);
-        let body = read_body(request, inner.config.max_body_bytes).await?;
+        // Before the body is read: an unknown caller costs no more than its headers.
+        let grant = self.admit(&request, &hop)?;
+        let body = read_body(request, &inner.config).await?;
         // Validated here, so bad input is answered without a hop.
         let send = send::parse(&body, &inner.config, inner.log.is_some())?;
+        if let Some(grant) = grant {
+            grant.allow(Permission::Publish, send.stream.as_str())?;
+        }
         let wait = match &send.kind {
             SendKind::Memory { wait, .. } => *wait,
             SendKind::Log { .. } => inner.config.store_timeout,
@@ -262,8 +337,12 @@ impl App {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
         let hop = Hop::of(&request, id);
+        let grant = self.admit(&request, &hop)?;
         let mut receive =
             receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
+        if let Some(grant) = grant {
+            grant.allow(Permission::Subscribe, receive.stream.as_str())?;
+        }
         // The request's URI and headers share hyper's read buffer: held while this receive
         // waits, they would make hyper allocate a second buffer for the connection. Only the
         // target (for a forward) is kept.
@@ -310,6 +389,36 @@ impl App {
             }
         };
         Ok(json(StatusCode::OK, body))
+    }
+
+    /// Who may make this request: checked before anything else is read. A request marked
+    /// forwarded must prove it comes from a member ([`HttpConfig::cluster_secret`]); it was
+    /// checked by the node that forwarded it, so it has no grant here. Otherwise, with auth
+    /// on, the caller's bearer token must be known and within its rate.
+    fn admit<B>(&self, request: &Request<B>, hop: &Hop<'_>) -> Result<Option<&Grant>, ApiError> {
+        let config = &self.inner.config;
+        if hop.forwarded {
+            return match &config.cluster_secret {
+                Some(secret) if secret.verify(request.headers().get(CLUSTER_SECRET_HEADER)) => {
+                    Ok(None)
+                }
+                Some(_) => Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "a forwarded request must carry the cluster secret",
+                )),
+                None if config.auth.is_some() => Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this node takes no forwarded requests: auth is on and no cluster secret is configured",
+                )),
+                None => Ok(None),
+            };
+        }
+        match &config.auth {
+            Some(auth) => auth
+                .authenticate(request.headers().get(header::AUTHORIZATION))
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     fn refuse_when_closed(&self) -> Result<(), ApiError> {
@@ -360,8 +469,10 @@ impl App {
                 wait,
                 id,
             ));
+            let metrics = &self.inner.metrics;
             match forwarded.await {
                 Ok(answer) => {
+                    metrics.forward(ForwardOutcome::Answered);
                     let (parts, body) = answer.into_parts();
                     let mut response = Response::new(Full::new(body));
                     *response.status_mut() = parts.status;
@@ -373,11 +484,13 @@ impl App {
                     return Ok(Some(response));
                 }
                 Err(e @ ForwardError::Unreachable { .. }) if !retried => {
+                    metrics.forward(ForwardOutcome::Unreachable);
                     tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "owner unreachable: suspecting it and routing again");
                     self.inner.cluster.suspect(owner.id(), SUSPICION);
                     retried = true;
                 }
                 Err(e) => {
+                    metrics.forward(ForwardOutcome::Failed);
                     tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "forwarding failed");
                     return Err(ApiError::new(
                         ErrorCode::OwnerUnavailable,
@@ -424,11 +537,13 @@ impl<'a> Hop<'a> {
     }
 }
 
-async fn read_body<B>(request: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+/// The request's body, within `config`'s size and time limits.
+async fn read_body<B>(request: Request<B>, config: &HttpConfig) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let limit = config.max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorCode::BodyTooLarge,
@@ -441,11 +556,24 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(too_large().hit(Limit::BodySize));
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    let collect = Limited::new(request.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(config.body_read_timeout, collect).await else {
+        return Err(ApiError::new(
+            ErrorCode::BodyTimeout,
+            format!(
+                "the body did not arrive within {} s",
+                config.body_read_timeout.as_secs_f64()
+            ),
+        )
+        .hit(Limit::BodyTime));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large().hit(Limit::BodySize))
+        }
         Err(e) => Err(ApiError::new(
             ErrorCode::InvalidJson,
             format!("could not read the body: {e}"),
@@ -470,7 +598,8 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+/// The answer to `error`, with the headers its code calls for.
+pub(crate) fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
     let mut response = json(error.code.status(), error.body());
     let headers = response.headers_mut();
     match error.code {
@@ -482,8 +611,23 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
             };
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        ErrorCode::Unauthorized => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ipubsub\""),
+            );
+        }
+        ErrorCode::BodyTimeout => {
+            // The rest of the body may still come: the connection cannot carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        ErrorCode::TooManyConnections => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         ErrorCode::TooManyStreams
         | ErrorCode::TooManyWaiters
+        | ErrorCode::RateLimited
         | ErrorCode::ShuttingDown
         | ErrorCode::NotReady
         | ErrorCode::OwnerUnavailable => {

@@ -1,13 +1,13 @@
 //! The server's configuration: a YAML file overridden by `IPUBSUB_<SECTION>__<KEY>` variables.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use ipubsub_core::EngineConfig;
-use ipubsub_http::HttpConfig;
+use ipubsub_http::{Auth, HttpConfig, TokenGrant};
 use serde::{Deserialize, Serialize};
 
 /// Why the configuration could not be used.
@@ -36,6 +36,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// HTTP limits and defaults.
     pub http: HttpSection,
+    /// Who may send and receive.
+    pub auth: AuthSection,
     /// The in-memory engine.
     pub engine: EngineSection,
     /// The persistent log's storage.
@@ -87,6 +89,8 @@ pub struct ClusterSection {
     /// At start, how long to wait to hear from another member before serving alone (the
     /// first node of a cluster): a node never routes as if alone while its seeds answer.
     pub join_timeout_seconds: u64,
+    /// Shared by every member: proves forwarded requests. Needed in a cluster with auth on.
+    pub secret: Option<Secret>,
 }
 
 impl Default for ClusterSection {
@@ -97,8 +101,60 @@ impl Default for ClusterSection {
             virtual_nodes: ipubsub_cluster::DEFAULT_VIRTUAL_NODES,
             gossip_interval_ms: 500,
             join_timeout_seconds: 5,
+            secret: None,
         }
     }
+}
+
+/// A configured secret: read and written as a plain string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `auth:` bearer tokens. Auth is on when any token is configured, here or in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// The tokens.
+    pub tokens: Vec<TokenSection>,
+    /// A YAML file with more tokens, under a `tokens:` key in the same shape, read at start
+    /// (so that the tokens can live apart from the rest of the configuration).
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// One entry of `auth.tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// Names the token in logs and errors.
+    pub name: String,
+    /// The bearer token itself (16 to 1024 visible ASCII characters).
+    pub token: Secret,
+    /// May send.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// May receive.
+    #[serde(default = "yes")]
+    pub subscribe: bool,
+    /// Only streams whose id starts with this.
+    #[serde(default)]
+    pub stream_prefix: String,
+    /// Requests per second on one node; 0: no limit.
+    #[serde(default)]
+    pub requests_per_second: u32,
+    /// Requests above the rate at once; 0: one second's worth.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `http:`
@@ -119,6 +175,13 @@ pub struct HttpSection {
     pub max_stream_size: u32,
     /// On SIGTERM, how long open connections get to finish.
     pub shutdown_grace_seconds: u64,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout_seconds: u64,
+    /// How long a connection may stay idle between requests, or take to send a request's
+    /// headers, before it is closed.
+    pub idle_timeout_seconds: u64,
+    /// Client connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSection {
@@ -132,6 +195,9 @@ impl Default for HttpSection {
             default_stream_size: d.default_stream_size,
             max_stream_size: d.max_stream_size,
             shutdown_grace_seconds: 5,
+            body_read_timeout_seconds: d.body_read_timeout.as_secs(),
+            idle_timeout_seconds: d.idle_timeout.as_secs(),
+            max_connections: d.max_connections,
         }
     }
 }
@@ -477,8 +543,30 @@ impl Config {
                 http.default_stream_size, http.max_stream_size
             ));
         }
-        if http.max_body_bytes == 0 {
-            return invalid("http.max_body_bytes must be above 0".into());
+        if http.max_body_bytes == 0
+            || http.body_read_timeout_seconds == 0
+            || http.idle_timeout_seconds == 0
+            || http.max_connections == 0
+        {
+            return invalid(
+                "http.max_body_bytes, http.body_read_timeout_seconds, http.idle_timeout_seconds and http.max_connections must be above 0"
+                    .into(),
+            );
+        }
+        let auth_on = !self.auth.tokens.is_empty() || self.auth.tokens_file.is_some();
+        if auth_on
+            && self.cluster.secret.is_none()
+            && !self.cluster.static_bootstrap_node_addr_ports.is_empty()
+        {
+            return invalid(
+                "cluster.secret is needed in a cluster with auth on: without it, no node could prove the requests it forwards"
+                    .into(),
+            );
+        }
+        if let Some(secret) = &self.cluster.secret
+            && let Err(e) = ipubsub_cluster::ClusterSecret::new(&secret.0)
+        {
+            return invalid(format!("cluster.secret: {e}"));
         }
         let storage = &self.storage;
         if storage.default_ttl_seconds == 0 || storage.default_ttl_seconds > storage.max_ttl_seconds
@@ -564,8 +652,9 @@ impl Config {
         Ok(())
     }
 
-    /// The HTTP adapter's part.
-    pub fn http_config(&self) -> HttpConfig {
+    /// The HTTP adapter's part, with the tokens of `auth.tokens_file` read and every token
+    /// checked.
+    pub fn http_config(&self) -> Result<HttpConfig, ConfigError> {
         let mut c = HttpConfig::default();
         c.max_body_bytes = self.http.max_body_bytes;
         c.max_stream_id_bytes = self.http.max_stream_id_bytes;
@@ -576,7 +665,56 @@ impl Config {
         c.default_ttl = Duration::from_secs(self.storage.default_ttl_seconds);
         c.max_ttl = Duration::from_secs(self.storage.max_ttl_seconds);
         c.store_timeout = Duration::from_secs(self.storage.store_timeout_seconds);
-        c
+        c.body_read_timeout = Duration::from_secs(self.http.body_read_timeout_seconds);
+        c.idle_timeout = Duration::from_secs(self.http.idle_timeout_seconds);
+        c.max_connections = self.http.max_connections;
+        c.auth = self.auth()?;
+        c.cluster_secret = self
+            .cluster
+            .secret
+            .as_ref()
+            .map(|s| ipubsub_cluster::ClusterSecret::new(&s.0))
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("cluster.secret: {e}")))?;
+        Ok(c)
+    }
+
+    /// The tokens of `auth.tokens` and `auth.tokens_file`; `None` when there are none.
+    fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        let mut tokens = self.auth.tokens.clone();
+        if let Some(file) = &self.auth.tokens_file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.tokens_file {} does not exist",
+                    file.display()
+                )));
+            }
+            let listed: Vec<TokenSection> = Figment::from(Yaml::file_exact(file))
+                .extract_inner("tokens")
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "auth.tokens_file {}: {}",
+                        file.display(),
+                        one_line(&e)
+                    ))
+                })?;
+            tokens.extend(listed);
+        }
+        if tokens.is_empty() && self.auth.tokens_file.is_none() {
+            return Ok(None);
+        }
+        let grants = tokens.into_iter().map(|t| {
+            let mut grant = TokenGrant::new(t.name, t.token.0);
+            grant.publish = t.publish;
+            grant.subscribe = t.subscribe;
+            grant.stream_prefix = t.stream_prefix;
+            grant.requests_per_second = t.requests_per_second;
+            grant.burst = t.burst;
+            grant
+        });
+        Auth::new(grants)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))
     }
 
     /// The log's part.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use config::{Backend, DurabilitySetting};
 use ipubsub_core::{Drained, Engine, Log, Message, MessageStore, SendOptions, StreamId};
-use ipubsub_http::{App, Readiness};
+use ipubsub_http::{App, Metrics, Readiness};
 use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -155,7 +155,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         engine.clone(),
         log.clone(),
         cluster.clone(),
-        config.http_config(),
+        config.http_config()?,
     );
 
     let sweeper = tokio::spawn(sweep_idle_streams(
@@ -176,12 +176,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tokio::spawn(probe_store(
                 store,
                 app.readiness().clone(),
+                app.metrics().clone(),
                 Duration::from_secs(config.storage.ready_probe_seconds),
                 Duration::from_secs(config.storage.store_timeout_seconds),
             ))
         });
         purger = Some(tokio::spawn(purge_expired(
             log.clone(),
+            app.metrics().clone(),
             Duration::from_secs(config.storage.purge_interval_seconds),
             config.storage.purge_batch,
         )));
@@ -600,6 +602,7 @@ async fn sweep_idle_streams(engine: Engine, log: Option<Log>, every: Duration, i
 async fn probe_store(
     store: Arc<dyn MessageStore>,
     readiness: Readiness,
+    metrics: Metrics,
     every: Duration,
     timeout: Duration,
 ) {
@@ -628,6 +631,7 @@ async fn probe_store(
                 readiness.set_ready();
             }
             Some(reason) => {
+                metrics.store_error("probe");
                 if was_ready {
                     tracing::warn!(%reason, "not ready");
                 }
@@ -637,7 +641,7 @@ async fn probe_store(
     }
 }
 
-async fn purge_expired(log: Log, every: Duration, batch: usize) {
+async fn purge_expired(log: Log, metrics: Metrics, every: Duration, batch: usize) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -652,6 +656,7 @@ async fn purge_expired(log: Log, every: Duration, batch: usize) {
                     }
                 }
                 Err(e) => {
+                    metrics.store_error("purge");
                     tracing::warn!(error = %e, "purging expired messages failed");
                     break;
                 }

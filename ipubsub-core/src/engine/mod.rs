@@ -69,6 +69,10 @@ pub struct EngineStats {
     pub streams: usize,
     /// Receives and blocking sends waiting.
     pub waiters: usize,
+    /// Messages buffered in all streams, as counted by the last [`Engine::sweep_idle`] (which
+    /// visits every stream anyway; counting on every send and receive would put a shared
+    /// counter on the hot path).
+    pub buffered_at_last_sweep: usize,
 }
 
 /// The in-memory streaming engine: streams created on first use, three delivery modes, FIFO
@@ -89,6 +93,8 @@ struct Inner {
     config: EngineConfig,
     streams: AtomicUsize,
     waiters: AtomicUsize,
+    /// [`EngineStats::buffered_at_last_sweep`].
+    buffered: AtomicUsize,
     /// Set once by [`Engine::close`], before it visits the shards. Every registration checks it
     /// under its shard lock, so no waiter can slip in behind the close.
     closed: AtomicBool,
@@ -151,6 +157,7 @@ impl Engine {
                 config,
                 streams: AtomicUsize::new(0),
                 waiters: AtomicUsize::new(0),
+                buffered: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -171,6 +178,7 @@ impl Engine {
         EngineStats {
             streams: self.inner.streams.load(Ordering::Relaxed),
             waiters: self.inner.waiters.load(Ordering::Relaxed),
+            buffered_at_last_sweep: self.inner.buffered.load(Ordering::Relaxed),
         }
     }
 
@@ -218,17 +226,22 @@ impl Engine {
     }
 
     /// Drops every stream that is empty, has no waiters and has been idle for the configured
-    /// `stream_idle_timeout` (up to a second more). Returns how many were dropped. Call it periodically; it locks one
-    /// shard at a time.
+    /// `stream_idle_timeout` (up to a second more), and counts the messages buffered in the
+    /// others ([`EngineStats::buffered_at_last_sweep`]). Returns how many were dropped. Call it
+    /// periodically; it locks one shard at a time.
     pub fn sweep_idle(&self) -> usize {
         let now = self.now();
         let idle =
             u64::try_from(self.inner.config.stream_idle_timeout.as_micros()).unwrap_or(u64::MAX);
         let mut dropped = 0;
+        let mut buffered = 0;
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
             let before = table.len();
-            table.retain(|stream| !stream.is_idle(now, idle));
+            table.retain(|stream| {
+                buffered += stream.len();
+                !stream.is_idle(now, idle)
+            });
             let gone = before - table.len();
             if gone > 0 {
                 self.inner.streams.fetch_sub(gone, Ordering::Relaxed);
@@ -239,6 +252,7 @@ impl Engine {
             }
             dropped += gone;
         }
+        self.inner.buffered.store(buffered, Ordering::Relaxed);
         dropped
     }
 

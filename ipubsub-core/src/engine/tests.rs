@@ -279,6 +279,25 @@ fn idle_streams_are_swept_after_the_timeout_only() {
 }
 
 #[test]
+fn the_sweep_counts_buffered_messages() {
+    let e = engine();
+    assert_eq!(e.stats().buffered_at_last_sweep, 0);
+    for (stream, id) in [("a", "1"), ("a", "2"), ("b", "3")] {
+        ready(e.send(sid(stream), msg(id), circular(5))).expect("send");
+    }
+    assert_eq!(
+        e.stats().buffered_at_last_sweep,
+        0,
+        "counted by sweeps only"
+    );
+    e.sweep_idle();
+    assert_eq!(e.stats().buffered_at_last_sweep, 3);
+    ready(e.receive(sid("a"))).expect("receive");
+    e.sweep_idle();
+    assert_eq!(e.stats().buffered_at_last_sweep, 2);
+}
+
+#[test]
 fn idle_time_is_kept_in_seconds_rounded_so_a_stream_never_goes_early() {
     let (e, clock) = engine_with(EngineConfig {
         stream_idle_timeout: Duration::from_secs(60),

@@ -10,7 +10,10 @@
 //! its stream has been settled.
 
 mod state;
+mod stats;
 mod wait;
+
+pub use stats::{BATCH_SIZE_BOUNDS, LogStats};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -103,6 +106,7 @@ struct Inner {
     queue: Mutex<Queue>,
     closed: AtomicBool,
     waiters: AtomicUsize,
+    counters: stats::Counters,
 }
 
 /// Appends accepted but not yet handed to a worker, in acceptance order.
@@ -161,6 +165,7 @@ impl Log {
                 queue: Mutex::new(Queue::default()),
                 closed: AtomicBool::new(false),
                 waiters: AtomicUsize::new(0),
+                counters: stats::Counters::default(),
             }),
         }
     }
@@ -300,6 +305,11 @@ impl Log {
         }
     }
 
+    /// What the group commits did since the log started.
+    pub fn stats(&self) -> LogStats {
+        self.inner.counters.snapshot()
+    }
+
     /// Writes batches until the log is closed and its queue is empty. Run one or more of these
     /// on the runtime: each worker writes one batch at a time.
     pub async fn run_commit_worker(&self) {
@@ -332,6 +342,9 @@ impl Log {
 
     /// Records a batch's outcome: advances watermarks, wakes tail readers, answers senders.
     fn settle(&self, batch: Batch, result: Result<(), StoreError>) {
+        self.inner
+            .counters
+            .commit(batch.records.len(), result.is_ok());
         let result = result.map_err(Arc::new);
         for record in &batch.records {
             let mut shard = lock(self.inner.shard(&record.stream));

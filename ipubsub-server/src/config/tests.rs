@@ -140,3 +140,63 @@ fn unknown_keys_and_bad_values_are_errors() -> Result<(), Box<dyn std::error::Er
     assert!(Config::load(Some(Path::new("/nonexistent.yaml"))).is_err());
     Ok(())
 }
+
+#[test]
+fn tokens_come_from_the_config_and_the_tokens_file() -> Result<(), Box<dyn std::error::Error>> {
+    let mut tokens = tempfile::NamedTempFile::new()?;
+    writeln!(
+        tokens,
+        "tokens:\n  - name: reader\n    token: reader-token-0123456789\n    publish: false\n    stream_prefix: \"chat:\""
+    )?;
+    let mut file = tempfile::NamedTempFile::new()?;
+    writeln!(
+        file,
+        "auth:\n  tokens_file: {}\n  tokens:\n    - name: admin\n      token: admin-token-0123456789\n      requests_per_second: 100",
+        tokens.path().display()
+    )?;
+    let config = Config::load(Some(file.path()))?;
+    let auth = config.http_config()?.auth.ok_or("auth is off")?;
+    let shown = format!("{auth:?} {config:?}");
+    assert!(
+        shown.contains("admin") && shown.contains("reader"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("token-0123456789"),
+        "a token shows: {shown}"
+    );
+
+    let mut reader = ipubsub_http::TokenGrant::new("reader", "reader-token-0123456789");
+    reader.publish = false;
+    reader.stream_prefix = "chat:".into();
+    let mut admin = ipubsub_http::TokenGrant::new("admin", "admin-token-0123456789");
+    admin.requests_per_second = 100;
+    assert_eq!(auth, ipubsub_http::Auth::new([admin, reader])?);
+    Ok(())
+}
+
+#[test]
+fn bad_auth_settings_are_errors() -> Result<(), Box<dyn std::error::Error>> {
+    let load = |yaml: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        writeln!(file, "{yaml}")?;
+        let config = Config::load(Some(file.path()));
+        match config.and_then(|c| c.http_config()) {
+            Ok(_) => Err(format!("accepted {yaml}").into()),
+            Err(e) => Ok(e.to_string()),
+        }
+    };
+    let err = load(
+        "node:\n  gossip_bind_addr_port: 127.0.0.1:0\ncluster:\n  static_bootstrap_node_addr_ports: [\"127.0.0.1:1\"]\nauth:\n  tokens:\n    - {name: a, token: aaaaaaaaaaaaaaaa}",
+    )?;
+    assert!(err.contains("cluster.secret is needed"), "{err}");
+    let err = load("cluster:\n  secret: short")?;
+    assert!(err.contains("cluster.secret"), "{err}");
+    let err = load("auth:\n  tokens:\n    - {name: a, token: short}")?;
+    assert!(err.contains("16 to 1024"), "{err}");
+    let err = load("auth:\n  tokens_file: /nonexistent/tokens.yaml")?;
+    assert!(err.contains("does not exist"), "{err}");
+    let err = load("auth:\n  tokens:\n    - {name: a, token: aaaaaaaaaaaaaaaa, admin: true}")?;
+    assert!(err.contains("admin"), "{err}");
+    Ok(())
+}

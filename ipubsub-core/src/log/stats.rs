@@ -1,0 +1,84 @@
+//! [`LogStats`]: what the log's group commits did since it started, for metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds of the buckets of [`LogStats::batch_sizes`]: a commit of `n` records counts in
+/// the first bucket whose bound is at least `n`; larger commits count in the last bucket.
+pub const BATCH_SIZE_BOUNDS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, u64::MAX];
+
+/// Counts of the log's group commits since it started. A snapshot: the counters run on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStats {
+    /// Records made durable.
+    pub appended: u64,
+    /// Records whose commit failed (each sender got an error).
+    pub failed: u64,
+    /// Group commits that succeeded.
+    pub commits: u64,
+    /// Commits (successful or not) by their number of records, bucketed by
+    /// [`BATCH_SIZE_BOUNDS`] (not cumulative).
+    pub batch_sizes: [u64; BATCH_SIZE_BOUNDS.len()],
+    /// Sum of the sizes of the commits counted in `batch_sizes`.
+    pub batch_size_sum: u64,
+}
+
+/// The live counters behind [`LogStats`]: a few relaxed atomic adds per commit.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    appended: AtomicU64,
+    failed: AtomicU64,
+    commits: AtomicU64,
+    batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
+    batch_size_sum: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one commit of `records` records.
+    pub(super) fn commit(&self, records: usize, ok: bool) {
+        let n = records as u64;
+        if ok {
+            self.appended.fetch_add(n, Ordering::Relaxed);
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(n, Ordering::Relaxed);
+        }
+        let bucket = BATCH_SIZE_BOUNDS
+            .iter()
+            .position(|&bound| n <= bound)
+            .unwrap_or(BATCH_SIZE_BOUNDS.len() - 1);
+        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        self.batch_size_sum.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> LogStats {
+        LogStats {
+            appended: self.appended.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
+            batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_land_in_their_bucket() {
+        let counters = Counters::default();
+        counters.commit(1, true);
+        counters.commit(3, true);
+        counters.commit(4, false);
+        counters.commit(5000, true);
+        let stats = counters.snapshot();
+        assert_eq!((stats.appended, stats.failed, stats.commits), (5004, 4, 3));
+        assert_eq!(stats.batch_sizes[0], 1, "1 record");
+        assert_eq!(stats.batch_sizes[2], 2, "3 and 4 records");
+        assert_eq!(stats.batch_sizes[BATCH_SIZE_BOUNDS.len() - 1], 1, "5000");
+        assert_eq!(stats.batch_sizes.iter().sum::<u64>(), 4);
+        assert_eq!(stats.batch_size_sum, 5008);
+    }
+}

@@ -1,0 +1,432 @@
+//! [`Metrics`]: what `GET /metrics` shows, in the Prometheus text format.
+//!
+//! Counters and histograms are updated as requests are answered; the state of the engine,
+//! the log and the cluster (streams, waiters, buffered messages, commits, members) is read
+//! when the metrics are scraped, so it costs the hot path nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipubsub_cluster::Cluster;
+use ipubsub_core::log::BATCH_SIZE_BOUNDS;
+use ipubsub_core::{Engine, Log};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// A limit whose hit is counted in `ipubsub_limit_hits_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `http.max_body_bytes`.
+    BodySize,
+    /// `http.body_read_timeout_seconds`.
+    BodyTime,
+    /// `http.max_stream_id_bytes`.
+    StreamIdLength,
+    /// `http.max_timeout_seconds`.
+    Timeout,
+    /// `http.max_stream_size`: messages per stream.
+    StreamSize,
+    /// `storage.max_ttl_seconds`.
+    Ttl,
+    /// The largest `maxMessages`.
+    MaxMessages,
+    /// `engine.max_waiting_requests`.
+    Waiters,
+    /// `engine.max_streams`.
+    Streams,
+    /// `http.max_connections`.
+    Connections,
+    /// A token's `requests_per_second`.
+    TokenRate,
+}
+
+impl Limit {
+    fn label(self) -> &'static str {
+        match self {
+            Self::BodySize => "body_size",
+            Self::BodyTime => "body_time",
+            Self::StreamIdLength => "stream_id_length",
+            Self::Timeout => "timeout",
+            Self::StreamSize => "stream_size",
+            Self::Ttl => "ttl",
+            Self::MaxMessages => "max_messages",
+            Self::Waiters => "waiters",
+            Self::Streams => "streams",
+            Self::Connections => "connections",
+            Self::TokenRate => "token_rate",
+        }
+    }
+}
+
+/// The route a request took, for labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    Send,
+    Receive,
+    Cluster,
+    Health,
+    Ready,
+    Metrics,
+    Root,
+    Unknown,
+}
+
+impl Route {
+    const ALL: [Self; 8] = [
+        Self::Send,
+        Self::Receive,
+        Self::Cluster,
+        Self::Health,
+        Self::Ready,
+        Self::Metrics,
+        Self::Root,
+        Self::Unknown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Receive => "receive",
+            Self::Cluster => "cluster",
+            Self::Health => "health",
+            Self::Ready => "ready",
+            Self::Metrics => "metrics",
+            Self::Root => "root",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a forward ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ForwardOutcome {
+    /// The owner answered (whatever its status).
+    Answered,
+    /// The owner could not be connected to; the request was routed again.
+    Unreachable,
+    /// The exchange failed; the client got a 424.
+    Failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Request latency buckets, in seconds: 100 µs to a minute (long polls wait up to
+/// `http.max_timeout_seconds`; longer ones count in `+Inf`).
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 60.0,
+];
+
+/// The node's metrics. Cheap to clone; clones share the counters.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// One histogram per route, resolved once: no label lookup per request.
+    durations: [Histogram; Route::ALL.len()],
+    limit_hits: Family<LimitLabels, Counter>,
+    forwards: Family<OutcomeLabels, Counter>,
+    store_errors: Family<OperationLabels, Counter>,
+    auth_refusals: Family<ReasonLabels, Counter>,
+    connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics of a node serving `engine` (and `log`), member of `cluster`.
+    pub(crate) fn new(engine: Engine, log: Option<Log>, cluster: Cluster) -> Self {
+        let mut registry = Registry::with_prefix("ipubsub");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabels, Histogram, _>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS)
+        });
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from a request's headers to its answer (a long poll's wait included), by route",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let durations = Route::ALL.map(|route| {
+            durations
+                .get_or_create(&RouteLabels {
+                    route: route.label(),
+                })
+                .clone()
+        });
+        let limit_hits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_hits",
+            "Requests and connections refused by a configured limit, by limit",
+            limit_hits.clone(),
+        );
+        let forwards = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "forwards",
+            "Requests forwarded to the owner of their stream, by outcome",
+            forwards.clone(),
+        );
+        let store_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Failed or timed-out calls to the message store, by operation",
+            store_errors.clone(),
+        );
+        let auth_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_refusals",
+            "Requests refused by auth: unauthenticated (401) or forbidden (403), by reason",
+            auth_refusals.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        registry.register_collector(Box::new(State {
+            engine,
+            log,
+            cluster,
+        }));
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                durations,
+                limit_hits,
+                forwards,
+                store_errors,
+                auth_refusals,
+                connections,
+            }),
+        }
+    }
+
+    /// Counts a request answered with `status` after `took`.
+    pub(crate) fn request(&self, route: Route, status: u16, took: Duration) {
+        let inner = &*self.inner;
+        inner
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.label(),
+                status,
+            })
+            .inc();
+        // `Route::ALL` lists the routes in declaration order.
+        inner.durations[route as usize].observe(took.as_secs_f64());
+    }
+
+    /// Counts a hit of `limit`.
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        self.inner
+            .limit_hits
+            .get_or_create(&LimitLabels {
+                limit: limit.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused for being over `http.max_connections`.
+    pub(crate) fn connection_refused(&self) {
+        self.limit_hit(Limit::Connections);
+    }
+
+    /// The gauge of open client connections.
+    pub(crate) fn connections(&self) -> &Gauge {
+        &self.inner.connections
+    }
+
+    /// Counts a forward that ended with `outcome`.
+    pub(crate) fn forward(&self, outcome: ForwardOutcome) {
+        let outcome = match outcome {
+            ForwardOutcome::Answered => "answered",
+            ForwardOutcome::Unreachable => "unreachable",
+            ForwardOutcome::Failed => "failed",
+        };
+        self.inner
+            .forwards
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a failed store call; `operation` is `append`, `read`, `probe` or `purge`.
+    pub fn store_error(&self, operation: &'static str) {
+        self.inner
+            .store_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    /// Counts a request refused by auth for `reason`.
+    pub(crate) fn auth_refusal(&self, reason: &'static str) {
+        self.inner
+            .auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Every metric in the Prometheus text format (0.0.4, OpenMetrics-compatible).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail, and every metric encodes.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+}
+
+/// The gauges read at scrape time.
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    log: Option<Log>,
+    cluster: Cluster,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let stats = self.engine.stats();
+        gauge(
+            &mut encoder,
+            "streams",
+            "In-memory streams held",
+            as_i64(stats.streams),
+        )?;
+        gauge(
+            &mut encoder,
+            "waiting_requests",
+            "Receives and blocking sends waiting in memory",
+            as_i64(stats.waiters),
+        )?;
+        gauge(
+            &mut encoder,
+            "buffered_messages",
+            "Messages buffered in memory, as counted by the last idle sweep",
+            as_i64(stats.buffered_at_last_sweep),
+        )?;
+        gauge(
+            &mut encoder,
+            "cluster_members",
+            "Live members in this node's ring, itself included",
+            as_i64(self.cluster.view().members().len()),
+        )?;
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let log = log.stats();
+        counter(
+            &mut encoder,
+            "log_appended_messages",
+            "Messages made durable in the persistent log",
+            log.appended,
+        )?;
+        counter(
+            &mut encoder,
+            "log_failed_messages",
+            "Messages whose group commit failed",
+            log.failed,
+        )?;
+        counter(
+            &mut encoder,
+            "log_commits",
+            "Group commits written",
+            log.commits,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "log_commit_size",
+            "Messages per group commit",
+            None,
+            MetricType::Histogram,
+        )?;
+        let buckets: Vec<(f64, u64)> = BATCH_SIZE_BOUNDS
+            .iter()
+            .zip(log.batch_sizes)
+            .map(|(&bound, n)| {
+                let bound = if bound == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    bound as f64
+                };
+                (bound, n)
+            })
+            .collect();
+        let count = log.batch_sizes.iter().sum();
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            log.batch_size_sum as f64,
+            count,
+            &buckets,
+            None,
+        )
+    }
+}

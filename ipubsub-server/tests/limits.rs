@@ -1,0 +1,448 @@
+//! Every configured limit, pushed past on a running server: each hit is a clear JSON error
+//! (and a metric), the server keeps serving normal requests meanwhile, and memory does not
+//! grow with the load it refuses. Every test is bounded in requests and time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, TestResult, TestServer};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "load-test-token-0123456789";
+const SLOW_TOKEN: &str = "slow-test-token-0123456789";
+
+/// A server with small limits, so that tests reach them quickly.
+fn small_server() -> TestServer {
+    TestServer::start_with(
+        &format!(
+            "http:
+  max_body_bytes: 1024
+  max_stream_id_bytes: 32
+  max_timeout_seconds: 5
+  receive_default_timeout_seconds: 5
+  max_stream_size: 10
+  default_stream_size: 10
+  body_read_timeout_seconds: 1
+  idle_timeout_seconds: 2
+  max_connections: 40
+engine:
+  max_streams: 100
+  max_waiting_requests: 20
+storage:
+  backend: none
+auth:
+  tokens:
+    - {{name: load, token: {TOKEN}}}
+    - {{name: slow, token: {SLOW_TOKEN}, requests_per_second: 2, burst: 5}}"
+        ),
+        &[],
+    )
+}
+
+async fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: String,
+    token: &str,
+) -> (StatusCode, Value) {
+    let bearer = format!("Bearer {token}");
+    let (status, bytes) = client
+        .raw(method, path, body, &[("authorization", &bearer)])
+        .await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn send(client: &Client, body: Value) -> (StatusCode, Value) {
+    call(
+        client,
+        Method::POST,
+        "/api/v1/streams/send",
+        body.to_string(),
+        TOKEN,
+    )
+    .await
+}
+
+async fn receive(client: &Client, query: &str) -> (StatusCode, Value) {
+    let path = format!("/api/v1/streams/receive?{query}");
+    call(client, Method::GET, &path, String::new(), TOKEN).await
+}
+
+fn code(body: &Value) -> &str {
+    common::code(body)
+}
+
+/// The value of one series of the server's metrics.
+async fn metric(client: &Client, series: &str) -> f64 {
+    let (_, bytes) = client
+        .raw(Method::GET, "/metrics", String::new(), &[])
+        .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A send and a receive on a fresh stream, answered quickly: the server still serves.
+async fn still_serves(client: &Client, stream: &str) {
+    let started = Instant::now();
+    let (status, _) = send(
+        client,
+        json!({"streamId": stream, "messageUuid": "ok", "message": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = receive(client, &format!("streamId={stream}&timeoutSeconds=0")).await;
+    assert_eq!(
+        (status, body["messageUuid"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413_without_being_buffered() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    let before = server.rss_bytes();
+    let big = json!({"streamId": "s", "messageUuid": "m", "message": "x".repeat(256 * 1024)});
+    // 200 in rounds of 20 at once (below the connection limit, which has its own test).
+    for _ in 0..10 {
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let client = Client::new(server.addr);
+            let body = big.clone();
+            tasks.push(tokio::spawn(async move { send(&client, body).await }));
+        }
+        for task in tasks {
+            let (status, body) = task.await?;
+            assert_eq!(
+                (status, code(&body)),
+                (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE")
+            );
+        }
+    }
+    // 200 × 256 KiB refused: 50 MiB that must not have been kept.
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "RSS grew by {grown} bytes");
+    assert_eq!(
+        metric(&client, r#"ipubsub_limit_hits_total{limit="body_size"}"#).await,
+        200.0
+    );
+    still_serves(&client, "after-bodies").await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ids_timeouts_and_stream_sizes_over_their_limits_are_400() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    let long = "i".repeat(33);
+    let (status, body) = send(
+        &client,
+        json!({"streamId": long, "messageUuid": "m", "message": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "INVALID_FIELD")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("limit is 32"),
+        "{body}"
+    );
+    let (status, body) = receive(&client, "streamId=s&timeoutSeconds=6").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "INVALID_PARAMETER")
+    );
+    let (status, body) = send(
+        &client,
+        json!({"streamId": "s", "messageUuid": "m", "message": 1, "inMemoryStreamSize": 11}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "INVALID_FIELD")
+    );
+    for limit in ["stream_id_length", "timeout", "stream_size"] {
+        let series = format!(r#"ipubsub_limit_hits_total{{limit="{limit}"}}"#);
+        assert_eq!(metric(&client, &series).await, 1.0, "{limit}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_past_the_limit_are_503_and_the_others_are_answered_in_time() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    // 20 waiting receives fill the node; each waits 2 s.
+    let mut waiting = Vec::new();
+    for i in 0..20 {
+        let client = Client::new(server.addr);
+        waiting.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (status, _) =
+                receive(&client, &format!("streamId=w{}&timeoutSeconds=2", i % 5)).await;
+            (status, started.elapsed())
+        }));
+    }
+    // Wait until all 20 are registered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&client, "ipubsub_waiting_requests").await < 20.0 {
+        assert!(Instant::now() < deadline, "the waiters never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 100 more, 10 at a time (the 20 waiters hold 20 of the 40 connections), are refused
+    // at once, and a request that does not wait is still served.
+    for _ in 0..10 {
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            let client = Client::new(server.addr);
+            refused.push(tokio::spawn(async move {
+                receive(&client, "streamId=extra&timeoutSeconds=2").await
+            }));
+        }
+        for task in refused {
+            let (status, body) = task.await?;
+            assert_eq!(
+                (status, code(&body)),
+                (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_WAITERS")
+            );
+        }
+    }
+    still_serves(&client, "during-waiters").await;
+    for task in waiting {
+        let (status, took) = task.await?;
+        assert_eq!(status, StatusCode::FAILED_DEPENDENCY);
+        assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    }
+    assert_eq!(
+        metric(&client, r#"ipubsub_limit_hits_total{limit="waiters"}"#).await,
+        100.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_past_the_limit_are_503_and_existing_streams_keep_working() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    for i in 0..100 {
+        let (status, _) = send(
+            &client,
+            json!({"streamId": format!("s{i}"), "messageUuid": "m", "message": i}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "stream {i}");
+    }
+    for i in 100..150 {
+        let (status, body) = send(
+            &client,
+            json!({"streamId": format!("s{i}"), "messageUuid": "m", "message": i}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_STREAMS")
+        );
+    }
+    let (status, _) = send(
+        &client,
+        json!({"streamId": "s7", "messageUuid": "m2", "message": 2}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an existing stream still takes messages"
+    );
+    let (status, body) = receive(&client, "streamId=s7&timeoutSeconds=0").await;
+    assert_eq!(
+        (status, body["message"].as_i64()),
+        (StatusCode::OK, Some(7))
+    );
+    assert_eq!(
+        metric(&client, r#"ipubsub_limit_hits_total{limit="streams"}"#).await,
+        50.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_blocking_stream_refuses_with_stream_full() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    for i in 0..10 {
+        let (status, _) = send(
+            &client,
+            json!({"streamId": "q", "messageUuid": format!("m{i}"), "message": i,
+                   "inMemoryStreamSize": 10, "blockingSendTimeoutSeconds": 1}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let started = Instant::now();
+    let (status, body) = send(
+        &client,
+        json!({"streamId": "q", "messageUuid": "m10", "message": 10,
+               "inMemoryStreamSize": 10, "blockingSendTimeoutSeconds": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FAILED_DEPENDENCY, "STREAM_FULL")
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    Ok(())
+}
+
+/// Reads one HTTP/1.1 response head and body (Content-Length only) from `socket`.
+async fn read_response(socket: &mut TcpStream) -> std::io::Result<String> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                return Ok(String::from_utf8_lossy(&buffer[..end + 4 + length]).into_owned());
+            }
+        }
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(String::from_utf8_lossy(&buffer).into_owned());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_503_and_idle_ones_are_closed() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    // Fill every slot with a connection that sends nothing.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(TcpStream::connect(server.addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 200 more, each with a request: all refused with a clear answer, then closed.
+    for _ in 0..200 {
+        let mut socket = TcpStream::connect(server.addr).await?;
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), read_response(&mut socket)).await??;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("TOO_MANY_CONNECTIONS"), "{answer}");
+        let lower = answer.to_lowercase();
+        assert!(
+            lower.contains("connection: close") && lower.contains("retry-after: 1"),
+            "{answer}"
+        );
+        let mut rest = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut rest)).await??;
+        assert_eq!(closed, 0, "the refused connection is closed");
+    }
+    // The idle connections are closed after `idle_timeout_seconds` (2 s), which frees the
+    // slots: new clients are served again.
+    let started = Instant::now();
+    for mut socket in idle {
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut rest)).await??;
+        assert_eq!(n, 0, "an idle connection is closed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    still_serves(&client, "after-connections").await;
+    assert_eq!(
+        metric(&client, r#"ipubsub_limit_hits_total{limit="connections"}"#).await,
+        200.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_slower_than_its_timeout_is_408_and_the_connection_closed() -> TestResult {
+    let server = small_server();
+    let mut socket = TcpStream::connect(server.addr).await?;
+    let head = format!(
+        "POST /api/v1/streams/send HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"streamId\":"
+    );
+    socket.write_all(head.as_bytes()).await?;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut socket)).await??;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("BODY_TIMEOUT"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut rest = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut rest)).await??;
+    assert_eq!(closed, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_past_its_rate_is_429_and_other_tokens_are_not() -> TestResult {
+    let server = small_server();
+    let client = Client::new(server.addr);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let body = json!({"streamId": "r", "messageUuid": format!("m{i}"), "message": i});
+        let (status, body) = call(
+            &client,
+            Method::POST,
+            "/api/v1/streams/send",
+            body.to_string(),
+            SLOW_TOKEN,
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(code(&body), "RATE_LIMITED");
+        }
+        statuses.push(status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // The burst of 5, and at 2 per second perhaps one or two more while the loop ran.
+    assert!((5..=8).contains(&ok), "{statuses:?}");
+    assert_eq!(ok + limited, 20, "{statuses:?}");
+    still_serves(&client, "other-token").await;
+    Ok(())
+}
+
+/// A body the server never sees whole is not what makes a 413: the declared length is.
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused_before_it_is_sent() -> TestResult {
+    let server = small_server();
+    let mut socket = TcpStream::connect(server.addr).await?;
+    let head = format!(
+        "POST /api/v1/streams/send HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: 1000000000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut socket)).await??;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    Ok(())
+}
