@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace: formatting, clippy (warnings are errors),
-# all unit, integration and doc tests, the loom models of the matching core, and the docs.
+# all unit, integration and doc tests, the API against its OpenAPI document (schemathesis),
+# the loom models of the matching core, the fuzz targets for a bounded time, and the docs.
 # This is the README's test command and what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ scripts/services.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
@@ -33,9 +35,15 @@ step "cargo test"
 # Every feature: each storage backend's tests run against its real server.
 cargo test --workspace --all-features --locked
 
+step "OpenAPI conformance (schemathesis against a running node)"
+scripts/conformance.sh target/debug/ipubsub-server
+
 step "loom models (ipubsub-core)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p ipubsub-core --test loom --release --locked
+
+step "fuzz targets (${FUZZ_SECONDS:-60} s each, from the kept corpus)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet

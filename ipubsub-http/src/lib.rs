@@ -39,6 +39,9 @@
 mod auth;
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod readiness;
 mod receive;

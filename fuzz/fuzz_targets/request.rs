@@ -1,0 +1,100 @@
+//! The request parsers: a send body and a receive query string, from arbitrary bytes, and the
+//! same built from arbitrary field values (so that numbers at and past every limit are tried
+//! as often as malformed text is).
+#![no_main]
+
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks the parser and the form of the input, so one corpus serves all.
+    let Some((selector, rest)) = data.split_first() else {
+        return;
+    };
+    match selector % 4 {
+        0 => ipubsub_http::fuzzing::send_body(rest),
+        1 => {
+            if let Ok(query) = std::str::from_utf8(rest) {
+                ipubsub_http::fuzzing::receive_query(query);
+            }
+        }
+        2 => {
+            if let Ok(body) = send_from_fields(&mut Unstructured::new(rest)) {
+                ipubsub_http::fuzzing::send_body(body.as_bytes());
+            }
+        }
+        _ => {
+            if let Ok(query) = receive_from_fields(&mut Unstructured::new(rest)) {
+                ipubsub_http::fuzzing::receive_query(&query);
+            }
+        }
+    }
+});
+
+/// A number: small, near a limit, or any `u64`.
+fn number(u: &mut Unstructured<'_>) -> Result<u64> {
+    Ok(match u.int_in_range(0..=3)? {
+        0 => u.int_in_range(0..=10)?,
+        1 => *u.choose(&[99_999, 100_000, 100_001, 299, 300, 301, 999, 1000, 1001])?,
+        2 => *u.choose(&[2_591_999, 2_592_000, 2_592_001, u64::from(u32::MAX) + 1])?,
+        _ => u.arbitrary()?,
+    })
+}
+
+/// A send body with each field present or not, of its type or not.
+fn send_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
+    let mut fields = Vec::new();
+    let mut field = |name: &str, value: String| fields.push(format!("\"{name}\":{value}"));
+    let text = |u: &mut Unstructured<'_>| -> Result<String> {
+        let s: String = u.arbitrary()?;
+        Ok(format!("{s:?}")) // Rust's escaping is valid JSON for most strings; not always.
+    };
+    if u.arbitrary()? {
+        field("streamId", text(u)?);
+    }
+    if u.arbitrary()? {
+        field("messageUuid", text(u)?);
+    }
+    if u.arbitrary()? {
+        field("message", text(u)?);
+    }
+    for name in [
+        "inMemoryStreamSize",
+        "blockingSendTimeoutSeconds",
+        "dbTTLSeconds",
+    ] {
+        if u.arbitrary()? {
+            field(name, number(u)?.to_string());
+        }
+    }
+    if u.arbitrary()? {
+        field("writeToDB", u.arbitrary::<bool>()?.to_string());
+    }
+    Ok(format!("{{{}}}", fields.join(",")))
+}
+
+/// A receive query with each parameter present or not.
+fn receive_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
+    let mut query = Vec::new();
+    if u.arbitrary()? {
+        let stream: String = u.arbitrary()?;
+        query.push(format!("streamId={}", percent_encode(&stream)));
+    }
+    for name in ["timeoutSeconds", "maxMessages"] {
+        if u.arbitrary()? {
+            query.push(format!("{name}={}", number(u)?));
+        }
+    }
+    if u.arbitrary()? {
+        query.push(format!("readFromDB={}", u.arbitrary::<bool>()?));
+    }
+    if u.arbitrary()? {
+        let token: String = u.arbitrary()?;
+        query.push(format!("dbResumeToken={}", percent_encode(&token)));
+    }
+    Ok(query.join("&"))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
