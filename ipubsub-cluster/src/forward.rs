@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, header};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 
 use crate::node::{Node, NodeId};
@@ -65,10 +65,36 @@ pub enum ForwardError {
     Request(#[source] hyper::http::Error),
 }
 
+/// How the forwarder reaches members: plain HTTP, or (feature `tls`) HTTPS.
+#[derive(Clone, Debug)]
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    #[cfg(feature = "tls")]
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl Transport {
+    fn scheme(&self) -> &'static str {
+        match self {
+            Self::Plain(_) => "http",
+            #[cfg(feature = "tls")]
+            Self::Tls(_) => "https",
+        }
+    }
+
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Self::Plain(client) => client.request(request),
+            #[cfg(feature = "tls")]
+            Self::Tls(client) => client.request(request),
+        }
+    }
+}
+
 /// A pooled HTTP client to the other members. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     local: NodeId,
     /// Sent on every forwarded request, when the cluster has one.
     secret: Option<ClusterSecret>,
@@ -80,17 +106,35 @@ const SLACK: Duration = Duration::from_secs(5);
 impl Forwarder {
     /// A forwarder for the node `local`.
     pub fn new(local: NodeId) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Self {
-            client,
+            transport: Transport::Plain(pooled(tcp_connector())),
             local,
             secret: None,
         }
+    }
+
+    /// This forwarder, talking HTTPS to members with `tls` (whose roots are the certificates
+    /// members may present). Each member's certificate is checked for the address it
+    /// advertises (an IP address subject name), or for `server_name` when given: one name
+    /// every member's certificate carries.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        mut self,
+        tls: rustls::ClientConfig,
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+    ) -> Self {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let builder = match server_name {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = builder.enable_http1().wrap_connector(tcp_connector());
+        self.transport = Transport::Tls(pooled(connector));
+        self
     }
 
     /// This forwarder, proving its requests with `secret` ([`CLUSTER_SECRET_HEADER`]).
@@ -114,7 +158,12 @@ impl Forwarder {
     ) -> Result<Response<Bytes>, ForwardError> {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{}", owner.http_addr(), path_and_query))
+            .uri(format!(
+                "{}://{}{}",
+                self.transport.scheme(),
+                owner.http_addr(),
+                path_and_query
+            ))
             .header(header::CONTENT_TYPE, "application/json")
             .header(FORWARDED_HEADER, self.local.as_str())
             .header(DEADLINE_HEADER, wait.as_millis().to_string())
@@ -128,7 +177,7 @@ impl Forwarder {
         }
         let limit = wait + SLACK;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let response = self.transport.request(request).await.map_err(|e| {
                 let node = owner.id().clone();
                 if e.is_connect() {
                     ForwardError::Unreachable {
@@ -157,6 +206,24 @@ impl Forwarder {
             }),
         }
     }
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    // With TLS, the TLS connector wraps it and asks it for `https` URIs.
+    connector.enforce_http(false);
+    connector
+}
+
+fn pooled<C>(connector: C) -> Client<C, Full<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
 }
 
 #[cfg(test)]

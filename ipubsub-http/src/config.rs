@@ -46,6 +46,10 @@ pub struct HttpConfig {
     /// carries the secret (else a 403) and this node's forwards carry it. Without it, a
     /// forwarded request is trusted unless auth is on, in which case it is refused.
     pub cluster_secret: Option<ClusterSecret>,
+    /// How to reach members that listen with TLS; `None`: members are reached over plain
+    /// HTTP. Every member of a cluster listens the same way.
+    #[cfg(feature = "tls")]
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +72,8 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(75),
             auth: None,
             cluster_secret: None,
+            #[cfg(feature = "tls")]
+            peer_tls: None,
         }
     }
 }

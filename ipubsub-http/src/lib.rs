@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`App`]: routing and shared state; `App::handle` answers one request.
-//! - [`serve`]: the accept loop and graceful shutdown.
+//! - [`serve`]: the accept loop and graceful shutdown; `serve_tls` and the `tls` module
+//!   (feature `tls`): the same over HTTPS, and forwarding to members over HTTPS.
 //! - [`HttpConfig`]: limits, defaults and access rules.
 //! - [`Auth`], [`TokenGrant`]: bearer tokens and what each may do.
 //! - [`ApiError`], [`ErrorCode`]: the error answers.
@@ -48,6 +49,8 @@ mod receive;
 mod send;
 mod server;
 mod service;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
 pub use config::HttpConfig;
@@ -55,4 +58,6 @@ pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use readiness::Readiness;
 pub use server::serve;
+#[cfg(feature = "tls")]
+pub use server::serve_tls;
 pub use service::App;

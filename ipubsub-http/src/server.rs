@@ -1,8 +1,9 @@
-//! [`serve`]: the accept loop, one hyper HTTP/1.1 connection per client, the connection limit,
-//! slow-client timeouts and graceful shutdown.
+//! [`serve`] (and, with feature `tls`, [`serve_tls`]): the accept loop, one hyper HTTP/1.1
+//! connection per client, the connection limit, slow-client timeouts and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,9 +11,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::service::{App, error_response};
@@ -35,13 +37,39 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    serve_with(listener, app, None, shutdown, grace).await;
+}
+
+/// [`serve`], speaking HTTPS only: each connection first completes a TLS handshake with `tls`
+/// (within [`HttpConfig::idle_timeout`](crate::HttpConfig::idle_timeout)).
+#[cfg(feature = "tls")]
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: App,
+    tls: crate::tls::ServerTls,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    serve_with(listener, app, Some(tls.acceptor()), shutdown, grace).await;
+}
+
+/// The TLS acceptor, when the listener speaks HTTPS.
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Acceptor = std::convert::Infallible;
+
+async fn serve_with(
+    listener: TcpListener,
+    app: App,
+    tls: Option<Acceptor>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let open = Arc::new(AtomicUsize::new(0));
-    let (max_connections, idle_timeout) = {
-        let config = app.config();
-        (config.max_connections, config.idle_timeout)
-    };
+    let max_connections = app.config().max_connections;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -59,28 +87,21 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "could not set TCP_NODELAY");
         }
+        let connection = Connection {
+            app: app.clone(),
+            peer,
+            watcher: graceful.watcher(),
+        };
         if open.load(Ordering::Relaxed) >= max_connections {
-            refuse(stream, peer, app.clone());
+            app.metrics().connection_refused();
+            tokio::spawn(connection.refuse(stream, tls.clone()));
             continue;
         }
         let counted = Counted::new(&open, app.metrics().connections().clone());
-        let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Answers to pipelined requests go out in one write, not one each.
-            .pipeline_flush(true)
-            .header_read_timeout(idle_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _counted = counted;
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+            connection.serve(stream, tls).await;
         });
     }
     drop(listener);
@@ -102,29 +123,105 @@ pub async fn serve(
     }
 }
 
-/// Answers the first request of a connection over the limit with 503 `TOO_MANY_CONNECTIONS`
-/// and closes it. Such a connection costs a task only until it has sent its request's headers
-/// (at most [`REFUSAL_READ_TIMEOUT`]); its answer is the same for every request.
-fn refuse(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, app: App) {
-    tracing::debug!(%peer, "refusing a connection: too many open");
-    app.metrics().connection_refused();
-    let service = service_fn(|_request| async {
-        let error = ApiError::new(
-            ErrorCode::TooManyConnections,
-            "this node serves its maximum number of connections; retry later or elsewhere",
-        );
-        Ok::<_, Infallible>(error_response(&error))
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(false)
-        .header_read_timeout(REFUSAL_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, %peer, "refused connection ended with an error");
+/// One accepted connection and what serving it needs.
+struct Connection {
+    app: App,
+    peer: SocketAddr,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// Serves the connection's requests until it closes, after the TLS handshake if any.
+    async fn serve(self, stream: TcpStream, tls: Option<Acceptor>) {
+        let idle_timeout = self.app.config().idle_timeout;
+        let Some(tls) = tls else {
+            return self.serve_io(stream, idle_timeout).await;
+        };
+        #[cfg(feature = "tls")]
+        if let Some(stream) = self.handshake(&tls, stream, idle_timeout).await {
+            self.serve_io(stream, idle_timeout).await;
         }
-    });
+        #[cfg(not(feature = "tls"))]
+        match tls {}
+    }
+
+    async fn serve_io<I>(self, io: I, idle_timeout: Duration)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app;
+        let service = service_fn(move |request| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            // Answers to pipelined requests go out in one write, not one each.
+            .pipeline_flush(true)
+            .header_read_timeout(idle_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
+        }
+    }
+
+    /// Answers the first request of a connection over the limit with 503
+    /// `TOO_MANY_CONNECTIONS` and closes it. Such a connection costs a task only until it has
+    /// sent its request's headers (at most [`REFUSAL_READ_TIMEOUT`]).
+    async fn refuse(self, stream: TcpStream, tls: Option<Acceptor>) {
+        tracing::debug!(peer = %self.peer, "refusing a connection: too many open");
+        let Some(tls) = tls else {
+            return self.refuse_io(stream).await;
+        };
+        #[cfg(feature = "tls")]
+        if let Some(stream) = self.handshake(&tls, stream, REFUSAL_READ_TIMEOUT).await {
+            self.refuse_io(stream).await;
+        }
+        #[cfg(not(feature = "tls"))]
+        match tls {}
+    }
+
+    async fn refuse_io<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(|_request| async {
+            let error = ApiError::new(
+                ErrorCode::TooManyConnections,
+                "this node serves its maximum number of connections; retry later or elsewhere",
+            );
+            Ok::<_, Infallible>(error_response(&error))
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .keep_alive(false)
+            .header_read_timeout(REFUSAL_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!(error = %e, peer = %self.peer, "refused connection ended with an error");
+        }
+    }
+
+    /// The TLS handshake, within `limit`; `None` (logged at debug) if it failed.
+    #[cfg(feature = "tls")]
+    async fn handshake(
+        &self,
+        tls: &Acceptor,
+        stream: TcpStream,
+        limit: Duration,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        match tokio::time::timeout(limit, tls.accept(stream)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, ?limit, "TLS handshake timed out");
+                None
+            }
+        }
+    }
 }
 
 /// One open connection, counted (and shown in the connections gauge) while it lives.

@@ -71,10 +71,16 @@ impl App {
     /// `cluster`, with `config`'s limits.
     pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
         let metrics = Metrics::new(engine.clone(), log.clone(), cluster.clone());
+        let forwarder =
+            Forwarder::new(cluster.local().id().clone()).with_secret(config.cluster_secret.clone());
+        #[cfg(feature = "tls")]
+        let forwarder = match &config.peer_tls {
+            Some(peer) => forwarder.with_tls((*peer.config).clone(), peer.server_name.clone()),
+            None => forwarder,
+        };
         Self {
             inner: Arc::new(Inner {
-                forwarder: Forwarder::new(cluster.local().id().clone())
-                    .with_secret(config.cluster_secret.clone()),
+                forwarder,
                 engine,
                 log,
                 cluster,

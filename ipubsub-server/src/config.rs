@@ -38,6 +38,8 @@ pub struct Config {
     pub http: HttpSection,
     /// Who may send and receive.
     pub auth: AuthSection,
+    /// HTTPS.
+    pub tls: TlsSection,
     /// The in-memory engine.
     pub engine: EngineSection,
     /// The persistent log's storage.
@@ -155,6 +157,21 @@ pub struct TokenSection {
 
 fn yes() -> bool {
     true
+}
+
+/// `tls:` HTTPS for the API, and between members. On when `cert_file` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key_file: Option<PathBuf>,
+    /// The certificates this node trusts when it forwards to members (PEM: their CA, or
+    /// their self-signed certificates); `cert_file` when unset.
+    pub peer_ca_file: Option<PathBuf>,
+    /// The name members' certificates are checked for; unset: the IP address each advertises.
+    pub peer_server_name: Option<String>,
 }
 
 /// `http:`
@@ -553,6 +570,20 @@ impl Config {
                     .into(),
             );
         }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid("tls.cert_file and tls.key_file go together".into());
+        }
+        if tls.cert_file.is_none() && (tls.peer_ca_file.is_some() || tls.peer_server_name.is_some())
+        {
+            return invalid(
+                "tls.peer_ca_file and tls.peer_server_name need tls.cert_file: members listen the way this node does"
+                    .into(),
+            );
+        }
+        if cfg!(not(feature = "tls")) && tls.cert_file.is_some() {
+            return invalid("tls: this build has no TLS (cargo feature `tls`)".into());
+        }
         let auth_on = !self.auth.tokens.is_empty() || self.auth.tokens_file.is_some();
         if auth_on
             && self.cluster.secret.is_none()
@@ -676,7 +707,28 @@ impl Config {
             .map(|s| ipubsub_cluster::ClusterSecret::new(&s.0))
             .transpose()
             .map_err(|e| ConfigError::Invalid(format!("cluster.secret: {e}")))?;
+        #[cfg(feature = "tls")]
+        if let Some(cert) = &self.tls.cert_file {
+            let roots = self.tls.peer_ca_file.as_ref().unwrap_or(cert);
+            let peer = ipubsub_http::tls::PeerTls::from_pem_file(
+                roots,
+                self.tls.peer_server_name.as_deref(),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?;
+            c.peer_tls = Some(peer);
+        }
         Ok(c)
+    }
+
+    /// The listener's certificate and key, when TLS is on.
+    #[cfg(feature = "tls")]
+    pub fn server_tls(&self) -> Result<Option<ipubsub_http::tls::ServerTls>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) else {
+            return Ok(None);
+        };
+        ipubsub_http::tls::ServerTls::from_pem_files(cert, key)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("tls: {e}")))
     }
 
     /// The tokens of `auth.tokens` and `auth.tokens_file`; `None` when there are none.

@@ -99,6 +99,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Files named by the configuration (tokens, certificates) are read before anything starts.
+    let http_config = config.http_config()?;
+    #[cfg(feature = "tls")]
+    let tls = config.server_tls()?;
     let listener = TcpListener::bind(config.node.http_bind_addr_port)
         .await
         .with_context(|| format!("cannot listen on {}", config.node.http_bind_addr_port))?;
@@ -151,12 +155,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let probe = store.clone();
     let log = store.map(|store| Log::new(store, config.log_config()));
-    let app = App::new(
-        engine.clone(),
-        log.clone(),
-        cluster.clone(),
-        config.http_config()?,
-    );
+    let app = App::new(engine.clone(), log.clone(), cluster.clone(), http_config);
+    #[cfg(feature = "tls")]
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    #[cfg(not(feature = "tls"))]
+    let scheme = "http";
 
     let sweeper = tokio::spawn(sweep_idle_streams(
         engine.clone(),
@@ -191,7 +194,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, %bound, "ipubsub-server started");
     // Machine-readable, for scripts and tests that start the server on port 0.
-    println!("ipubsub-server listening on http://{bound}");
+    println!("ipubsub-server listening on {scheme}://{bound}");
 
     let (stop_rebalancing, rebalancing_stopped) = tokio::sync::watch::channel(false);
     let rebalancer = membership.as_ref().map(|_| {
@@ -217,6 +220,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    #[cfg(feature = "tls")]
+    match tls {
+        Some(tls) => ipubsub_http::serve_tls(listener, app.clone(), tls, shutdown, grace).await,
+        None => ipubsub_http::serve(listener, app.clone(), shutdown, grace).await,
+    }
+    #[cfg(not(feature = "tls"))]
     ipubsub_http::serve(listener, app.clone(), shutdown, grace).await;
     if let Some(rebalancer) = rebalancer {
         // Let a hand-off in progress finish: its messages exist nowhere else.
