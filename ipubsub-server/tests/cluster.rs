@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestResult, TestServer};
+use common::{Client, TestResult, TestServer};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -20,6 +20,8 @@ struct Cluster {
     nodes: Vec<Option<TestServer>>,
     ports: Vec<u16>,
     yaml: String,
+    /// Extra environment of every node.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -30,16 +32,25 @@ impl Cluster {
 
     /// Starts the first `running` of `n` nodes; all list all `n` gossip addresses as seeds.
     fn start_some(n: usize, running: usize) -> Self {
+        Self::start_configured(n, running, "", &[])
+    }
+
+    /// [`Cluster::start_some`], each node's config file adding `yaml` and its environment `env`.
+    fn start_configured(n: usize, running: usize, yaml: &str, env: &[(&str, &str)]) -> Self {
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         let yaml = format!(
-            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n",
+            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n{yaml}",
             seeds.join(", ")
         );
         let mut cluster = Self {
             nodes: (0..n).map(|_| None).collect(),
             ports,
             yaml,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         // Started together: each waits at start to hear from the others.
         let started = Instant::now();
@@ -70,14 +81,13 @@ impl Cluster {
         let gossip = format!("127.0.0.1:{}", self.ports[i]);
         // TEST_SERVER_LOG=info shows the nodes' logs when a test needs looking into.
         let log = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into());
-        TestServer::start_with(
-            &self.yaml,
-            &[
-                ("IPUBSUB_NODE__NAME", &name),
-                ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip),
-                ("RUST_LOG", &log),
-            ],
-        )
+        let mut env = vec![
+            ("IPUBSUB_NODE__NAME", name.as_str()),
+            ("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", gossip.as_str()),
+            ("RUST_LOG", log.as_str()),
+        ];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        TestServer::start_with(&self.yaml, &env)
     }
 
     /// Starts node `i`, which joins the running ones.
@@ -464,5 +474,97 @@ async fn no_acknowledged_message_is_lost_across_a_graceful_leave_under_load() ->
     );
     assert!(lost.is_empty(), "lost across the leave: {lost:?}");
     assert_eq!(received.len(), unique.len(), "duplicates");
+    Ok(())
+}
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// With auth on and a cluster secret: a client's token works through every node, forwards and
+/// the hand-off of a leaving node carry the secret, and a client claiming to be a node is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_and_a_secret_every_node_serves_and_a_leave_hands_over() -> TestResult {
+    let mut cluster = Cluster::start_configured(
+        2,
+        2,
+        &format!("auth:\n  tokens:\n    - {{name: app, token: {TOKEN}}}\n"),
+        &[("IPUBSUB_CLUSTER__SECRET", "cluster-secret-0123456789")],
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("authorization", bearer.as_str())];
+    let clients: Vec<Client> = cluster.live().map(|n| Client::new(n.addr)).collect();
+    let started = Instant::now();
+    loop {
+        let mut joined = true;
+        for client in &clients {
+            let (_, view) = client
+                .raw(Method::GET, "/api/v1/cluster", String::new(), &auth)
+                .await;
+            let view: Value = serde_json::from_slice(&view)?;
+            joined &= view["members"].as_array().map(Vec::len) == Some(2);
+        }
+        if joined {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no convergence"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let streams = 40;
+    for i in 0..streams {
+        let body =
+            json!({"streamId": format!("a{i}"), "messageUuid": format!("m{i}"), "message": i});
+        let (status, _) = clients[i % 2]
+            .raw(
+                Method::POST,
+                "/api/v1/streams/send",
+                body.to_string(),
+                &auth,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "send {i}");
+    }
+    // No token: refused by whichever node is asked, owner or not.
+    let (status, _) = clients[0]
+        .raw(
+            Method::POST,
+            "/api/v1/streams/send",
+            json!({"streamId": "a0", "messageUuid": "x", "message": 0}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A client posing as a node, with a token but without the secret.
+    let forged = [
+        ("authorization", bearer.as_str()),
+        ("x-ipubsub-forwarded", "node-1"),
+    ];
+    let (status, _) = clients[0]
+        .raw(
+            Method::POST,
+            "/api/v1/streams/send",
+            json!({"streamId": "a0", "messageUuid": "x", "message": 0}).to_string(),
+            &forged,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let mut leaving = cluster.nodes[1].take().ok_or("node 1")?;
+    assert!(leaving.terminate(Duration::from_secs(15)).success());
+    let mut received = 0;
+    for i in 0..streams {
+        let path = format!("/api/v1/streams/receive?streamId=a{i}&timeoutSeconds=0");
+        let (status, body) = clients[0]
+            .raw(Method::GET, &path, String::new(), &auth)
+            .await;
+        if status == StatusCode::OK {
+            let body: Value = serde_json::from_slice(&body)?;
+            assert_eq!(body["message"], json!(i));
+            received += 1;
+        }
+    }
+    assert_eq!(received, streams, "messages lost across the leave");
     Ok(())
 }
