@@ -158,9 +158,17 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+/// The statuses the API answers with; their counters are cached per route after first use.
+const STATUSES: [u16; 13] = [
+    200, 400, 401, 403, 404, 405, 408, 413, 424, 429, 500, 503, 0,
+];
+
 struct Inner {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// `requests`' counter of each route and status of [`STATUSES`], resolved on first use:
+    /// a label lookup (a keyed hash and a lock) per request would cost more than the count.
+    request_counters: [[std::sync::OnceLock<Counter>; STATUSES.len()]; Route::ALL.len()],
     /// One histogram per route, resolved once: no label lookup per request.
     durations: [Histogram; Route::ALL.len()],
     limit_hits: Family<LimitLabels, Counter>,
@@ -241,6 +249,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 requests,
+                request_counters: Default::default(),
                 durations,
                 limit_hits,
                 forwards,
@@ -254,14 +263,17 @@ impl Metrics {
     /// Counts a request answered with `status` after `took`.
     pub(crate) fn request(&self, route: Route, status: u16, took: Duration) {
         let inner = &*self.inner;
-        inner
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.label(),
-                status,
-            })
-            .inc();
+        let labels = || RequestLabels {
+            route: route.label(),
+            status,
+        };
         // `Route::ALL` lists the routes in declaration order.
+        match STATUSES.iter().position(|&s| s == status) {
+            Some(i) => inner.request_counters[route as usize][i]
+                .get_or_init(|| inner.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => inner.requests.get_or_create(&labels()).inc(),
+        };
         inner.durations[route as usize].observe(took.as_secs_f64());
     }
 

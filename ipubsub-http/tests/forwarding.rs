@@ -361,6 +361,15 @@ async fn every_answer_carries_a_request_id_the_callers_when_valid() -> TestResul
     let second = app.handle(get("/nowhere", None)).await;
     assert_eq!(second.status(), StatusCode::NOT_FOUND);
     assert_ne!(id_of(&first), id_of(&second), "made-up ids differ");
+    // Made-up ids: one random prefix per process, then a counter in hex.
+    let first_id = id_of(&first);
+    let (prefix, counter) = first_id.rsplit_once('-').ok_or("no dash")?;
+    assert_eq!(counter, "0");
+    assert!(prefix.len() == 16 && prefix.bytes().all(|b| b.is_ascii_hexdigit()));
+    for n in 2..=300u32 {
+        let id = id_of(&app.handle(get("/health", None)).await);
+        assert_eq!(id, format!("{prefix}-{n:x}"));
+    }
     let kept = app.handle(get("/health", Some("trace-42.a:b_c"))).await;
     assert_eq!(id_of(&kept), "trace-42.a:b_c");
     for bad in ["two words", "", &"x".repeat(129), "quote\"d"] {
