@@ -137,10 +137,15 @@ impl Connection {
         let Some(tls) = tls else {
             return self.serve_io(stream, idle_timeout).await;
         };
+        // Boxed: a task's size is its largest state, and a TLS stream is kilobytes; plain
+        // connections should not pay for it.
         #[cfg(feature = "tls")]
-        if let Some(stream) = self.handshake(&tls, stream, idle_timeout).await {
-            self.serve_io(stream, idle_timeout).await;
-        }
+        Box::pin(async move {
+            if let Some(stream) = self.handshake(&tls, stream, idle_timeout).await {
+                self.serve_io(stream, idle_timeout).await;
+            }
+        })
+        .await;
         #[cfg(not(feature = "tls"))]
         match tls {}
     }
@@ -174,9 +179,12 @@ impl Connection {
             return self.refuse_io(stream).await;
         };
         #[cfg(feature = "tls")]
-        if let Some(stream) = self.handshake(&tls, stream, REFUSAL_READ_TIMEOUT).await {
-            self.refuse_io(stream).await;
-        }
+        Box::pin(async move {
+            if let Some(stream) = self.handshake(&tls, stream, REFUSAL_READ_TIMEOUT).await {
+                self.refuse_io(stream).await;
+            }
+        })
+        .await;
         #[cfg(not(feature = "tls"))]
         match tls {}
     }
