@@ -57,7 +57,12 @@ pub async fn serve_tls(
 #[cfg(feature = "tls")]
 type Acceptor = tokio_rustls::TlsAcceptor;
 #[cfg(not(feature = "tls"))]
-type Acceptor = std::convert::Infallible;
+type Acceptor = NoTls;
+
+/// Without the `tls` feature there is no acceptor: `Option<NoTls>` is always `None`.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum NoTls {}
 
 async fn serve_with(
     listener: TcpListener,

@@ -5,6 +5,7 @@
 //! configuration is one line on stderr and exit code 2.
 
 mod config;
+mod stores;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -17,13 +18,11 @@ use clap::Parser;
 use config::{Config, LogFormat};
 use hyper::Method;
 use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, NodeId, Route};
-use std::error::Error as _;
 use std::sync::Arc;
 
-use config::{Backend, DurabilitySetting};
+use config::Backend;
 use ipubsub_core::{Drained, Engine, Log, Message, MessageStore, SendOptions, StreamId};
 use ipubsub_http::{App, Metrics, Readiness};
-use ipubsub_storage::{Durability, EmbeddedConfig, EmbeddedStore, MemoryStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -152,7 +151,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let engine = Engine::new(config.engine_config());
-    let store = open_store(&config).await?;
+    let store = stores::open_store(&config).await?;
     let probe = store.clone();
     let log = store.map(|store| Log::new(store, config.log_config()));
     let app = App::new(engine.clone(), log.clone(), cluster.clone(), http_config);
@@ -449,138 +448,6 @@ fn handoff_body(stream: &StreamId, size: Option<u32>, message: &Message) -> byte
     bytes::Bytes::from(out)
 }
 
-/// Opens the configured store; `None` when persistence is off.
-async fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn MessageStore>>> {
-    Ok(match config.storage.backend {
-        Backend::None => None,
-        Backend::Memory => Some(Arc::new(MemoryStore::new())),
-        Backend::Embedded => {
-            let section = &config.storage.embedded;
-            let mut embedded = EmbeddedConfig::new(&section.path);
-            embedded.durability = match section.durability {
-                DurabilitySetting::Buffer => Durability::Buffer,
-                DurabilitySetting::Sync => Durability::Sync,
-            };
-            let store = EmbeddedStore::open(&embedded).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}: {}",
-                    e.source().map_or_else(String::new, ToString::to_string)
-                )
-            })?;
-            tracing::info!(path = %section.path.display(), durability = ?section.durability, "embedded store opened");
-            Some(Arc::new(store))
-        }
-        Backend::Postgres => Some(open_postgres(&config.storage.postgres).await?),
-        Backend::Mysql => Some(open_mysql(&config.storage.mysql).await?),
-        Backend::Cassandra => Some(open_cassandra(&config.storage.cassandra).await?),
-        Backend::Mongodb => Some(open_mongodb(&config.storage.mongodb).await?),
-    })
-}
-
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn sql_config(section: &config::SqlSection) -> ipubsub_storage::SqlConfig {
-    let mut sql = ipubsub_storage::SqlConfig::new(&section.url);
-    sql.pool_size = section.pool_size;
-    sql.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
-    sql
-}
-
-/// One line for a start-up error: the error and its first cause (the driver's words).
-#[cfg(any(
-    feature = "postgres",
-    feature = "mysql",
-    feature = "cassandra",
-    feature = "mongodb"
-))]
-fn one_line(e: &dyn std::error::Error) -> anyhow::Error {
-    match e.source() {
-        Some(cause) if !e.to_string().contains(&cause.to_string()) => {
-            anyhow::anyhow!("{e}: {cause}")
-        }
-        _ => anyhow::anyhow!("{e}"),
-    }
-}
-
-#[cfg(feature = "postgres")]
-async fn open_postgres(section: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    let store = ipubsub_storage::PostgresStore::connect(&sql_config(section))
-        .await
-        .map_err(|e| one_line(&e))?;
-    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), pool = section.pool_size, "PostgreSQL store opened");
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn open_postgres(_: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    anyhow::bail!("storage.backend: postgres needs a build with the cargo feature `postgres`")
-}
-
-#[cfg(feature = "mysql")]
-async fn open_mysql(section: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    let store = ipubsub_storage::MySqlStore::connect(&sql_config(section))
-        .await
-        .map_err(|e| one_line(&e))?;
-    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), pool = section.pool_size, "MySQL store opened");
-    Ok(Arc::new(store))
-}
-
-#[cfg(feature = "cassandra")]
-async fn open_cassandra(
-    section: &config::CassandraSection,
-) -> anyhow::Result<Arc<dyn MessageStore>> {
-    use config::CassandraConsistency as C;
-    use scylla::statement::Consistency;
-    let mut cassandra = ipubsub_storage::CassandraConfig::new("");
-    cassandra.nodes = section.nodes.clone();
-    cassandra.keyspace = section.keyspace.clone();
-    cassandra.replication = section.replication.clone();
-    cassandra.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
-    cassandra.consistency = match section.consistency {
-        C::Any => Consistency::Any,
-        C::One => Consistency::One,
-        C::Two => Consistency::Two,
-        C::Three => Consistency::Three,
-        C::Quorum => Consistency::Quorum,
-        C::All => Consistency::All,
-        C::LocalQuorum => Consistency::LocalQuorum,
-        C::EachQuorum => Consistency::EachQuorum,
-        C::LocalOne => Consistency::LocalOne,
-    };
-    let store = ipubsub_storage::CassandraStore::connect(&cassandra)
-        .await
-        .map_err(|e| one_line(&e))?;
-    tracing::info!(nodes = ?section.nodes, keyspace = %section.keyspace, consistency = ?section.consistency, "Cassandra store opened");
-    Ok(Arc::new(store))
-}
-
-#[cfg(feature = "mongodb")]
-async fn open_mongodb(section: &config::MongoSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    let mut mongo = ipubsub_storage::MongoConfig::new(&section.url);
-    mongo.database = section.database.clone();
-    mongo.pool_size = section.pool_size;
-    mongo.connect_timeout = Duration::from_secs(section.connect_timeout_seconds);
-    let store = ipubsub_storage::MongoStore::connect(&mongo)
-        .await
-        .map_err(|e| one_line(&e))?;
-    tracing::info!(url = %ipubsub_storage::redacted_url(&section.url), database = %section.database, "MongoDB store opened");
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "mongodb"))]
-async fn open_mongodb(_: &config::MongoSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    anyhow::bail!("storage.backend: mongodb needs a build with the cargo feature `mongodb`")
-}
-
-#[cfg(not(feature = "cassandra"))]
-async fn open_cassandra(_: &config::CassandraSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    anyhow::bail!("storage.backend: cassandra needs a build with the cargo feature `cassandra`")
-}
-
-#[cfg(not(feature = "mysql"))]
-async fn open_mysql(_: &config::SqlSection) -> anyhow::Result<Arc<dyn MessageStore>> {
-    anyhow::bail!("storage.backend: mysql needs a build with the cargo feature `mysql`")
-}
-
 /// Drops idle streams and forgets idle log positions periodically, off the async workers
 /// (a sweep visits every stream).
 async fn sweep_idle_streams(engine: Engine, log: Option<Log>, every: Duration, idle: Duration) {
@@ -604,7 +471,6 @@ async fn sweep_idle_streams(engine: Engine, log: Option<Log>, every: Duration, i
     }
 }
 
-/// Deletes expired messages in bounded batches, so that disk use follows the live data.
 /// Asks the store for a stream's last position every `every`, and tells `readiness` whether
 /// it answered within `timeout`: what `GET /ready` reports. A read of one key, on a stream
 /// nobody writes, so it costs the store next to nothing and changes nothing.
@@ -650,6 +516,7 @@ async fn probe_store(
     }
 }
 
+/// Deletes expired messages in bounded batches, so that disk use follows the live data.
 async fn purge_expired(log: Log, metrics: Metrics, every: Duration, batch: usize) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
