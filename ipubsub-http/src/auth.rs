@@ -111,6 +111,7 @@ pub struct Auth {
 }
 
 /// One token as it is kept: its digest, never the token.
+#[derive(PartialEq, Eq)]
 pub(crate) struct Grant {
     digest: [u8; 32],
     name: String,
@@ -263,21 +264,7 @@ impl fmt::Debug for Auth {
 
 impl PartialEq for Auth {
     fn eq(&self, other: &Self) -> bool {
-        let same = |a: &Grant, b: &Grant| {
-            a.digest == b.digest
-                && a.name == b.name
-                && a.publish == b.publish
-                && a.subscribe == b.subscribe
-                && a.prefix == b.prefix
-                && a.limit.as_ref().map(|l| (l.per_second, l.burst))
-                    == b.limit.as_ref().map(|l| (l.per_second, l.burst))
-        };
-        self.grants.len() == other.grants.len()
-            && self
-                .grants
-                .iter()
-                .zip(other.grants.iter())
-                .all(|(a, b)| same(a, b))
+        self.grants == other.grants
     }
 }
 
@@ -290,6 +277,15 @@ struct RateLimit {
     /// Requests available now (fractional), and when that was computed.
     bucket: Mutex<(f64, Instant)>,
 }
+
+/// Two limits are the same when they allow the same rate, whatever their buckets hold now.
+impl PartialEq for RateLimit {
+    fn eq(&self, other: &Self) -> bool {
+        (self.per_second, self.burst) == (other.per_second, other.burst)
+    }
+}
+
+impl Eq for RateLimit {}
 
 impl RateLimit {
     fn new(per_second: u32, burst: u32) -> Self {

@@ -287,11 +287,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a connection refused for being over `http.max_connections`.
-    pub(crate) fn connection_refused(&self) {
-        self.limit_hit(Limit::Connections);
-    }
-
     /// The gauge of open client connections.
     pub(crate) fn connections(&self) -> &Gauge {
         &self.inner.connections
@@ -345,75 +340,66 @@ struct State {
     cluster: Cluster,
 }
 
-fn gauge(
+/// One sample of `metric` (a constant gauge or counter) under `name`.
+fn constant(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    value: i64,
+    metric: impl EncodeMetric,
 ) -> Result<(), std::fmt::Error> {
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(metric)
+    let descriptor = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(descriptor)
 }
 
 impl Collector for State {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let stats = self.engine.stats();
-        gauge(
+        constant(
             &mut encoder,
             "streams",
             "In-memory streams held",
-            as_i64(stats.streams),
+            ConstGauge::new(as_i64(stats.streams)),
         )?;
-        gauge(
+        constant(
             &mut encoder,
             "waiting_requests",
             "Receives and blocking sends waiting in memory",
-            as_i64(stats.waiters),
+            ConstGauge::new(as_i64(stats.waiters)),
         )?;
-        gauge(
+        constant(
             &mut encoder,
             "buffered_messages",
             "Messages buffered in memory, as counted by the last idle sweep",
-            as_i64(stats.buffered_at_last_sweep),
+            ConstGauge::new(as_i64(stats.buffered_at_last_sweep)),
         )?;
-        gauge(
+        constant(
             &mut encoder,
             "cluster_members",
             "Live members in this node's ring, itself included",
-            as_i64(self.cluster.view().members().len()),
+            ConstGauge::new(as_i64(self.cluster.view().members().len())),
         )?;
         let Some(log) = &self.log else {
             return Ok(());
         };
         let log = log.stats();
-        counter(
+        constant(
             &mut encoder,
             "log_appended_messages",
             "Messages made durable in the persistent log",
-            log.appended,
+            ConstCounter::new(log.appended),
         )?;
-        counter(
+        constant(
             &mut encoder,
             "log_failed_messages",
             "Messages whose group commit failed",
-            log.failed,
+            ConstCounter::new(log.failed),
         )?;
-        counter(
+        constant(
             &mut encoder,
             "log_commits",
             "Group commits written",
-            log.commits,
+            ConstCounter::new(log.commits),
         )?;
         let mut metric = encoder.encode_descriptor(
             "log_commit_size",

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Limit;
 use crate::service::{App, error_response};
 
 /// How long a connection over the limit has to send its request before it is closed unanswered.
@@ -92,21 +93,24 @@ async fn serve_with(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "could not set TCP_NODELAY");
         }
+        let refused = open.load(Ordering::Relaxed) >= max_connections;
         let connection = Connection {
             app: app.clone(),
             peer,
             watcher: graceful.watcher(),
+            refused,
         };
-        if open.load(Ordering::Relaxed) >= max_connections {
-            app.metrics().connection_refused();
-            tokio::spawn(connection.refuse(stream, tls.clone()));
+        let tls = tls.clone();
+        if refused {
+            tracing::debug!(%peer, "refusing a connection: too many open");
+            app.metrics().limit_hit(Limit::Connections);
+            tokio::spawn(connection.run(stream, tls));
             continue;
         }
         let counted = Counted::new(&open, app.metrics().connections().clone());
-        let tls = tls.clone();
         tokio::spawn(async move {
             let _counted = counted;
-            connection.serve(stream, tls).await;
+            connection.run(stream, tls).await;
         });
     }
     drop(listener);
@@ -133,21 +137,37 @@ struct Connection {
     app: App,
     peer: SocketAddr,
     watcher: Watcher,
+    /// Over `max_connections`: its first request is answered 503 and it is closed.
+    refused: bool,
 }
 
 impl Connection {
-    /// Serves the connection's requests until it closes, after the TLS handshake if any.
-    async fn serve(self, stream: TcpStream, tls: Option<Acceptor>) {
-        let idle_timeout = self.app.config().idle_timeout;
+    /// Serves (or refuses) the connection until it closes, after the TLS handshake if any.
+    async fn run(self, stream: TcpStream, tls: Option<Acceptor>) {
         let Some(tls) = tls else {
-            return self.serve_io(stream, idle_timeout).await;
+            // Refusals are rare: boxed, their state does not widen every task.
+            return if self.refused {
+                Box::pin(self.refuse_io(stream)).await
+            } else {
+                self.serve_io(stream).await
+            };
         };
         // Boxed: a task's size is its largest state, and a TLS stream is kilobytes; plain
         // connections should not pay for it.
         #[cfg(feature = "tls")]
         Box::pin(async move {
-            if let Some(stream) = self.handshake(&tls, stream, idle_timeout).await {
-                self.serve_io(stream, idle_timeout).await;
+            let limit = if self.refused {
+                REFUSAL_READ_TIMEOUT
+            } else {
+                self.app.config().idle_timeout
+            };
+            let Some(stream) = self.handshake(&tls, stream, limit).await else {
+                return;
+            };
+            if self.refused {
+                self.refuse_io(stream).await;
+            } else {
+                self.serve_io(stream).await;
             }
         })
         .await;
@@ -155,10 +175,11 @@ impl Connection {
         match tls {}
     }
 
-    async fn serve_io<I>(self, io: I, idle_timeout: Duration)
+    async fn serve_io<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let idle_timeout = self.app.config().idle_timeout;
         let app = self.app;
         let service = service_fn(move |request| {
             let app = app.clone();
@@ -178,22 +199,6 @@ impl Connection {
     /// Answers the first request of a connection over the limit with 503
     /// `TOO_MANY_CONNECTIONS` and closes it. Such a connection costs a task only until it has
     /// sent its request's headers (at most [`REFUSAL_READ_TIMEOUT`]).
-    async fn refuse(self, stream: TcpStream, tls: Option<Acceptor>) {
-        tracing::debug!(peer = %self.peer, "refusing a connection: too many open");
-        let Some(tls) = tls else {
-            return self.refuse_io(stream).await;
-        };
-        #[cfg(feature = "tls")]
-        Box::pin(async move {
-            if let Some(stream) = self.handshake(&tls, stream, REFUSAL_READ_TIMEOUT).await {
-                self.refuse_io(stream).await;
-            }
-        })
-        .await;
-        #[cfg(not(feature = "tls"))]
-        match tls {}
-    }
-
     async fn refuse_io<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -1,5 +1,7 @@
 //! Bearer-token auth and the cluster secret: one test per rule.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -346,16 +348,7 @@ async fn forwarding_between_nodes_with_auth_and_a_secret() -> TestResult {
             cluster,
             config(Some(auth()?), Some(SECRET))?,
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ipubsub_http::serve(
-            listener,
-            app.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(1),
-        ));
-        stops.push(stop);
+        stops.push(common::serve(listener, app.clone()));
         apps.push(app);
     }
     let view = Cluster::with_members(n1.clone(), [n2.clone()], DEFAULT_VIRTUAL_NODES);

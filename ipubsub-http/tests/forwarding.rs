@@ -1,6 +1,8 @@
 //! Forwarding between two real HTTP nodes in one process: every request is served by the
 //! stream's owner, whichever node the client talks to, and never takes a second hop.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,15 +42,7 @@ async fn start(me: Node, members: Vec<Node>, listener: TcpListener) -> TestNode 
     });
     let cluster = Cluster::with_members(me.clone(), members, DEFAULT_VIRTUAL_NODES);
     let app = App::new(Engine::default(), Some(log), cluster, HttpConfig::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ipubsub_http::serve(
-        listener,
-        app.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(1),
-    ));
+    let stop = common::serve(listener, app.clone());
     TestNode {
         addr: me.http_addr(),
         app,

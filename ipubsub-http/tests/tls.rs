@@ -2,6 +2,8 @@
 //! other's certificates, and a plain-HTTP request to a TLS listener gets no answer.
 #![cfg(feature = "tls")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -106,19 +108,9 @@ async fn pair(
         let mut config = HttpConfig::default();
         config.peer_tls = Some(peer.clone());
         let app = App::new(Engine::default(), None, cluster, config);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ipubsub_http::serve_tls(
-            listener,
-            app.clone(),
-            server.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(1),
-        ));
+        stops.push(common::serve_tls(listener, app.clone(), server.clone()));
         addrs.push(nodes[i].http_addr());
         apps.push(app);
-        stops.push(stop);
     }
     let view = Cluster::with_members(nodes[0].clone(), [nodes[1].clone()], DEFAULT_VIRTUAL_NODES);
     Ok((addrs, apps, stops, view))

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestResult, TestServer};
+use common::{Client, TestResult, TestServer, code};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,10 +74,6 @@ async fn send(client: &Client, body: Value) -> (StatusCode, Value) {
 async fn receive(client: &Client, query: &str) -> (StatusCode, Value) {
     let path = format!("/api/v1/streams/receive?{query}");
     call(client, Method::GET, &path, String::new(), TOKEN).await
-}
-
-fn code(body: &Value) -> &str {
-    common::code(body)
 }
 
 /// The value of one series of the server's metrics.

@@ -33,6 +33,13 @@ pub struct AuthSection {
     pub tokens_file: Option<PathBuf>,
 }
 
+impl AuthSection {
+    /// Whether any token is configured, here or in the tokens file.
+    fn is_on(&self) -> bool {
+        !self.tokens.is_empty() || self.tokens_file.is_some()
+    }
+}
+
 /// One entry of `auth.tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -95,8 +102,7 @@ impl Config {
         if cfg!(not(feature = "tls")) && tls.cert_file.is_some() {
             return invalid("tls: this build has no TLS (cargo feature `tls`)".into());
         }
-        let auth_on = !self.auth.tokens.is_empty() || self.auth.tokens_file.is_some();
-        if auth_on
+        if self.auth.is_on()
             && self.cluster.secret.is_none()
             && !self.cluster.static_bootstrap_node_addr_ports.is_empty()
         {
@@ -149,6 +155,9 @@ impl Config {
 
     /// The tokens of `auth.tokens` and `auth.tokens_file`; `None` when there are none.
     fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        if !self.auth.is_on() {
+            return Ok(None);
+        }
         let mut tokens = self.auth.tokens.clone();
         if let Some(file) = &self.auth.tokens_file {
             if !file.is_file() {
@@ -167,9 +176,6 @@ impl Config {
                     ))
                 })?;
             tokens.extend(listed);
-        }
-        if tokens.is_empty() && self.auth.tokens_file.is_none() {
-            return Ok(None);
         }
         let grants = tokens.into_iter().map(|t| {
             let mut grant = TokenGrant::new(t.name, t.token.0);
