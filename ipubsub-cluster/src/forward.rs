@@ -43,6 +43,18 @@ pub enum ForwardError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// (Feature `tls`.) The TLS handshake with the owner failed, most often because its
+    /// certificate is not trusted (`tls.peer_ca_file`) or not for the name checked
+    /// (`tls.peer_server_name`): a configuration error rather than an outage. The request was
+    /// not delivered, so it is safe to send it elsewhere.
+    #[error("the TLS handshake with node {node} failed")]
+    Tls {
+        /// The owner.
+        node: NodeId,
+        /// What failed; its chain holds the TLS library's reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The exchange broke after the request may have been delivered: retrying could repeat it.
     #[error("the exchange with node {node} broke")]
     Broken {
@@ -179,7 +191,12 @@ impl Forwarder {
         let exchange = async {
             let response = self.transport.request(request).await.map_err(|e| {
                 let node = owner.id().clone();
-                if e.is_connect() {
+                if e.is_connect() && failed_tls_handshake(&e) {
+                    ForwardError::Tls {
+                        node,
+                        source: Box::new(e),
+                    }
+                } else if e.is_connect() {
                     ForwardError::Unreachable {
                         node,
                         source: Box::new(e),
@@ -206,6 +223,33 @@ impl Forwarder {
             }),
         }
     }
+}
+
+/// Whether a TLS error caused `error`. The TLS connector reports a failed handshake as an
+/// I/O error wrapping the TLS library's own, and an I/O error's `source` skips what it wraps,
+/// so each I/O error in the chain is opened.
+#[cfg(feature = "tls")]
+fn failed_tls_handshake(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(wrapped) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && failed_tls_handshake(wrapped)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
+#[cfg(not(feature = "tls"))]
+fn failed_tls_handshake(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }
 
 fn tcp_connector() -> HttpConnector {
@@ -279,5 +323,26 @@ mod tests {
             assert!(head.contains(line), "{line} missing from {head}");
         }
         Ok(())
+    }
+
+    /// A TLS failure is found however deep the connector wrapped it; a refused connection
+    /// is not one.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_failed_handshake_is_told_from_a_refused_connection() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect")]
+        struct Connect(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = Connect(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            untrusted,
+        )));
+        assert!(failed_tls_handshake(&wrapped));
+        let refused = Connect(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(!failed_tls_handshake(&refused));
     }
 }

@@ -231,7 +231,7 @@ pub(crate) fn stream_id_error(code: ErrorCode, e: &IdError) -> ApiError {
 }
 
 /// `error: cause: cause…`, for the log: operators need the driver's words, clients do not.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

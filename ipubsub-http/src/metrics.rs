@@ -110,6 +110,9 @@ pub(crate) enum ForwardOutcome {
     Answered,
     /// The owner could not be connected to; the request was routed again.
     Unreachable,
+    /// The TLS handshake with the owner failed (an untrusted certificate, most often); the
+    /// request was routed again.
+    TlsFailed,
     /// The exchange failed; the client got a 424.
     Failed,
 }
@@ -297,6 +300,7 @@ impl Metrics {
         let outcome = match outcome {
             ForwardOutcome::Answered => "answered",
             ForwardOutcome::Unreachable => "unreachable",
+            ForwardOutcome::TlsFailed => "tls_failed",
             ForwardOutcome::Failed => "failed",
         };
         self.inner

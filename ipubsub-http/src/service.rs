@@ -19,7 +19,7 @@ use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::auth::{Grant, Permission};
 use crate::config::HttpConfig;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, chain};
 use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
 use crate::send::SendKind;
@@ -498,13 +498,22 @@ impl App {
                 }
                 Err(e @ ForwardError::Unreachable { .. }) if !retried => {
                     metrics.forward(ForwardOutcome::Unreachable);
-                    tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "owner unreachable: suspecting it and routing again");
+                    tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner unreachable: suspecting it and routing again");
+                    self.inner.cluster.suspect(owner.id(), SUSPICION);
+                    retried = true;
+                }
+                Err(e @ ForwardError::Tls { .. }) if !retried => {
+                    // Routed around like an unreachable owner, but said louder: two nodes
+                    // that cannot verify each other split the cluster until someone fixes
+                    // their certificates or trust store.
+                    metrics.forward(ForwardOutcome::TlsFailed);
+                    tracing::error!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner's TLS handshake failed (check tls.peer_ca_file and tls.peer_server_name): suspecting it and routing again");
                     self.inner.cluster.suspect(owner.id(), SUSPICION);
                     retried = true;
                 }
                 Err(e) => {
                     metrics.forward(ForwardOutcome::Failed);
-                    tracing::warn!(request_id = %id, owner = %owner.id(), error = %e, "forwarding failed");
+                    tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "forwarding failed");
                     return Err(ApiError::new(
                         ErrorCode::OwnerUnavailable,
                         format!("the node that owns this stream did not answer: {e}"),

@@ -64,17 +64,27 @@ async fn call(
     url: String,
     body: String,
 ) -> Result<(StatusCode, Value), Error> {
+    let (status, bytes) = exchange(client, method, url, body).await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// The status and body of one request.
+async fn exchange(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    method: Method,
+    url: String,
+    body: String,
+) -> Result<(StatusCode, Bytes), Error> {
     let request = Request::builder()
         .method(method)
         .uri(url)
         .body(Full::new(Bytes::from(body)))?;
     let response = client.request(request).await?;
     let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+    Ok((status, response.into_body().collect().await?.to_bytes()))
 }
 
 /// Two nodes listening with `server` and reaching each other with `peer`.
@@ -200,6 +210,20 @@ async fn a_member_with_an_untrusted_certificate_is_not_forwarded_to() -> TestRes
         "nothing reached the owner"
     );
     assert_eq!(apps[0].engine().buffered(&stream), Some(1));
+    // Counted apart from an unreachable owner, so that operators can tell the two apart.
+    let url = format!("https://{}/metrics", addrs[0]);
+    let (status, metrics) = exchange(&client, Method::GET, url, String::new()).await?;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8(metrics.to_vec())?;
+    let forwards: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ipubsub_forwards_total{"))
+        .collect();
+    assert_eq!(
+        forwards,
+        ["ipubsub_forwards_total{outcome=\"tls_failed\"} 1"],
+        "{metrics}"
+    );
     Ok(())
 }
 
