@@ -191,18 +191,18 @@ impl Forwarder {
         let exchange = async {
             let response = self.transport.request(request).await.map_err(|e| {
                 let node = owner.id().clone();
-                if e.is_connect() && failed_tls_handshake(&e) {
+                if !e.is_connect() {
+                    ForwardError::Broken {
+                        node,
+                        source: Box::new(e),
+                    }
+                } else if failed_tls_handshake(&e) {
                     ForwardError::Tls {
                         node,
                         source: Box::new(e),
                     }
-                } else if e.is_connect() {
-                    ForwardError::Unreachable {
-                        node,
-                        source: Box::new(e),
-                    }
                 } else {
-                    ForwardError::Broken {
+                    ForwardError::Unreachable {
                         node,
                         source: Box::new(e),
                     }

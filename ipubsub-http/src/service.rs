@@ -496,18 +496,19 @@ impl App {
                     }
                     return Ok(Some(response));
                 }
-                Err(e @ ForwardError::Unreachable { .. }) if !retried => {
-                    metrics.forward(ForwardOutcome::Unreachable);
-                    tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner unreachable: suspecting it and routing again");
-                    self.inner.cluster.suspect(owner.id(), SUSPICION);
-                    retried = true;
-                }
-                Err(e @ ForwardError::Tls { .. }) if !retried => {
-                    // Routed around like an unreachable owner, but said louder: two nodes
-                    // that cannot verify each other split the cluster until someone fixes
-                    // their certificates or trust store.
-                    metrics.forward(ForwardOutcome::TlsFailed);
-                    tracing::error!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner's TLS handshake failed (check tls.peer_ca_file and tls.peer_server_name): suspecting it and routing again");
+                Err(e @ (ForwardError::Unreachable { .. } | ForwardError::Tls { .. }))
+                    if !retried =>
+                {
+                    // Not delivered, so safe to send elsewhere. A failed handshake is said
+                    // louder: two nodes that cannot verify each other split the cluster until
+                    // someone fixes their certificates or trust store.
+                    if matches!(e, ForwardError::Tls { .. }) {
+                        metrics.forward(ForwardOutcome::TlsFailed);
+                        tracing::error!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner's TLS handshake failed (check tls.peer_ca_file and tls.peer_server_name): suspecting it and routing again");
+                    } else {
+                        metrics.forward(ForwardOutcome::Unreachable);
+                        tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner unreachable: suspecting it and routing again");
+                    }
                     self.inner.cluster.suspect(owner.id(), SUSPICION);
                     retried = true;
                 }
