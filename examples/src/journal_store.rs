@@ -5,8 +5,10 @@
 //!
 //! Every append writes its batch as JSON lines followed by a commit line, in one `write`; on
 //! open the journal is replayed and a batch without its commit line (cut by a crash) is
-//! ignored, which makes batches atomic. The index lives in memory. A purge rewrites the file
-//! without the expired records: simple, and fine for a store this size.
+//! ignored, which makes batches atomic. An acquisition writes one epoch line. The index and
+//! the epochs live in memory; one lock makes each call atomic, which is all the fence needs in
+//! a store that only one process opens. A purge rewrites the file without the expired
+//! records (keeping the epochs): simple, and fine for a store this size.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -17,7 +19,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ipubsub_core::{
-    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp,
+    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +39,10 @@ enum Line {
     Commit {
         commit: usize,
     },
+    Epoch {
+        stream: String,
+        epoch: u32,
+    },
 }
 
 /// A [`MessageStore`] in one append-only journal file.
@@ -49,6 +56,7 @@ pub struct JournalStore {
 struct State {
     file: File,
     streams: BTreeMap<StreamId, BTreeMap<Seq, LogRecord>>,
+    epochs: BTreeMap<StreamId, Epoch>,
 }
 
 fn io(e: std::io::Error) -> StoreError {
@@ -99,6 +107,7 @@ impl JournalStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut streams: BTreeMap<StreamId, BTreeMap<Seq, LogRecord>> = BTreeMap::new();
+        let mut epochs = BTreeMap::new();
         if path.exists() {
             let mut batch = Vec::new();
             for line in BufReader::new(File::open(&path).map_err(io)?).lines() {
@@ -115,6 +124,11 @@ impl JournalStore {
                                 .insert(record.seq, record);
                         }
                     }
+                    Line::Epoch { stream, epoch } => {
+                        let epoch = Epoch::new(u64::from(epoch))
+                            .ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))?;
+                        epochs.insert(StreamId::new(stream).map_err(corrupt)?, epoch);
+                    }
                     record => batch.extend(from_line(record)?),
                 }
             }
@@ -126,7 +140,11 @@ impl JournalStore {
             .map_err(io)?;
         Ok(Self {
             path,
-            state: Mutex::new(State { file, streams }),
+            state: Mutex::new(State {
+                file,
+                streams,
+                epochs,
+            }),
         })
     }
 
@@ -146,11 +164,35 @@ impl JournalStore {
 
 #[async_trait]
 impl MessageStore for JournalStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
         let mut state = self.lock();
+        let last = last_of(&state, stream);
+        let current = state.epochs.get(stream).copied().unwrap_or_default();
+        let epoch = Epoch::after(current, last).ok_or_else(|| StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        })?;
+        let line = Line::Epoch {
+            stream: stream.to_string(),
+            epoch: epoch.get(),
+        };
+        state.file.write_all(&Self::encode(&[line])?).map_err(io)?;
+        state.epochs.insert(stream.clone(), epoch);
+        Ok(Tenure { epoch, last })
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        let mut state = self.lock();
+        let mut fenced = Vec::new();
+        for record in batch {
+            if state.epochs.get(&record.stream) != Some(&record.seq.epoch())
+                && !fenced.contains(&record.stream)
+            {
+                fenced.push(record.stream.clone());
+            }
+        }
         let mut new = Vec::new();
         let mut seen = BTreeSet::new();
-        for record in batch {
+        for record in batch.iter().filter(|r| !fenced.contains(&r.stream)) {
             match state
                 .streams
                 .get(&record.stream)
@@ -168,7 +210,7 @@ impl MessageStore for JournalStore {
             }
         }
         if new.is_empty() {
-            return Ok(());
+            return Ok(Appended::fenced(fenced));
         }
         let mut lines = new
             .iter()
@@ -186,7 +228,7 @@ impl MessageStore for JournalStore {
                 .or_default()
                 .insert(record.seq, record.clone());
         }
-        Ok(())
+        Ok(Appended::fenced(fenced))
     }
 
     async fn read_after(
@@ -210,12 +252,7 @@ impl MessageStore for JournalStore {
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
-        let state = self.lock();
-        Ok(state
-            .streams
-            .get(stream)
-            .and_then(|log| log.keys().next_back().copied())
-            .unwrap_or(Seq::ZERO))
+        Ok(last_of(&self.lock(), stream))
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
@@ -241,6 +278,12 @@ impl MessageStore for JournalStore {
         }
         // Rewrite the journal with what is left, then swap it in atomically.
         let mut lines = Vec::new();
+        for (stream, epoch) in &state.epochs {
+            lines.push(Line::Epoch {
+                stream: stream.to_string(),
+                epoch: epoch.get(),
+            });
+        }
         for record in state.streams.values().flat_map(|log| log.values()) {
             lines.push(to_line(record)?);
         }
@@ -256,4 +299,13 @@ impl MessageStore for JournalStore {
             .map_err(io)?;
         Ok(expired.len())
     }
+}
+
+/// The highest position stored for `stream`.
+fn last_of(state: &State, stream: &StreamId) -> Seq {
+    state
+        .streams
+        .get(stream)
+        .and_then(|log| log.keys().next_back().copied())
+        .unwrap_or(Seq::ZERO)
 }

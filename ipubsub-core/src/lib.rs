@@ -53,6 +53,6 @@ pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
 pub use log::{AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError};
 pub use message::Message;
-pub use store::{LogRecord, MessageStore, Seq, StoreError, expiry};
+pub use store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use token::{ResumeToken, TokenError};

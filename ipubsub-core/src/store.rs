@@ -1,9 +1,14 @@
 //! The persistent log's storage contract: [`MessageStore`] and the types it speaks.
 //!
-//! The owner node of a stream assigns each persisted message the next [`Seq`] of its stream
-//! and hands batches of [`LogRecord`]s to a store. Stores keep them, return them in order,
-//! hide expired ones and purge them. Every implementation in `ipubsub-storage` (and any a user
-//! writes) is held to the contract below by that crate's conformance suite.
+//! A node that writes a stream first *acquires* it ([`MessageStore::acquire`]): the store
+//! moves the stream to a new write [`Epoch`], which refuses every later append of an older
+//! epoch (a fencing token, checked by the store in the same atomic step as the write), and
+//! reports the last position written before the move. The node then assigns positions
+//! `(epoch, 1)`, `(epoch, 2)`, … ([`Seq::at`]) and hands batches of [`LogRecord`]s to the
+//! store. Positions of a newer epoch are above every position of an older one, so a new
+//! owner's positions order after everything its predecessors could ever have committed, and
+//! no clock takes part. Every implementation in `ipubsub-storage` (and any a user writes) is
+//! held to the contract below by that crate's conformance suite.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,23 +19,89 @@ use crate::id::StreamId;
 use crate::message::Message;
 use crate::time::Timestamp;
 
-/// A position in one stream's log. The first message of a stream has sequence 1; `Seq::ZERO`
-/// is the position before it, where a reader without a resume token starts.
+/// A stream's write epoch: the fencing token of one acquisition of the stream by one node.
+/// Epochs only grow; the store refuses appends whose epoch is not the stream's current one.
+/// An epoch fits in the top [`Epoch::BITS`] bits of a [`Seq`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(u32);
+
+impl Epoch {
+    /// How many bits of a position hold its epoch.
+    pub const BITS: u32 = 64 - Seq::COUNTER_BITS;
+    /// The highest epoch a position can hold.
+    pub const MAX: Self = Self((1 << Self::BITS) - 1);
+    /// The epoch of a stream nobody acquired yet.
+    pub const ZERO: Self = Self(0);
+
+    /// The epoch `n`, if a position can hold it.
+    pub const fn new(n: u64) -> Option<Self> {
+        if n <= Self::MAX.0 as u64 {
+            Some(Self(n as u32))
+        } else {
+            None
+        }
+    }
+
+    /// The epoch as a number.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The epoch an acquisition moves a stream to: one above both the epoch the store holds
+    /// for it (`current`, [`Epoch::ZERO`] if none) and the epoch of its last stored position
+    /// (which covers logs written before epochs were kept). `None` when the epochs are used
+    /// up, after 16.7 million acquisitions of one stream. Every store uses this one rule.
+    pub fn after(current: Self, last: Seq) -> Option<Self> {
+        Self::new(u64::from(current.0.max(last.epoch().0)) + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A position in one stream's log: an [`Epoch`] in the top bits and a counter within the
+/// epoch below. `Seq::ZERO` is the position before everything, where a reader without a
+/// resume token starts; the first message of an epoch is at counter 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Seq(u64);
 
 impl Seq {
     /// The position before the first message.
     pub const ZERO: Self = Self(0);
+    /// How many bits of a position count within its epoch (a trillion messages per epoch).
+    pub const COUNTER_BITS: u32 = 40;
+    const COUNTER_MASK: u64 = (1 << Self::COUNTER_BITS) - 1;
 
-    /// The position `n`.
+    /// The position `n`, as stored.
     pub const fn new(n: u64) -> Self {
         Self(n)
+    }
+
+    /// The position `counter` of `epoch`, if the counter fits in [`Seq::COUNTER_BITS`].
+    pub const fn at(epoch: Epoch, counter: u64) -> Option<Self> {
+        if counter <= Self::COUNTER_MASK {
+            Some(Self(((epoch.0 as u64) << Self::COUNTER_BITS) | counter))
+        } else {
+            None
+        }
     }
 
     /// The position as a number.
     pub const fn get(self) -> u64 {
         self.0
+    }
+
+    /// The epoch that assigned this position.
+    pub const fn epoch(self) -> Epoch {
+        Epoch((self.0 >> Self::COUNTER_BITS) as u32)
+    }
+
+    /// The position's counter within its epoch.
+    pub const fn counter(self) -> u64 {
+        self.0 & Self::COUNTER_MASK
     }
 
     /// The position after this one.
@@ -42,6 +113,43 @@ impl Seq {
 impl fmt::Display for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// What an acquisition of a stream gives its new writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenure {
+    /// The epoch the stream was moved to; the writer's positions are `Seq::at(epoch, 1..)`.
+    pub epoch: Epoch,
+    /// The highest position stored for the stream when the move took effect. Every append
+    /// of an older epoch that the store will ever accept is at or below it.
+    pub last: Seq,
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Appended {
+    /// The streams of the batch whose records were refused because the stream has moved to
+    /// another epoch since they were assigned: nothing of these streams was written. Every
+    /// record of the other streams is durable.
+    pub fenced: Vec<StreamId>,
+}
+
+impl Appended {
+    /// Every record of the batch was written.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The records of `fenced` were refused, every other record was written.
+    pub fn fenced(fenced: Vec<StreamId>) -> Self {
+        Self { fenced }
+    }
+
+    /// True if the records of `stream` were refused.
+    pub fn is_fenced(&self, stream: &StreamId) -> bool {
+        self.fenced.contains(stream)
     }
 }
 
@@ -90,31 +198,55 @@ pub enum StoreError {
     /// The store returned data it could not decode.
     #[error("the message store returned corrupt data")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stream was acquired [`Epoch::MAX`] times; it cannot be acquired again.
+    #[error("stream {stream} has used up its write epochs")]
+    EpochsExhausted {
+        /// The stream.
+        stream: StreamId,
+    },
 }
 
 /// Where persistent messages live. Implementations must be safe to share between tasks.
 ///
 /// The contract, which the conformance suite in `ipubsub-storage` checks:
+/// - **Fencing.** [`acquire`](Self::acquire) moves a stream to a new epoch. From the moment
+///   it returns, the store refuses every append of that stream whose records carry another
+///   epoch, and the position it reports is at or above every record of an older epoch that
+///   will ever be stored: an append of the old epoch that raced the acquisition either took
+///   effect before it (and is counted in [`Tenure::last`]) or is refused. This must hold
+///   between processes on different machines with no clock in common, so the check belongs
+///   in the same atomic step as the write (a row lock, a conditional write, a lightweight
+///   transaction). A record's epoch is [`Seq::epoch`] of its position.
 /// - **Ordering.** Records of a stream are returned in increasing `seq`; `seq` is assigned
-///   by the caller (the stream's owner), never by the store.
-/// - **Atomicity.** An `append` is all or nothing: when it returns `Ok`, every record of the
-///   batch is durable; when it returns `Err`, a reader may see none or all of them, never a
-///   part, once the store is reachable again. A store without multi-partition transactions
-///   (Cassandra, a standalone MongoDB) may instead leave part of a failed batch visible,
-///   whole streams at a time where it can; it must say so. The log treats every failed append
-///   as ambiguous (its senders get an error, its positions are never reused), so a partial
-///   batch looks to readers like messages whose senders timed out.
+///   by the caller (the stream's writer), never by the store.
+/// - **Atomicity.** An `append` is all or nothing per stream: when it returns `Ok`, every
+///   record of the streams not listed in [`Appended::fenced`] is durable, and nothing of the
+///   listed ones was written; when it returns `Err`, a reader may see none or all of a
+///   stream's records of the batch, never a part, once the store is reachable again. A store
+///   without multi-partition transactions may instead leave part of a failed batch visible;
+///   it must say so. The log treats every failed append as ambiguous (its senders get an
+///   error, and the stream is acquired again before its next use, which settles whether the
+///   failed write landed), so a partial batch looks to readers like messages whose senders
+///   timed out.
 /// - **Retries.** Appending a record at a `(stream, seq)` that already holds the *same*
 ///   message (same id, payload, timestamp and expiry) succeeds without writing a second copy,
 ///   so a batch retried after an ambiguous error never duplicates a position. A *different*
 ///   message there is [`StoreError::Conflict`].
 /// - **Expiry.** A record is never returned at or after its `expires_at`, whatever the state
 ///   of purging; `purge_expired` removes expired records for good. A store may index expiry
-///   coarsely and purge a record up to one second after its `expires_at`.
+///   coarsely and purge a record up to one second after its `expires_at`. A stream's epoch
+///   outlives its records: purging never lowers the epoch an acquisition starts from.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Writes a batch of records, possibly of several streams, atomically and durably.
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError>;
+    /// Moves `stream` to the next epoch ([`Epoch::after`] the stored one and the epoch of
+    /// the last stored position), fencing off every writer of an older epoch, and returns
+    /// the new epoch with the last position stored when the move took effect.
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError>;
+
+    /// Writes a batch of records, possibly of several streams, durably and atomically per
+    /// stream. The records of a stream whose current epoch is not theirs are refused and
+    /// listed in [`Appended::fenced`]; the rest is written.
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError>;
 
     /// Up to `limit` unexpired records of `stream` with `seq > after`, in order. An `after`
     /// before the oldest retained record starts at the oldest unexpired one.
@@ -127,8 +259,8 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<Vec<LogRecord>, StoreError>;
 
     /// The highest `seq` of `stream` still stored (expired or not), or [`Seq::ZERO`] for a
-    /// stream with no records. The owner continues above it (and above the current time in
-    /// microseconds, so positions keep growing even after a purge emptied the stream).
+    /// stream with no records. A read with no side effect (the readiness probe uses it);
+    /// writers learn their starting point from [`acquire`](Self::acquire) instead.
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError>;
 
     /// Deletes up to `limit` records expired at `now` and returns how many it deleted;
@@ -139,7 +271,11 @@ pub trait MessageStore: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        (**self).acquire(stream).await
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         (**self).append(batch).await
     }
 
@@ -159,5 +295,36 @@ impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         (**self).purge_expired(now, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_epoch_orders_above_every_position_of_an_earlier_one() {
+        let (one, two) = (Epoch(1), Epoch(2));
+        let last_of_one = Seq::at(one, (1 << Seq::COUNTER_BITS) - 1).expect("fits");
+        let first_of_two = Seq::at(two, 1).expect("fits");
+        assert!(first_of_two > last_of_one);
+        assert_eq!(first_of_two.epoch(), two);
+        assert_eq!(first_of_two.counter(), 1);
+        assert_eq!(Seq::at(one, 1 << Seq::COUNTER_BITS), None);
+    }
+
+    #[test]
+    fn an_acquisition_moves_above_the_stored_epoch_and_the_last_position() {
+        assert_eq!(Epoch::after(Epoch::ZERO, Seq::ZERO), Some(Epoch(1)));
+        assert_eq!(
+            Epoch::after(Epoch(7), Seq::at(Epoch(3), 9).expect("fits")),
+            Some(Epoch(8))
+        );
+        // A log written before epochs were kept: its positions were clock microseconds.
+        let legacy = Seq::new(1_764_614_400_000_000);
+        let next = Epoch::after(Epoch::ZERO, legacy).expect("room");
+        assert!(Seq::at(next, 1).expect("fits") > legacy);
+        assert_eq!(Epoch::after(Epoch::MAX, Seq::ZERO), None);
+        assert_eq!(Epoch::new(u64::from(Epoch::MAX.get()) + 1), None);
     }
 }

@@ -63,6 +63,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 503: the message store failed or did not answer in time; the request may be retried.
     StoreUnavailable,
+    /// 503: another node took the stream over (ownership moved) before the message was
+    /// written, and the store refused it: it was not written. Retry after `Retry-After`.
+    StreamMoved,
     /// 503 (`GET /ready` only): the node should not get traffic now; the message says why.
     NotReady,
     /// 500: a bug; the message says what.
@@ -97,6 +100,7 @@ impl ErrorCode {
             Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::StreamMoved => "STREAM_MOVED",
             Self::NotReady => "NOT_READY",
             Self::Internal => "INTERNAL",
         }
@@ -128,6 +132,7 @@ impl ErrorCode {
             | Self::TooManyConnections
             | Self::ShuttingDown
             | Self::StoreUnavailable
+            | Self::StreamMoved
             | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -246,6 +251,7 @@ impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
+            AppendError::Fenced => Self::new(ErrorCode::StreamMoved, e.to_string()),
             AppendError::Store(cause) => Self::new(
                 ErrorCode::StoreUnavailable,
                 format!("the message was not stored: {cause}"),

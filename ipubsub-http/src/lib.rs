@@ -44,6 +44,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
+mod ownership;
 mod readiness;
 mod receive;
 mod send;
@@ -56,6 +57,7 @@ pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
 pub use config::HttpConfig;
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
+pub use ownership::{follow_ownership, release_moved};
 pub use readiness::Readiness;
 pub use server::serve;
 #[cfg(feature = "tls")]

@@ -164,12 +164,15 @@ pub(crate) async fn run_memory(
 }
 
 /// Reads the persistent log after the request's position, waiting at the tail for the next
-/// commit (woken in memory, never by polling the store) until the timeout.
+/// commit (woken in memory, never by polling the store) until the timeout. A reader woken
+/// because its stream moved to another node (`owned` turned false) is answered `NO_MESSAGE`
+/// at once: its next poll reaches the new owner, and reading here would take the stream back.
 pub(crate) async fn run_log(
     log: &Log,
     request: &ReceiveRequest,
     after: Seq,
     store_timeout: Duration,
+    owned: impl Fn() -> bool,
 ) -> Result<Vec<LogRecord>, ApiError> {
     let deadline = tokio::time::Instant::now() + request.timeout;
     let limit = request.max_messages.unwrap_or(1);
@@ -203,8 +206,8 @@ pub(crate) async fn run_log(
         match tokio::time::timeout_at(deadline, log.wait_past(&request.stream, read.watermark))
             .await
         {
-            Ok(Ok(true)) => continue,
-            Ok(Ok(false)) => return Err(no_message()),
+            Ok(Ok(true)) if owned() => continue,
+            Ok(Ok(_)) => return Err(no_message()),
             Ok(Err(e)) => return Err(e.into()),
             Err(_elapsed) => return Err(no_message()),
         }

@@ -386,8 +386,10 @@ impl App {
                 receive::body(batch, messages.iter().map(|m| (m, None)))
             }
             (Some(after), Some(log)) => {
+                let owned = || !matches!(inner.cluster.route(&receive.stream), Route::Forward(_));
                 let records =
-                    receive::run_log(log, &receive, after, inner.config.store_timeout).await?;
+                    receive::run_log(log, &receive, after, inner.config.store_timeout, owned)
+                        .await?;
                 let tokens = records.iter().map(|r| {
                     let token = ResumeToken::new(&r.stream, r.seq).to_string();
                     (&r.message, Some(token))
@@ -653,6 +655,7 @@ pub(crate) fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
         | ErrorCode::RateLimited
         | ErrorCode::ShuttingDown
         | ErrorCode::NotReady
+        | ErrorCode::StreamMoved
         | ErrorCode::OwnerUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

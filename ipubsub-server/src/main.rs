@@ -195,6 +195,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Machine-readable, for scripts and tests that start the server on port 0.
     println!("ipubsub-server listening on {scheme}://{bound}");
 
+    // Whatever the log cached of a stream another node now owns is stale: let it go.
+    let follower = match (&membership, &log) {
+        (Some(_), Some(log)) => Some(tokio::spawn(ipubsub_http::follow_ownership(
+            log.clone(),
+            cluster.clone(),
+            Duration::from_millis(100),
+        ))),
+        _ => None,
+    };
     let (stop_rebalancing, rebalancing_stopped) = tokio::sync::watch::channel(false);
     let rebalancer = membership.as_ref().map(|_| {
         let forwarder = app.forwarder().clone();
@@ -237,6 +246,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hand_off(engine.drain(), &engine, &cluster, app.forwarder(), true).await;
     }
     sweeper.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     if let Some(prober) = prober {
         prober.abort();
     }

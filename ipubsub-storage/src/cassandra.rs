@@ -1,39 +1,58 @@
 //! [`CassandraStore`]: the persistent log in Apache Cassandra (or ScyllaDB), with the scylla
 //! driver and prepared statements throughout.
 //!
-//! # Layout
-//! - `messages`: partition key `(stream_id, bucket)`, clustering key `seq` ascending; `bucket`
-//!   is `seq / BUCKET_MICROS` (positions are microsecond clock readings, so a bucket is a ten
-//!   minute window of a stream). A long-lived stream becomes a partition per ten minutes of its
-//!   life instead of one partition that grows forever; a stream taking 1,000 messages/s makes
-//!   partitions of 600,000 rows (~120 MB of 100-byte messages), at the edge of what Cassandra
-//!   recommends, and a typical stream makes partitions of a few rows. Each row carries its own
-//!   `USING TTL`, so Cassandra drops expired messages by itself.
-//! - `buckets`: partition key `stream_id`, clustering key `bucket`: which buckets of a stream
-//!   hold messages, so that a reader walks only non-empty partitions however sparse the stream.
-//!   Each entry is written `USING TTL` until the latest expiry of its messages, with that expiry
-//!   as the write timestamp, so the longest-lived write always wins (a later write with a
-//!   shorter TTL cannot hide older, longer-lived messages).
+//! # Layout (schema version 2)
+//! - `log`: partition key `(stream_id, bucket)`, clustering key `seq` ascending; `bucket` is
+//!   `seq >> 16`, so a partition holds at most 65,536 consecutive positions of one epoch of a
+//!   stream (positions are counters, not clock readings: no clock, jumping or skewed, can
+//!   grow a partition). Each row carries its own `USING TTL`, so Cassandra drops expired
+//!   messages by itself.
+//! - `log_buckets`: partition key `stream_id`, clustering key `bucket`: which buckets of a
+//!   stream hold messages, so that a reader walks only non-empty partitions. Each entry is
+//!   written `USING TTL` until the latest expiry of its messages, with that expiry as the
+//!   write timestamp, so the longest-lived write always wins.
+//! - `epochs`: partition key `stream_id`: the stream's current `epoch` and its `seals`, a map
+//!   from each earlier epoch to the last position of it that counts.
+//!
+//! Schema version 1 kept clock-based positions in `messages` and `buckets`; those tables are
+//! left as they are and not read.
+//!
+//! # The fence
+//! Cassandra has no transaction across partitions, so an append cannot check the epoch in the
+//! step that writes. Instead:
+//! - An acquisition moves `epoch` with a lightweight transaction (Paxos, `IF epoch = ?`), once
+//!   per takeover. Then it finds, for every earlier epoch not sealed yet, the highest position
+//!   stored, and records it in `seals` (another lightweight transaction, conditional on the
+//!   new epoch). A record of a sealed epoch above its seal is a write that landed after the
+//!   takeover: no read returns it and no position counts it, as if it had been refused.
+//! - An append writes its records (unlogged batches per partition), then reads its streams'
+//!   `epochs` rows at `SERIAL` consistency, which no lightweight transaction can overtake. If
+//!   the epoch is still the records' own, any later takeover will find them and seal above
+//!   them: they are acknowledged. If it moved and the seal is known, records at or below it
+//!   are in the log and the rest are fenced; a seal not yet written makes the outcome unknown,
+//!   and the append fails as ambiguous.
+//!
+//! The cost is one `SERIAL` read per stream per group commit, and two lightweight
+//! transactions per takeover.
 //!
 //! # Appends
 //! Records are grouped by partition, and each partition's records go in one unlogged batch
 //! (atomic and isolated within a partition, no batch log); the partitions of a group commit are
 //! written concurrently. A failed append may therefore leave some streams' records written and
-//! others not: the log treats every failed append as ambiguous already (its senders get a 503
-//! and the positions are never reused), so this only widens what a 503 may leave behind.
-//! Inserts are upserts, so a retried batch rewrites the same rows and never duplicates a
-//! position. A record at or below the highest position this store has seen for its stream is
-//! compared with what is stored first, so a different message there is a
-//! [`StoreError::Conflict`]; positions above it cannot collide, because each stream's positions
-//! are assigned by its owner and grow with the clock.
+//! others not: the log treats every failed append as ambiguous already. Inserts are upserts, so
+//! a retried batch rewrites the same rows and never duplicates a position. A record at or
+//! below the highest position this store has seen for its stream is compared with what is
+//! stored first, so a different message there is a [`StoreError::Conflict`]; above it, the
+//! epoch's single writer is the only one assigning positions.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp,
+    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp,
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -44,11 +63,17 @@ use scylla::statement::prepared::PreparedStatement;
 use crate::convert::{corrupt, to_i64, to_u64};
 use crate::high_water::HighWater;
 
-/// The width of a partition of a stream: ten minutes of positions.
-pub const BUCKET_MICROS: u64 = 600 * 1_000_000;
+/// How many bits of a position a partition spans: 65,536 consecutive positions.
+pub const BUCKET_BITS: u32 = 16;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// How long a bucket's index entry outlives the latest expiry of its messages.
+const INDEX_MARGIN_SECONDS: i32 = 600;
+
+/// How many times an acquisition starts over after another one overtook it.
+const ACQUIRE_ATTEMPTS: usize = 20;
 
 /// Buckets asked for per query when walking a stream.
 const BUCKET_PAGE: i32 = 64;
@@ -123,6 +148,10 @@ impl std::fmt::Debug for CassandraStore {
 struct Inner {
     session: Session,
     consistency: Consistency,
+    read_epoch: PreparedStatement,
+    create_epoch: PreparedStatement,
+    move_epoch: PreparedStatement,
+    seal: PreparedStatement,
     insert: PreparedStatement,
     insert_bucket: PreparedStatement,
     select_one: PreparedStatement,
@@ -132,7 +161,53 @@ struct Inner {
     buckets_last: PreparedStatement,
     /// Appends above a stream's known high-water mark skip the conflict check.
     high: HighWater,
+    /// The fences this store last saw per stream, for filtering reads and for refusing, before
+    /// writing, the records of an epoch it knows has moved on.
+    fences: Mutex<HashMap<StreamId, Fence>>,
 }
+
+/// A stream's row in `epochs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Fence {
+    epoch: Epoch,
+    /// The last position that counts of each earlier epoch.
+    seals: BTreeMap<Epoch, Seq>,
+}
+
+impl Fence {
+    /// Whether a stored record at `seq` is in the log: at or below its epoch's seal, or of an
+    /// epoch not sealed and not older than the current one (the current writer's, whose
+    /// readers only see what it acknowledged).
+    fn counts(&self, seq: Seq) -> bool {
+        match self.seals.get(&seq.epoch()) {
+            Some(&seal) => seq <= seal,
+            None => seq.epoch() == self.epoch,
+        }
+    }
+
+    /// What became of the records of one stream (`seqs`, of one epoch) that were written
+    /// while this was the fence: `Some(true)` in the log, `Some(false)` fenced off (invisible
+    /// for good), `None` unknown (the takeover has not sealed their epoch yet).
+    fn settled(&self, seqs: &[Seq]) -> Option<bool> {
+        let epoch = seqs.first()?.epoch();
+        if epoch == self.epoch {
+            return Some(true);
+        }
+        if epoch > self.epoch {
+            return Some(false); // an epoch nobody acquired
+        }
+        let seal = *self.seals.get(&epoch)?;
+        let counted = seqs.iter().filter(|&&seq| seq <= seal).count();
+        match counted {
+            0 => Some(false),
+            n if n == seqs.len() => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// Entries of `Inner::fences` kept before the map is cleared (it refills on demand).
+const FENCE_ENTRIES: usize = 1 << 20;
 
 type Row = (i64, Vec<u8>, i64, i64, Vec<u8>);
 
@@ -141,8 +216,20 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 }
 
 fn bucket_of(seq: u64) -> i64 {
-    // u64::MAX / BUCKET_MICROS fits in an i64.
-    (seq / BUCKET_MICROS) as i64
+    // u64::MAX >> BUCKET_BITS fits in an i64.
+    (seq >> BUCKET_BITS) as i64
+}
+
+/// A lightweight transaction's answer: the `[applied]` column.
+fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
+    let rows = result.into_rows_result().map_err(corrupt)?;
+    let row = rows
+        .rows::<(bool,)>()
+        .map_err(corrupt)?
+        .next()
+        .transpose()
+        .map_err(corrupt)?;
+    Ok(row.is_some_and(|(applied,)| applied))
 }
 
 impl CassandraStore {
@@ -193,9 +280,9 @@ impl CassandraStore {
         if found > SCHEMA_VERSION {
             return Err(OpenError::NewerSchema(found));
         }
-        if found < 1 {
+        if found < 2 {
             ddl(format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.messages (
+                "CREATE TABLE IF NOT EXISTS {ks}.log (
                     stream_id text, bucket bigint, seq bigint,
                     message_id blob, accepted_at bigint, expires_at bigint, payload blob,
                     PRIMARY KEY ((stream_id, bucket), seq)
@@ -204,9 +291,16 @@ impl CassandraStore {
             .await
             .map_err(schema)?;
             ddl(format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.buckets (
+                "CREATE TABLE IF NOT EXISTS {ks}.log_buckets (
                     stream_id text, bucket bigint, PRIMARY KEY (stream_id, bucket)
                  ) WITH CLUSTERING ORDER BY (bucket ASC)"
+            ))
+            .await
+            .map_err(schema)?;
+            ddl(format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.epochs (
+                    stream_id text PRIMARY KEY, epoch bigint, seals map<bigint, bigint>
+                 )"
             ))
             .await
             .map_err(schema)?;
@@ -234,39 +328,59 @@ impl CassandraStore {
             }
         };
         let columns = "seq, message_id, accepted_at, expires_at, payload";
+        let mut read_epoch = prepare(format!(
+            "SELECT epoch, seals FROM {ks}.epochs WHERE stream_id = ?"
+        ))
+        .await?;
+        // A Paxos read: it sees every lightweight transaction that completed before it.
+        read_epoch.set_consistency(Consistency::Serial);
         let inner = Inner {
+            read_epoch,
+            create_epoch: prepare(format!(
+                "INSERT INTO {ks}.epochs (stream_id, epoch) VALUES (?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            move_epoch: prepare(format!(
+                "UPDATE {ks}.epochs SET epoch = ? WHERE stream_id = ? IF epoch = ?"
+            ))
+            .await?,
+            seal: prepare(format!(
+                "UPDATE {ks}.epochs SET seals = seals + ? WHERE stream_id = ? IF epoch = ?"
+            ))
+            .await?,
             insert: prepare(format!(
-                "INSERT INTO {ks}.messages (stream_id, bucket, seq, message_id, accepted_at, expires_at, payload)
+                "INSERT INTO {ks}.log (stream_id, bucket, seq, message_id, accepted_at, expires_at, payload)
                  VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await?,
             insert_bucket: prepare(format!(
-                "INSERT INTO {ks}.buckets (stream_id, bucket) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
+                "INSERT INTO {ks}.log_buckets (stream_id, bucket) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
             ))
             .await?,
             select_one: prepare(format!(
-                "SELECT {columns} FROM {ks}.messages WHERE stream_id = ? AND bucket = ? AND seq = ?"
+                "SELECT {columns} FROM {ks}.log WHERE stream_id = ? AND bucket = ? AND seq = ?"
             ))
             .await?,
             select_after: prepare(format!(
-                "SELECT {columns} FROM {ks}.messages WHERE stream_id = ? AND bucket = ? AND seq > ? LIMIT ?"
+                "SELECT {columns} FROM {ks}.log WHERE stream_id = ? AND bucket = ? AND seq > ? LIMIT ?"
             ))
             .await?,
             select_last: prepare(format!(
-                "SELECT seq FROM {ks}.messages WHERE stream_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1"
+                "SELECT seq FROM {ks}.log WHERE stream_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1"
             ))
             .await?,
             buckets_from: prepare(format!(
-                "SELECT bucket FROM {ks}.buckets WHERE stream_id = ? AND bucket >= ? LIMIT ?"
+                "SELECT bucket FROM {ks}.log_buckets WHERE stream_id = ? AND bucket >= ? LIMIT ?"
             ))
             .await?,
             buckets_last: prepare(format!(
-                "SELECT bucket FROM {ks}.buckets WHERE stream_id = ? AND bucket < ? ORDER BY bucket DESC LIMIT ?"
+                "SELECT bucket FROM {ks}.log_buckets WHERE stream_id = ? AND bucket < ? ORDER BY bucket DESC LIMIT ?"
             ))
             .await?,
             session,
             consistency: config.consistency,
             high: HighWater::default(),
+            fences: Mutex::new(HashMap::new()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -311,29 +425,151 @@ impl Inner {
             .collect()
     }
 
-    async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
+    /// The stream's row in `epochs`, read at `SERIAL` consistency (default if none).
+    async fn read_fence(&self, stream: &StreamId) -> Result<Option<Fence>, StoreError> {
+        type FenceRow = (Option<i64>, Option<BTreeMap<i64, i64>>);
+        let row = self
+            .session
+            .execute_unpaged(&self.read_epoch, (stream.as_str(),))
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .maybe_first_row::<FenceRow>()
+            .map_err(corrupt)?;
+        let Some((epoch, seals)) = row else {
+            return Ok(None);
+        };
+        let epoch_from = |e: i64| {
+            Epoch::new(to_u64(e)?).ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))
+        };
+        let mut fence = Fence {
+            epoch: epoch_from(epoch.unwrap_or(0))?,
+            seals: BTreeMap::new(),
+        };
+        for (epoch, seal) in seals.unwrap_or_default() {
+            fence
+                .seals
+                .insert(epoch_from(epoch)?, Seq::new(to_u64(seal)?));
+        }
+        self.remember(stream, &fence);
+        Ok(Some(fence))
+    }
+
+    fn remember(&self, stream: &StreamId, fence: &Fence) {
+        let mut fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        if fences.len() > FENCE_ENTRIES {
+            fences.clear();
+        }
+        fences.insert(stream.clone(), fence.clone());
+    }
+
+    /// The fence to filter reads with: the one this store last saw, or a fresh read.
+    async fn fence(&self, stream: &StreamId) -> Result<Fence, StoreError> {
+        let cached = self
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .cloned();
+        match cached {
+            Some(fence) => Ok(fence),
+            None => Ok(self.read_fence(stream).await?.unwrap_or_default()),
+        }
+    }
+
+    /// The highest stored position of `bucket`, if any.
+    async fn last_in(&self, stream: &StreamId, bucket: i64) -> Result<Option<Seq>, StoreError> {
+        let last = self
+            .session
+            .execute_unpaged(&self.select_last, (stream.as_str(), bucket))
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .maybe_first_row::<(i64,)>()
+            .map_err(corrupt)?;
+        last.map(|(seq,)| to_u64(seq).map(Seq::new)).transpose()
+    }
+
+    /// Walks the stream's buckets from the newest down and calls `visit` with each bucket's
+    /// highest stored position until it answers `false`.
+    async fn walk_down(
+        &self,
+        stream: &StreamId,
+        mut visit: impl FnMut(Seq) -> bool,
+    ) -> Result<(), StoreError> {
         let mut below = i64::MAX;
         loop {
             let buckets = self.buckets(&self.buckets_last, stream, below).await?;
             for &bucket in &buckets {
-                let last = self
-                    .session
-                    .execute_unpaged(&self.select_last, (stream.as_str(), bucket))
-                    .await
-                    .map_err(unavailable)?
-                    .into_rows_result()
-                    .map_err(corrupt)?
-                    .maybe_first_row::<(i64,)>()
-                    .map_err(corrupt)?;
-                if let Some((seq,)) = last {
-                    return Ok(Seq::new(to_u64(seq)?));
+                if let Some(last) = self.last_in(stream, bucket).await?
+                    && !visit(last)
+                {
+                    return Ok(());
                 }
             }
             match buckets.last() {
                 Some(&last) if buckets.len() == BUCKET_PAGE as usize => below = last,
-                _ => return Ok(Seq::ZERO),
+                _ => return Ok(()),
             }
         }
+    }
+
+    /// The highest stored position of each epoch above `floor` that has any, newest first.
+    /// Each bucket holds one epoch's positions, so the first bucket of an epoch met walking
+    /// down holds its highest position. (Rows a takeover fenced off are not stored where a
+    /// later epoch's would be: they all lie below the new epoch's buckets.)
+    async fn highest_per_epoch(
+        &self,
+        stream: &StreamId,
+        floor: Option<Epoch>,
+    ) -> Result<Vec<Seq>, StoreError> {
+        let mut found: Vec<Seq> = Vec::new();
+        self.walk_down(stream, |last| {
+            if floor.is_some_and(|floor| last.epoch() <= floor) {
+                return false;
+            }
+            if found.last().is_none_or(|seen| seen.epoch() != last.epoch()) {
+                found.push(last);
+            }
+            true
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// The highest position stored for the stream, counted or not.
+    async fn top(&self, stream: &StreamId) -> Result<Seq, StoreError> {
+        let mut top = Seq::ZERO;
+        self.walk_down(stream, |last| {
+            top = last;
+            false
+        })
+        .await?;
+        Ok(top)
+    }
+
+    /// The highest stored position that counts under `fence`.
+    async fn last_counted(&self, stream: &StreamId, fence: &Fence) -> Result<Seq, StoreError> {
+        let mut last = fence.seals.values().copied().max().unwrap_or(Seq::ZERO);
+        let mut found = None;
+        self.walk_down(stream, |top| {
+            if top <= last {
+                return false;
+            }
+            if fence.counts(top) {
+                found = Some(top);
+                return false;
+            }
+            // A fenced-off epoch's top: this bucket may still hold positions that count.
+            true
+        })
+        .await?;
+        if let Some(top) = found {
+            last = last.max(top);
+        }
+        Ok(last)
     }
 }
 
@@ -368,9 +604,9 @@ async fn write_partition(
         .await
         .map_err(unavailable)?;
     let latest = records.iter().map(|r| r.expires_at).max().unwrap_or(now);
-    // Outlive the partition's messages by one bucket, so that a reader never misses a
+    // Outlive the partition's messages by a margin, so that a reader never misses a
     // partition whose messages are still alive.
-    let ttl = ttl_seconds(latest, now).saturating_add((BUCKET_MICROS / 1_000_000) as i32);
+    let ttl = ttl_seconds(latest, now).saturating_add(INDEX_MARGIN_SECONDS);
     inner
         .session
         .execute_unpaged(
@@ -415,14 +651,116 @@ fn ttl_seconds(expires_at: Timestamp, now: Timestamp) -> i32 {
 
 #[async_trait]
 impl MessageStore for CassandraStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
         let inner = &*self.inner;
-        // Check first, write after: a conflict anywhere writes nothing.
+        let exhausted = || StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        };
+        for _ in 0..ACQUIRE_ATTEMPTS {
+            // `floor`: the newest epoch sealed before; nothing at or below it is scanned again.
+            let (mut fence, claimed, floor) = match inner.read_fence(stream).await? {
+                None => {
+                    let fence = Fence {
+                        epoch: Epoch::after(Epoch::ZERO, Seq::ZERO).ok_or_else(exhausted)?,
+                        seals: BTreeMap::new(),
+                    };
+                    let result = inner
+                        .session
+                        .execute_unpaged(
+                            &inner.create_epoch,
+                            (stream.as_str(), i64::from(fence.epoch.get())),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    (fence, applied(result)?, None)
+                }
+                Some(current) => {
+                    let epoch = Epoch::after(current.epoch, Seq::ZERO).ok_or_else(exhausted)?;
+                    let result = inner
+                        .session
+                        .execute_unpaged(
+                            &inner.move_epoch,
+                            (
+                                i64::from(epoch.get()),
+                                stream.as_str(),
+                                i64::from(current.epoch.get()),
+                            ),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    let previous = current.epoch;
+                    let floor = current.seals.keys().copied().max();
+                    let mut fence = current;
+                    fence.epoch = epoch;
+                    // The previous epoch is sealed even if it stored nothing, so that its
+                    // writer learns it was fenced off.
+                    if previous != Epoch::ZERO && !fence.seals.contains_key(&previous) {
+                        fence
+                            .seals
+                            .insert(previous, Seq::at(previous, 0).unwrap_or(Seq::ZERO));
+                    }
+                    (fence, applied(result)?, floor)
+                }
+            };
+            if !claimed {
+                continue; // another acquisition moved the epoch first
+            }
+            // From here on no older epoch's write counts unless a seal below covers it.
+            let mut added: HashMap<i64, i64> = HashMap::new();
+            for top in inner.highest_per_epoch(stream, floor).await? {
+                if top.epoch() < fence.epoch {
+                    fence.seals.insert(top.epoch(), top);
+                }
+            }
+            for (epoch, seal) in &fence.seals {
+                added.insert(i64::from(epoch.get()), to_i64(seal.get())?);
+            }
+            let result = inner
+                .session
+                .execute_unpaged(
+                    &inner.seal,
+                    (added, stream.as_str(), i64::from(fence.epoch.get())),
+                )
+                .await
+                .map_err(unavailable)?;
+            if !applied(result)? {
+                continue; // overtaken before the seals were written: start over
+            }
+            inner.remember(stream, &fence);
+            let last = fence.seals.values().copied().max().unwrap_or(Seq::ZERO);
+            inner.high.raise(stream, last);
+            return Ok(Tenure {
+                epoch: fence.epoch,
+                last,
+            });
+        }
+        Err(StoreError::Unavailable(
+            format!("{ACQUIRE_ATTEMPTS} acquisitions of stream {stream} in a row were overtaken")
+                .into(),
+        ))
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        let inner = &*self.inner;
+        // Records of an epoch this store knows has moved on are refused unwritten.
+        let mut fenced: Vec<StreamId> = Vec::new();
         for record in batch {
+            if !fenced.contains(&record.stream)
+                && inner.fence(&record.stream).await?.epoch != record.seq.epoch()
+            {
+                fenced.push(record.stream.clone());
+            }
+        }
+        let batch: Vec<&LogRecord> = batch
+            .iter()
+            .filter(|r| !fenced.contains(&r.stream))
+            .collect();
+        // Check first, write after: a conflict anywhere writes nothing.
+        for &record in &batch {
             let known = match inner.high.get(&record.stream) {
                 Some(high) => high,
                 None => {
-                    let high = inner.last_seq(&record.stream).await?;
+                    let high = inner.top(&record.stream).await?;
                     inner.high.raise(&record.stream, high);
                     high
                 }
@@ -440,7 +778,7 @@ impl MessageStore for CassandraStore {
         let now = Timestamp::now();
         // One unlogged batch per partition, written concurrently.
         let mut partitions: HashMap<(StreamId, i64), Vec<LogRecord>> = HashMap::new();
-        for record in batch {
+        for &record in &batch {
             partitions
                 .entry((record.stream.clone(), bucket_of(record.seq.get())))
                 .or_default()
@@ -459,10 +797,48 @@ impl MessageStore for CassandraStore {
         while let Some(written) = writes.join_next().await {
             written.map_err(unavailable)??;
         }
-        for record in batch {
-            inner.high.raise(&record.stream, record.seq);
+        // Whether each stream's records count: a SERIAL read of its fence, which sees every
+        // takeover that completed before it.
+        let mut by_stream: HashMap<&StreamId, Vec<Seq>> = HashMap::new();
+        for record in &batch {
+            by_stream
+                .entry(&record.stream)
+                .or_default()
+                .push(record.seq);
         }
-        Ok(())
+        let mut checks = tokio::task::JoinSet::new();
+        for (stream, seqs) in by_stream {
+            let (inner, stream) = (self.inner.clone(), stream.clone());
+            checks.spawn(async move {
+                // A takeover under way seals within a few round trips: wait for it a little.
+                for pause in [0, 5, 20, 50] {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let fence = inner.read_fence(&stream).await?.unwrap_or_default();
+                    if let Some(counted) = fence.settled(&seqs) {
+                        return Ok::<_, StoreError>((Some(counted), stream, seqs));
+                    }
+                }
+                Ok((None, stream, seqs))
+            });
+        }
+        let mut unknown = None;
+        while let Some(checked) = checks.join_next().await {
+            match checked.map_err(unavailable)?? {
+                (Some(true), stream, seqs) => {
+                    if let Some(&last) = seqs.iter().max() {
+                        inner.high.raise(&stream, last);
+                    }
+                }
+                (Some(false), stream, _) => fenced.push(stream),
+                (None, stream, _) => unknown = Some(stream),
+            }
+        }
+        if let Some(stream) = unknown {
+            return Err(StoreError::Unavailable(
+                format!("stream {stream} was taken over while its records were written").into(),
+            ));
+        }
+        Ok(Appended::fenced(fenced))
     }
 
     async fn read_after(
@@ -476,6 +852,7 @@ impl MessageStore for CassandraStore {
         let Ok(after_i64) = i64::try_from(after.get()) else {
             return Ok(Vec::new());
         };
+        let fence = inner.fence(stream).await?;
         let mut out = Vec::new();
         let mut from = bucket_of(after.get());
         'walk: loop {
@@ -501,8 +878,10 @@ impl MessageStore for CassandraStore {
                     let got = rows.len();
                     for row in rows {
                         position = row.0;
-                        // Cassandra's TTL counts whole seconds: filter to the microsecond.
-                        if to_u64(row.3)? > now.as_micros() {
+                        // Cassandra's TTL counts whole seconds: filter to the microsecond. A
+                        // row a takeover fenced off is not in the log.
+                        let seq = Seq::new(to_u64(row.0)?);
+                        if to_u64(row.3)? > now.as_micros() && fence.counts(seq) {
                             out.push(into_record(stream, row)?);
                         }
                     }
@@ -523,7 +902,9 @@ impl MessageStore for CassandraStore {
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
-        self.inner.last_seq(stream).await
+        let inner = &*self.inner;
+        let fence = inner.read_fence(stream).await?.unwrap_or_default();
+        inner.last_counted(stream, &fence).await
     }
 
     async fn purge_expired(&self, _now: Timestamp, _limit: usize) -> Result<usize, StoreError> {

@@ -1,7 +1,7 @@
 //! [`EmbeddedStore`]: the default store, on the fjall LSM engine, in a local directory.
 //!
 //! # Layout
-//! Two keyspaces, written together in one atomic batch per append:
+//! Three keyspaces; an append writes the first two together in one atomic batch:
 //! - `log`: key = `len(stream) u16 | stream | seq u64`, big-endian, so that one stream's
 //!   records are one contiguous, ordered key range and a read is a single range scan; value =
 //!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`.
@@ -13,6 +13,10 @@
 //!   skiplist inserts were a third of an append's CPU); the cost is that a record may outlive
 //!   its expiry on disk by up to a second (never in a read, which filters on `expires_at`).
 //!   An entry with an empty value (the first layout) names its one record in its key.
+//! - `epochs`: key = `len(stream) u16 | stream`, value = the stream's current epoch (`u32`),
+//!   written by each acquisition and never purged. fjall locks its directory to one process,
+//!   so the store is its only writer: appends and acquisitions take one lock, and the fence
+//!   check is a comparison with the cached epoch under it.
 //!
 //! Durability is the journal's: [`Durability::Buffer`] hands each batch to the OS before the
 //! append returns (it survives `kill -9` of the process), [`Durability::Sync`] also
@@ -25,7 +29,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use ipubsub_core::{
-    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp,
+    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp,
 };
 
 /// How far an append is flushed before it is acknowledged.
@@ -85,16 +90,26 @@ struct Inner {
     db: Database,
     log: Keyspace,
     expiry: Keyspace,
+    epochs: Keyspace,
     mode: PersistMode,
-    /// Per stream, a position at or above every position stored for it. fjall locks its
-    /// directory to one process, so no record can appear above it behind this store's back:
-    /// an append above it needs no conflict check, which saves a point lookup per record on
-    /// the common path (the log only ever appends above). Also serialises appends.
-    high: Mutex<HashMap<StreamId, Seq>>,
+    /// What this store knows of streams it wrote; serialises appends and acquisitions.
+    known: Mutex<Known>,
 }
 
-/// Entries of `Inner::high` kept before it is cleared (it refills on demand).
-const HIGH_WATER_ENTRIES: usize = 1 << 20;
+/// Per-stream facts cached from the keyspaces. fjall locks its directory to one process, so
+/// nothing changes behind this store's back.
+#[derive(Default)]
+struct Known {
+    /// A position at or above every position stored for the stream: an append above it
+    /// needs no conflict check, which saves a point lookup per record on the common path
+    /// (the log only ever appends above).
+    high: HashMap<StreamId, Seq>,
+    /// The stream's current epoch, as in the `epochs` keyspace.
+    epochs: HashMap<StreamId, Epoch>,
+}
+
+/// Entries of each `Known` map kept before it is cleared (it refills on demand).
+const KNOWN_ENTRIES: usize = 1 << 20;
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +132,9 @@ impl EmbeddedStore {
         let expiry = db
             .keyspace("expiry", KeyspaceCreateOptions::default)
             .map_err(wrap)?;
+        let epochs = db
+            .keyspace("epochs", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
         let mode = match config.durability {
             Durability::Buffer => PersistMode::Buffer,
             Durability::Sync => PersistMode::SyncData,
@@ -126,8 +144,9 @@ impl EmbeddedStore {
                 db,
                 log,
                 expiry,
+                epochs,
                 mode,
-                high: Mutex::new(HashMap::new()),
+                known: Mutex::new(Known::default()),
             }),
         })
     }
@@ -145,16 +164,75 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    /// Writes a batch in one atomic, journaled commit.
-    fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
-        let mut high = self.high.lock().unwrap_or_else(PoisonError::into_inner);
-        if high.len() > HIGH_WATER_ENTRIES {
-            high.clear();
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.high.len() > KNOWN_ENTRIES || known.epochs.len() > KNOWN_ENTRIES {
+            *known = Known::default();
         }
+        known
+    }
+
+    /// The stream's current epoch, from the cache or the `epochs` keyspace.
+    fn epoch(&self, known: &mut Known, stream: &StreamId) -> Result<Epoch, StoreError> {
+        if let Some(&epoch) = known.epochs.get(stream) {
+            return Ok(epoch);
+        }
+        let epoch = match self
+            .epochs
+            .get(stream_prefix(stream))
+            .map_err(unavailable)?
+        {
+            Some(value) => {
+                let bytes: [u8; 4] = value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("epoch entry"))?;
+                Epoch::new(u64::from(u32::from_be_bytes(bytes)))
+                    .ok_or_else(|| corrupt("epoch entry"))?
+            }
+            None => Epoch::ZERO,
+        };
+        known.epochs.insert(stream.clone(), epoch);
+        Ok(epoch)
+    }
+
+    /// Moves `stream` to its next epoch, journaled before it returns.
+    fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let mut known = self.known();
+        let current = self.epoch(&mut known, stream)?;
+        let last = self.last_stored(stream)?;
+        let epoch = Epoch::after(current, last).ok_or_else(|| StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        })?;
+        let mut write = self.db.batch().durability(Some(self.mode));
+        write.insert(
+            &self.epochs,
+            stream_prefix(stream),
+            epoch.get().to_be_bytes(),
+        );
+        write.commit().map_err(unavailable)?;
+        known.epochs.insert(stream.clone(), epoch);
+        known.high.insert(stream.clone(), last);
+        Ok(Tenure { epoch, last })
+    }
+
+    /// Writes a batch in one atomic, journaled commit, but for the records of streams that
+    /// moved to another epoch.
+    fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        let mut known = self.known();
+        let mut fenced = Vec::new();
+        for record in batch {
+            if !fenced.contains(&record.stream)
+                && self.epoch(&mut known, &record.stream)? != record.seq.epoch()
+            {
+                fenced.push(record.stream.clone());
+            }
+        }
+        let high = &mut known.high;
         let mut write = self.db.batch().durability(Some(self.mode));
         let mut raised: Vec<(&StreamId, Seq)> = Vec::new();
         let mut expiring = ExpiryEntries::default();
-        for record in batch {
+        for record in batch.iter().filter(|r| !fenced.contains(&r.stream)) {
             let key = log_key(&record.stream, record.seq);
             let value = encode_value(record);
             let above = match high.get(&record.stream) {
@@ -191,7 +269,7 @@ impl Inner {
                 *h = (*h).max(seq);
             }
         }
-        Ok(())
+        Ok(Appended::fenced(fenced))
     }
 
     /// The highest position stored for `stream`, or zero.
@@ -332,7 +410,12 @@ fn log_keys(mut value: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
 
 #[async_trait]
 impl MessageStore for EmbeddedStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let stream = stream.clone();
+        self.blocking(move |inner| inner.acquire(&stream)).await
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         // Off the async workers: besides the journal write (and an fdatasync in sync mode),
         // fjall stalls writers with sleeps of 10 to 100 ms when flushes fall behind, which
         // must never freeze a runtime thread and every connection on it.

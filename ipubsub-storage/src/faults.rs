@@ -6,10 +6,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
+use ipubsub_core::{
+    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+};
 
-/// A store that fails the appends whose numbers (counting from 1) it was given, and passes
-/// everything else to the store it wraps.
+/// A store that fails the appends whose numbers (counting from 1) it was given (and, while
+/// [down](Self::set_down), every acquisition too), and passes everything else to the store it
+/// wraps.
 #[derive(Debug)]
 pub struct FailingStore<S> {
     inner: S,
@@ -56,7 +59,16 @@ impl<S: MessageStore> FailingStore<S> {
 
 #[async_trait]
 impl<S: MessageStore> MessageStore for FailingStore<S> {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        if self.should_fail(usize::MAX) {
+            return Err(StoreError::Unavailable(
+                "injected: the store is down".into(),
+            ));
+        }
+        self.inner.acquire(stream).await
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
         if self.should_fail(n) {
             return Err(StoreError::Unavailable(

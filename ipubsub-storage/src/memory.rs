@@ -4,10 +4,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
+use ipubsub_core::{
+    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+};
 
-/// A [`MessageStore`] in process memory: each stream a `BTreeMap` by position, plus an index
-/// by expiry so that a purge never scans live data. Nothing survives the process; use it for
+/// A [`MessageStore`] in process memory: each stream a `BTreeMap` by position and its epoch,
+/// plus an index by expiry so that a purge never scans live data. One lock makes every call
+/// atomic, the fence check included. Nothing survives the process; use it for
 /// tests, and as the model the other backends are checked against.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -17,6 +20,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     streams: HashMap<StreamId, BTreeMap<Seq, LogRecord>>,
+    /// Each acquired stream's current epoch; kept when its records are purged.
+    epochs: HashMap<StreamId, Epoch>,
     by_expiry: BTreeSet<(Timestamp, StreamId, Seq)>,
 }
 
@@ -32,12 +37,41 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    fn last_seq(&self, stream: &StreamId) -> Seq {
+        self.streams
+            .get(stream)
+            .and_then(|log| log.last_key_value())
+            .map_or(Seq::ZERO, |(seq, _)| *seq)
+    }
+}
+
 #[async_trait]
 impl MessageStore for MemoryStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
         let mut inner = self.lock();
-        // Check the whole batch first: a conflict anywhere writes nothing.
+        let last = inner.last_seq(stream);
+        let current = inner.epochs.get(stream).copied().unwrap_or_default();
+        let epoch = Epoch::after(current, last).ok_or_else(|| StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        })?;
+        inner.epochs.insert(stream.clone(), epoch);
+        Ok(Tenure { epoch, last })
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        let mut inner = self.lock();
+        let mut fenced = Vec::new();
         for record in batch {
+            if inner.epochs.get(&record.stream) != Some(&record.seq.epoch())
+                && !fenced.contains(&record.stream)
+            {
+                fenced.push(record.stream.clone());
+            }
+        }
+        let batch = || batch.iter().filter(|r| !fenced.contains(&r.stream));
+        // Check the whole batch first: a conflict anywhere writes nothing.
+        for record in batch() {
             let existing = inner
                 .streams
                 .get(&record.stream)
@@ -49,7 +83,7 @@ impl MessageStore for MemoryStore {
                 });
             }
         }
-        for record in batch {
+        for record in batch() {
             inner
                 .by_expiry
                 .insert((record.expires_at, record.stream.clone(), record.seq));
@@ -59,7 +93,7 @@ impl MessageStore for MemoryStore {
                 .or_default()
                 .insert(record.seq, record.clone());
         }
-        Ok(())
+        Ok(Appended::fenced(fenced))
     }
 
     async fn read_after(
@@ -83,12 +117,7 @@ impl MessageStore for MemoryStore {
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .streams
-            .get(stream)
-            .and_then(|log| log.last_key_value())
-            .map_or(Seq::ZERO, |(seq, _)| *seq))
+        Ok(self.lock().last_seq(stream))
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
@@ -129,7 +158,7 @@ mod tests {
         let accepted = Timestamp::from_micros(accepted);
         LogRecord {
             stream: StreamId::new(stream).expect("id"),
-            seq: Seq::new(seq),
+            seq: Seq::at(Epoch::new(1).expect("epoch"), seq).expect("position"),
             message: Message::new(
                 MessageId::new(format!("m{seq}")).expect("id"),
                 Bytes::from(format!("{seq}")),
@@ -143,9 +172,21 @@ mod tests {
         StreamId::new(s).expect("id")
     }
 
+    fn counters(records: &[LogRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.seq.counter()).collect()
+    }
+
+    async fn acquired(names: &[&str]) -> Result<MemoryStore, StoreError> {
+        let store = MemoryStore::new();
+        for name in names {
+            store.acquire(&sid(name)).await?;
+        }
+        Ok(store)
+    }
+
     #[tokio::test]
     async fn reads_in_order_after_a_position() -> Result<(), StoreError> {
-        let store = MemoryStore::new();
+        let store = acquired(&["a", "b"]).await?;
         store
             .append(&[
                 record("a", 1, 0, 60),
@@ -155,10 +196,10 @@ mod tests {
             .await?;
         store.append(&[record("a", 3, 0, 60)]).await?;
         let read = store
-            .read_after(&sid("a"), Seq::new(1), 10, Timestamp::EPOCH)
+            .read_after(&sid("a"), record("a", 1, 0, 60).seq, 10, Timestamp::EPOCH)
             .await?;
-        assert_eq!(read.iter().map(|r| r.seq.get()).collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(store.last_seq(&sid("a")).await?, Seq::new(3));
+        assert_eq!(counters(&read), [2, 3]);
+        assert_eq!(store.last_seq(&sid("a")).await?, record("a", 3, 0, 60).seq);
         assert_eq!(store.last_seq(&sid("none")).await?, Seq::ZERO);
         Ok(())
     }
@@ -166,7 +207,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_append_is_idempotent_and_a_conflict_writes_nothing() -> Result<(), StoreError>
     {
-        let store = MemoryStore::new();
+        let store = acquired(&["a"]).await?;
         store.append(&[record("a", 1, 0, 60)]).await?;
         store.append(&[record("a", 1, 0, 60)]).await?;
         assert_eq!(
@@ -187,7 +228,7 @@ mod tests {
         assert!(matches!(err, Err(StoreError::Conflict { .. })));
         assert_eq!(
             store.last_seq(&sid("a")).await?,
-            Seq::new(1),
+            record("a", 1, 0, 60).seq,
             "nothing of the batch written"
         );
         Ok(())
@@ -195,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_records_are_hidden_then_purged_in_batches() -> Result<(), StoreError> {
-        let store = MemoryStore::new();
+        let store = acquired(&["a"]).await?;
         store
             .append(&[
                 record("a", 1, 0, 1),
@@ -205,11 +246,11 @@ mod tests {
             .await?;
         let later = Timestamp::from_micros(1_000_000);
         let read = store.read_after(&sid("a"), Seq::ZERO, 10, later).await?;
-        assert_eq!(read.iter().map(|r| r.seq.get()).collect::<Vec<_>>(), [3]);
+        assert_eq!(counters(&read), [3]);
         assert_eq!(store.purge_expired(later, 1).await?, 1);
         assert_eq!(store.purge_expired(later, 10).await?, 1);
         assert_eq!(store.purge_expired(later, 10).await?, 0);
-        assert_eq!(store.last_seq(&sid("a")).await?, Seq::new(3));
+        assert_eq!(store.last_seq(&sid("a")).await?, record("a", 3, 0, 1).seq);
         Ok(())
     }
 }

@@ -11,31 +11,50 @@
 //! minute); the purge deletes in bounded batches over the `expireAt` index as well, so disk use
 //! follows the live data on servers whose TTL monitor is slow or missing.
 //!
-//! # Appends
-//! A group commit is one ordered `insert_many`. Without a replica set there are no
-//! multi-document transactions, so a batch that fails half-way may leave a prefix written; the
-//! log treats every failed append as ambiguous already (its senders get a 503 and the
-//! positions are never reused). Records at or below the highest position this store has seen
-//! for their stream are compared with what is stored before anything is written, so a
-//! different message there is a [`StoreError::Conflict`] and writes nothing; a retried batch
-//! that finds its own prefix (duplicate key) inserts only what is missing.
+//! A second collection, `epochs`, holds one document per acquired stream:
+//! `{_id: streamId, epoch, writes}`, never purged.
+//!
+//! # The fence and appends
+//! MongoDB has no shared locks, and a transaction's reads do not conflict with another's
+//! writes (snapshot isolation); only two writes to one document do. So the fence is a write:
+//! a group commit is one multi-document transaction that reads its streams' epoch documents,
+//! increments `writes` on those that hold its records' epochs (one `update_many`), and inserts
+//! the records of those streams (one ordered `insert_many`). An acquisition first moves the
+//! epoch with a plain (non-transactional) `findOneAndUpdate`: MongoDB makes such a write wait
+//! for the transactions that already wrote the document, and aborts with a write conflict
+//! every transaction that writes it afterwards (their retry finds the new epoch). It then
+//! reads the last position, which holds everything those appends committed. A transaction
+//! for the acquisition itself would lose every write conflict to a busy writer, and starve. Transactions need a replica set (a one-member set will do) or a server
+//! that offers them standalone, like the SecantusDB the tests run on; a plain standalone
+//! `mongod` refuses them, and every append fails with its error.
+//!
+//! Records at or below the highest position this store has seen for their stream are
+//! compared with what is stored before anything is written, so a different message there is
+//! a [`StoreError::Conflict`] and writes nothing; a retried batch that finds its own records
+//! (duplicate key) runs again comparing each record and inserts only what is missing.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp,
+    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp,
 };
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, ClientSession, Collection, IndexModel};
 
-use crate::convert::{corrupt, to_i64, to_u64};
+use crate::convert::{appended, corrupt, to_i64, to_u64};
 use crate::high_water::HighWater;
 
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// How many times a transaction that lost a write conflict is run again before the call
+/// fails as unavailable.
+const TRANSACTION_ATTEMPTS: u32 = 50;
 
 /// How to reach a MongoDB server and where the log lives in it.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,13 +123,63 @@ pub enum OpenError {
 /// The persistent log in MongoDB. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MongoStore {
+    client: Client,
     messages: Collection<Document>,
+    epochs: Collection<Document>,
     /// Appends above a stream's known high-water mark skip the conflict check.
     high: std::sync::Arc<HighWater>,
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(Box::new(e))
+}
+
+/// What fails one attempt of a transaction: the driver (a write conflict among others,
+/// known by its label) or the store's own judgement.
+enum TxError {
+    Mongo(mongodb::error::Error),
+    Store(StoreError),
+}
+
+impl From<mongodb::error::Error> for TxError {
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::Mongo(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Mongo(e) => unavailable(e),
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+/// Commits, retrying the commit alone while its outcome is unknown (the driver's advice for
+/// that label: the commit is idempotent).
+async fn commit(session: &mut ClientSession) -> Result<(), TxError> {
+    let mut tries = 0;
+    loop {
+        match session.commit_transaction().await {
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {
+                tries += 1;
+            }
+            result => return result.map_err(TxError::Mongo),
+        }
+    }
+}
+
+/// The epoch an `epochs` document holds.
+fn epoch_of(found: &Document) -> Result<Epoch, StoreError> {
+    let epoch = to_u64(found.get_i64("epoch").map_err(corrupt)?)?;
+    Epoch::new(epoch).ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))
 }
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
@@ -214,12 +283,135 @@ impl MongoStore {
             )
             .await
             .map_err(OpenError::Indexes)?;
+        let epochs = database.collection::<Document>("epochs");
         Ok(Self {
+            client,
             messages,
+            epochs,
             high: std::sync::Arc::default(),
         })
     }
 
+    /// Runs an append (comparing each record with its position first if `checked`) in a
+    /// transaction until it commits, running it again (after a short, growing pause) when it
+    /// lost a write conflict.
+    async fn append_transaction(
+        &self,
+        batch: &[LogRecord],
+        checked: bool,
+    ) -> Result<Appended, StoreError> {
+        let mut session = self.client.start_session().await.map_err(unavailable)?;
+        for round in 0..TRANSACTION_ATTEMPTS {
+            session.start_transaction().await.map_err(unavailable)?;
+            let attempt = self.append_in(&mut session, batch, checked).await;
+            let outcome = match attempt {
+                Ok(value) => commit(&mut session).await.map(|()| value),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(TxError::Mongo(e)) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                    session.abort_transaction().await.ok();
+                    let pause = Duration::from_micros(200 * u64::from(round.min(20)));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    session.abort_transaction().await.ok();
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            format!("{TRANSACTION_ATTEMPTS} transactions in a row lost a write conflict").into(),
+        ))
+    }
+
+    /// The fence inside a transaction: the streams of `batch` whose epoch document holds
+    /// their records' epoch, each written once so that an acquisition overlapping this
+    /// transaction conflicts with it.
+    async fn fence(
+        &self,
+        session: &mut ClientSession,
+        batch: &[LogRecord],
+    ) -> Result<Vec<String>, TxError> {
+        let mut streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut cursor = self
+            .epochs
+            .find(doc! {"_id": {"$in": &streams}})
+            .session(&mut *session)
+            .await?;
+        let mut passed = Vec::new();
+        while let Some(found) = cursor.next(&mut *session).await {
+            let found = found?;
+            let stream = found.get_str("_id").map_err(corrupt)?;
+            let epoch = epoch_of(&found)?;
+            if batch
+                .iter()
+                .any(|r| r.stream.as_str() == stream && r.seq.epoch() == epoch)
+            {
+                passed.push(stream.to_owned());
+            }
+        }
+        if !passed.is_empty() {
+            self.epochs
+                .update_many(
+                    doc! {"_id": {"$in": &passed}},
+                    doc! {"$inc": {"writes": 1_i64}},
+                )
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(passed)
+    }
+
+    /// One attempt at an append; `checked` compares each record with its position first.
+    async fn append_in(
+        &self,
+        session: &mut ClientSession,
+        batch: &[LogRecord],
+        checked: bool,
+    ) -> Result<Appended, TxError> {
+        let passed = self.fence(session, batch).await?;
+        let outcome = appended(batch, &passed);
+        let mut documents = Vec::new();
+        for record in batch.iter().filter(|r| !outcome.is_fenced(&r.stream)) {
+            if checked {
+                let found = self
+                    .messages
+                    .find_one(
+                        doc! {"streamId": record.stream.as_str(), "seq": to_i64(record.seq.get())?},
+                    )
+                    .session(&mut *session)
+                    .await?;
+                match found
+                    .map(|d| self::record(&record.stream, &d))
+                    .transpose()?
+                {
+                    Some(stored) if stored == *record => continue,
+                    Some(_) => {
+                        return Err(TxError::Store(StoreError::Conflict {
+                            stream: record.stream.clone(),
+                            seq: record.seq,
+                        }));
+                    }
+                    None => {}
+                }
+            }
+            documents.push(document(record)?);
+        }
+        if !documents.is_empty() {
+            self.messages
+                .insert_many(documents)
+                .ordered(true)
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The record stored at `record`'s position, if any (outside any transaction).
     async fn stored(&self, record: &LogRecord) -> Result<Option<LogRecord>, StoreError> {
         let found = self
             .messages
@@ -228,38 +420,50 @@ impl MongoStore {
             .map_err(unavailable)?;
         found.map(|d| self::record(&record.stream, &d)).transpose()
     }
-
-    /// Compares each record with its position and inserts the missing ones.
-    async fn append_checked(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
-        let mut missing = Vec::new();
-        for record in batch {
-            match self.stored(record).await? {
-                Some(stored) if stored == *record => {}
-                Some(_) => {
-                    return Err(StoreError::Conflict {
-                        stream: record.stream.clone(),
-                        seq: record.seq,
-                    });
-                }
-                None => missing.push(document(record)?),
-            }
-        }
-        if !missing.is_empty() {
-            self.messages
-                .insert_many(missing)
-                .ordered(true)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl MessageStore for MongoStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let id = stream.as_str();
+        let exhausted = || StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        };
+        loop {
+            // The fence: from here on no transaction of an older epoch commits a write.
+            let moved = self
+                .epochs
+                .find_one_and_update(doc! {"_id": id}, doc! {"$inc": {"epoch": 1_i64}})
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::Corrupt("the upserted epoch is missing".into()))?;
+            let epoch = epoch_of(&moved).map_err(|_| exhausted())?;
+            let last = self.last_seq(stream).await?;
+            if epoch > last.epoch() {
+                return Ok(Tenure { epoch, last });
+            }
+            // A log written before epochs were kept: jump above its positions, unless another
+            // acquisition moved the epoch meanwhile (then start over).
+            let above = Epoch::after(epoch, last).ok_or_else(exhausted)?;
+            let jumped = self
+                .epochs
+                .update_one(
+                    doc! {"_id": id, "epoch": i64::from(epoch.get())},
+                    doc! {"$set": {"epoch": i64::from(above.get())}},
+                )
+                .await
+                .map_err(unavailable)?;
+            if jumped.matched_count == 1 {
+                return Ok(Tenure { epoch: above, last });
+            }
+        }
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Appended::all());
         }
         // Check first, write after: a conflict with what is known to be stored writes nothing.
         for record in batch {
@@ -281,16 +485,19 @@ impl MessageStore for MongoStore {
                 });
             }
         }
-        let documents = batch.iter().map(document).collect::<Result<Vec<_>, _>>()?;
-        match self.messages.insert_many(documents).ordered(true).await {
-            Ok(_) => {}
-            Err(e) if is_duplicate(&e) => self.append_checked(batch).await?,
-            Err(e) => return Err(unavailable(e)),
-        }
-        for record in batch {
+        let outcome = match self.append_transaction(batch, false).await {
+            Err(StoreError::Unavailable(e))
+                if e.downcast_ref::<mongodb::error::Error>()
+                    .is_some_and(is_duplicate) =>
+            {
+                self.append_transaction(batch, true).await?
+            }
+            other => other?,
+        };
+        for record in batch.iter().filter(|r| !outcome.is_fenced(&r.stream)) {
             self.high.raise(&record.stream, record.seq);
         }
-        Ok(())
+        Ok(outcome)
     }
 
     async fn read_after(

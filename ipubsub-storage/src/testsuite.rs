@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ipubsub_core::{
-    LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId, Timestamp, expiry,
+    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp, expiry,
 };
 
 /// A time in the suite's future and past are relative to: the real present, so that servers
@@ -29,14 +30,26 @@ fn base() -> Timestamp {
 }
 
 struct Case {
+    name: &'static str,
     prefix: String,
     now: Timestamp,
 }
 
+/// The epoch of a stream's first acquisition ([`Epoch::after`] nothing).
+fn first() -> Epoch {
+    Epoch::new(1).expect("epoch 1")
+}
+
+/// Position `counter` of `epoch`.
+fn at(epoch: Epoch, counter: u64) -> Seq {
+    Seq::at(epoch, counter).expect("a counter that fits")
+}
+
 impl Case {
-    fn new(name: &str) -> Self {
+    fn new(name: &'static str) -> Self {
         let now = base();
         Self {
+            name,
             prefix: format!("suite-{name}-{}-{}", std::process::id(), now.as_micros()),
             now,
         }
@@ -46,11 +59,34 @@ impl Case {
         StreamId::new(format!("{}-{name}", self.prefix)).expect("valid stream id")
     }
 
-    /// A record of `stream` at `seq`, accepted now, living `ttl`.
-    fn record(&self, stream: &StreamId, seq: u64, ttl: Duration) -> LogRecord {
+    /// A new stream of this case, acquired once: its records are of the first epoch.
+    async fn acquired(&self, store: &impl MessageStore, name: &str) -> StreamId {
+        let s = self.stream(name);
+        let tenure = ok(self.name, "acquire", store.acquire(&s).await).await;
+        assert_eq!(
+            tenure,
+            Tenure {
+                epoch: first(),
+                last: Seq::ZERO
+            },
+            "[{}] the first acquisition of a new stream",
+            self.name
+        );
+        s
+    }
+
+    /// A record of `stream` at position `counter` of the first epoch, accepted now, living
+    /// `ttl`.
+    fn record(&self, stream: &StreamId, counter: u64, ttl: Duration) -> LogRecord {
+        self.record_in(first(), stream, counter, ttl)
+    }
+
+    /// A record of `stream` at position `counter` of `epoch`.
+    fn record_in(&self, epoch: Epoch, stream: &StreamId, counter: u64, ttl: Duration) -> LogRecord {
+        let seq = counter;
         LogRecord {
             stream: stream.clone(),
-            seq: Seq::new(seq),
+            seq: at(epoch, counter),
             message: Message::new(
                 MessageId::new(format!("m-{seq}")).expect("valid id"),
                 Bytes::from(format!(
@@ -65,9 +101,20 @@ impl Case {
 
 const LONG: Duration = Duration::from_secs(3600);
 
+/// The counters of the records' positions.
 #[track_caller]
 fn seqs(records: &[LogRecord]) -> Vec<u64> {
-    records.iter().map(|r| r.seq.get()).collect()
+    records.iter().map(|r| r.seq.counter()).collect()
+}
+
+/// An append that must write every record.
+async fn wrote(case: &str, store: &impl MessageStore, batch: &[LogRecord]) {
+    let appended = ok(case, "append", store.append(batch).await).await;
+    assert_eq!(
+        appended,
+        Appended::all(),
+        "[{case}] an append of the current epoch is not fenced"
+    );
 }
 
 async fn ok<T>(case: &str, what: &str, result: Result<T, StoreError>) -> T {
@@ -117,8 +164,11 @@ where
     expired_records_are_hidden(&store).await;
     purge_removes_expired_records_in_bounded_batches(&store, expiry).await;
     many_streams_in_one_batch(&store).await;
+    an_acquisition_fences_the_older_epoch(&store).await;
+    a_batch_is_fenced_stream_by_stream(&store).await;
     let store = Arc::new(store);
     concurrent_appends_to_different_streams(&store).await;
+    racing_appends_land_before_the_fence_or_not_at_all(&store).await;
     let written = appends_survive_a_reopen_before(&*store).await;
     drop(store);
     let reopened = open().await;
@@ -128,20 +178,18 @@ where
 async fn appends_are_read_back_in_order_with_their_bytes(store: &impl MessageStore) {
     let name = "order";
     let c = Case::new(name);
-    let (a, b) = (c.stream("a"), c.stream("b"));
-    ok(
+    let (a, b) = (c.acquired(store, "a").await, c.acquired(store, "b").await);
+    wrote(
         name,
-        "append",
-        store
-            .append(&[
-                c.record(&a, 1, LONG),
-                c.record(&b, 1, LONG),
-                c.record(&a, 2, LONG),
-            ])
-            .await,
+        store,
+        &[
+            c.record(&a, 1, LONG),
+            c.record(&b, 1, LONG),
+            c.record(&a, 2, LONG),
+        ],
     )
     .await;
-    ok(name, "append", store.append(&[c.record(&a, 5, LONG)]).await).await;
+    wrote(name, store, &[c.record(&a, 5, LONG)]).await;
     let read = ok(
         name,
         "read",
@@ -156,12 +204,12 @@ async fn appends_are_read_back_in_order_with_their_bytes(store: &impl MessageSto
     );
     assert_eq!(
         ok(name, "last_seq", store.last_seq(&a).await).await,
-        Seq::new(5),
+        at(first(), 5),
         "[{name}] last_seq"
     );
     assert_eq!(
         ok(name, "last_seq", store.last_seq(&b).await).await,
-        Seq::new(1),
+        at(first(), 1),
         "[{name}] last_seq of b"
     );
 }
@@ -169,20 +217,20 @@ async fn appends_are_read_back_in_order_with_their_bytes(store: &impl MessageSto
 async fn reads_start_after_the_position_and_honour_the_limit(store: &impl MessageStore) {
     let name = "positions";
     let c = Case::new(name);
-    let s = c.stream("s");
+    let s = c.acquired(store, "s").await;
     let batch: Vec<_> = (1..=20).map(|i| c.record(&s, i * 10, LONG)).collect();
-    ok(name, "append", store.append(&batch).await).await;
+    wrote(name, store, &batch).await;
     let read = ok(
         name,
         "read",
-        store.read_after(&s, Seq::new(50), 3, c.now).await,
+        store.read_after(&s, at(first(), 50), 3, c.now).await,
     )
     .await;
     assert_eq!(seqs(&read), [60, 70, 80], "[{name}] after 50, limit 3");
     let read = ok(
         name,
         "read",
-        store.read_after(&s, Seq::new(55), 2, c.now).await,
+        store.read_after(&s, at(first(), 55), 2, c.now).await,
     )
     .await;
     assert_eq!(
@@ -193,7 +241,7 @@ async fn reads_start_after_the_position_and_honour_the_limit(store: &impl Messag
     let read = ok(
         name,
         "read",
-        store.read_after(&s, Seq::new(200), 10, c.now).await,
+        store.read_after(&s, at(first(), 200), 10, c.now).await,
     )
     .await;
     assert!(read.is_empty(), "[{name}] nothing after the last");
@@ -228,10 +276,10 @@ async fn unknown_streams_are_empty(store: &impl MessageStore) {
 async fn a_retried_append_is_idempotent(store: &impl MessageStore) {
     let name = "retry";
     let c = Case::new(name);
-    let s = c.stream("s");
+    let s = c.acquired(store, "s").await;
     let batch = [c.record(&s, 1, LONG), c.record(&s, 2, LONG)];
-    ok(name, "append", store.append(&batch).await).await;
-    ok(name, "the same append again", store.append(&batch).await).await;
+    wrote(name, store, &batch).await;
+    wrote(name, store, &batch).await;
     let read = ok(
         name,
         "read",
@@ -244,8 +292,8 @@ async fn a_retried_append_is_idempotent(store: &impl MessageStore) {
 async fn a_conflicting_batch_writes_nothing(store: &impl MessageStore) {
     let name = "conflict";
     let c = Case::new(name);
-    let s = c.stream("s");
-    ok(name, "append", store.append(&[c.record(&s, 1, LONG)]).await).await;
+    let s = c.acquired(store, "s").await;
+    wrote(name, store, &[c.record(&s, 1, LONG)]).await;
     let mut other = c.record(&s, 1, LONG);
     other.message = Message::new(
         MessageId::new("different").expect("id"),
@@ -278,17 +326,15 @@ async fn a_conflicting_batch_writes_nothing(store: &impl MessageStore) {
 async fn expired_records_are_hidden(store: &impl MessageStore) {
     let name = "ttl";
     let c = Case::new(name);
-    let s = c.stream("s");
-    ok(
+    let s = c.acquired(store, "s").await;
+    wrote(
         name,
-        "append",
-        store
-            .append(&[
-                c.record(&s, 1, Duration::from_secs(2)),
-                c.record(&s, 2, LONG),
-                c.record(&s, 3, Duration::from_secs(2)),
-            ])
-            .await,
+        store,
+        &[
+            c.record(&s, 1, Duration::from_secs(2)),
+            c.record(&s, 2, LONG),
+            c.record(&s, 3, Duration::from_secs(2)),
+        ],
     )
     .await;
     let before = c.now.saturating_add(Duration::from_secs(1));
@@ -334,12 +380,12 @@ async fn purge_removes_expired_records_in_bounded_batches(
 ) {
     let name = "purge";
     let c = Case::new(name);
-    let s = c.stream("s");
+    let s = c.acquired(store, "s").await;
     let mut batch: Vec<_> = (1..=25)
         .map(|i| c.record(&s, i, Duration::from_secs(1)))
         .collect();
     batch.push(c.record(&s, 26, LONG));
-    ok(name, "append", store.append(&batch).await).await;
+    wrote(name, store, &batch).await;
     let later = c.now.saturating_add(Duration::from_secs(5));
     if expiry == Expiry::Native {
         let purged = ok(name, "purge", store.purge_expired(later, 10).await).await;
@@ -377,19 +423,22 @@ async fn purge_removes_expired_records_in_bounded_batches(
     );
     assert_eq!(
         ok(name, "last_seq", store.last_seq(&s).await).await,
-        Seq::new(26)
+        at(first(), 26)
     );
 }
 
 async fn many_streams_in_one_batch(store: &impl MessageStore) {
     let name = "many";
     let c = Case::new(name);
-    let streams: Vec<_> = (0..300).map(|i| c.stream(&format!("s{i}"))).collect();
+    let mut streams = Vec::new();
+    for i in 0..300 {
+        streams.push(c.acquired(store, &format!("s{i}")).await);
+    }
     let batch: Vec<_> = streams
         .iter()
         .flat_map(|s| (1..=3).map(|q| c.record(s, q, LONG)))
         .collect();
-    ok(name, "append", store.append(&batch).await).await;
+    wrote(name, store, &batch).await;
     for s in &streams {
         let read = ok(
             name,
@@ -408,9 +457,10 @@ async fn concurrent_appends_to_different_streams<S: MessageStore>(store: &Arc<S>
         .map(|t| {
             let (store, c) = (store.clone(), c.clone());
             tokio::spawn(async move {
-                let s = c.stream(&format!("t{t}"));
+                let s = c.acquired(&*store, &format!("t{t}")).await;
                 for q in 1..=25 {
-                    store.append(&[c.record(&s, q, LONG)]).await?;
+                    let appended = store.append(&[c.record(&s, q, LONG)]).await?;
+                    assert!(appended.fenced.is_empty(), "[{name}] not fenced");
                 }
                 Ok::<_, StoreError>(())
             })
@@ -441,9 +491,9 @@ async fn concurrent_appends_to_different_streams<S: MessageStore>(store: &Arc<S>
 async fn appends_survive_a_reopen_before(store: &impl MessageStore) -> (StreamId, Vec<LogRecord>) {
     let name = "reopen";
     let c = Case::new(name);
-    let s = c.stream("s");
+    let s = c.acquired(store, "s").await;
     let batch: Vec<_> = (1..=5).map(|q| c.record(&s, q, LONG)).collect();
-    ok(name, "append", store.append(&batch).await).await;
+    wrote(name, store, &batch).await;
     (s, batch)
 }
 
@@ -465,6 +515,185 @@ async fn appends_survive_a_reopen_after(
     );
     assert_eq!(
         ok(name, "last_seq", store.last_seq(&s).await).await,
-        Seq::new(5)
+        at(first(), 5)
     );
+    let tenure = ok(name, "acquire after reopening", store.acquire(&s).await).await;
+    assert_eq!(
+        (tenure.epoch.get(), tenure.last),
+        (2, at(first(), 5)),
+        "[{name}] the epoch survives a reopen"
+    );
+}
+
+async fn an_acquisition_fences_the_older_epoch(store: &impl MessageStore) {
+    let name = "fence";
+    let c = Case::new(name);
+    let s = c.acquired(store, "s").await;
+    wrote(name, store, &[c.record(&s, 1, LONG), c.record(&s, 2, LONG)]).await;
+    let tenure = ok(name, "acquire", store.acquire(&s).await).await;
+    let second = Epoch::new(2).expect("epoch 2");
+    assert_eq!(
+        tenure,
+        Tenure {
+            epoch: second,
+            last: at(first(), 2)
+        },
+        "[{name}] the next epoch, and the last position of the old one"
+    );
+    let refused = ok(
+        name,
+        "append of the old epoch",
+        store.append(&[c.record(&s, 3, LONG)]).await,
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Appended::fenced(vec![s.clone()]),
+        "[{name}] the old epoch is refused"
+    );
+    let third = Epoch::new(3).expect("epoch 3");
+    let refused = ok(
+        name,
+        "append of a later epoch",
+        store.append(&[c.record_in(third, &s, 1, LONG)]).await,
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Appended::fenced(vec![s.clone()]),
+        "[{name}] an epoch nobody acquired is refused too"
+    );
+    wrote(name, store, &[c.record_in(second, &s, 1, LONG)]).await;
+    let read = ok(
+        name,
+        "read",
+        store.read_after(&s, Seq::ZERO, 10, c.now).await,
+    )
+    .await;
+    let positions: Vec<_> = read.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        positions,
+        [at(first(), 1), at(first(), 2), at(second, 1)],
+        "[{name}] nothing refused was written, and the new epoch orders last"
+    );
+}
+
+async fn a_batch_is_fenced_stream_by_stream(store: &impl MessageStore) {
+    let name = "fence-partial";
+    let c = Case::new(name);
+    let (moved, kept) = (
+        c.acquired(store, "moved").await,
+        c.acquired(store, "kept").await,
+    );
+    ok(name, "acquire", store.acquire(&moved).await).await;
+    let appended = ok(
+        name,
+        "append",
+        store
+            .append(&[
+                c.record(&kept, 1, LONG),
+                c.record(&moved, 1, LONG),
+                c.record(&kept, 2, LONG),
+            ])
+            .await,
+    )
+    .await;
+    assert_eq!(
+        appended,
+        Appended::fenced(vec![moved.clone()]),
+        "[{name}] only the moved stream is refused"
+    );
+    let read = |s| store.read_after(s, Seq::ZERO, 10, c.now);
+    assert_eq!(seqs(&ok(name, "read", read(&kept).await).await), [1, 2]);
+    assert!(ok(name, "read", read(&moved).await).await.is_empty());
+}
+
+/// Writers of an old epoch race an acquisition: whatever they wrote must be visible right
+/// after the acquisition returns, and nothing of theirs may land later; every append that
+/// was answered `Ok` unfenced is there, and nothing fenced is. An append that failed (the
+/// contract lets a store answer a write it cannot settle as ambiguous) may or may not be.
+async fn racing_appends_land_before_the_fence_or_not_at_all<S: MessageStore>(store: &Arc<S>) {
+    let name = "fence-race";
+    let c = Arc::new(Case::new(name));
+    for round in 0..3u64 {
+        let s = c.acquired(&**store, &format!("r{round}")).await;
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let (store, c, s) = (store.clone(), c.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 1..=10_000 {
+                        let record = c.record(&s, w * 100_000 + i, LONG);
+                        match store.append(std::slice::from_ref(&record)).await {
+                            Ok(appended) if appended.is_fenced(&s) => return (acked, None),
+                            Ok(_) => acked.push(record.seq),
+                            Err(_) => return (acked, Some(record.seq)),
+                        }
+                    }
+                    (acked, None)
+                })
+            })
+            .collect();
+        // Let the writers get going, then take the stream from them.
+        tokio::time::sleep(Duration::from_millis(20 + 15 * round)).await;
+        let tenure = ok(name, "acquire", store.acquire(&s).await).await;
+        let at_fence = read_all(name, &**store, &s, c.now).await;
+        let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+        for writer in writers {
+            let (ok, failed) = writer
+                .await
+                .unwrap_or_else(|e| panic!("[{name}] writer panicked: {e}"));
+            acked.extend(ok);
+            unknown.extend(failed);
+        }
+        let after = read_all(name, &**store, &s, c.now).await;
+        acked.sort();
+        let after_known: Vec<Seq> = after
+            .iter()
+            .copied()
+            .filter(|seq| !unknown.contains(seq))
+            .collect();
+        assert!(
+            !acked.is_empty(),
+            "[{name}] round {round}: no append landed before the fence"
+        );
+        assert_eq!(
+            after.len(),
+            at_fence.len(),
+            "[{name}] round {round}: {} records of the old epoch landed after the fence",
+            after.len().saturating_sub(at_fence.len())
+        );
+        assert_eq!(
+            after_known, acked,
+            "[{name}] round {round}: stored records differ from the acknowledged ones"
+        );
+        assert_eq!(
+            tenure.last,
+            after.last().copied().unwrap_or(Seq::ZERO),
+            "[{name}] round {round}: the tenure's last position"
+        );
+    }
+}
+
+/// Every position of `stream`, read in pages.
+async fn read_all(
+    name: &str,
+    store: &impl MessageStore,
+    stream: &StreamId,
+    now: Timestamp,
+) -> Vec<Seq> {
+    let mut positions = Vec::new();
+    loop {
+        let after = positions.last().copied().unwrap_or(Seq::ZERO);
+        let page = ok(
+            name,
+            "read",
+            store.read_after(stream, after, 1000, now).await,
+        )
+        .await;
+        if page.is_empty() {
+            return positions;
+        }
+        positions.extend(page.iter().map(|r| r.seq));
+    }
 }

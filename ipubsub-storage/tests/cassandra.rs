@@ -39,16 +39,16 @@ async fn an_unreachable_cluster_fails_with_the_reason() {
     );
 }
 
-/// A stream whose positions span many ten-minute partitions, more than one page of the bucket
-/// index: reads cross partitions in order, honour limits and positions, and `last_seq` finds
-/// the newest partition. (The conformance suite's positions all fall in one partition.)
+/// A stream whose positions span many partitions, more than one page of the bucket index:
+/// reads cross partitions in order, honour limits and positions, and `last_seq` finds the
+/// newest partition. (The conformance suite's positions all fall in one partition.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_walk_many_partitions_in_order() {
     use std::time::Duration;
 
     use bytes::Bytes;
     use ipubsub_core::{LogRecord, Message, MessageId, MessageStore, Seq, StreamId, Timestamp};
-    use ipubsub_storage::cassandra::BUCKET_MICROS;
+    use ipubsub_storage::cassandra::BUCKET_BITS;
 
     let mut config = CassandraConfig::new(node());
     config.keyspace = "ipubsub_suite".into();
@@ -57,18 +57,19 @@ async fn reads_walk_many_partitions_in_order() {
     let stream: StreamId = format!("walk-{}-{}", std::process::id(), now.as_micros())
         .parse()
         .expect("id");
-    let base = now.as_micros();
+    let epoch = store.acquire(&stream).await.expect("acquire").epoch;
     // Two records in each of 80 partitions over 100 (every fifth left empty): more
     // non-empty partitions than one page of the index (64).
-    let seqs: Vec<u64> = (0..100u64)
+    let seqs: Vec<Seq> = (0..100u64)
         .filter(|b| b % 5 != 4)
-        .flat_map(|b| [base + b * BUCKET_MICROS, base + b * BUCKET_MICROS + 1])
+        .flat_map(|b| [(b << BUCKET_BITS) + 1, (b << BUCKET_BITS) + 2])
+        .map(|counter| Seq::at(epoch, counter).expect("position"))
         .collect();
     let records: Vec<LogRecord> = seqs
         .iter()
         .map(|&seq| LogRecord {
             stream: stream.clone(),
-            seq: Seq::new(seq),
+            seq,
             message: Message::new(
                 MessageId::new(format!("m{seq}")).expect("id"),
                 Bytes::from_static(b"{}"),
@@ -78,24 +79,22 @@ async fn reads_walk_many_partitions_in_order() {
         })
         .collect();
     for chunk in records.chunks(40) {
-        store.append(chunk).await.expect("append");
+        let appended = store.append(chunk).await.expect("append");
+        assert!(appended.fenced.is_empty());
     }
     let all = store
         .read_after(&stream, Seq::ZERO, 1000, now)
         .await
         .expect("read");
-    assert_eq!(all.iter().map(|r| r.seq.get()).collect::<Vec<_>>(), seqs);
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
     // From the middle of a partition, with a limit that ends inside a later one.
     let page = store
-        .read_after(&stream, Seq::new(seqs[10]), 7, now)
+        .read_after(&stream, seqs[10], 7, now)
         .await
         .expect("read");
-    assert_eq!(
-        page.iter().map(|r| r.seq.get()).collect::<Vec<_>>(),
-        seqs[11..18]
-    );
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[11..18]);
     assert_eq!(
         store.last_seq(&stream).await.expect("last"),
-        Seq::new(*seqs.last().expect("records"))
+        *seqs.last().expect("records")
     );
 }

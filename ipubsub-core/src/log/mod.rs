@@ -1,6 +1,13 @@
 //! The persistent log: group-committed appends with per-stream sequence numbers, reads capped
 //! at the committed watermark, and readers at the tail woken in memory by the next commit.
 //!
+//! A node holds each stream it serves in a write epoch it acquired from the store
+//! ([`MessageStore::acquire`]); the store refuses appends of an epoch that another node has
+//! since replaced. Whatever this node cached of a stream (its epoch, its watermark) is
+//! dropped whenever it may be stale: an append was refused or failed, a reader brings a
+//! position of a later epoch, or the caller [releases](Log::release) streams it no longer
+//! owns. The next use acquires the stream again.
+//!
 //! The log is sans-io like the rest of the core: it drives a [`MessageStore`] through its
 //! async methods and never spawns or sleeps. The caller runs one or more
 //! [`Log::run_commit_worker`] futures on its runtime; each takes the pending appends as one
@@ -16,7 +23,7 @@ mod wait;
 pub use stats::{BATCH_SIZE_BOUNDS, LogStats};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
@@ -27,7 +34,7 @@ use wait::{Completion, LoadWait, NextBatch, Tail};
 
 use crate::id::StreamId;
 use crate::message::Message;
-use crate::store::{LogRecord, MessageStore, Seq, StoreError, expiry};
+use crate::store::{Appended, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
 use crate::time::{Clock, SystemClock};
 
 /// Tuning and limits of a [`Log`].
@@ -41,6 +48,11 @@ pub struct LogConfig {
     /// Registry shards.
     pub shards: usize,
 }
+
+/// How many times an append acquires its stream before it gives up with
+/// [`AppendError::Fenced`]: enough for a release or a used-up epoch, not for two nodes taking
+/// the stream from each other on every write.
+const APPEND_ATTEMPTS: usize = 4;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -60,6 +72,10 @@ pub enum AppendError {
     /// in the log (the failure may have been ambiguous); its position is never reused.
     #[error("the message store failed the write")]
     Store(#[source] Arc<StoreError>),
+    /// Another node acquired the stream before the message was written, and the store refused
+    /// it: the message is not in the log. Retrying (through the stream's owner) is safe.
+    #[error("the stream moved to another writer; the message was not written")]
+    Fenced,
     /// The log is closed.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -106,6 +122,9 @@ struct Inner {
     queue: Mutex<Queue>,
     closed: AtomicBool,
     waiters: AtomicUsize,
+    /// Numbers each load, so that a load overtaken by a release cannot install its result
+    /// over a newer load's.
+    loads: AtomicU64,
     counters: stats::Counters,
 }
 
@@ -165,6 +184,7 @@ impl Log {
                 queue: Mutex::new(Queue::default()),
                 closed: AtomicBool::new(false),
                 waiters: AtomicUsize::new(0),
+                loads: AtomicU64::new(0),
                 counters: stats::Counters::default(),
             }),
         }
@@ -181,42 +201,69 @@ impl Log {
         message: Message,
         ttl: Duration,
     ) -> Result<Seq, AppendError> {
-        self.ensure_loaded(&stream).await.map_err(|e| match e {
-            ReadError::Store(e) => AppendError::Store(Arc::new(e)),
-            _ => AppendError::ShuttingDown,
-        })?;
         let done = Arc::new(Completion::default());
-        {
-            let mut shard = lock(self.inner.shard(&stream));
-            if self.inner.closed.load(Ordering::SeqCst) {
-                return Err(AppendError::ShuttingDown);
-            }
-            let now = self.inner.clock.now();
-            let Some(log) = shard.get_mut(&stream) else {
-                return Err(AppendError::ShuttingDown);
-            };
-            let Some(seq) = log.assign(now) else {
-                return Err(AppendError::ShuttingDown);
-            };
-            let expires_at = expiry(message.timestamp(), ttl);
-            let record = LogRecord {
-                stream: stream.clone(),
-                seq,
-                message,
-                expires_at,
-            };
-            // Queued under the shard lock, so the queue holds each stream's records in
-            // position order and batches are written in that order.
-            let mut queue = lock(&self.inner.queue);
-            queue.pending.push_back(Pending {
-                record,
-                done: done.clone(),
-            });
-            if let Some(worker) = queue.idle_workers.pop() {
-                worker.wake();
+        let mut message = Some(message);
+        // Each round either queues the record or drops a stale entry that the next round
+        // acquires again; a stream taken back and forth faster than that gives up.
+        for _ in 0..APPEND_ATTEMPTS {
+            self.ensure_loaded(&stream).await.map_err(|e| match e {
+                ReadError::Store(e) => AppendError::Store(Arc::new(e)),
+                _ => AppendError::ShuttingDown,
+            })?;
+            if self.queue(&stream, &mut message, ttl, &done)? {
+                return done.wait().await;
             }
         }
-        done.wait().await
+        Err(AppendError::Fenced)
+    }
+
+    /// Assigns the next position of `stream` to the message and queues it: `Ok(true)`. Or,
+    /// when the entry is gone or its epoch used up (dropping it), `Ok(false)`: load again.
+    fn queue(
+        &self,
+        stream: &StreamId,
+        message: &mut Option<Message>,
+        ttl: Duration,
+        done: &Arc<Completion>,
+    ) -> Result<bool, AppendError> {
+        let mut shard = lock(self.inner.shard(stream));
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(AppendError::ShuttingDown);
+        }
+        let now = self.inner.clock.now();
+        let Some(log) = shard.get_mut(stream) else {
+            return Ok(false); // released since it was loaded
+        };
+        let Some(seq) = log.assign(now) else {
+            if log.is_ready() {
+                // The epoch's counter is used up: move to the next epoch.
+                if let Some(mut log) = shard.remove(stream) {
+                    log.wake_all();
+                }
+            }
+            return Ok(false);
+        };
+        let Some(message) = message.take() else {
+            return Err(AppendError::ShuttingDown);
+        };
+        let expires_at = expiry(message.timestamp(), ttl);
+        let record = LogRecord {
+            stream: stream.clone(),
+            seq,
+            message,
+            expires_at,
+        };
+        // Queued under the shard lock, so the queue holds each stream's records in position
+        // order and batches are written in that order.
+        let mut queue = lock(&self.inner.queue);
+        queue.pending.push_back(Pending {
+            record,
+            done: done.clone(),
+        });
+        if let Some(worker) = queue.idle_workers.pop() {
+            worker.wake();
+        }
+        Ok(true)
     }
 
     /// Up to `limit` unexpired records of `stream` after `after`, never past the stream's
@@ -227,13 +274,11 @@ impl Log {
         after: Seq,
         limit: usize,
     ) -> Result<ReadBatch, ReadError> {
-        self.ensure_loaded(stream).await?;
-        let watermark = {
-            let shard = lock(self.inner.shard(stream));
-            shard
-                .get(stream)
-                .and_then(StreamLog::committed)
-                .unwrap_or(Seq::ZERO)
+        let watermark = loop {
+            self.ensure_loaded(stream).await?;
+            if let Some(watermark) = self.watermark(stream, after) {
+                break watermark;
+            }
         };
         if after >= watermark || limit == 0 {
             return Ok(ReadBatch {
@@ -252,6 +297,23 @@ impl Log {
         // record is never returned whatever the store did.
         records.retain(|r| r.seq <= watermark && r.seq > after && !r.is_expired(now));
         Ok(ReadBatch { records, watermark })
+    }
+
+    /// The watermark to read `stream` after `after` under, or `None` to load it again: it
+    /// was released since it was loaded, or `after` is of a later epoch than this node's
+    /// (another node wrote the stream after we acquired it, so what we know is stale).
+    fn watermark(&self, stream: &StreamId, after: Seq) -> Option<Seq> {
+        let mut shard = lock(self.inner.shard(stream));
+        let log = shard.get(stream)?;
+        match (log.epoch(), log.committed()) {
+            (Some(epoch), _) if after.epoch() > epoch => {
+                if let Some(mut log) = shard.remove(stream) {
+                    log.wake_all();
+                }
+                None
+            }
+            (_, committed) => committed,
+        }
     }
 
     /// Resolves once `stream`'s committed watermark passes `watermark` (`Ok(true)`), or the
@@ -273,6 +335,30 @@ impl Log {
             .store
             .purge_expired(self.inner.clock.now(), limit)
             .await
+    }
+
+    /// Forgets what this node knows of every stream for which `keep` is false: its epoch, its
+    /// watermark. Readers waiting at such a stream's tail are woken (their wait resolves as if
+    /// the watermark had moved) and its next use acquires it again. Call it with "do I still
+    /// own this stream" whenever ownership may have moved; appends already queued are still
+    /// written (or refused by the store) and answered. Returns how many were dropped.
+    pub fn release(&self, mut keep: impl FnMut(&StreamId) -> bool) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(shard);
+                let before = shard.len();
+                shard.retain(|stream, log| {
+                    let kept = keep(stream);
+                    if !kept {
+                        log.wake_all();
+                    }
+                    kept
+                });
+                before - shard.len()
+            })
+            .sum()
     }
 
     /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
@@ -341,27 +427,46 @@ impl Log {
     }
 
     /// Records a batch's outcome: advances watermarks, wakes tail readers, answers senders.
-    fn settle(&self, batch: Batch, result: Result<(), StoreError>) {
+    /// A stream whose records were refused or whose write failed is forgotten: its next use
+    /// acquires it again, which also settles whether a failed (ambiguous) write landed, so
+    /// that no reader is shown a later position while an earlier one might still appear.
+    fn settle(&self, batch: Batch, result: Result<Appended, StoreError>) {
+        let fenced = match &result {
+            Ok(appended) if !appended.fenced.is_empty() => batch
+                .records
+                .iter()
+                .filter(|r| appended.is_fenced(&r.stream))
+                .count(),
+            _ => 0,
+        };
         self.inner
             .counters
-            .commit(batch.records.len(), result.is_ok());
+            .commit(batch.records.len(), fenced, result.is_ok());
         let result = result.map_err(Arc::new);
-        for record in &batch.records {
-            let mut shard = lock(self.inner.shard(&record.stream));
-            if let Some(log) = shard.get_mut(&record.stream) {
-                log.settle(record.seq);
-            }
-        }
         for (record, done) in batch.records.iter().zip(batch.done) {
-            let answer = match &result {
-                Ok(()) => Ok(record.seq),
+            let written = match &result {
+                Ok(appended) if appended.is_fenced(&record.stream) => Err(AppendError::Fenced),
+                Ok(_) => Ok(record.seq),
                 Err(e) => Err(AppendError::Store(e.clone())),
             };
-            done.complete(answer);
+            {
+                let mut shard = lock(self.inner.shard(&record.stream));
+                if let Some(log) = shard.get_mut(&record.stream)
+                    && log.epoch() == Some(record.seq.epoch())
+                {
+                    if written.is_ok() {
+                        log.settle(record.seq);
+                    } else if let Some(mut log) = shard.remove(&record.stream) {
+                        log.wake_all();
+                    }
+                }
+            }
+            done.complete(written);
         }
     }
 
-    /// Makes sure `stream`'s positions are known, reading the last one from the store once.
+    /// Makes sure this node holds `stream` in an epoch, acquiring it from the store once
+    /// (concurrent callers wait for that one acquisition).
     async fn ensure_loaded(&self, stream: &StreamId) -> Result<(), ReadError> {
         loop {
             let load = {
@@ -375,51 +480,59 @@ impl Log {
                         log.touch(now);
                         return Ok(());
                     }
-                    Some(_) => false,
+                    Some(_) => None,
                     None => {
-                        shard.insert(stream.clone(), StreamLog::loading(now));
-                        true
+                        let load = self.inner.loads.fetch_add(1, Ordering::Relaxed);
+                        shard.insert(stream.clone(), StreamLog::loading(load, now));
+                        Some(load)
                     }
                 }
             };
-            if !load {
+            let Some(load) = load else {
                 LoadWait::new(self, stream.clone()).await;
                 continue;
-            }
+            };
             // This call loads; if it is dropped half-way the guard gives the job back.
             let guard = LoadGuard {
                 log: self,
                 stream,
+                load,
                 armed: true,
             };
-            let last = self.inner.store.last_seq(stream).await;
-            return guard.finish(last).map_err(ReadError::Store);
+            let tenure = self.inner.store.acquire(stream).await;
+            return guard.finish(tenure).map_err(ReadError::Store);
         }
     }
 }
 
-/// Ends a load: publishes the position, or on failure or cancellation removes the entry so
-/// that the next caller loads again. Either way, everyone waiting on the load is woken.
+/// Ends a load: publishes the tenure, or on failure or cancellation removes the entry so
+/// that the next caller loads again. Either way, everyone waiting on the load is woken. A
+/// load whose entry was released meanwhile (and perhaps loaded anew) changes nothing.
 struct LoadGuard<'a> {
     log: &'a Log,
     stream: &'a StreamId,
+    load: u64,
     armed: bool,
 }
 
 impl LoadGuard<'_> {
-    fn finish(mut self, last: Result<Seq, StoreError>) -> Result<(), StoreError> {
+    fn finish(mut self, tenure: Result<Tenure, StoreError>) -> Result<(), StoreError> {
         self.armed = false;
         let mut shard = lock(self.log.inner.shard(self.stream));
-        match last {
-            Ok(seq) => {
-                if let Some(log) = shard.get_mut(self.stream) {
-                    log.loaded(seq);
-                }
+        let Some(log) = shard
+            .get_mut(self.stream)
+            .filter(|log| log.is_loading(self.load))
+        else {
+            return tenure.map(drop);
+        };
+        match tenure {
+            Ok(tenure) => {
+                log.loaded(tenure);
                 Ok(())
             }
             Err(e) => {
                 if let Some(mut log) = shard.remove(self.stream) {
-                    log.wake_loaders();
+                    log.wake_all();
                 }
                 Err(e)
             }
@@ -431,8 +544,12 @@ impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
             let mut shard = lock(self.log.inner.shard(self.stream));
-            if let Some(mut log) = shard.remove(self.stream) {
-                log.wake_loaders();
+            if shard
+                .get(self.stream)
+                .is_some_and(|log| log.is_loading(self.load))
+                && let Some(mut log) = shard.remove(self.stream)
+            {
+                log.wake_all();
             }
         }
     }

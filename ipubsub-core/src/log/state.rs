@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use crate::store::Seq;
+use crate::store::{Epoch, Seq, Tenure};
 use crate::time::Timestamp;
 
 pub(super) enum LoadState {
-    /// One caller is reading the last position from the store; these wait for it.
-    Loading(Vec<Waker>),
+    /// One caller (load number `.0`) is acquiring the stream from the store; these wait for it.
+    Loading(u64, Vec<Waker>),
     Ready {
+        /// The epoch this node holds the stream in: every position it hands out is of it.
+        epoch: Epoch,
         /// Every position up to here is settled (written, or failed for good): readers may
         /// see up to here and no further.
         committed: Seq,
@@ -33,9 +35,9 @@ pub(super) struct StreamLog {
 }
 
 impl StreamLog {
-    pub(super) fn loading(now: Timestamp) -> Self {
+    pub(super) fn loading(load: u64, now: Timestamp) -> Self {
         Self {
-            state: LoadState::Loading(Vec::new()),
+            state: LoadState::Loading(load, Vec::new()),
             tail: HashMap::new(),
             next_waiter: 0,
             last_used: now,
@@ -53,28 +55,43 @@ impl StreamLog {
     pub(super) fn committed(&self) -> Option<Seq> {
         match self.state {
             LoadState::Ready { committed, .. } => Some(committed),
-            LoadState::Loading(_) => None,
+            LoadState::Loading(..) => None,
         }
     }
 
-    /// The load finished: the store's last position is settled by definition.
-    pub(super) fn loaded(&mut self, last: Seq) {
+    /// The epoch this node holds the stream in, once loaded.
+    pub(super) fn epoch(&self) -> Option<Epoch> {
+        match self.state {
+            LoadState::Ready { epoch, .. } => Some(epoch),
+            LoadState::Loading(..) => None,
+        }
+    }
+
+    /// True while load number `load` is the one under way.
+    pub(super) fn is_loading(&self, load: u64) -> bool {
+        matches!(self.state, LoadState::Loading(id, _) if id == load)
+    }
+
+    /// The acquisition finished. Everything stored up to `tenure.last` is final (older epochs
+    /// are fenced), so readers may see up to there; new positions start in the new epoch.
+    pub(super) fn loaded(&mut self, tenure: Tenure) {
         let previous = std::mem::replace(
             &mut self.state,
             LoadState::Ready {
-                committed: last,
-                assigned: last,
+                epoch: tenure.epoch,
+                committed: tenure.last,
+                assigned: Seq::at(tenure.epoch, 0).unwrap_or(Seq::ZERO),
                 in_flight: VecDeque::new(),
             },
         );
-        if let LoadState::Loading(wakers) = previous {
+        if let LoadState::Loading(_, wakers) = previous {
             wakers.into_iter().for_each(Waker::wake);
         }
     }
 
     pub(super) fn wait_for_load(&mut self, waker: &Waker) -> bool {
         match &mut self.state {
-            LoadState::Loading(wakers) => {
+            LoadState::Loading(_, wakers) => {
                 wakers.push(waker.clone());
                 true
             }
@@ -82,33 +99,38 @@ impl StreamLog {
         }
     }
 
-    pub(super) fn wake_loaders(&mut self) {
-        if let LoadState::Loading(wakers) = &mut self.state {
+    /// Wakes everyone waiting on this stream: loaders and tail readers. Called when the
+    /// entry is dropped, so that each of them looks again (and loads again if it must).
+    pub(super) fn wake_all(&mut self) {
+        if let LoadState::Loading(_, wakers) = &mut self.state {
             wakers.drain(..).for_each(Waker::wake);
         }
+        self.wake_tail();
     }
 
-    /// Hands out the next position: above the last one, and never below the current time in
-    /// microseconds. Positions therefore keep growing even after a purge removed every record
-    /// of the stream (when the store's last position falls back to zero), so an old token can
-    /// never point past new messages.
+    /// Hands out the next position of this node's epoch; `None` while loading or once the
+    /// epoch's counter is used up (the stream must then be acquired again). No clock takes
+    /// part: a new epoch's positions order above the old ones by construction.
     pub(super) fn assign(&mut self, now: Timestamp) -> Option<Seq> {
         self.last_used = now;
         match &mut self.state {
             LoadState::Ready {
+                epoch,
                 assigned,
                 in_flight,
                 ..
             } => {
-                *assigned = Seq::new(assigned.get().saturating_add(1).max(now.as_micros()));
-                in_flight.push_back((*assigned, false));
-                Some(*assigned)
+                let next = Seq::at(*epoch, assigned.counter() + 1)?;
+                *assigned = next;
+                in_flight.push_back((next, false));
+                Some(next)
             }
-            LoadState::Loading(_) => None,
+            LoadState::Loading(..) => None,
         }
     }
 
-    /// Position `seq` is settled; moves the watermark over the settled prefix.
+    /// Position `seq` was written; moves the watermark over the written prefix. A position of
+    /// another epoch is ignored (the entry was acquired again meanwhile).
     pub(super) fn settle(&mut self, seq: Seq) {
         let LoadState::Ready {
             committed,
@@ -153,7 +175,7 @@ impl StreamLog {
     pub(super) fn is_idle(&self, now: Timestamp, idle: Duration) -> bool {
         let settled = match &self.state {
             LoadState::Ready { in_flight, .. } => in_flight.is_empty(),
-            LoadState::Loading(_) => false,
+            LoadState::Loading(..) => false,
         };
         settled && self.tail.is_empty() && now.saturating_since(self.last_used) >= idle
     }

@@ -14,6 +14,9 @@ pub struct LogStats {
     pub appended: u64,
     /// Records whose commit failed (each sender got an error).
     pub failed: u64,
+    /// Records the store refused because another node had acquired their stream (not
+    /// written, counted in `failed` too).
+    pub fenced: u64,
     /// Group commits that succeeded.
     pub commits: u64,
     /// Commits (successful or not) by their number of records, bucketed by
@@ -28,17 +31,22 @@ pub struct LogStats {
 pub(super) struct Counters {
     appended: AtomicU64,
     failed: AtomicU64,
+    fenced: AtomicU64,
     commits: AtomicU64,
     batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
     batch_size_sum: AtomicU64,
 }
 
 impl Counters {
-    /// Counts one commit of `records` records.
-    pub(super) fn commit(&self, records: usize, ok: bool) {
+    /// Counts one commit of `records` records, `fenced` of which the store refused (when
+    /// `ok`; a failed commit wrote none).
+    pub(super) fn commit(&self, records: usize, fenced: usize, ok: bool) {
         let n = records as u64;
         if ok {
-            self.appended.fetch_add(n, Ordering::Relaxed);
+            let fenced = fenced as u64;
+            self.appended.fetch_add(n - fenced, Ordering::Relaxed);
+            self.failed.fetch_add(fenced, Ordering::Relaxed);
+            self.fenced.fetch_add(fenced, Ordering::Relaxed);
             self.commits.fetch_add(1, Ordering::Relaxed);
         } else {
             self.failed.fetch_add(n, Ordering::Relaxed);
@@ -55,6 +63,7 @@ impl Counters {
         LogStats {
             appended: self.appended.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
             batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),
@@ -69,12 +78,13 @@ mod tests {
     #[test]
     fn commits_land_in_their_bucket() {
         let counters = Counters::default();
-        counters.commit(1, true);
-        counters.commit(3, true);
-        counters.commit(4, false);
-        counters.commit(5000, true);
+        counters.commit(1, 0, true);
+        counters.commit(3, 1, true);
+        counters.commit(4, 0, false);
+        counters.commit(5000, 0, true);
         let stats = counters.snapshot();
-        assert_eq!((stats.appended, stats.failed, stats.commits), (5004, 4, 3));
+        assert_eq!((stats.appended, stats.failed, stats.commits), (5003, 5, 3));
+        assert_eq!(stats.fenced, 1);
         assert_eq!(stats.batch_sizes[0], 1, "1 record");
         assert_eq!(stats.batch_sizes[2], 2, "3 and 4 records");
         assert_eq!(stats.batch_sizes[BATCH_SIZE_BOUNDS.len() - 1], 1, "5000");

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::atomic::AtomicBool;
@@ -9,13 +9,15 @@ use bytes::Bytes;
 
 use super::*;
 use crate::id::MessageId;
+use crate::store::Epoch;
 use crate::time::ManualClock;
 
-/// A minimal store for the log's own tests: a map, plus a gate that can hold the first append
-/// and a switch that fails appends.
+/// A minimal store for the log's own tests: a map and each stream's epoch, plus a gate that
+/// can hold the first append and a switch that fails appends.
 #[derive(Default)]
 struct TestStore {
     records: Mutex<BTreeMap<(String, u64), LogRecord>>,
+    epochs: Mutex<HashMap<String, Epoch>>,
     appends: AtomicUsize,
     hold_first: AtomicBool,
     released: AtomicBool,
@@ -34,7 +36,20 @@ impl TestStore {
 
 #[async_trait]
 impl MessageStore for TestStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let last = self.last_seq(stream).await?;
+        let mut epochs = lock(&self.epochs);
+        let current = epochs.entry(stream.to_string()).or_default();
+        *current = Epoch::after(*current, last).ok_or(StoreError::EpochsExhausted {
+            stream: stream.clone(),
+        })?;
+        Ok(Tenure {
+            epoch: *current,
+            last,
+        })
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         let n = self.appends.fetch_add(1, Ordering::SeqCst);
         if n == 0 && self.hold_first.load(Ordering::SeqCst) {
             std::future::poll_fn(|cx| {
@@ -50,11 +65,17 @@ impl MessageStore for TestStore {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected".into()));
         }
+        let epochs = lock(&self.epochs);
         let mut records = lock(&self.records);
+        let mut fenced = Vec::new();
         for r in batch {
-            records.insert((r.stream.to_string(), r.seq.get()), r.clone());
+            if epochs.get(r.stream.as_str()) == Some(&r.seq.epoch()) {
+                records.insert((r.stream.to_string(), r.seq.get()), r.clone());
+            } else if !fenced.contains(&r.stream) {
+                fenced.push(r.stream.clone());
+            }
         }
-        Ok(())
+        Ok(Appended::fenced(fenced))
     }
 
     async fn read_after(
@@ -134,16 +155,28 @@ fn setup(store: Arc<TestStore>) -> (Log, Arc<ManualClock>) {
 
 const TTL: Duration = Duration::from_secs(60);
 
-/// The clock's start in microseconds: positions start there (see `StreamLog::assign`).
-const T: u64 = 1_000_000;
-
-/// The `i`-th position (from 1) handed out while the clock stands still at `T`.
+/// The `i`-th position (from 1) of the first epoch of a stream.
 fn at(i: u64) -> Seq {
-    Seq::new(T + i - 1)
+    pos(1, i)
+}
+
+/// The `i`-th position of `epoch`.
+fn pos(epoch: u64, i: u64) -> Seq {
+    Seq::at(Epoch::new(epoch).expect("epoch"), i).expect("position")
 }
 
 fn n(seqs: &[u64]) -> Vec<u64> {
     seqs.iter().map(|&i| at(i).get()).collect()
+}
+
+/// Appends `id` to stream `s` through `log`, driving `worker` until it is written.
+#[track_caller]
+fn write<W: Future>(log: &Log, worker: Pin<&mut W>, s: &str, id: &str) -> Result<Seq, AppendError> {
+    let now = log.inner.clock.now();
+    let mut append = pin!(log.append(sid(s), msg(id, now), TTL));
+    assert!(poll(append.as_mut()).is_pending());
+    assert!(poll(worker).is_pending());
+    ready(append)
 }
 
 fn seqs(batch: &ReadBatch) -> Vec<u64> {
@@ -162,17 +195,13 @@ fn appends_are_numbered_in_order_and_continue_after_a_restart()
         assert!(poll(worker.as_mut()).is_pending());
         assert_eq!(ready(append)?, at(i));
     }
-    // A new log over the same store continues from the store's last position.
-    let (log, clock) = setup(store);
+    // A new log over the same store acquires the stream anew: the next epoch, above.
+    let (log, _) = setup(store);
     let mut worker = pin!(log.run_commit_worker());
-    let mut append = pin!(log.append(sid("s"), msg("m4", clock.now()), TTL));
-    assert!(poll(append.as_mut()).is_pending());
-    assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(append)?, at(4));
-    assert_eq!(
-        seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?),
-        n(&[1, 2, 3, 4])
-    );
+    assert_eq!(write(&log, worker.as_mut(), "s", "m4")?, pos(2, 1));
+    let mut expected = n(&[1, 2, 3]);
+    expected.push(pos(2, 1).get());
+    assert_eq!(seqs(&ready(log.read(&sid("s"), Seq::ZERO, 10))?), expected);
     assert_eq!(seqs(&ready(log.read(&sid("s"), at(2), 1))?), n(&[3]));
     Ok(())
 }
@@ -227,7 +256,7 @@ fn a_later_batch_that_finishes_first_stays_hidden_until_the_earlier_one_settles(
 }
 
 #[test]
-fn a_failed_batch_is_not_acknowledged_and_its_positions_are_skipped()
+fn a_failed_batch_is_not_acknowledged_and_the_stream_is_acquired_again()
 -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
     let (log, clock) = setup(store.clone());
@@ -239,12 +268,14 @@ fn a_failed_batch_is_not_acknowledged_and_its_positions_are_skipped()
     assert!(matches!(ready(failed), Err(AppendError::Store(_))));
 
     store.fail.store(false, Ordering::SeqCst);
-    let mut ok = pin!(log.append(sid("s"), msg("kept", clock.now()), TTL));
-    assert!(poll(ok.as_mut()).is_pending());
-    assert!(poll(worker.as_mut()).is_pending());
-    assert_eq!(ready(ok)?, at(2), "position 1 is never reused");
+    // The failure may have been ambiguous: a new epoch fences the failed write off before
+    // anything later is shown, so it cannot appear below a position a reader already has.
+    assert_eq!(write(&log, worker.as_mut(), "s", "kept")?, pos(2, 1));
     let read = ready(log.read(&sid("s"), Seq::ZERO, 10))?;
-    assert_eq!((seqs(&read), read.watermark), (n(&[2]), at(2)));
+    assert_eq!(
+        (seqs(&read), read.watermark),
+        (vec![pos(2, 1).get()], pos(2, 1))
+    );
     Ok(())
 }
 
@@ -300,13 +331,10 @@ fn idle_streams_are_forgotten_and_reloaded() -> Result<(), Box<dyn std::error::E
     assert_eq!(log.sweep_idle(Duration::from_secs(10)), 0);
     clock.advance(Duration::from_secs(10));
     assert_eq!(log.sweep_idle(Duration::from_secs(10)), 1);
-    let mut append = pin!(log.append(sid("s"), msg("b", clock.now()), TTL));
-    assert!(poll(append.as_mut()).is_pending());
-    assert!(poll(worker.as_mut()).is_pending());
     assert_eq!(
-        ready(append)?,
-        Seq::new(T + 10_000_000),
-        "the clock moved on"
+        write(&log, worker.as_mut(), "s", "b")?,
+        pos(2, 1),
+        "acquired again"
     );
     Ok(())
 }
@@ -339,5 +367,86 @@ fn positions_keep_growing_after_every_record_was_purged() -> Result<(), Box<dyn 
         ready(next)? > first,
         "an old token never points past new messages"
     );
+    Ok(())
+}
+
+#[test]
+fn an_append_refused_by_the_store_is_not_acknowledged_and_the_next_one_takes_the_stream_back()
+-> Result<(), Box<dyn std::error::Error>> {
+    // Two nodes over one store, both believing they own "s" (views differ during a move).
+    let store = Arc::new(TestStore::default());
+    let (a, _) = setup(store.clone());
+    let (b, _) = setup(store.clone());
+    let mut worker_a = pin!(a.run_commit_worker());
+    let mut worker_b = pin!(b.run_commit_worker());
+    assert_eq!(write(&a, worker_a.as_mut(), "s", "a1")?, pos(1, 1));
+    assert_eq!(write(&b, worker_b.as_mut(), "s", "b1")?, pos(2, 1));
+
+    // A still holds epoch 1: the store refuses its write, and nothing of it is stored.
+    assert!(matches!(
+        write(&a, worker_a.as_mut(), "s", "a2"),
+        Err(AppendError::Fenced)
+    ));
+    assert_eq!(a.stats().fenced, 1);
+    // Its next append acquires epoch 3: above everything B wrote, and B is fenced now.
+    assert_eq!(write(&a, worker_a.as_mut(), "s", "a3")?, pos(3, 1));
+    assert!(matches!(
+        write(&b, worker_b.as_mut(), "s", "b2"),
+        Err(AppendError::Fenced)
+    ));
+    let read = ready(a.read(&sid("s"), Seq::ZERO, 10))?;
+    let ids: Vec<_> = read
+        .records
+        .iter()
+        .map(|r| r.message.id().as_str())
+        .collect();
+    assert_eq!(ids, ["a1", "b1", "a3"], "one order, no refused message");
+    Ok(())
+}
+
+#[test]
+fn a_reader_with_a_position_of_a_later_epoch_makes_the_node_acquire_the_stream_again()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (a, _) = setup(store.clone());
+    let (b, _) = setup(store.clone());
+    let mut worker_a = pin!(a.run_commit_worker());
+    let mut worker_b = pin!(b.run_commit_worker());
+    write(&a, worker_a.as_mut(), "s", "a1")?;
+    let b1 = write(&b, worker_b.as_mut(), "s", "b1")?;
+    write(&b, worker_b.as_mut(), "s", "b2")?;
+
+    // A's watermark is from epoch 1; a token from B's epoch shows A it is stale.
+    let read = ready(a.read(&sid("s"), b1, 10))?;
+    let ids: Vec<_> = read
+        .records
+        .iter()
+        .map(|r| r.message.id().as_str())
+        .collect();
+    assert_eq!(ids, ["b2"], "what B wrote after the token");
+    assert_eq!(read.watermark, pos(2, 2));
+    Ok(())
+}
+
+#[test]
+fn a_release_wakes_tail_readers_and_forgets_the_streams_it_does_not_keep()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, _) = setup(store);
+    let mut worker = pin!(log.run_commit_worker());
+    write(&log, worker.as_mut(), "moved", "m")?;
+    write(&log, worker.as_mut(), "kept", "k")?;
+    let moved = sid("moved");
+    let mut tail = pin!(log.wait_past(&moved, at(1)));
+    assert!(poll(tail.as_mut()).is_pending());
+
+    assert_eq!(log.release(|s| s.as_str() == "kept"), 1);
+    assert!(ready(tail)?, "the waiting reader looks again at once");
+    assert_eq!(
+        write(&log, worker.as_mut(), "moved", "m2")?,
+        pos(2, 1),
+        "a released stream is acquired again on its next use"
+    );
+    assert_eq!(write(&log, worker.as_mut(), "kept", "k2")?, at(2));
     Ok(())
 }

@@ -1,12 +1,20 @@
 //! What the SQL backends ([`postgres`], [`mysql`]) share: their configuration, start-up
 //! errors, how a row becomes a [`LogRecord`] and how a record is compared with a stored row.
 //!
-//! # Schema (version 1)
-//! One table, `ipubsub_messages`, keyed by `(stream_id, seq)` so that a read of one stream is
-//! one range of the primary key, with an index on `expires_at` so that a purge reads expired
-//! rows only. Times are microseconds since the Unix epoch in `BIGINT`s (exactly the core's
-//! `Timestamp`); the message is its raw JSON bytes. `ipubsub_schema` holds the schema version,
-//! so that a later version can migrate the tables it finds.
+//! # Schema (version 2)
+//! - `ipubsub_messages` (version 1), keyed by `(stream_id, seq)` so that a read of one stream
+//!   is one range of the primary key, with an index on `expires_at` so that a purge reads
+//!   expired rows only. Times are microseconds since the Unix epoch in `BIGINT`s (exactly the
+//!   core's `Timestamp`); the message is its raw JSON bytes.
+//! - `ipubsub_epochs` (version 2): `(stream_id, epoch)`, one row per acquired stream, never
+//!   purged. The fence: an append takes a shared lock on its streams' rows and writes only
+//!   where the row holds its records' epoch; an acquisition takes the exclusive lock, so it
+//!   waits for appends under way, and the appends behind it see the new epoch. Both are
+//!   single statements or short transactions on the database's own locks, so no clock or
+//!   process on the nodes takes part.
+//!
+//! `ipubsub_schema` holds the schema version, so that a later version can migrate the tables
+//! it finds.
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -15,10 +23,10 @@ pub mod postgres;
 
 use std::time::Duration;
 
-use ipubsub_core::{LogRecord, Message, MessageId, Seq, StoreError, StreamId, Timestamp};
+use ipubsub_core::{Epoch, LogRecord, Message, MessageId, Seq, StoreError, StreamId, Timestamp};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How to reach a SQL database.
 #[derive(Clone, PartialEq, Eq)]
@@ -155,16 +163,24 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-use crate::convert::{to_i64, to_u64};
+use crate::convert::{appended, streams_of, to_i64, to_u64};
 
-/// Whether a database at schema version `found` (`None`: no version yet) needs version 1
-/// created; an error when it is newer than this build.
-fn needs_v1(found: Option<i32>, backend: &'static str) -> Result<bool, OpenError> {
+/// The schema versions a database at version `found` (`None`: no version yet) still needs,
+/// in order; an error when it is newer than this build.
+fn missing_versions(
+    found: Option<i32>,
+    backend: &'static str,
+) -> Result<std::ops::RangeInclusive<i32>, OpenError> {
     let found = found.unwrap_or(0);
     if found > SCHEMA_VERSION {
         return Err(OpenError::NewerSchema { backend, found });
     }
-    Ok(found < 1)
+    Ok(found + 1..=SCHEMA_VERSION)
+}
+
+/// The epoch a row of `ipubsub_epochs` holds.
+fn to_epoch(epoch: i64) -> Result<Epoch, StoreError> {
+    Epoch::new(to_u64(epoch)?).ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))
 }
 
 /// The columns both backends select, in order: `seq, message_id, accepted_at, expires_at,

@@ -1,19 +1,28 @@
 //! [`MySqlStore`]: the persistent log in MySQL or MariaDB (InnoDB).
 //!
-//! An append is one multi-row `INSERT` of the whole group commit (one statement, atomic on its
-//! own); a batch too large for one statement's placeholders is split inside a transaction.
-//! A primary-key violation (a batch retried after an ambiguous failure) takes the slow path
-//! of the PostgreSQL store: compare row by row in a transaction, conflict or insert the rest.
+//! An append is one transaction: a locking read (`LOCK IN SHARE MODE`) of the batch's rows in
+//! `ipubsub_epochs` (the fence: InnoDB's locking reads see the latest committed version and
+//! wait for an exclusive lock), then a multi-row `INSERT` of the records of the streams whose
+//! row holds their epoch (split in statements of at most 10,922 rows). An acquisition locks
+//! its stream's row `FOR UPDATE`, so it waits for the appends under way, and those behind it
+//! see the new epoch. A primary-key violation (a batch retried after an ambiguous failure)
+//! takes the slow path of the PostgreSQL store in the same transaction: compare row by row,
+//! conflict or insert the rest.
 //!
 //! Ids are `VARBINARY`: MySQL's default collations compare text case- and
 //! trailing-space-insensitively, which would make `Orders` and `orders ` one stream.
 
 use async_trait::async_trait;
-use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
+use ipubsub_core::{
+    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+};
 use sqlx::mysql::MySqlPool;
-use sqlx::{AssertSqlSafe, Executor, MySql};
+use sqlx::{AssertSqlSafe, Executor, MySql, Transaction};
 
-use super::{OpenError, Row, RowTuple, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
+use super::{
+    OpenError, Row, RowTuple, SqlConfig, appended, is_duplicate, streams_of, to_epoch, to_i64,
+    to_u64, unavailable,
+};
 
 const BACKEND: &str = "MySQL";
 
@@ -28,6 +37,13 @@ CREATE TABLE IF NOT EXISTS ipubsub_messages (
     payload     LONGBLOB       NOT NULL,
     PRIMARY KEY (stream_id, seq),
     KEY ipubsub_messages_expires_at (expires_at)
+) ENGINE = InnoDB";
+
+/// Version 2: each acquired stream's epoch, the fence every append passes.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS ipubsub_epochs (
+    stream_id VARBINARY(256) NOT NULL PRIMARY KEY,
+    epoch     BIGINT         NOT NULL
 ) ENGINE = InnoDB";
 
 /// Placeholders per row, and rows per statement (the protocol allows 65,535 placeholders).
@@ -90,25 +106,57 @@ impl MySqlStore {
         Ok(())
     }
 
-    /// Appends without the fast path: in one transaction, each record is compared with what
-    /// its position holds, and the missing ones are inserted.
-    async fn append_checked(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+    /// The streams of `batch` whose epoch row holds their records' epoch, share-locked until
+    /// `tx` ends.
+    async fn fence(
+        tx: &mut Transaction<'_, MySql>,
+        batch: &[LogRecord],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let streams = streams_of(batch);
+        let mut sql =
+            String::from("SELECT stream_id, epoch FROM ipubsub_epochs WHERE stream_id IN (");
+        for i in 0..streams.len() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+        }
+        sql.push_str(") LOCK IN SHARE MODE");
+        let mut query = sqlx::query_as::<_, (Vec<u8>, i64)>(AssertSqlSafe(sql)).persistent(false);
+        for stream in &streams {
+            query = query.bind(stream.as_str().as_bytes());
+        }
+        let rows = query.fetch_all(&mut **tx).await.map_err(unavailable)?;
+        let mut passed = Vec::with_capacity(rows.len());
+        for (stream, epoch) in rows {
+            let epoch = to_epoch(epoch)?;
+            if batch
+                .iter()
+                .any(|r| r.stream.as_str().as_bytes() == stream && r.seq.epoch() == epoch)
+            {
+                passed.push(stream);
+            }
+        }
+        Ok(passed)
+    }
+
+    /// The slow path, inside the append's transaction: each record is compared with what its
+    /// position holds, and the missing ones are inserted.
+    async fn insert_checked(
+        tx: &mut Transaction<'_, MySql>,
+        records: &[&LogRecord],
+    ) -> Result<(), StoreError> {
         let mut missing = Vec::new();
-        for record in batch {
+        for &record in records {
             let row = sqlx::query_as::<_, RowTuple>(
                 "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
                  WHERE stream_id = ? AND seq = ? FOR UPDATE",
             )
             .bind(record.stream.as_str().as_bytes())
             .bind(to_i64(record.seq.get())?)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(unavailable)?;
             match row.map(Row::from) {
                 Some(row) if row.holds(record) => {}
                 Some(_) => {
-                    tx.rollback().await.map_err(unavailable)?;
                     return Err(StoreError::Conflict {
                         stream: record.stream.clone(),
                         seq: record.seq,
@@ -118,9 +166,9 @@ impl MySqlStore {
             }
         }
         for chunk in missing.chunks(MAX_ROWS) {
-            Self::insert(&mut *tx, chunk).await?;
+            Self::insert(&mut **tx, chunk).await?;
         }
-        tx.commit().await.map_err(unavailable)
+        Ok(())
     }
 }
 
@@ -152,16 +200,15 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
             .fetch_one(&mut *conn)
             .await
             .map_err(schema)?;
-        if super::needs_v1(found, BACKEND)? {
-            sqlx::query(SCHEMA_V1)
+        for version in super::missing_versions(found, BACKEND)? {
+            let ddl = if version == 1 { SCHEMA_V1 } else { SCHEMA_V2 };
+            sqlx::query(ddl).execute(&mut *conn).await.map_err(schema)?;
+            sqlx::query("INSERT INTO ipubsub_schema (version) VALUES (?)")
+                .bind(version)
                 .execute(&mut *conn)
                 .await
                 .map_err(schema)?;
-            sqlx::query("INSERT INTO ipubsub_schema (version) VALUES (1)")
-                .execute(&mut *conn)
-                .await
-                .map_err(schema)?;
-            tracing::info!(version = 1, "MySQL schema created");
+            tracing::info!(version, "MySQL schema created");
         }
         Ok(())
     }
@@ -175,20 +222,69 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
 
 #[async_trait]
 impl MessageStore for MySqlStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let id = stream.as_str().as_bytes();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("INSERT IGNORE INTO ipubsub_epochs (stream_id, epoch) VALUES (?, 0)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        // The exclusive row lock waits for every append holding the shared one.
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM ipubsub_epochs WHERE stream_id = ? FOR UPDATE")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        // A locking read, so that it sees what those appends committed whatever the
+        // transaction's snapshot.
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(seq) FROM ipubsub_messages WHERE stream_id = ? LOCK IN SHARE MODE",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let last = Seq::new(last.map(to_u64).transpose()?.unwrap_or(0));
+        let epoch =
+            Epoch::after(to_epoch(current)?, last).ok_or_else(|| StoreError::EpochsExhausted {
+                stream: stream.clone(),
+            })?;
+        sqlx::query("UPDATE ipubsub_epochs SET epoch = ? WHERE stream_id = ?")
+            .bind(i64::from(epoch.get()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Tenure { epoch, last })
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Appended::all());
         }
-        let all: Vec<&LogRecord> = batch.iter().collect();
-        if all.len() > MAX_ROWS {
-            // Too many placeholders for one statement: fall back to one transaction.
-            return self.append_checked(batch).await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let passed = Self::fence(&mut tx, batch).await?;
+        let outcome = appended(batch, &passed);
+        let records: Vec<&LogRecord> = batch
+            .iter()
+            .filter(|r| !outcome.is_fenced(&r.stream))
+            .collect();
+        for (i, chunk) in records.chunks(MAX_ROWS).enumerate() {
+            match Self::insert(&mut *tx, chunk).await {
+                Ok(()) => {}
+                // A duplicate key undoes that statement only: compare the rest row by row.
+                Err(StoreError::Conflict { .. }) => {
+                    Self::insert_checked(&mut tx, &records[i * MAX_ROWS..]).await?;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        match Self::insert(&self.pool, &all).await {
-            Ok(()) => Ok(()),
-            Err(StoreError::Conflict { .. }) => self.append_checked(batch).await,
-            Err(e) => Err(e),
-        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcome)
     }
 
     async fn read_after(

@@ -1,17 +1,27 @@
 //! [`PostgresStore`]: the persistent log in PostgreSQL.
 //!
-//! An append is one `INSERT … SELECT FROM UNNEST(…)` of the whole group commit: one statement,
-//! one round trip, atomic on its own. Only when it hits a primary-key violation (a batch
-//! retried after an ambiguous failure) does the store take the slow path: in one transaction it
-//! compares each stored row with the record at its position, fails with
-//! [`StoreError::Conflict`] if one differs, and inserts the records that are missing.
+//! An append is one statement for the whole group commit, one round trip, atomic on its own:
+//! a `SELECT … FOR SHARE` of the batch's rows in `ipubsub_epochs` that hold the records'
+//! epochs (the fence), and an `INSERT … SELECT FROM UNNEST(…)` of the records of the streams
+//! that passed it. An acquisition locks its stream's epoch row `FOR UPDATE`, so it waits for
+//! the appends that hold the shared lock; an append that reaches the row after it waits in
+//! turn and, in `READ COMMITTED`, re-checks the row's new version, finds another epoch and
+//! writes nothing for that stream. Only when the insert hits a primary-key violation (a batch
+//! retried after an ambiguous failure) does the store take the slow path: in one transaction
+//! it passes the same fence, compares each stored row with the record at its position, fails
+//! with [`StoreError::Conflict`] if one differs, and inserts the records that are missing.
 
 use async_trait::async_trait;
-use ipubsub_core::{LogRecord, MessageStore, Seq, StoreError, StreamId, Timestamp};
+use ipubsub_core::{
+    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+};
 use sqlx::postgres::PgPool;
 use sqlx::{Executor, Postgres, Transaction};
 
-use super::{OpenError, Row, RowTuple, SqlConfig, is_duplicate, to_i64, to_u64, unavailable};
+use super::{
+    OpenError, Row, RowTuple, SqlConfig, appended, is_duplicate, to_epoch, to_i64, to_u64,
+    unavailable,
+};
 
 const BACKEND: &str = "PostgreSQL";
 
@@ -30,7 +40,41 @@ CREATE TABLE IF NOT EXISTS ipubsub_messages (
 CREATE INDEX IF NOT EXISTS ipubsub_messages_expires_at ON ipubsub_messages (expires_at);
 ";
 
+/// Version 2: each acquired stream's epoch, the fence every append passes.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS ipubsub_epochs (
+    stream_id TEXT   NOT NULL PRIMARY KEY,
+    epoch     BIGINT NOT NULL
+);
+";
+
+/// The fence and the insert in one statement; answers the streams that passed. A record's
+/// epoch is the top bits of its position (`Seq::epoch`).
 const INSERT: &str = "
+WITH batch AS (
+    SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[], $4::BIGINT[], $5::BIGINT[],
+                         $6::BYTEA[])
+        AS b(stream_id, seq, message_id, accepted_at, expires_at, payload)
+), fence AS (
+    SELECT e.stream_id FROM ipubsub_epochs e
+    JOIN (SELECT DISTINCT stream_id, seq >> 40 AS epoch FROM batch) wanted
+        ON e.stream_id = wanted.stream_id AND e.epoch = wanted.epoch
+    FOR SHARE OF e
+), written AS (
+    INSERT INTO ipubsub_messages (stream_id, seq, message_id, accepted_at, expires_at, payload)
+    SELECT * FROM batch WHERE stream_id IN (SELECT stream_id FROM fence)
+)
+SELECT stream_id FROM fence";
+
+/// The same fence alone, inside the slow path's transaction.
+const FENCE: &str = "
+SELECT e.stream_id FROM ipubsub_epochs e
+JOIN (SELECT DISTINCT * FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS w(stream_id, epoch)) wanted
+    ON e.stream_id = wanted.stream_id AND e.epoch = wanted.epoch
+FOR SHARE OF e";
+
+/// The plain insert, for the slow path (whose records passed the fence already).
+const INSERT_UNFENCED: &str = "
 INSERT INTO ipubsub_messages (stream_id, seq, message_id, accepted_at, expires_at, payload)
 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[], $4::BIGINT[], $5::BIGINT[], $6::BYTEA[])";
 
@@ -49,11 +93,13 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
-    /// Inserts the batch: the fast path.
+    /// Inserts the records of `batch` whose streams pass the fence (`fenced`), or all of
+    /// them; answers the streams that passed (with `fenced`).
     async fn insert<'e, E: Executor<'e, Database = Postgres>>(
         executor: E,
         batch: &[&LogRecord],
-    ) -> Result<(), sqlx::Error> {
+        fenced: bool,
+    ) -> Result<Vec<String>, sqlx::Error> {
         let mut streams = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
@@ -78,23 +124,38 @@ impl PostgresStore {
             expires.push(exp);
             payloads.push(record.message.payload().as_ref());
         }
-        sqlx::query(INSERT)
-            .bind(streams)
-            .bind(seqs)
-            .bind(ids)
-            .bind(accepted)
-            .bind(expires)
-            .bind(payloads)
-            .execute(executor)
-            .await?;
-        Ok(())
+        let query = |sql| {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(streams)
+                .bind(seqs)
+                .bind(ids)
+                .bind(accepted)
+                .bind(expires)
+                .bind(payloads)
+        };
+        // The unfenced insert returns no rows.
+        query(if fenced { INSERT } else { INSERT_UNFENCED })
+            .fetch_all(executor)
+            .await
     }
 
-    /// The slow path, after a duplicate key: compare, then insert what is missing.
-    async fn append_checked(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    /// The slow path, after a duplicate key: the fence, then compare, then insert what is
+    /// missing.
+    async fn append_checked(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(unavailable)?;
+        let (streams, epochs): (Vec<&str>, Vec<i64>) = batch
+            .iter()
+            .map(|r| (r.stream.as_str(), i64::from(r.seq.epoch().get())))
+            .unzip();
+        let passed: Vec<String> = sqlx::query_scalar(FENCE)
+            .bind(streams)
+            .bind(epochs)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let outcome = appended(batch, &passed);
         let mut missing = Vec::new();
-        for record in batch {
+        for record in batch.iter().filter(|r| !outcome.is_fenced(&r.stream)) {
             let row = sqlx::query_as::<_, RowTuple>(
                 "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
                  WHERE stream_id = $1 AND seq = $2 FOR UPDATE",
@@ -117,11 +178,12 @@ impl PostgresStore {
             }
         }
         if !missing.is_empty() {
-            Self::insert(&mut *tx, &missing)
+            Self::insert(&mut *tx, &missing, false)
                 .await
                 .map_err(unavailable)?;
         }
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcome)
     }
 }
 
@@ -149,29 +211,67 @@ async fn migrate(pool: &PgPool) -> Result<(), OpenError> {
         .fetch_one(&mut *tx)
         .await
         .map_err(schema)?;
-    if super::needs_v1(found, BACKEND)? {
-        sqlx::raw_sql(SCHEMA_V1)
+    for version in super::missing_versions(found, BACKEND)? {
+        let ddl = if version == 1 { SCHEMA_V1 } else { SCHEMA_V2 };
+        sqlx::raw_sql(ddl).execute(&mut *tx).await.map_err(schema)?;
+        sqlx::query("INSERT INTO ipubsub_schema (version) VALUES ($1)")
+            .bind(version)
             .execute(&mut *tx)
             .await
             .map_err(schema)?;
-        sqlx::query("INSERT INTO ipubsub_schema (version) VALUES (1)")
-            .execute(&mut *tx)
-            .await
-            .map_err(schema)?;
-        tracing::info!(version = 1, "PostgreSQL schema created");
+        tracing::info!(version, "PostgreSQL schema created");
     }
     tx.commit().await.map_err(schema)
 }
 
 #[async_trait]
 impl MessageStore for PostgresStore {
-    async fn append(&self, batch: &[LogRecord]) -> Result<(), StoreError> {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO ipubsub_epochs (stream_id, epoch) VALUES ($1, 0)
+             ON CONFLICT (stream_id) DO NOTHING",
+        )
+        .bind(stream.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // The exclusive row lock waits for every append holding the shared one; in READ
+        // COMMITTED the next statement then sees what they committed.
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM ipubsub_epochs WHERE stream_id = $1 FOR UPDATE")
+                .bind(stream.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM ipubsub_messages WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let last = Seq::new(last.map(to_u64).transpose()?.unwrap_or(0));
+        let epoch =
+            Epoch::after(to_epoch(current)?, last).ok_or_else(|| StoreError::EpochsExhausted {
+                stream: stream.clone(),
+            })?;
+        sqlx::query("UPDATE ipubsub_epochs SET epoch = $2 WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .bind(i64::from(epoch.get()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Tenure { epoch, last })
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Appended::all());
         }
         let all: Vec<&LogRecord> = batch.iter().collect();
-        match Self::insert(&self.pool, &all).await {
-            Ok(()) => Ok(()),
+        match Self::insert(&self.pool, &all, true).await {
+            Ok(passed) => Ok(appended(batch, &passed)),
             Err(e) if is_duplicate(&e) => self.append_checked(batch).await,
             Err(e) => Err(unavailable(e)),
         }
