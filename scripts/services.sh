@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, starts what is stopped and reuses what runs: the database servers
-# that the storage backends' tests run against, each on 127.0.0.1 only. Idempotent; safe to
-# run before every test run. Needs root (apt, service accounts) on Debian.
+# that the storage backends' tests run against, each on 127.0.0.1 only, and libfaketime for the
+# churn test's clock offsets. Idempotent; safe to run before every test run. Needs root (apt,
+# service accounts) on Debian.
 #
 #   PostgreSQL  Debian's cluster `main` on 127.0.0.1:5432, database/user/password `ipubsub`
 #   MariaDB     Debian's server on 127.0.0.1:3306,           database/user/password `ipubsub`
@@ -38,6 +39,8 @@ missing=()
 command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
     || missing+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
+# libfaketime: the churn test shifts one node's clock with it.
+[[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || missing+=(faketime)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -50,6 +50,10 @@ pub struct HttpConfig {
     /// HTTP. Every member of a cluster listens the same way.
     #[cfg(feature = "tls")]
     pub peer_tls: Option<crate::tls::PeerTls>,
+    /// Why this node has no log although one is configured (a node-local store in a
+    /// multi-node cluster): `writeToDB` and `readFromDB` are then refused with
+    /// `PERSISTENCE_NOT_SHARED` and this reason, instead of `PERSISTENCE_NOT_CONFIGURED`.
+    pub persistence_refused: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +78,22 @@ impl Default for HttpConfig {
             cluster_secret: None,
             #[cfg(feature = "tls")]
             peer_tls: None,
+            persistence_refused: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The answer to a request for the log (`field` names what asked for it) on a node
+    /// without one.
+    pub(crate) fn no_persistence(&self, field: &str) -> crate::ApiError {
+        use crate::{ApiError, ErrorCode};
+        match &self.persistence_refused {
+            Some(why) => ApiError::new(ErrorCode::PersistenceNotShared, format!("{field}: {why}")),
+            None => ApiError::new(
+                ErrorCode::PersistenceNotConfigured,
+                format!("{field}: persistence is not configured on this node"),
+            ),
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     InvalidParameter,
     /// 400: the request needs the persistent log, which this node does not have.
     PersistenceNotConfigured,
+    /// 400: the request needs the persistent log, and this node keeps none because its store
+    /// is node-local while it is one of a multi-node cluster; the message names the fix.
+    PersistenceNotShared,
     /// 401: the node needs a bearer token and the request has none, or an unknown one.
     Unauthorized,
     /// 403: the token may not do this (publish, subscribe, or use this stream), or a request
@@ -84,6 +87,7 @@ impl ErrorCode {
             Self::UnknownParameter => "UNKNOWN_PARAMETER",
             Self::InvalidParameter => "INVALID_PARAMETER",
             Self::PersistenceNotConfigured => "PERSISTENCE_NOT_CONFIGURED",
+            Self::PersistenceNotShared => "PERSISTENCE_NOT_SHARED",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
@@ -116,7 +120,8 @@ impl ErrorCode {
             | Self::MissingParameter
             | Self::UnknownParameter
             | Self::InvalidParameter
-            | Self::PersistenceNotConfigured => StatusCode::BAD_REQUEST,
+            | Self::PersistenceNotConfigured
+            | Self::PersistenceNotShared => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -317,6 +322,7 @@ mod tests {
             ErrorCode::UnknownParameter,
             ErrorCode::InvalidParameter,
             ErrorCode::PersistenceNotConfigured,
+            ErrorCode::PersistenceNotShared,
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::NotFound,

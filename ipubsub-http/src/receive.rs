@@ -105,10 +105,7 @@ pub(crate) fn parse(
         ));
     }
     if read_from_db && !persistence {
-        return Err(ApiError::new(
-            ErrorCode::PersistenceNotConfigured,
-            "readFromDB: persistence is not configured on this node",
-        ));
+        return Err(config.no_persistence("readFromDB"));
     }
     let log_after = match (read_from_db, token) {
         (false, _) => None,

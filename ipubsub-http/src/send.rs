@@ -102,10 +102,7 @@ pub(crate) fn parse(
     let payload = Bytes::copy_from_slice(message.get().as_bytes());
     let persistent = parsed.write_to_db == Some(true);
     if persistent && !persistence {
-        return Err(ApiError::new(
-            ErrorCode::PersistenceNotConfigured,
-            "writeToDB: persistence is not configured on this node",
-        ));
+        return Err(config.no_persistence("writeToDB"));
     }
     if !persistent && parsed.db_ttl_seconds.is_some() {
         return Err(ApiError::new(

@@ -335,10 +335,7 @@ impl App {
                     Bytes::from(format!("{{\"dbResumeToken\":\"{token}\"}}")),
                 ))
             }
-            (SendKind::Log { .. }, None) => Err(ApiError::new(
-                ErrorCode::PersistenceNotConfigured,
-                "writeToDB: persistence is not configured on this node",
-            )),
+            (SendKind::Log { .. }, None) => Err(inner.config.no_persistence("writeToDB")),
         }
     }
 
@@ -396,12 +393,7 @@ impl App {
                 });
                 receive::body(batch, tokens.collect::<Vec<_>>().into_iter())
             }
-            (Some(_), None) => {
-                return Err(ApiError::new(
-                    ErrorCode::PersistenceNotConfigured,
-                    "readFromDB: persistence is not configured on this node",
-                ));
-            }
+            (Some(_), None) => return Err(inner.config.no_persistence("readFromDB")),
         };
         Ok(json(StatusCode::OK, body))
     }

@@ -220,6 +220,10 @@ pub struct StorageSection {
     pub store_timeout_seconds: u64,
     /// How often the store is probed for `GET /ready`.
     pub ready_probe_seconds: u64,
+    /// Lets a node of a multi-node cluster keep its log in a node-local store (`embedded`,
+    /// `memory`). Off by default: a stream that moves to another node would leave its log
+    /// behind, so such a node refuses `writeToDB` and `readFromDB` with a 400 naming the fix.
+    pub node_local_log_in_cluster: bool,
 }
 
 impl Default for StorageSection {
@@ -239,6 +243,7 @@ impl Default for StorageSection {
             purge_batch: 1000,
             store_timeout_seconds: 10,
             ready_probe_seconds: 5,
+            node_local_log_in_cluster: false,
         }
     }
 }
@@ -611,6 +616,34 @@ impl Config {
         c.max_connections = self.http.max_connections;
         self.apply_security(&mut c)?;
         Ok(c)
+    }
+
+    /// Why this node keeps no log although a store is configured: a node-local store on a
+    /// node of a multi-node cluster, without `storage.node_local_log_in_cluster`.
+    pub fn node_local_refusal(&self) -> Option<String> {
+        let node_local = matches!(self.storage.backend, Backend::Embedded | Backend::Memory);
+        let own = self
+            .node
+            .gossip_advertise_addr_port
+            .or(self.node.gossip_bind_addr_port)?;
+        let others = self
+            .cluster
+            .static_bootstrap_node_addr_ports
+            .iter()
+            .any(|seed| seed.parse::<SocketAddr>().ok() != Some(own));
+        (node_local && others && !self.storage.node_local_log_in_cluster).then(|| {
+            format!(
+                "this node is one of a multi-node cluster and its store ({}) keeps the log on this \
+                 node only, so a stream that moves would leave its log behind; give every node one \
+                 shared database (storage.backend: postgres, mysql, cassandra or mongodb), or set \
+                 storage.node_local_log_in_cluster: true to accept that",
+                if self.storage.backend == Backend::Memory {
+                    "memory"
+                } else {
+                    "embedded"
+                }
+            )
+        })
     }
 
     /// The log's part.

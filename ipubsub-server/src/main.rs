@@ -138,22 +138,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 )
                 .await;
             }
-            if !config.cluster.static_bootstrap_node_addr_ports.is_empty()
-                && config.storage.backend == Backend::Embedded
+            if config.storage.node_local_log_in_cluster
+                && matches!(config.storage.backend, Backend::Embedded | Backend::Memory)
             {
                 tracing::warn!(
-                    "a multi-node cluster on the embedded store: each stream's log stays on the node that \
-                     owned the stream when it was written, and is unreadable while another node owns it; \
-                     give every node the same shared database for persistence across the cluster"
+                    "a multi-node cluster on a node-local store (storage.node_local_log_in_cluster): each \
+                     stream's log stays on the node that owned the stream when it was written, and is \
+                     unreadable while another node owns it"
                 );
             }
             Some(membership)
         }
     };
     let engine = Engine::new(config.engine_config());
-    let store = stores::open_store(&config).await?;
+    let refusal = config.node_local_refusal();
+    let store = match &refusal {
+        Some(why) => {
+            tracing::warn!("no persistent log: {why}");
+            None
+        }
+        None => stores::open_store(&config).await?,
+    };
     let probe = store.clone();
     let log = store.map(|store| Log::new(store, config.log_config()));
+    let mut http_config = http_config;
+    http_config.persistence_refused = refusal;
     let app = App::new(engine.clone(), log.clone(), cluster.clone(), http_config);
     #[cfg(feature = "tls")]
     let scheme = if tls.is_some() { "https" } else { "http" };

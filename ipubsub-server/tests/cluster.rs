@@ -40,7 +40,9 @@ impl Cluster {
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         let yaml = format!(
-            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n{yaml}",
+            // Each node's own memory store: the log works through forwarding while the ring
+            // stands still, which is what these tests need (and say so explicitly).
+            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n  node_local_log_in_cluster: true\n{yaml}",
             seeds.join(", ")
         );
         let mut cluster = Self {
@@ -566,5 +568,39 @@ async fn with_auth_and_a_secret_every_node_serves_and_a_leave_hands_over() -> Te
         }
     }
     assert_eq!(received, streams, "messages lost across the leave");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_local_log_in_a_multi_node_cluster_is_refused_naming_the_fix() -> TestResult {
+    let cluster = Cluster::start_configured(
+        2,
+        2,
+        "",
+        &[("IPUBSUB_STORAGE__NODE_LOCAL_LOG_IN_CLUSTER", "false")],
+    );
+    for node in 0..2 {
+        let server = cluster.node(node);
+        let (status, body) = server
+            .send(json!({"streamId": "log", "messageUuid": "m", "message": 1, "writeToDB": true}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "PERSISTENCE_NOT_SHARED", "{body}");
+        let message = body["error"]["message"].as_str().ok_or("message")?;
+        assert!(message.contains("storage.backend: postgres"), "{message}");
+        let (status, body) = server
+            .receive("streamId=log&readFromDB=true&timeoutSeconds=0")
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::BAD_REQUEST, &json!("PERSISTENCE_NOT_SHARED")),
+            "{body}"
+        );
+        // In-memory streams are not affected.
+        let (status, body) = server
+            .send(json!({"streamId": format!("q{node}"), "messageUuid": "m", "message": 1}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     Ok(())
 }

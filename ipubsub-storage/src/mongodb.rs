@@ -52,6 +52,9 @@ use crate::high_water::HighWater;
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// MongoDB's write conflict error: another writer changed a document this transaction wrote.
+const WRITE_CONFLICT: i32 = 112;
+
 /// How many times a transaction that lost a write conflict is run again before the call
 /// fails as unavailable.
 const TRANSACTION_ATTEMPTS: u32 = 50;
@@ -182,6 +185,24 @@ fn epoch_of(found: &Document) -> Result<Epoch, StoreError> {
     Epoch::new(epoch).ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))
 }
 
+/// True when a transaction lost a write conflict: it wrote nothing and may run again. Other
+/// transient errors (the server is unreachable) are not retried here: the log answers them,
+/// and a retry loop would hold its commit worker (and the stream's watermark) meanwhile.
+fn is_write_conflict(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        && match &*e.kind {
+            ErrorKind::Command(c) => c.code == WRITE_CONFLICT,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == WRITE_CONFLICT,
+            ErrorKind::InsertMany(failure) => failure
+                .write_errors
+                .iter()
+                .flatten()
+                .any(|w| w.code == WRITE_CONFLICT),
+            _ => false,
+        }
+}
+
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
     match &*e.kind {
         mongodb::error::ErrorKind::InsertMany(failure) => failure
@@ -310,7 +331,7 @@ impl MongoStore {
             };
             match outcome {
                 Ok(value) => return Ok(value),
-                Err(TxError::Mongo(e)) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                Err(TxError::Mongo(e)) if is_write_conflict(&e) => {
                     session.abort_transaction().await.ok();
                     let pause = Duration::from_micros(200 * u64::from(round.min(20)));
                     tokio::time::sleep(pause).await;

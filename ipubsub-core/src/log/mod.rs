@@ -343,6 +343,19 @@ impl Log {
     /// own this stream" whenever ownership may have moved; appends already queued are still
     /// written (or refused by the store) and answered. Returns how many were dropped.
     pub fn release(&self, mut keep: impl FnMut(&StreamId) -> bool) -> usize {
+        self.retain(|stream, _| keep(stream))
+    }
+
+    /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
+    /// they are read back from the store on next use. Returns how many were dropped.
+    pub fn sweep_idle(&self, idle: Duration) -> usize {
+        let now = self.inner.clock.now();
+        self.retain(|_, log| !log.is_idle(now, idle))
+    }
+
+    /// Keeps the entries for which `keep` is true, one shard at a time; wakes everyone
+    /// waiting on a dropped one. Returns how many were dropped.
+    fn retain(&self, mut keep: impl FnMut(&StreamId, &StreamLog) -> bool) -> usize {
         self.inner
             .shards
             .iter()
@@ -350,28 +363,12 @@ impl Log {
                 let mut shard = lock(shard);
                 let before = shard.len();
                 shard.retain(|stream, log| {
-                    let kept = keep(stream);
+                    let kept = keep(stream, log);
                     if !kept {
                         log.wake_all();
                     }
                     kept
                 });
-                before - shard.len()
-            })
-            .sum()
-    }
-
-    /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
-    /// they are read back from the store on next use. Returns how many were dropped.
-    pub fn sweep_idle(&self, idle: Duration) -> usize {
-        let now = self.inner.clock.now();
-        self.inner
-            .shards
-            .iter()
-            .map(|shard| {
-                let mut shard = lock(shard);
-                let before = shard.len();
-                shard.retain(|_, log| !log.is_idle(now, idle));
                 before - shard.len()
             })
             .sum()

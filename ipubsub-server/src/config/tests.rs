@@ -200,3 +200,29 @@ fn bad_auth_settings_are_errors() -> Result<(), Box<dyn std::error::Error>> {
     assert!(err.contains("admin"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_node_local_store_in_a_multi_node_cluster_keeps_no_log_unless_allowed()
+-> Result<(), Box<dyn std::error::Error>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/multi-node-2.yaml");
+    let mut config = Config::load(Some(&path))?;
+    let why = config
+        .node_local_refusal()
+        .ok_or("the shipped three-node config refuses its embedded log")?;
+    assert!(why.contains("storage.backend: postgres"), "{why}");
+    assert!(why.contains("storage.node_local_log_in_cluster"), "{why}");
+    config.storage.node_local_log_in_cluster = true;
+    assert_eq!(config.node_local_refusal(), None, "allowed explicitly");
+    config.storage.node_local_log_in_cluster = false;
+    config.storage.backend = Backend::Postgres;
+    assert_eq!(config.node_local_refusal(), None, "a shared database");
+
+    let single = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/single-node.yaml");
+    assert_eq!(Config::load(Some(&single))?.node_local_refusal(), None);
+    // A node whose only seed is itself is a cluster of one.
+    let mut alone = Config::load(Some(&single))?;
+    alone.node.gossip_bind_addr_port = Some("127.0.0.1:17001".parse()?);
+    alone.cluster.static_bootstrap_node_addr_ports = vec!["127.0.0.1:17001".into()];
+    assert_eq!(alone.node_local_refusal(), None);
+    Ok(())
+}

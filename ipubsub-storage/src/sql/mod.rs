@@ -183,6 +183,22 @@ fn to_epoch(epoch: i64) -> Result<Epoch, StoreError> {
     Epoch::new(to_u64(epoch)?).ok_or_else(|| StoreError::Corrupt("epoch out of range".into()))
 }
 
+/// The tenure an acquisition of `stream` takes, from the epoch its `ipubsub_epochs` row held
+/// (`current`) and its highest stored position (`last`, `None` for none), both read under
+/// the row's exclusive lock.
+fn next_tenure(
+    stream: &StreamId,
+    current: i64,
+    last: Option<i64>,
+) -> Result<ipubsub_core::Tenure, StoreError> {
+    let current = to_epoch(current)?;
+    let last = Seq::new(last.map(to_u64).transpose()?.unwrap_or(0));
+    let epoch = Epoch::after(current, last).ok_or_else(|| StoreError::EpochsExhausted {
+        stream: stream.clone(),
+    })?;
+    Ok(ipubsub_core::Tenure { epoch, last })
+}
+
 /// The columns both backends select, in order: `seq, message_id, accepted_at, expires_at,
 /// payload`.
 type RowTuple = (i64, Vec<u8>, i64, i64, Vec<u8>);

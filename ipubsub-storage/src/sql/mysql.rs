@@ -14,7 +14,7 @@
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Executor, MySql, Transaction};
@@ -246,19 +246,15 @@ impl MessageStore for MySqlStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let last = Seq::new(last.map(to_u64).transpose()?.unwrap_or(0));
-        let epoch =
-            Epoch::after(to_epoch(current)?, last).ok_or_else(|| StoreError::EpochsExhausted {
-                stream: stream.clone(),
-            })?;
+        let tenure = super::next_tenure(stream, current, last)?;
         sqlx::query("UPDATE ipubsub_epochs SET epoch = ? WHERE stream_id = ?")
-            .bind(i64::from(epoch.get()))
+            .bind(i64::from(tenure.epoch.get()))
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Tenure { epoch, last })
+        Ok(tenure)
     }
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {

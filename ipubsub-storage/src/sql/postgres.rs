@@ -13,14 +13,13 @@
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Executor, Postgres, Transaction};
 
 use super::{
-    OpenError, Row, RowTuple, SqlConfig, appended, is_duplicate, to_epoch, to_i64, to_u64,
-    unavailable,
+    OpenError, Row, RowTuple, SqlConfig, appended, is_duplicate, to_i64, to_u64, unavailable,
 };
 
 const BACKEND: &str = "PostgreSQL";
@@ -250,19 +249,15 @@ impl MessageStore for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-        let last = Seq::new(last.map(to_u64).transpose()?.unwrap_or(0));
-        let epoch =
-            Epoch::after(to_epoch(current)?, last).ok_or_else(|| StoreError::EpochsExhausted {
-                stream: stream.clone(),
-            })?;
+        let tenure = super::next_tenure(stream, current, last)?;
         sqlx::query("UPDATE ipubsub_epochs SET epoch = $2 WHERE stream_id = $1")
             .bind(stream.as_str())
-            .bind(i64::from(epoch.get()))
+            .bind(i64::from(tenure.epoch.get()))
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Tenure { epoch, last })
+        Ok(tenure)
     }
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {

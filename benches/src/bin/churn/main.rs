@@ -1,0 +1,469 @@
+//! `ipubsub-churn`: runs a cluster of real `ipubsub-server` processes on one shared database
+//! while a nemesis restarts (SIGTERM), kills (`kill -9`) and pauses (SIGSTOP beyond the
+//! suspicion timeout) its nodes, optionally with one node's clock shifted; producers send
+//! persistent messages and live readers follow their streams by resume token, both through
+//! random nodes. Afterwards every stream is read from its start through two nodes and the
+//! checker counts what the cluster promised and did not keep (see `check.rs`).
+//!
+//! ```text
+//! ipubsub-churn --server target/release/ipubsub-server --backend postgres --seconds 40
+//! ```
+//! Prints the counts as one JSON line; with `--check`, exits 1 if any is not zero.
+
+mod check;
+mod nodes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use check::{Followed, Produced};
+use nodes::{NodeProc, Setup};
+
+#[derive(Debug, Parser)]
+#[command(about = "Churn test: real nodes, a nemesis, and a checker of what the cluster promised")]
+struct Args {
+    /// The server binary.
+    #[arg(long, default_value = "target/release/ipubsub-server")]
+    server: PathBuf,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The shared store: postgres, mysql, mongodb or cassandra.
+    #[arg(long, default_value = "postgres")]
+    backend: String,
+    /// The store's URL (or Cassandra node); the one scripts/services.sh starts by default.
+    #[arg(long)]
+    store: Option<String>,
+    /// How long the load and the nemesis run.
+    #[arg(long, default_value_t = 40)]
+    seconds: u64,
+    /// Streams, each with one producer and one live reader.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Faults, in turn, one every `--every` seconds: term, kill, stop.
+    #[arg(long, value_delimiter = ',', default_value = "term,kill,stop")]
+    nemesis: Vec<String>,
+    /// Seconds between faults.
+    #[arg(long, default_value_t = 6)]
+    every: u64,
+    /// Shift one node's clock by this many seconds (libfaketime); 0: none.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_offset: i64,
+    /// Exit 1 when any count is not zero.
+    #[arg(long)]
+    check: bool,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn storage_yaml(backend: &str, store: Option<&str>) -> anyhow::Result<String> {
+    let yaml = match backend {
+        "postgres" => format!(
+            "storage:\n  backend: postgres\n  postgres:\n    url: \"{}\"",
+            store.unwrap_or("postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub")
+        ),
+        "mysql" => format!(
+            "storage:\n  backend: mysql\n  mysql:\n    url: \"{}\"",
+            store.unwrap_or("mysql://ipubsub:ipubsub@127.0.0.1:3306/ipubsub")
+        ),
+        "mongodb" => format!(
+            "storage:\n  backend: mongodb\n  mongodb:\n    url: \"{}\"",
+            store.unwrap_or("mongodb://127.0.0.1:27017/")
+        ),
+        "cassandra" => format!(
+            "storage:\n  backend: cassandra\n  cassandra:\n    nodes: [\"{}\"]",
+            store.unwrap_or("127.0.0.1:9042")
+        ),
+        other => anyhow::bail!("unknown backend {other}"),
+    };
+    Ok(yaml)
+}
+
+/// The nodes' HTTP addresses and which of them serve now (shared with the clients).
+#[derive(Clone)]
+struct Live {
+    addrs: Arc<Vec<SocketAddr>>,
+    serving: Arc<Mutex<Vec<bool>>>,
+}
+
+impl Live {
+    /// A node to talk to: a random one, serving or not (a client does not know).
+    fn any(&self, salt: u64) -> SocketAddr {
+        let n = self.addrs.len() as u64;
+        self.addrs[(pseudo_random(salt) % n) as usize]
+    }
+
+    /// Two different serving nodes, for the final reads.
+    fn two_serving(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let serving = self.serving.lock().ok()?;
+        let up: Vec<_> = self
+            .addrs
+            .iter()
+            .zip(serving.iter())
+            .filter(|(_, s)| **s)
+            .map(|(a, _)| *a)
+            .collect();
+        Some((*up.first()?, *up.get(1).or(up.first())?))
+    }
+}
+
+/// A cheap, seedless spread of request targets (the harness needs variety, not quality).
+fn pseudo_random(salt: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 17
+}
+
+async fn call(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Option<(u16, Value)> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .ok()?;
+    let exchange = async {
+        let response = client.request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    };
+    tokio::time::timeout(timeout, exchange).await.ok().flatten()
+}
+
+/// Sends `writeToDB` messages to `stream` one at a time until `stop`, through random nodes.
+async fn produce(
+    client: HttpClient,
+    live: Live,
+    stream: String,
+    producer: usize,
+    stop: Arc<AtomicBool>,
+) -> (Produced, usize) {
+    let mut produced = Produced {
+        stream: stream.clone(),
+        acked: Vec::new(),
+    };
+    let mut failed = 0;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("p{producer}-{n}");
+        let body =
+            json!({"streamId": stream, "messageUuid": id, "message": {"n": n}, "writeToDB": true});
+        let addr = live.any(n ^ (producer as u64) << 32);
+        let answer = call(
+            &client,
+            addr,
+            Method::POST,
+            "/api/v1/streams/send",
+            Bytes::from(body.to_string()),
+            Duration::from_secs(5),
+        )
+        .await;
+        match answer {
+            Some((200, _)) => produced.acked.push(id),
+            _ => {
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (produced, failed)
+}
+
+/// Follows `stream` from its start by resume token, through random nodes, until `stop`.
+async fn follow(client: HttpClient, live: Live, stream: String, stop: Arc<AtomicBool>) -> Followed {
+    let mut followed = Followed {
+        stream: stream.clone(),
+        received: Vec::new(),
+    };
+    let mut token: Option<String> = None;
+    let mut turn = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        turn += 1;
+        let mut path = format!(
+            "/api/v1/streams/receive?streamId={stream}&readFromDB=true&timeoutSeconds=1&maxMessages=100"
+        );
+        if let Some(token) = &token {
+            path.push_str("&dbResumeToken=");
+            path.push_str(token);
+        }
+        let addr = live.any(turn.wrapping_mul(7919) ^ stream.len() as u64);
+        let answer = call(
+            &client,
+            addr,
+            Method::GET,
+            &path,
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let Some((200, body)) = answer else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        for message in body["messages"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(t)) = (
+                message["messageUuid"].as_str(),
+                message["dbResumeToken"].as_str(),
+            ) {
+                followed.received.push(id.to_owned());
+                token = Some(t.to_owned());
+            }
+        }
+    }
+    followed
+}
+
+/// Every message of `stream` from its start, through `addr`, or `None` if a read failed.
+async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/api/v1/streams/receive?streamId={stream}&readFromDB=true&timeoutSeconds=0&maxMessages=1000"
+        );
+        if let Some(token) = &token {
+            path.push_str("&dbResumeToken=");
+            path.push_str(token);
+        }
+        match call(
+            client,
+            addr,
+            Method::GET,
+            &path,
+            Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await?
+        {
+            (200, body) => {
+                let messages = body["messages"].as_array()?;
+                for message in messages {
+                    ids.push(message["messageUuid"].as_str()?.to_owned());
+                    token = Some(message["dbResumeToken"].as_str()?.to_owned());
+                }
+            }
+            (424, _) => return Some(ids),
+            _ => return None,
+        }
+    }
+}
+
+/// The nemesis: one fault at a time, every `every`, on a node other than the last one hit.
+fn nemesis(
+    setup: &Setup,
+    nodes: &mut [NodeProc],
+    live: &Live,
+    faults: &[String],
+    every: Duration,
+    until: Instant,
+) -> anyhow::Result<Vec<String>> {
+    let mut log = Vec::new();
+    let mut turn = 0usize;
+    let set_serving = |nodes: &[NodeProc]| {
+        if let Ok(mut serving) = live.serving.lock() {
+            for (s, n) in serving.iter_mut().zip(nodes) {
+                *s = n.is_serving();
+            }
+        }
+    };
+    while Instant::now() + every < until {
+        std::thread::sleep(every);
+        let fault = &faults[turn % faults.len()];
+        let victim = turn % nodes.len();
+        turn += 1;
+        let started = Instant::now();
+        let node = &mut nodes[victim];
+        match fault.as_str() {
+            "term" => {
+                node.terminate(Duration::from_secs(15))?;
+                set_serving(nodes);
+                std::thread::sleep(Duration::from_secs(1));
+                nodes::start(setup, &mut nodes[victim], Duration::from_secs(20))?;
+            }
+            "kill" => {
+                node.kill()?;
+                set_serving(nodes);
+                std::thread::sleep(Duration::from_secs(1));
+                nodes::start(setup, &mut nodes[victim], Duration::from_secs(20))?;
+            }
+            "stop" => {
+                node.pause()?;
+                set_serving(nodes);
+                // Well beyond the 10 s a suspected owner is routed around, and gossip's
+                // failure detection at 100 ms rounds.
+                std::thread::sleep(Duration::from_secs(6));
+                nodes[victim].resume()?;
+            }
+            other => anyhow::bail!("unknown fault {other}"),
+        }
+        set_serving(nodes);
+        log.push(format!(
+            "{fault} n{victim} ({} ms)",
+            started.elapsed().as_millis()
+        ));
+    }
+    Ok(log)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile_dir()?;
+    let setup = Setup {
+        server: args.server.clone(),
+        storage_yaml: storage_yaml(&args.backend, args.store.as_deref())?,
+        dir: dir.clone(),
+        skewed: (args.clock_offset != 0).then_some((args.nodes - 1, args.clock_offset)),
+    };
+    let run = format!("churn-{}", std::process::id());
+    let mut nodes = nodes::plan(&setup, args.nodes, &run)?;
+    for node in &mut nodes {
+        nodes::start(&setup, node, Duration::from_secs(30))?;
+    }
+    let live = Live {
+        addrs: Arc::new(nodes.iter().map(|n| n.http).collect()),
+        serving: Arc::new(Mutex::new(vec![true; nodes.len()])),
+    };
+    // Let gossip settle, so the run starts on a stable cluster.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let streams: Vec<String> = (0..args.streams).map(|i| format!("{run}-s{i}")).collect();
+    let producers: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(p, s)| {
+            tokio::spawn(produce(
+                client.clone(),
+                live.clone(),
+                s.clone(),
+                p,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let readers: Vec<_> = streams
+        .iter()
+        .map(|s| {
+            tokio::spawn(follow(
+                client.clone(),
+                live.clone(),
+                s.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let faults = args.nemesis.clone();
+    let every = Duration::from_secs(args.every);
+    let (nemesis_live, nemesis_setup) = (live.clone(), setup.clone());
+    let nemesis = tokio::task::spawn_blocking(move || {
+        let log = if faults.is_empty() || faults == ["none"] {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            Ok(Vec::new())
+        } else {
+            nemesis(
+                &nemesis_setup,
+                &mut nodes,
+                &nemesis_live,
+                &faults,
+                every,
+                until,
+            )
+        };
+        (nodes, log)
+    });
+    let (nodes, faults_done) = nemesis.await.context("nemesis")?;
+    let faults_done = faults_done?;
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut produced = Vec::new();
+    let mut failed_sends = 0;
+    for producer in producers {
+        let (p, failed) = producer.await?;
+        failed_sends += failed;
+        produced.push(p);
+    }
+    let mut followed = Vec::new();
+    for reader in readers {
+        followed.push(reader.await?);
+    }
+    // Readers were stopped mid-poll; the cluster settles before the final reads.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a, b) = live.two_serving().context("no serving node left")?;
+    let mut finals = HashMap::new();
+    for stream in &streams {
+        let first = read_all(&client, a, stream).await.context("final read")?;
+        let second = read_all(&client, b, stream).await.context("final read")?;
+        finals.insert(stream.clone(), [first, second]);
+    }
+    let counts = check::check(&produced, &followed, &finals);
+    let acked: usize = produced.iter().map(|p| p.acked.len()).sum();
+    let given: usize = followed.iter().map(|f| f.received.len()).sum();
+    let report = json!({
+        "backend": args.backend,
+        "nodes": args.nodes,
+        "seconds": args.seconds,
+        "clock_offset_seconds": args.clock_offset,
+        "faults": faults_done,
+        "acknowledged": acked,
+        "failed_sends": failed_sends,
+        "given_to_live_readers": given,
+        "lost": counts.lost,
+        "duplicated": counts.duplicated,
+        "skipped": counts.skipped,
+        "reordered": counts.reordered,
+        "disagreeing": counts.disagreeing,
+        "vanished": counts.vanished,
+    });
+    println!("{report}");
+    drop(nodes);
+    if counts.clean() {
+        std::fs::remove_dir_all(&dir).ok();
+    } else {
+        eprintln!("node logs kept in {}", dir.display());
+    }
+    if args.check && !counts.clean() {
+        std::process::exit(1);
+    }
+    if acked == 0 {
+        anyhow::bail!("no send was acknowledged: the run measured nothing");
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ipubsub-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

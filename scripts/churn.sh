@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The churn test, bounded: three real nodes on one shared database while a nemesis restarts
+# (SIGTERM), kills (kill -9) and pauses (SIGSTOP, 6 s) them in turn; producers and live
+# readers go through random nodes; the checker fails the run on any lost, duplicated,
+# skipped, reordered, vanished or disagreeing message (benches/src/bin/churn).
+#
+#   scripts/churn.sh SERVER_BINARY [SECONDS]
+#
+# Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, and PostgreSQL once
+# more with one node's clock 120 s ahead. Needs the servers of scripts/services.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+server=${1:?usage: scripts/churn.sh SERVER_BINARY [SECONDS]}
+seconds=${2:-40}
+churn=target/debug/ipubsub-churn
+cargo build -q -p ipubsub-benches --bin ipubsub-churn --locked
+
+run() {
+    printf -- '--- churn: %s\n' "$*"
+    "$churn" --server "$server" --seconds "$seconds" --check "$@"
+}
+for _ in 1 2 3; do run --backend postgres; done
+run --backend mysql
+run --backend mongodb
+run --backend cassandra
+run --backend postgres --clock-offset 120
