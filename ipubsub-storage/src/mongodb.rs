@@ -348,8 +348,8 @@ impl MongoStore {
     }
 
     /// The fence inside a transaction: the streams of `batch` whose epoch document holds
-    /// their records' epoch, each written once so that an acquisition overlapping this
-    /// transaction conflicts with it.
+    /// their records' epoch (as of the transaction's snapshot; [`touch`](Self::touch) makes
+    /// that binding).
     async fn fence(
         &self,
         session: &mut ClientSession,
@@ -375,16 +375,25 @@ impl MongoStore {
                 passed.push(stream.to_owned());
             }
         }
+        Ok(passed)
+    }
+
+    /// Writes the epoch documents of `passed` once, so that an acquisition overlapping this
+    /// transaction conflicts with it. Done last, just before the commit: from this write to
+    /// the commit the documents are locked, and a writer that dies in that window holds them
+    /// until the server aborts its transaction (`transactionLifetimeLimitSeconds`, 60 s by
+    /// default), which is how long a takeover of those streams then waits.
+    async fn touch(&self, session: &mut ClientSession, passed: &[String]) -> Result<(), TxError> {
         if !passed.is_empty() {
             self.epochs
                 .update_many(
-                    doc! {"_id": {"$in": &passed}},
+                    doc! {"_id": {"$in": passed}},
                     doc! {"$inc": {"writes": 1_i64}},
                 )
                 .session(&mut *session)
                 .await?;
         }
-        Ok(passed)
+        Ok(())
     }
 
     /// One attempt at an append; `checked` compares each record with its position first.
@@ -429,6 +438,7 @@ impl MongoStore {
                 .session(&mut *session)
                 .await?;
         }
+        self.touch(session, &passed).await?;
         Ok(outcome)
     }
 
