@@ -72,13 +72,30 @@ pub enum MembershipError {
         /// chitchat's error, which is an `anyhow::Error` and kept as its text.
         message: String,
     },
+    /// Another live member already gossips under this node's name (`node.name`): two nodes
+    /// of one name would share a place on the ring.
+    #[error(
+        "node.name {name:?} is already used by the member gossiping from {by}: give every node its own name"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The other member's gossip address.
+        by: SocketAddr,
+    },
 }
+
+/// How many gossip rounds the member set must stay unchanged before a joining node takes it
+/// as the whole cluster.
+const SETTLED_ROUNDS: u32 = 3;
 
 /// This node's membership in the cluster: gossip, and the task that keeps the [`Cluster`]
 /// view in step with it.
 pub struct Membership {
     handle: ChitchatHandle,
     follower: JoinHandle<()>,
+    /// The gossip interval.
+    interval: Duration,
 }
 
 impl std::fmt::Debug for Membership {
@@ -159,7 +176,74 @@ impl Membership {
                 }
             }
         });
-        Ok(Self { handle, follower })
+        Ok(Self {
+            handle,
+            follower,
+            interval: config.interval,
+        })
+    }
+
+    /// Waits until this node has the cluster's membership before it serves: until gossip shows
+    /// another member and the member set then stays the same for three gossip rounds (a seed
+    /// passes on every member it knows in one exchange), or until `timeout` (logged: then this
+    /// node serves with what it has, alone if it is the first). Fails if another live member
+    /// gossips under this node's name.
+    pub async fn join(&self, cluster: &Cluster, timeout: Duration) -> Result<(), MembershipError> {
+        let started = tokio::time::Instant::now();
+        let round = self.interval;
+        let mut settled_since: Option<(u64, tokio::time::Instant)> = None;
+        loop {
+            self.refuse_a_taken_name().await?;
+            let now = tokio::time::Instant::now();
+            let view = cluster.view();
+            if view.members().len() >= 2 {
+                match settled_since {
+                    Some((version, since)) if version == view.version() => {
+                        if now.duration_since(since) >= round * SETTLED_ROUNDS {
+                            tracing::info!(members = view.members().len(), took = ?started.elapsed(), "joined the cluster");
+                            return Ok(());
+                        }
+                    }
+                    _ => settled_since = Some((view.version(), now)),
+                }
+            }
+            if now.duration_since(started) >= timeout {
+                if view.members().len() >= 2 {
+                    tracing::warn!(
+                        ?timeout,
+                        members = view.members().len(),
+                        "the membership did not settle: serving with the members known now"
+                    );
+                } else {
+                    tracing::info!(
+                        ?timeout,
+                        "no other member answered: serving as the first node of the cluster"
+                    );
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An error if a live member other than this node gossips under this node's name.
+    async fn refuse_a_taken_name(&self) -> Result<(), MembershipError> {
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let me = chitchat.self_chitchat_id().clone();
+        let taken = chitchat
+            .live_nodes()
+            .find(|id| {
+                id.node_id == me.node_id && id.gossip_advertise_addr != me.gossip_advertise_addr
+            })
+            .map(|id| id.gossip_advertise_addr);
+        match taken {
+            Some(by) => Err(MembershipError::NameTaken {
+                name: me.node_id.to_string(),
+                by,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Leaves the cluster: gossips `status: leaving`, gives the others `wait` to take this node
@@ -183,12 +267,24 @@ impl Membership {
 }
 
 /// The members to route to: live nodes that gossip a valid id and HTTP address and are `up`.
+/// Of two live nodes with one name, the one that started first keeps its place (chitchat
+/// orders ids by name, then generation); the other refuses to join
+/// ([`MembershipError::NameTaken`]).
 fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Node> {
-    live.iter()
-        .filter(|(_, state)| state.get(STATUS_KEY) == Some(UP))
-        .filter_map(|(id, state)| {
-            let http = state.get(HTTP_KEY)?.parse().ok()?;
-            Some(Node::new(NodeId::new(&*id.node_id).ok()?, http))
-        })
-        .collect()
+    let mut members: Vec<Node> = Vec::new();
+    for (id, state) in live {
+        if state.get(STATUS_KEY) != Some(UP) {
+            continue;
+        }
+        let (Some(http), Ok(node_id)) = (
+            state.get(HTTP_KEY).and_then(|h| h.parse().ok()),
+            NodeId::new(&*id.node_id),
+        ) else {
+            continue;
+        };
+        if members.last().is_none_or(|last| *last.id() != node_id) {
+            members.push(Node::new(node_id, http));
+        }
+    }
+    members
 }

@@ -132,11 +132,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .iter()
                 .any(|seed| seed.parse::<SocketAddr>().ok() != Some(own));
             if others {
-                join(
-                    &cluster,
-                    Duration::from_secs(config.cluster.join_timeout_seconds),
-                )
-                .await;
+                membership
+                    .join(
+                        &cluster,
+                        Duration::from_secs(config.cluster.join_timeout_seconds),
+                    )
+                    .await?;
             }
             if config.storage.node_local_log_in_cluster
                 && matches!(config.storage.backend, Backend::Embedded | Backend::Memory)
@@ -275,23 +276,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("ipubsub-server stopped");
     Ok(())
-}
-
-/// Waits until gossip shows another member, so that this node does not serve streams that
-/// the running cluster gives to others; after `timeout` it serves alone (it is the first).
-async fn join(cluster: &Cluster, timeout: Duration) {
-    let started = std::time::Instant::now();
-    while cluster.members().len() < 2 {
-        if started.elapsed() >= timeout {
-            tracing::info!(
-                ?timeout,
-                "no other member answered: serving as the first node of the cluster"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::info!(members = cluster.members().len(), took = ?started.elapsed(), "joined the cluster");
 }
 
 /// Watches the member set; when it changes, hands the buffered messages of streams that now

@@ -604,3 +604,45 @@ async fn a_node_local_log_in_a_multi_node_cluster_is_refused_naming_the_fix() ->
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_name_a_member_already_uses_refuses_to_start() -> TestResult {
+    let cluster = Cluster::start_some(3, 2);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "node:\n  name: test-node\n  http_bind_addr_port: \"127.0.0.1:0\"\n{}",
+            cluster.yaml
+        ),
+    )?;
+    let gossip = format!("127.0.0.1:{}", cluster.ports[2]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .arg("--config")
+        .arg(&config)
+        .env("IPUBSUB_NODE__NAME", "node-0")
+        .env("IPUBSUB_NODE__GOSSIP_BIND_ADDR_PORT", &gossip)
+        .env("IPUBSUB_STORAGE__EMBEDDED__PATH", dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains(
+            "node.name \"node-0\" is already used by the member gossiping from 127.0.0.1:"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).is_empty(),
+        "it never said it listens"
+    );
+    // The members that were there keep serving.
+    let (status, _) = cluster
+        .node(1)
+        .send(json!({"streamId": "after", "messageUuid": "m", "message": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
