@@ -617,16 +617,21 @@ async fn racing_appends_land_before_the_fence_or_not_at_all<S: MessageStore>(sto
     let c = Arc::new(Case::new(name));
     for round in 0..3u64 {
         let s = c.acquired(&**store, &format!("r{round}")).await;
+        let landed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writers: Vec<_> = (0..4u64)
             .map(|w| {
                 let (store, c, s) = (store.clone(), c.clone(), s.clone());
+                let landed = landed.clone();
                 tokio::spawn(async move {
                     let mut acked = Vec::new();
                     for i in 1..=10_000 {
                         let record = c.record(&s, w * 100_000 + i, LONG);
                         match store.append(std::slice::from_ref(&record)).await {
                             Ok(appended) if appended.is_fenced(&s) => return (acked, None),
-                            Ok(_) => acked.push(record.seq),
+                            Ok(_) => {
+                                acked.push(record.seq);
+                                landed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             Err(_) => return (acked, Some(record.seq)),
                         }
                     }
@@ -634,8 +639,16 @@ async fn racing_appends_land_before_the_fence_or_not_at_all<S: MessageStore>(sto
                 })
             })
             .collect();
-        // Let the writers get going, then take the stream from them.
-        tokio::time::sleep(Duration::from_millis(20 + 15 * round)).await;
+        // Let the writers get going (a few appends each, however slow the store), then take
+        // the stream from them while they write.
+        let started = std::time::Instant::now();
+        while landed.load(std::sync::atomic::Ordering::Relaxed) < 8 * (round as usize + 1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "[{name}] round {round}: the writers landed nothing in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let tenure = ok(name, "acquire", store.acquire(&s).await).await;
         let at_fence = read_all(name, &**store, &s, c.now).await;
         let (mut acked, mut unknown) = (Vec::new(), Vec::new());
