@@ -99,6 +99,8 @@ impl Case {
     }
 }
 
+mod fence;
+
 const LONG: Duration = Duration::from_secs(3600);
 
 /// The counters of the records' positions.
@@ -164,11 +166,11 @@ where
     expired_records_are_hidden(&store).await;
     purge_removes_expired_records_in_bounded_batches(&store, expiry).await;
     many_streams_in_one_batch(&store).await;
-    an_acquisition_fences_the_older_epoch(&store).await;
-    a_batch_is_fenced_stream_by_stream(&store).await;
+    fence::an_acquisition_fences_the_older_epoch(&store).await;
+    fence::a_batch_is_fenced_stream_by_stream(&store).await;
     let store = Arc::new(store);
     concurrent_appends_to_different_streams(&store).await;
-    racing_appends_land_before_the_fence_or_not_at_all(&store).await;
+    fence::racing_appends_land_before_the_fence_or_not_at_all(&store).await;
     let written = appends_survive_a_reopen_before(&*store).await;
     drop(store);
     let reopened = open().await;
@@ -523,190 +525,4 @@ async fn appends_survive_a_reopen_after(
         (2, at(first(), 5)),
         "[{name}] the epoch survives a reopen"
     );
-}
-
-async fn an_acquisition_fences_the_older_epoch(store: &impl MessageStore) {
-    let name = "fence";
-    let c = Case::new(name);
-    let s = c.acquired(store, "s").await;
-    wrote(name, store, &[c.record(&s, 1, LONG), c.record(&s, 2, LONG)]).await;
-    let tenure = ok(name, "acquire", store.acquire(&s).await).await;
-    let second = Epoch::new(2).expect("epoch 2");
-    assert_eq!(
-        tenure,
-        Tenure {
-            epoch: second,
-            last: at(first(), 2)
-        },
-        "[{name}] the next epoch, and the last position of the old one"
-    );
-    let refused = ok(
-        name,
-        "append of the old epoch",
-        store.append(&[c.record(&s, 3, LONG)]).await,
-    )
-    .await;
-    assert_eq!(
-        refused,
-        Appended::fenced(vec![s.clone()]),
-        "[{name}] the old epoch is refused"
-    );
-    let third = Epoch::new(3).expect("epoch 3");
-    let refused = ok(
-        name,
-        "append of a later epoch",
-        store.append(&[c.record_in(third, &s, 1, LONG)]).await,
-    )
-    .await;
-    assert_eq!(
-        refused,
-        Appended::fenced(vec![s.clone()]),
-        "[{name}] an epoch nobody acquired is refused too"
-    );
-    wrote(name, store, &[c.record_in(second, &s, 1, LONG)]).await;
-    let read = ok(
-        name,
-        "read",
-        store.read_after(&s, Seq::ZERO, 10, c.now).await,
-    )
-    .await;
-    let positions: Vec<_> = read.iter().map(|r| r.seq).collect();
-    assert_eq!(
-        positions,
-        [at(first(), 1), at(first(), 2), at(second, 1)],
-        "[{name}] nothing refused was written, and the new epoch orders last"
-    );
-}
-
-async fn a_batch_is_fenced_stream_by_stream(store: &impl MessageStore) {
-    let name = "fence-partial";
-    let c = Case::new(name);
-    let (moved, kept) = (
-        c.acquired(store, "moved").await,
-        c.acquired(store, "kept").await,
-    );
-    ok(name, "acquire", store.acquire(&moved).await).await;
-    let appended = ok(
-        name,
-        "append",
-        store
-            .append(&[
-                c.record(&kept, 1, LONG),
-                c.record(&moved, 1, LONG),
-                c.record(&kept, 2, LONG),
-            ])
-            .await,
-    )
-    .await;
-    assert_eq!(
-        appended,
-        Appended::fenced(vec![moved.clone()]),
-        "[{name}] only the moved stream is refused"
-    );
-    let read = |s| store.read_after(s, Seq::ZERO, 10, c.now);
-    assert_eq!(seqs(&ok(name, "read", read(&kept).await).await), [1, 2]);
-    assert!(ok(name, "read", read(&moved).await).await.is_empty());
-}
-
-/// Writers of an old epoch race an acquisition: whatever they wrote must be visible right
-/// after the acquisition returns, and nothing of theirs may land later; every append that
-/// was answered `Ok` unfenced is there, and nothing fenced is. An append that failed (the
-/// contract lets a store answer a write it cannot settle as ambiguous) may or may not be.
-async fn racing_appends_land_before_the_fence_or_not_at_all<S: MessageStore>(store: &Arc<S>) {
-    let name = "fence-race";
-    let c = Arc::new(Case::new(name));
-    for round in 0..3u64 {
-        let s = c.acquired(&**store, &format!("r{round}")).await;
-        let landed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let writers: Vec<_> = (0..4u64)
-            .map(|w| {
-                let (store, c, s) = (store.clone(), c.clone(), s.clone());
-                let landed = landed.clone();
-                tokio::spawn(async move {
-                    let mut acked = Vec::new();
-                    for i in 1..=10_000 {
-                        let record = c.record(&s, w * 100_000 + i, LONG);
-                        match store.append(std::slice::from_ref(&record)).await {
-                            Ok(appended) if appended.is_fenced(&s) => return (acked, None),
-                            Ok(_) => {
-                                acked.push(record.seq);
-                                landed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Err(_) => return (acked, Some(record.seq)),
-                        }
-                    }
-                    (acked, None)
-                })
-            })
-            .collect();
-        // Let the writers get going (a few appends each, however slow the store), then take
-        // the stream from them while they write.
-        let started = std::time::Instant::now();
-        while landed.load(std::sync::atomic::Ordering::Relaxed) < 8 * (round as usize + 1) {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "[{name}] round {round}: the writers landed nothing in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let tenure = ok(name, "acquire", store.acquire(&s).await).await;
-        let at_fence = read_all(name, &**store, &s, c.now).await;
-        let (mut acked, mut unknown) = (Vec::new(), Vec::new());
-        for writer in writers {
-            let (ok, failed) = writer
-                .await
-                .unwrap_or_else(|e| panic!("[{name}] writer panicked: {e}"));
-            acked.extend(ok);
-            unknown.extend(failed);
-        }
-        let after = read_all(name, &**store, &s, c.now).await;
-        acked.sort();
-        let after_known: Vec<Seq> = after
-            .iter()
-            .copied()
-            .filter(|seq| !unknown.contains(seq))
-            .collect();
-        assert!(
-            !acked.is_empty(),
-            "[{name}] round {round}: no append landed before the fence"
-        );
-        assert_eq!(
-            after.len(),
-            at_fence.len(),
-            "[{name}] round {round}: {} records of the old epoch landed after the fence",
-            after.len().saturating_sub(at_fence.len())
-        );
-        assert_eq!(
-            after_known, acked,
-            "[{name}] round {round}: stored records differ from the acknowledged ones"
-        );
-        assert_eq!(
-            tenure.last,
-            after.last().copied().unwrap_or(Seq::ZERO),
-            "[{name}] round {round}: the tenure's last position"
-        );
-    }
-}
-
-/// Every position of `stream`, read in pages.
-async fn read_all(
-    name: &str,
-    store: &impl MessageStore,
-    stream: &StreamId,
-    now: Timestamp,
-) -> Vec<Seq> {
-    let mut positions = Vec::new();
-    loop {
-        let after = positions.last().copied().unwrap_or(Seq::ZERO);
-        let page = ok(
-            name,
-            "read",
-            store.read_after(stream, after, 1000, now).await,
-        )
-        .await;
-        if page.is_empty() {
-            return positions;
-        }
-        positions.extend(page.iter().map(|r| r.seq));
-    }
 }
