@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use ipubsub_core::StoreError;
 #[cfg(any(feature = "sql", feature = "mongodb"))]
-use ipubsub_core::{Appended, LogRecord, StreamId};
+use ipubsub_core::{Appended, Epoch, LogRecord, StreamId};
 
 /// A decoding failure as a store error.
 pub(crate) fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -34,6 +34,15 @@ pub(crate) fn streams_of(batch: &[LogRecord]) -> Vec<&StreamId> {
         .iter()
         .map(|r| &r.stream)
         .filter(|s| seen.insert(*s))
+        .collect()
+}
+
+/// The `(stream id, epoch)` pairs of `batch`: a fence row passes when it holds one of them.
+#[cfg(any(feature = "sql", feature = "mongodb"))]
+pub(crate) fn wanted_epochs(batch: &[LogRecord]) -> HashSet<(&[u8], Epoch)> {
+    batch
+        .iter()
+        .map(|r| (r.stream.as_str().as_bytes(), r.seq.epoch()))
         .collect()
 }
 

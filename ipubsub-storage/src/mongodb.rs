@@ -46,7 +46,7 @@ use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RES
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 
-use crate::convert::{appended, corrupt, to_i64, to_u64};
+use crate::convert::{appended, corrupt, to_i64, to_u64, wanted_epochs};
 use crate::high_water::HighWater;
 
 /// MongoDB's duplicate key error.
@@ -363,15 +363,12 @@ impl MongoStore {
             .find(doc! {"_id": {"$in": &streams}})
             .session(&mut *session)
             .await?;
+        let wanted = wanted_epochs(batch);
         let mut passed = Vec::new();
         while let Some(found) = cursor.next(&mut *session).await {
             let found = found?;
             let stream = found.get_str("_id").map_err(corrupt)?;
-            let epoch = epoch_of(&found)?;
-            if batch
-                .iter()
-                .any(|r| r.stream.as_str() == stream && r.seq.epoch() == epoch)
-            {
+            if wanted.contains(&(stream.as_bytes(), epoch_of(&found)?)) {
                 passed.push(stream.to_owned());
             }
         }

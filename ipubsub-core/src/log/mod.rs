@@ -155,6 +155,14 @@ impl std::fmt::Debug for Log {
     }
 }
 
+/// Drops what this node knows of `stream` and wakes everyone waiting on it, so that each of
+/// them looks again (and the next use acquires the stream again).
+fn forget(shard: &mut HashMap<StreamId, StreamLog>, stream: &StreamId) {
+    if let Some(mut log) = shard.remove(stream) {
+        log.wake_all();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No critical section here calls out or panics half-way; a poisoned lock holds valid state.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -237,9 +245,7 @@ impl Log {
         let Some(seq) = log.assign(now) else {
             if log.is_ready() {
                 // The epoch's counter is used up: move to the next epoch.
-                if let Some(mut log) = shard.remove(stream) {
-                    log.wake_all();
-                }
+                forget(&mut shard, stream);
             }
             return Ok(false);
         };
@@ -307,9 +313,7 @@ impl Log {
         let log = shard.get(stream)?;
         match (log.epoch(), log.committed()) {
             (Some(epoch), _) if after.epoch() > epoch => {
-                if let Some(mut log) = shard.remove(stream) {
-                    log.wake_all();
-                }
+                forget(&mut shard, stream);
                 None
             }
             (_, committed) => committed,
@@ -428,24 +432,23 @@ impl Log {
     /// acquires it again, which also settles whether a failed (ambiguous) write landed, so
     /// that no reader is shown a later position while an earlier one might still appear.
     fn settle(&self, batch: Batch, result: Result<Appended, StoreError>) {
-        let fenced = match &result {
-            Ok(appended) if !appended.fenced.is_empty() => batch
-                .records
-                .iter()
-                .filter(|r| appended.is_fenced(&r.stream))
-                .count(),
-            _ => 0,
-        };
-        self.inner
-            .counters
-            .commit(batch.records.len(), fenced, result.is_ok());
+        let ok = result.is_ok();
         let result = result.map_err(Arc::new);
-        for (record, done) in batch.records.iter().zip(batch.done) {
-            let written = match &result {
+        let answers: Vec<Result<Seq, AppendError>> = batch
+            .records
+            .iter()
+            .map(|record| match &result {
                 Ok(appended) if appended.is_fenced(&record.stream) => Err(AppendError::Fenced),
                 Ok(_) => Ok(record.seq),
                 Err(e) => Err(AppendError::Store(e.clone())),
-            };
+            })
+            .collect();
+        let fenced = answers
+            .iter()
+            .filter(|a| matches!(a, Err(AppendError::Fenced)))
+            .count();
+        self.inner.counters.commit(answers.len(), fenced, ok);
+        for ((record, done), written) in batch.records.iter().zip(batch.done).zip(answers) {
             {
                 let mut shard = lock(self.inner.shard(&record.stream));
                 if let Some(log) = shard.get_mut(&record.stream)
@@ -453,8 +456,8 @@ impl Log {
                 {
                     if written.is_ok() {
                         log.settle(record.seq);
-                    } else if let Some(mut log) = shard.remove(&record.stream) {
-                        log.wake_all();
+                    } else {
+                        forget(&mut shard, &record.stream);
                     }
                 }
             }
@@ -528,9 +531,7 @@ impl LoadGuard<'_> {
                 Ok(())
             }
             Err(e) => {
-                if let Some(mut log) = shard.remove(self.stream) {
-                    log.wake_all();
-                }
+                forget(&mut shard, self.stream);
                 Err(e)
             }
         }
@@ -544,9 +545,8 @@ impl Drop for LoadGuard<'_> {
             if shard
                 .get(self.stream)
                 .is_some_and(|log| log.is_loading(self.load))
-                && let Some(mut log) = shard.remove(self.stream)
             {
-                log.wake_all();
+                forget(&mut shard, self.stream);
             }
         }
     }

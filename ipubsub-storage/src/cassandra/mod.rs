@@ -45,7 +45,7 @@
 //! stored first, so a different message there is a [`StoreError::Conflict`]; above it, the
 //! epoch's single writer is the only one assigning positions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -458,8 +458,9 @@ impl MessageStore for CassandraStore {
         let inner = &*self.inner;
         // Records of an epoch this store knows has moved on are refused unwritten.
         let mut fenced: Vec<StreamId> = Vec::new();
+        let mut checked: HashSet<&StreamId> = HashSet::new();
         for record in batch {
-            if !fenced.contains(&record.stream)
+            if checked.insert(&record.stream)
                 && inner.fence(&record.stream).await?.epoch != record.seq.epoch()
             {
                 fenced.push(record.stream.clone());

@@ -163,7 +163,7 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-use crate::convert::{appended, streams_of, to_i64, to_u64};
+use crate::convert::{appended, streams_of, to_i64, to_u64, wanted_epochs};
 
 /// The schema versions a database at version `found` (`None`: no version yet) still needs,
 /// in order; an error when it is newer than this build.

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, MySql, Transaction};
 
 use super::{
     OpenError, Row, RowTuple, SqlConfig, appended, is_duplicate, streams_of, to_epoch, to_i64,
-    to_u64, unavailable,
+    to_u64, unavailable, wanted_epochs,
 };
 
 const BACKEND: &str = "MySQL";
@@ -149,10 +149,7 @@ impl MySqlStore {
             .fetch_all(&mut **tx)
             .await
             .map_err(unavailable)?;
-        let wanted: std::collections::HashSet<(&[u8], ipubsub_core::Epoch)> = batch
-            .iter()
-            .map(|r| (r.stream.as_str().as_bytes(), r.seq.epoch()))
-            .collect();
+        let wanted = wanted_epochs(batch);
         let mut passed = Vec::with_capacity(rows.len());
         for row in rows {
             let stream: Vec<u8> = row.try_get(0).map_err(unavailable)?;
