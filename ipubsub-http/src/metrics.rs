@@ -401,6 +401,20 @@ impl Collector for State {
         )?;
         constant(
             &mut encoder,
+            "log_fenced_messages",
+            "Messages the store refused because another node had taken their stream since \
+             this node acquired it (counted in log_failed_messages too)",
+            ConstCounter::new(log.fenced),
+        )?;
+        constant(
+            &mut encoder,
+            "log_overtaken_reads",
+            "Reads that found their stream written by another node in a later epoch, and \
+             acquired it again",
+            ConstCounter::new(log.overtaken),
+        )?;
+        constant(
+            &mut encoder,
             "log_commits",
             "Group commits written",
             ConstCounter::new(log.commits),

@@ -34,7 +34,7 @@ use wait::{Completion, LoadWait, NextBatch, Tail};
 
 use crate::id::StreamId;
 use crate::message::Message;
-use crate::store::{Appended, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
+use crate::store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
 use crate::time::{Clock, SystemClock};
 
 /// Tuning and limits of a [`Log`].
@@ -47,6 +47,11 @@ pub struct LogConfig {
     pub max_waiters: usize,
     /// Registry shards.
     pub shards: usize,
+    /// How often, at most, caught-up readers of a stream make this node check that no other
+    /// node has taken the stream since it acquired it (one read of one record past the
+    /// watermark): how long a node that lost a stream without seeing it can serve its old
+    /// end as the end of the log.
+    pub tenure_check: Duration,
 }
 
 /// How many times an append acquires its stream before it gives up with
@@ -54,12 +59,18 @@ pub struct LogConfig {
 /// the stream from each other on every write.
 const APPEND_ATTEMPTS: usize = 4;
 
+/// How many times a read acquires its stream again after finding a later epoch's record past
+/// its watermark, before it answers with what this node holds (two nodes taking the stream
+/// from each other on every read).
+const READ_ATTEMPTS: usize = 3;
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             max_batch: 1024,
             max_waiters: 200_000,
             shards: 64,
+            tenure_check: Duration::from_secs(1),
         }
     }
 }
@@ -274,50 +285,85 @@ impl Log {
 
     /// Up to `limit` unexpired records of `stream` after `after`, never past the stream's
     /// committed watermark. A position before the oldest retained record starts at the oldest.
+    ///
+    /// A read also checks that what this node holds is current: it looks one record past
+    /// the watermark (a reader behind it does anyway; for caught-up readers of a stream, one
+    /// small read per [`LogConfig::tenure_check`]), and a record there of a later epoch than
+    /// this node's means another node acquired the stream since. Its
+    /// cached state is then stale (the other node's appends never reach this node's
+    /// watermark), so it is dropped and the stream acquired again, which takes in everything
+    /// the other node committed. Without that, a node that lost a stream without seeing it
+    /// (its view of the ring never changed: the other node's did, for a moment) would serve
+    /// a prefix of the log as its end until its next append.
     pub async fn read(
         &self,
         stream: &StreamId,
         after: Seq,
         limit: usize,
     ) -> Result<ReadBatch, ReadError> {
-        let watermark = loop {
-            self.ensure_loaded(stream).await?;
-            if let Some(watermark) = self.watermark(stream, after) {
-                break watermark;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (watermark, epoch, check) = loop {
+                self.ensure_loaded(stream).await?;
+                if let Some(held) = self.watermark(stream, after) {
+                    break held;
+                }
+            };
+            let caught_up = after >= watermark;
+            if limit == 0 || (caught_up && !check) {
+                return Ok(ReadBatch {
+                    records: Vec::new(),
+                    watermark,
+                });
             }
-        };
-        if after >= watermark || limit == 0 {
-            return Ok(ReadBatch {
-                records: Vec::new(),
-                watermark,
-            });
+            let now = self.inner.clock.now();
+            // A caught-up reader looks at the one position past the watermark.
+            let want = if caught_up { 1 } else { limit };
+            let mut records = self
+                .inner
+                .store
+                .read_after(stream, after, want, now)
+                .await
+                .map_err(ReadError::Store)?;
+            let overtaken = records
+                .iter()
+                .any(|r| r.seq > watermark && r.seq.epoch() > epoch);
+            if overtaken && attempts < READ_ATTEMPTS {
+                self.inner.counters.overtaken();
+                self.forget_epoch(stream, epoch);
+                continue;
+            }
+            // Records a later batch wrote before an earlier one settled stay hidden, and an
+            // expired record is never returned whatever the store did.
+            records.retain(|r| r.seq <= watermark && r.seq > after && !r.is_expired(now));
+            return Ok(ReadBatch { records, watermark });
         }
-        let now = self.inner.clock.now();
-        let mut records = self
-            .inner
-            .store
-            .read_after(stream, after, limit, now)
-            .await
-            .map_err(ReadError::Store)?;
-        // Records a later batch wrote before an earlier one settled stay hidden, and an expired
-        // record is never returned whatever the store did.
-        records.retain(|r| r.seq <= watermark && r.seq > after && !r.is_expired(now));
-        Ok(ReadBatch { records, watermark })
     }
 
-    /// The watermark to read `stream` after `after` under, or `None` to load it again: it
-    /// was released since it was loaded, or `after` is of a later epoch than this node's
-    /// (another node wrote the stream after we acquired it, so what we know is stale).
-    fn watermark(&self, stream: &StreamId, after: Seq) -> Option<Seq> {
+    /// Drops `stream`'s entry if it still holds `epoch` (a newer acquisition stays).
+    fn forget_epoch(&self, stream: &StreamId, epoch: Epoch) {
         let mut shard = lock(self.inner.shard(stream));
-        let log = shard.get(stream)?;
-        match (log.epoch(), log.committed()) {
-            (Some(epoch), _) if after.epoch() > epoch => {
-                forget(&mut shard, stream);
-                None
-            }
-            (_, committed) => committed,
+        if shard.get(stream).and_then(StreamLog::epoch) == Some(epoch) {
+            forget(&mut shard, stream);
         }
+    }
+
+    /// The watermark to read `stream` after `after` under, the epoch this node holds it in
+    /// and whether a caught-up read should look past the watermark now; or `None` to load it
+    /// again: it was released since it was loaded, or `after` is of a later epoch than this
+    /// node's (another node wrote the stream after we acquired it, so what we know is stale).
+    fn watermark(&self, stream: &StreamId, after: Seq) -> Option<(Seq, Epoch, bool)> {
+        let mut shard = lock(self.inner.shard(stream));
+        let log = shard.get_mut(stream)?;
+        let (epoch, committed) = (log.epoch()?, log.committed()?);
+        if after.epoch() > epoch {
+            forget(&mut shard, stream);
+            return None;
+        }
+        let check = after >= committed
+            && log.check_due(self.inner.clock.now(), self.inner.config.tenure_check);
+        Some((committed, epoch, check))
     }
 
     /// Resolves once `stream`'s committed watermark passes `watermark` (`Ok(true)`), or the
@@ -527,7 +573,7 @@ impl LoadGuard<'_> {
         };
         match tenure {
             Ok(tenure) => {
-                log.loaded(tenure);
+                log.loaded(tenure, self.log.inner.clock.now());
                 Ok(())
             }
             Err(e) => {

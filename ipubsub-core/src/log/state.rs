@@ -32,6 +32,9 @@ pub(super) struct StreamLog {
     tail: HashMap<u64, Waker>,
     next_waiter: u64,
     last_used: Timestamp,
+    /// When a read last looked past the watermark for another node's later epoch (or the
+    /// stream was loaded, which reads the store's last position).
+    checked: Timestamp,
 }
 
 impl StreamLog {
@@ -41,7 +44,18 @@ impl StreamLog {
             tail: HashMap::new(),
             next_waiter: 0,
             last_used: now,
+            checked: now,
         }
+    }
+
+    /// Whether a caught-up read should look past the watermark now: at most once per
+    /// `every` (and at once if the clock went back). Marks the look as done.
+    pub(super) fn check_due(&mut self, now: Timestamp, every: Duration) -> bool {
+        let due = now < self.checked || now.saturating_since(self.checked) >= every;
+        if due {
+            self.checked = now;
+        }
+        due
     }
 
     pub(super) fn is_ready(&self) -> bool {
@@ -74,7 +88,8 @@ impl StreamLog {
 
     /// The acquisition finished. Everything stored up to `tenure.last` is final (older epochs
     /// are fenced), so readers may see up to there; new positions start in the new epoch.
-    pub(super) fn loaded(&mut self, tenure: Tenure) {
+    pub(super) fn loaded(&mut self, tenure: Tenure, now: Timestamp) {
+        self.checked = now;
         let previous = std::mem::replace(
             &mut self.state,
             LoadState::Ready {

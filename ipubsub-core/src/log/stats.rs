@@ -17,6 +17,9 @@ pub struct LogStats {
     /// Records the store refused because another node had acquired their stream (not
     /// written, counted in `failed` too).
     pub fenced: u64,
+    /// Reads that found a record of another node's later epoch past this node's watermark,
+    /// and acquired the stream again (this node had lost it without knowing).
+    pub overtaken: u64,
     /// Group commits that succeeded.
     pub commits: u64,
     /// Commits (successful or not) by their number of records, bucketed by
@@ -32,6 +35,7 @@ pub(super) struct Counters {
     appended: AtomicU64,
     failed: AtomicU64,
     fenced: AtomicU64,
+    overtaken: AtomicU64,
     commits: AtomicU64,
     batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
     batch_size_sum: AtomicU64,
@@ -59,11 +63,17 @@ impl Counters {
         self.batch_size_sum.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one read that found its stream held in a later epoch elsewhere.
+    pub(super) fn overtaken(&self) {
+        self.overtaken.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn snapshot(&self) -> LogStats {
         LogStats {
             appended: self.appended.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
+            overtaken: self.overtaken.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
             batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),

@@ -450,3 +450,35 @@ fn a_release_wakes_tail_readers_and_forgets_the_streams_it_does_not_keep()
     assert_eq!(write(&log, worker.as_mut(), "kept", "k2")?, at(2));
     Ok(())
 }
+
+#[test]
+fn a_caught_up_reader_on_a_node_that_lost_its_stream_unseen_gets_what_the_other_node_wrote()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (a, clock) = setup(store.clone());
+    let (b, _) = setup(store.clone());
+    let mut worker_a = pin!(a.run_commit_worker());
+    let mut worker_b = pin!(b.run_commit_worker());
+    let a1 = write(&a, worker_a.as_mut(), "s", "a1")?;
+    // B takes the stream (A's view never changed) and writes; A is not told.
+    write(&b, worker_b.as_mut(), "s", "b1")?;
+
+    // Until its next check, A serves its own end; then a reader at A's end, and one from the
+    // start, both reach what B wrote.
+    assert!(ready(a.read(&sid("s"), a1, 10))?.records.is_empty());
+    clock.advance(LogConfig::default().tenure_check);
+    let tail = ready(a.read(&sid("s"), a1, 10))?;
+    let ids: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.message.id().as_str())
+        .collect();
+    assert_eq!(ids, ["b1"], "the reader at A's old end");
+    let all = ready(a.read(&sid("s"), Seq::ZERO, 10))?;
+    assert_eq!(all.records.len(), 2, "a read from the start");
+    assert_eq!(a.stats().overtaken, 1);
+
+    // Holding the stream again, A's own appends follow B's.
+    assert_eq!(write(&a, worker_a.as_mut(), "s", "a2")?, pos(3, 1));
+    Ok(())
+}

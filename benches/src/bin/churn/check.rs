@@ -12,6 +12,9 @@ pub struct Produced {
     pub stream: String,
     /// Message ids answered 200, in send order.
     pub acked: Vec<String>,
+    /// For each acknowledged id, the node that answered and when (ms into the run), to
+    /// explain a broken promise.
+    pub via: Vec<String>,
 }
 
 /// What one live reader of one stream was given, in order.
@@ -45,6 +48,24 @@ impl Counts {
     pub fn clean(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// The acknowledged messages absent from the final read, each with the node that answered
+/// it and when: the evidence a failed run prints.
+pub fn lost(produced: &[Produced], finals: &HashMap<String, [Vec<String>; 2]>) -> Vec<String> {
+    let mut out = Vec::new();
+    for producer in produced {
+        let Some([first, _]) = finals.get(&producer.stream) else {
+            continue;
+        };
+        let held: HashSet<&str> = first.iter().map(String::as_str).collect();
+        for (id, via) in producer.acked.iter().zip(&producer.via) {
+            if !held.contains(id.as_str()) {
+                out.push(format!("{} {id} acknowledged by {via}", producer.stream));
+            }
+        }
+    }
+    out
 }
 
 /// Compares everything: `finals` holds, per stream, the final read through each of two nodes.
@@ -124,9 +145,11 @@ mod tests {
     }
 
     fn produced(acked: &str) -> Vec<Produced> {
+        let acked = ids(acked);
         vec![Produced {
             stream: "s".into(),
-            acked: ids(acked),
+            via: acked.iter().map(|_| "n0 at 0 ms".to_owned()).collect(),
+            acked,
         }]
     }
 
@@ -157,6 +180,8 @@ mod tests {
     fn lost_duplicated_reordered_disagreeing_and_vanished_are_counted() {
         let c = check(&produced("a b c d"), &followed("a x"), &finals("b a a c"));
         assert_eq!(c.lost, 1, "d: {c:?}");
+        let lost = lost(&produced("a b c d"), &finals("b a a c"));
+        assert_eq!(lost, ["s d acknowledged by n0 at 0 ms"]);
         assert_eq!(c.duplicated, 1, "a twice: {c:?}");
         assert_eq!(c.reordered, 1, "a after b: {c:?}");
         assert_eq!(c.vanished, 1, "x: {c:?}");

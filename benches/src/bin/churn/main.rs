@@ -162,10 +162,11 @@ async fn produce(
     stream: String,
     producer: usize,
     stop: Arc<AtomicBool>,
+    started: Instant,
 ) -> (Produced, usize) {
     let mut produced = Produced {
         stream: stream.clone(),
-        acked: Vec::new(),
+        ..Produced::default()
     };
     let mut failed = 0;
     let mut n = 0u64;
@@ -185,7 +186,16 @@ async fn produce(
         )
         .await;
         match answer {
-            Some((200, _)) => produced.acked.push(id),
+            Some((200, _)) => {
+                produced.acked.push(id);
+                let node = live
+                    .addrs
+                    .iter()
+                    .position(|a| *a == addr)
+                    .unwrap_or(usize::MAX);
+                let at = started.elapsed().as_millis();
+                produced.via.push(format!("n{node} at {at} ms"));
+            }
             _ => {
                 failed += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -281,7 +291,7 @@ fn nemesis(
     live: &Live,
     faults: &[String],
     every: Duration,
-    until: Instant,
+    (run_started, until): (Instant, Instant),
 ) -> anyhow::Result<Vec<String>> {
     let mut log = Vec::new();
     let mut turn = 0usize;
@@ -324,7 +334,8 @@ fn nemesis(
         }
         set_serving(nodes);
         log.push(format!(
-            "{fault} n{victim} ({} ms)",
+            "{fault} n{victim} at {} ms ({} ms)",
+            started.duration_since(run_started).as_millis(),
             started.elapsed().as_millis()
         ));
     }
@@ -357,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
         .pool_idle_timeout(Duration::from_secs(5))
         .build_http();
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
     let streams: Vec<String> = (0..args.streams).map(|i| format!("{run}-s{i}")).collect();
     let producers: Vec<_> = streams
         .iter()
@@ -368,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
                 s.clone(),
                 p,
                 stop.clone(),
+                started,
             ))
         })
         .collect();
@@ -398,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
                 &nemesis_live,
                 &faults,
                 every,
-                until,
+                (started, until),
             )
         };
         (nodes, log)
@@ -451,6 +464,9 @@ async fn main() -> anyhow::Result<()> {
     if counts.clean() {
         std::fs::remove_dir_all(&dir).ok();
     } else {
+        for line in check::lost(&produced, &finals).iter().take(20) {
+            eprintln!("lost: {line}");
+        }
         eprintln!("node logs kept in {}", dir.display());
     }
     if args.check && !counts.clean() {
