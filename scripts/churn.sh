@@ -2,7 +2,8 @@
 # The churn test, bounded: three real nodes on one shared database while a nemesis restarts
 # (SIGTERM), kills (kill -9) and pauses (SIGSTOP, 6 s) them in turn; producers and live
 # readers go through random nodes; the checker fails the run on any lost, duplicated,
-# skipped, reordered, vanished or disagreeing message (benches/src/bin/churn).
+# skipped, reordered, vanished or disagreeing message, and on any TTL probe (a message whose
+# TTL outlives the run) missing from a read through any node (benches/src/bin/churn).
 #
 #   scripts/churn.sh SERVER_BINARY [SECONDS]
 #

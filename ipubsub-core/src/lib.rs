@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`id`]: validated [`StreamId`] and [`MessageId`].
 //! - [`message`]: [`Message`], the sender's exact bytes plus id and timestamp.
-//! - [`time`]: [`Timestamp`], [`Clock`], [`SystemClock`], [`ManualClock`].
+//! - [`time`]: [`Timestamp`], [`Clock`], [`SystemClock`], [`ManualClock`], [`OffsetClock`].
 //! - [`engine`]: the sharded stream registry, the three in-memory modes, [`SendFuture`] and
 //!   [`ReceiveFuture`] with their cancellation guarantees.
 //! - [`log`]: [`Log`], the persistent log: group commit, positions, watermark, tail waits.
@@ -54,5 +54,5 @@ pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
 pub use log::{AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError};
 pub use message::Message;
 pub use store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, OffsetClock, SystemClock, Timestamp};
 pub use token::{ResumeToken, TokenError};

@@ -267,6 +267,14 @@ pub trait MessageStore: Send + Sync + 'static {
     /// fewer than `limit` means none are left (but those a coarse expiry index holds back for
     /// at most a second, see the contract above). Callers loop in bounded batches.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError>;
+
+    /// The store's own clock, for the nodes that share it to agree on the time that TTLs
+    /// are stamped and judged by (see [`OffsetClock`](crate::OffsetClock)); `None` (the
+    /// default) for a store one process opens, whose node's clock is the only one involved.
+    /// A shared store answers its server's current time.
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -295,6 +303,10 @@ impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         (**self).purge_expired(now, limit).await
+    }
+
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        (**self).server_time().await
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// A point in wall-clock time, in microseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -129,6 +129,67 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that follows another one — the shared store's — by keeping its offset from a
+/// local clock: every node of a cluster that follows the one store agrees on the time to
+/// within the measurement's error, whatever its own clock says, so a TTL stamped on one node
+/// is judged by the same time on every other. The offset is measured by the caller
+/// ([`OffsetClock::measure`]), as an NTP client would: `remote - (before + after) / 2`.
+#[derive(Debug)]
+pub struct OffsetClock<C = SystemClock> {
+    local: C,
+    offset_micros: AtomicI64,
+}
+
+impl<C: Clock> OffsetClock<C> {
+    /// `local`, not yet corrected.
+    pub fn new(local: C) -> Self {
+        Self {
+            local,
+            offset_micros: AtomicI64::new(0),
+        }
+    }
+
+    /// The uncorrected local time: read it just before and just after asking the other clock.
+    pub fn local_now(&self) -> Timestamp {
+        self.local.now()
+    }
+
+    /// Takes the other clock's reading `remote`, made between the local readings `before`
+    /// and `after`, as the time at their midpoint; returns the new offset (positive when
+    /// the local clock is behind). The error is at most half the round trip.
+    pub fn measure(&self, before: Timestamp, remote: Timestamp, after: Timestamp) -> i64 {
+        let mid =
+            i128::from(before.0) + (i128::from(after.0.max(before.0)) - i128::from(before.0)) / 2;
+        let offset = i128::from(remote.0) - mid;
+        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        self.offset_micros.store(offset, Ordering::SeqCst);
+        offset
+    }
+
+    /// The offset in use, in microseconds (positive when the local clock is behind).
+    pub fn offset_micros(&self) -> i64 {
+        self.offset_micros.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for OffsetClock<C> {
+    fn now(&self) -> Timestamp {
+        let local = self.local.now().0;
+        let offset = self.offset_micros();
+        Timestamp(if offset >= 0 {
+            local.saturating_add(offset.unsigned_abs())
+        } else {
+            local.saturating_sub(offset.unsigned_abs())
+        })
+    }
+}
+
+impl<C: Clock> Clock for std::sync::Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -171,6 +232,36 @@ mod tests {
         assert_eq!(
             Timestamp::from_micros(u64::MAX - 1).saturating_add(Duration::from_secs(1)),
             Timestamp::from_micros(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn an_offset_clock_follows_the_other_clock_from_a_skewed_local_one() {
+        let local = std::sync::Arc::new(ManualClock::new(Timestamp::from_micros(10_000_000)));
+        let clock = OffsetClock::new(local.clone());
+        assert_eq!(
+            clock.now(),
+            Timestamp::from_micros(10_000_000),
+            "uncorrected at first"
+        );
+        // The other clock read 2 s less, in the middle of a 10 ms round trip.
+        let before = clock.local_now();
+        local.advance(Duration::from_millis(10));
+        let after = clock.local_now();
+        let offset = clock.measure(before, Timestamp::from_micros(8_005_000), after);
+        assert_eq!(offset, -2_000_000);
+        assert_eq!(clock.now(), Timestamp::from_micros(8_010_000));
+        local.advance(Duration::from_secs(1));
+        assert_eq!(
+            clock.now(),
+            Timestamp::from_micros(9_010_000),
+            "and runs with it"
+        );
+        // A local clock behind: the offset is positive.
+        let now = clock.local_now();
+        assert_eq!(
+            clock.measure(now, Timestamp::from_micros(60_000_000), now),
+            48_990_000
         );
     }
 }

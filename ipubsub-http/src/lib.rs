@@ -50,6 +50,7 @@ mod receive;
 mod send;
 mod server;
 mod service;
+mod store_clock;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -63,3 +64,4 @@ pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;
 pub use service::App;
+pub use store_clock::{follow_store_clock, sync_clock};

@@ -21,7 +21,9 @@ use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, No
 use std::sync::Arc;
 
 use config::Backend;
-use ipubsub_core::{Drained, Engine, Log, Message, MessageStore, SendOptions, StreamId};
+use ipubsub_core::{
+    Drained, Engine, Log, Message, MessageStore, OffsetClock, SendOptions, StreamId, SystemClock,
+};
 use ipubsub_http::{App, Metrics, Readiness};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -151,7 +153,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Some(membership)
         }
     };
-    let engine = Engine::new(config.engine_config());
+    // One time base for every node that shares a store: the store server's clock, so that a
+    // node whose clock is off neither stamps nor judges TTLs by it (ipubsub_http::sync_clock).
+    let clock = Arc::new(OffsetClock::new(SystemClock));
+    let engine = Engine::with_clock(config.engine_config(), clock.clone());
     let refusal = config.node_local_refusal();
     let store = match &refusal {
         Some(why) => {
@@ -161,7 +166,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => stores::open_store(&config).await?,
     };
     let probe = store.clone();
-    let log = store.map(|store| Log::new(store, config.log_config()));
+    let clock_follower = match &store {
+        Some(store) => {
+            // Measured once before serving, so that the first message is stamped right.
+            if let Err(e) = ipubsub_http::sync_clock(&**store, &clock).await {
+                tracing::warn!(error = %e, "cannot read the store's clock: using this node's until it can");
+            }
+            Some(tokio::spawn(ipubsub_http::follow_store_clock(
+                store.clone(),
+                clock.clone(),
+                Duration::from_secs(10),
+            )))
+        }
+        None => None,
+    };
+    let log = store.map(|store| Log::with_clock(store, config.log_config(), clock.clone()));
     let mut http_config = http_config;
     http_config.persistence_refused = refusal;
     let app = App::new(engine.clone(), log.clone(), cluster.clone(), http_config);
@@ -256,6 +275,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hand_off(engine.drain(), &engine, &cluster, app.forwarder(), true).await;
     }
     sweeper.abort();
+    if let Some(clock_follower) = clock_follower {
+        clock_follower.abort();
+    }
     if let Some(follower) = follower {
         follower.abort();
     }

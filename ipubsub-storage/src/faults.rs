@@ -95,4 +95,8 @@ impl<S: MessageStore> MessageStore for FailingStore<S> {
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.inner.purge_expired(now, limit).await
     }
+
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.server_time().await
+    }
 }

@@ -573,6 +573,19 @@ impl MessageStore for MongoStore {
         Ok(Seq::ZERO)
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        // `hello` answers the server's `localTime`, to the millisecond.
+        let hello = self
+            .client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(unavailable)?;
+        let at = hello.get_datetime("localTime").map_err(corrupt)?;
+        let micros = u64::try_from(at.timestamp_millis()).map_err(corrupt)? * 1000;
+        Ok(Some(Timestamp::from_micros(micros)))
+    }
+
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         // Over the TTL index: the first `limit` expired ids, then one delete of exactly those.
         let cutoff =

@@ -379,7 +379,6 @@ async fn write_partition(
     stream: StreamId,
     bucket: i64,
     records: Vec<LogRecord>,
-    now: Timestamp,
 ) -> Result<(), StoreError> {
     let mut statements = Batch::new(BatchType::Unlogged);
     let mut values = Vec::with_capacity(records.len());
@@ -393,7 +392,7 @@ async fn write_partition(
             to_i64(record.message.timestamp().as_micros())?,
             to_i64(record.expires_at.as_micros())?,
             record.message.payload().as_ref(),
-            ttl_seconds(record.expires_at, now),
+            ttl_seconds(record.expires_at, record.message.timestamp()),
         ));
     }
     statements.set_consistency(inner.consistency);
@@ -402,10 +401,14 @@ async fn write_partition(
         .batch(&statements, values)
         .await
         .map_err(unavailable)?;
-    let latest = records.iter().map(|r| r.expires_at).max().unwrap_or(now);
+    let latest = records.iter().map(|r| r.expires_at).max();
+    let earliest = records.iter().map(|r| r.message.timestamp()).min();
+    let (Some(latest), Some(earliest)) = (latest, earliest) else {
+        return Ok(());
+    };
     // Outlive the partition's messages by a margin, so that a reader never misses a
     // partition whose messages are still alive.
-    let ttl = ttl_seconds(latest, now).saturating_add(INDEX_MARGIN_SECONDS);
+    let ttl = ttl_seconds(latest, earliest).saturating_add(INDEX_MARGIN_SECONDS);
     inner
         .session
         .execute_unpaged(
@@ -440,11 +443,14 @@ fn into_record(stream: &StreamId, row: Row) -> Result<LogRecord, StoreError> {
     })
 }
 
-/// A TTL for Cassandra that never removes a row before `expires_at`: seconds from now, rounded
-/// up, plus one, because Cassandra counts a TTL from the write's whole second (it may expire a
-/// row up to a second early). Reads filter on `expires_at` to the microsecond anyway.
-fn ttl_seconds(expires_at: Timestamp, now: Timestamp) -> i32 {
-    let micros = expires_at.as_micros().saturating_sub(now.as_micros());
+/// A TTL for Cassandra that never removes a row before `expires_at`: the seconds from the
+/// message's acceptance (`accepted`, on the clock that stamped `expires_at`, not this process's
+/// clock, which may be off) to its expiry, rounded up, plus one, because Cassandra counts a
+/// TTL from the write's whole second (it may expire a row up to a second early). The time
+/// between acceptance and the write only makes the row outlive its expiry; reads filter on
+/// `expires_at` to the microsecond anyway.
+fn ttl_seconds(expires_at: Timestamp, accepted: Timestamp) -> i32 {
+    let micros = expires_at.as_micros().saturating_sub(accepted.as_micros());
     i32::try_from(micros.div_ceil(1_000_000).saturating_add(1)).unwrap_or(i32::MAX)
 }
 
@@ -490,7 +496,6 @@ impl MessageStore for CassandraStore {
                 });
             }
         }
-        let now = Timestamp::now();
         // One unlogged batch per partition, written concurrently.
         let mut partitions: HashMap<(StreamId, i64), Vec<LogRecord>> = HashMap::new();
         for &record in &batch {
@@ -501,13 +506,7 @@ impl MessageStore for CassandraStore {
         }
         let mut writes = tokio::task::JoinSet::new();
         for ((stream, bucket), records) in partitions {
-            writes.spawn(write_partition(
-                self.inner.clone(),
-                stream,
-                bucket,
-                records,
-                now,
-            ));
+            writes.spawn(write_partition(self.inner.clone(), stream, bucket, records));
         }
         while let Some(written) = writes.join_next().await {
             written.map_err(unavailable)??;
@@ -580,6 +579,23 @@ impl MessageStore for CassandraStore {
         let inner = &*self.inner;
         let fence = inner.read_fence(stream).await?.unwrap_or_default();
         inner.last_counted(stream, &fence).await
+    }
+
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        // The coordinator's clock, to the millisecond: the one its replicas count TTLs by.
+        // toUnixTimestamp is a bigint of milliseconds.
+        let (millis,): (i64,) = self
+            .inner
+            .session
+            .query_unpaged("SELECT toUnixTimestamp(now()) FROM system.local", &[])
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .single_row()
+            .map_err(corrupt)?;
+        let micros = u64::try_from(millis).map_err(corrupt)? * 1000;
+        Ok(Some(Timestamp::from_micros(micros)))
     }
 
     async fn purge_expired(&self, _now: Timestamp, _limit: usize) -> Result<usize, StoreError> {

@@ -338,6 +338,15 @@ impl MessageStore for MySqlStore {
         Ok(Seq::new(last.map(to_u64).transpose()?.unwrap_or(0)))
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        let micros: i64 =
+            sqlx::query_scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(Some(Timestamp::from_micros(to_u64(micros)?)))
+    }
+
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         // A single-table DELETE with ORDER BY and LIMIT walks the expiry index and stops.
         let deleted = sqlx::query(

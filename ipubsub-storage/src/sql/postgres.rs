@@ -310,6 +310,15 @@ impl MessageStore for PostgresStore {
         Ok(Seq::new(last.map(to_u64).transpose()?.unwrap_or(0)))
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        let micros: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(Some(Timestamp::from_micros(to_u64(micros)?)))
+    }
+
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         // The subquery walks the expiry index from its start and stops at `limit`; SKIP
         // LOCKED lets two nodes purge side by side without waiting on each other.

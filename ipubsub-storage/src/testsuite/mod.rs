@@ -158,6 +158,7 @@ where
     Fut: Future<Output = S>,
 {
     let store = open().await;
+    the_server_time_is_the_present(&store).await;
     appends_are_read_back_in_order_with_their_bytes(&store).await;
     reads_start_after_the_position_and_honour_the_limit(&store).await;
     unknown_streams_are_empty(&store).await;
@@ -175,6 +176,23 @@ where
     drop(store);
     let reopened = open().await;
     appends_survive_a_reopen_after(&reopened, written).await;
+}
+
+/// A store that tells its server's time tells the present (the suite's servers run on this
+/// machine, so its clock and theirs agree to well within a second).
+async fn the_server_time_is_the_present(store: &impl MessageStore) {
+    let case = "the-server-time-is-the-present";
+    let before = base();
+    let told = ok(case, "server_time", store.server_time().await).await;
+    let after = base();
+    if let Some(told) = told {
+        let slack = Duration::from_secs(1);
+        assert!(
+            told >= Timestamp::from_micros(before.as_micros().saturating_sub(1_000_000))
+                && told <= after.saturating_add(slack),
+            "[{case}] the server said {told}, between {before} and {after}"
+        );
+    }
 }
 
 async fn appends_are_read_back_in_order_with_their_bytes(store: &impl MessageStore) {

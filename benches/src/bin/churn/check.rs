@@ -41,6 +41,9 @@ pub struct Counts {
     pub disagreeing: usize,
     /// Messages given to a live reader that the final read does not hold.
     pub vanished: usize,
+    /// Acknowledged messages whose TTL had not run out on the clock of the node that
+    /// accepted them, missing from a read through some node (counted once per read).
+    pub expired_early: usize,
 }
 
 impl Counts {
@@ -66,6 +69,20 @@ pub fn lost(produced: &[Produced], finals: &HashMap<String, [Vec<String>; 2]>) -
         }
     }
     out
+}
+
+/// How many of `acked` each read in `reads` misses, summed.
+pub fn missing(acked: &[String], reads: &[Vec<String>]) -> usize {
+    reads
+        .iter()
+        .map(|read| {
+            let held: HashSet<&str> = read.iter().map(String::as_str).collect();
+            acked
+                .iter()
+                .filter(|id| !held.contains(id.as_str()))
+                .count()
+        })
+        .sum()
 }
 
 /// Compares everything: `finals` holds, per stream, the final read through each of two nodes.
@@ -158,6 +175,12 @@ mod tests {
             stream: "s".into(),
             received: ids(received),
         }]
+    }
+
+    #[test]
+    fn every_read_missing_a_message_counts() {
+        assert_eq!(missing(&ids("a b c"), &[ids("a b c"), ids("c")]), 2);
+        assert_eq!(missing(&ids("a b"), &[ids("b a"), ids("a b")]), 0);
     }
 
     #[test]

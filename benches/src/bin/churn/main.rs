@@ -2,8 +2,11 @@
 //! while a nemesis restarts (SIGTERM), kills (`kill -9`) and pauses (SIGSTOP beyond the
 //! suspicion timeout) its nodes, optionally with one node's clock shifted; producers send
 //! persistent messages and live readers follow their streams by resume token, both through
-//! random nodes. Afterwards every stream is read from its start through two nodes and the
-//! checker counts what the cluster promised and did not keep (see `check.rs`).
+//! random nodes. Before the load, 40 TTL probes (messages whose TTL outlives the run, sent
+//! through the first and the last node, whose clock is the shifted one) go to a stream of
+//! their own. Afterwards every stream is read from its start through two nodes, the probes
+//! through every node, and the checker counts what the cluster promised and did not keep
+//! (see `check.rs`).
 //!
 //! ```text
 //! ipubsub-churn --server target/release/ipubsub-server --backend postgres --seconds 40
@@ -107,6 +110,21 @@ impl Live {
         self.addrs[(pseudo_random(salt) % n) as usize]
     }
 
+    /// The serving nodes, with their index.
+    fn serving(&self) -> Vec<(usize, SocketAddr)> {
+        let Ok(serving) = self.serving.lock() else {
+            return Vec::new();
+        };
+        self.addrs
+            .iter()
+            .copied()
+            .enumerate()
+            .zip(serving.iter())
+            .filter(|(_, s)| **s)
+            .map(|(a, _)| a)
+            .collect()
+    }
+
     /// Two different serving nodes, for the final reads.
     fn two_serving(&self) -> Option<(SocketAddr, SocketAddr)> {
         let serving = self.serving.lock().ok()?;
@@ -203,6 +221,41 @@ async fn produce(
         }
     }
     (produced, failed)
+}
+
+/// Sends `count` `writeToDB` messages with a TTL of `ttl` to `stream`, alternately through
+/// the first and the last node (the one whose clock is off, in a clock-offset run), before
+/// the nemesis starts; returns the ids acknowledged. Read back at the end through every node,
+/// none may be missing: their TTL has not run out on any clock that accepted them.
+async fn send_probes(
+    client: &HttpClient,
+    live: &Live,
+    stream: &str,
+    count: usize,
+    ttl: Duration,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let id = format!("probe-{i}");
+        let body = json!({
+            "streamId": stream, "messageUuid": id, "message": {"probe": i},
+            "writeToDB": true, "dbTTLSeconds": ttl.as_secs(),
+        });
+        let addr = live.addrs[if i % 2 == 0 { 0 } else { live.addrs.len() - 1 }];
+        let answer = call(
+            client,
+            addr,
+            Method::POST,
+            "/api/v1/streams/send",
+            Bytes::from(body.to_string()),
+            Duration::from_secs(5),
+        )
+        .await;
+        if let Some((200, _)) = answer {
+            acked.push(id);
+        }
+    }
+    acked
 }
 
 /// Follows `stream` from its start by resume token, through random nodes, until `stop`.
@@ -367,6 +420,10 @@ async fn main() -> anyhow::Result<()> {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(5))
         .build_http();
+    // Messages whose TTL outlives the run by 50 s: none may be missing at the end.
+    let probe_stream = format!("{run}-ttl");
+    let probe_ttl = Duration::from_secs(args.seconds + 50);
+    let probes = send_probes(&client, &live, &probe_stream, 40, probe_ttl).await;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let streams: Vec<String> = (0..args.streams).map(|i| format!("{run}-s{i}")).collect();
@@ -440,7 +497,15 @@ async fn main() -> anyhow::Result<()> {
         let second = read_all(&client, b, stream).await.context("final read")?;
         finals.insert(stream.clone(), [first, second]);
     }
-    let counts = check::check(&produced, &followed, &finals);
+    let mut counts = check::check(&produced, &followed, &finals);
+    let mut probe_reads = Vec::new();
+    for (_, addr) in live.serving() {
+        let read = read_all(&client, addr, &probe_stream)
+            .await
+            .context("probe read")?;
+        probe_reads.push(read);
+    }
+    counts.expired_early = check::missing(&probes, &probe_reads);
     let acked: usize = produced.iter().map(|p| p.acked.len()).sum();
     let given: usize = followed.iter().map(|f| f.received.len()).sum();
     let report = json!({
@@ -458,6 +523,8 @@ async fn main() -> anyhow::Result<()> {
         "reordered": counts.reordered,
         "disagreeing": counts.disagreeing,
         "vanished": counts.vanished,
+        "ttl_probes": probes.len(),
+        "expired_early": counts.expired_early,
     });
     println!("{report}");
     drop(nodes);
@@ -472,8 +539,8 @@ async fn main() -> anyhow::Result<()> {
     if args.check && !counts.clean() {
         std::process::exit(1);
     }
-    if acked == 0 {
-        anyhow::bail!("no send was acknowledged: the run measured nothing");
+    if acked == 0 || probes.is_empty() {
+        anyhow::bail!("no send (or no TTL probe) was acknowledged: the run measured nothing");
     }
     Ok(())
 }
