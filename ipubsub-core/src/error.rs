@@ -25,6 +25,13 @@ pub enum SendError {
     /// The engine is shutting down and takes no new messages.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The stream moved to another node while this send waited
+    /// ([`Engine::drain_streams`](crate::Engine::drain_streams)): its message was not
+    /// accepted here, and may be sent again (to the stream's new owner).
+    #[error(
+        "the stream moved to another node before a receiver took the message; it was not accepted: send it again"
+    )]
+    Moved,
 }
 
 /// Why a receive ended without a message. A receive that simply finds nothing in time is not
@@ -47,4 +54,8 @@ pub enum ReceiveError {
     /// The engine is shutting down; the receive was answered without a message.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The stream moved to another node while this receive waited; it was answered without
+    /// a message and may wait again (at the stream's new owner).
+    #[error("the stream moved to another node")]
+    Moved,
 }

@@ -199,6 +199,7 @@ impl From<SendError> for ApiError {
             SendError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
             SendError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
             SendError::ShuttingDown => ErrorCode::ShuttingDown,
+            SendError::Moved => ErrorCode::StreamMoved,
             _ => ErrorCode::Internal,
         };
         Self::new(code, e.to_string()).with_limit_of_code()
@@ -213,6 +214,8 @@ impl From<ReceiveError> for ApiError {
             // A waiting receive that the shutdown answers simply got nothing in time; the
             // client polls again, elsewhere.
             ReceiveError::ShuttingDown => ErrorCode::NoMessage,
+            // So is one whose stream moved: its next poll reaches the new owner.
+            ReceiveError::Moved => ErrorCode::NoMessage,
             _ => ErrorCode::Internal,
         };
         Self::new(code, e.to_string()).with_limit_of_code()

@@ -283,15 +283,21 @@ impl Engine {
 
     /// Removes and returns the buffered messages of the streams `moved` selects, oldest first
     /// within each stream: what a node hands over when streams it held now belong to another.
+    ///
+    /// Only messages already accepted (buffered, their senders answered) leave. Requests
+    /// still waiting on a drained stream are answered at once, without taking anything from
+    /// them: a waiting sender with [`SendError::Moved`](crate::SendError::Moved) (its message
+    /// was not accepted, so a sync-match or blocking send is never told "delivered" for a
+    /// message no receiver got), a waiting receiver with
+    /// [`ReceiveError::Moved`](crate::ReceiveError::Moved). Each may try again where the
+    /// stream lives now.
     pub fn drain_streams(&self, mut moved: impl FnMut(&StreamId) -> bool) -> Vec<Drained> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
             for stream in table.iter_mut().filter(|s| moved(s.id())) {
-                let mut messages = Vec::new();
-                while let Some(message) = stream.take() {
-                    messages.push(message);
-                }
+                let messages = stream.take_buffered();
+                stream.close_waiters();
                 if !messages.is_empty() {
                     out.push(Drained {
                         stream: stream.id().clone(),

@@ -100,7 +100,10 @@ impl Future for ReceiveFuture {
                 _permit,
             } => match slot.poll(cx) {
                 Poll::Ready(Ok(message)) => Poll::Ready(Ok(message)),
-                Poll::Ready(Err(())) => Poll::Ready(Err(ReceiveError::ShuttingDown)),
+                Poll::Ready(Err(())) if this.engine.is_closed() => {
+                    Poll::Ready(Err(ReceiveError::ShuttingDown))
+                }
+                Poll::Ready(Err(())) => Poll::Ready(Err(ReceiveError::Moved)),
                 Poll::Pending => {
                     this.state = State::Waiting {
                         stream,

@@ -186,7 +186,11 @@ impl Future for SendFuture {
                 _permit,
             } => match slot.poll(cx) {
                 Poll::Ready(Ok(outcome)) => Poll::Ready(Ok(outcome)),
-                Poll::Ready(Err(())) => Poll::Ready(Err(SendError::ShuttingDown)),
+                // A closed slot: the engine closed, or the stream was drained to move.
+                Poll::Ready(Err(())) if this.engine.is_closed() => {
+                    Poll::Ready(Err(SendError::ShuttingDown))
+                }
+                Poll::Ready(Err(())) => Poll::Ready(Err(SendError::Moved)),
                 Poll::Pending => {
                     this.state = State::Waiting {
                         stream,

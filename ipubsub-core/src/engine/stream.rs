@@ -196,6 +196,16 @@ impl Stream {
         self.pop_sender(SendOutcome::Delivered)
     }
 
+    /// Removes every buffered message, oldest first, leaving waiting senders waiting (none is
+    /// admitted into the room this makes: the stream is being handed over).
+    pub(super) fn take_buffered(&mut self) -> Vec<Message> {
+        let mut out = Vec::with_capacity(self.buffer.len());
+        while let Some(message) = self.buffer.pop_front() {
+            out.push(message);
+        }
+        out
+    }
+
     /// Accepts the oldest live waiting sender's message, answering it with `outcome`.
     fn pop_sender(&mut self, outcome: SendOutcome) -> Option<Message> {
         let waiting = self.waiting.as_mut()?;

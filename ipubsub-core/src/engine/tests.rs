@@ -417,3 +417,47 @@ fn an_idle_stream_record_fits_mimallocs_96_byte_class() {
         std::mem::size_of::<super::stream::Stream>()
     );
 }
+
+#[test]
+fn a_drained_stream_answers_its_waiting_requests_moved_and_takes_nothing_from_them() {
+    let e = engine();
+    // Sync match: a sender waits for a receiver that never comes here.
+    let mut sync = e.send(sid("sync"), msg("x"), waiting(0));
+    assert!(poll(&mut sync).is_pending());
+    // Blocking queue of one: "a" is accepted, "b" waits for room.
+    ready(e.send(sid("queue"), msg("a"), waiting(1))).expect("a is accepted");
+    let mut blocked = e.send(sid("queue"), msg("b"), waiting(1));
+    assert!(poll(&mut blocked).is_pending());
+    // A receiver waits on an empty stream.
+    let mut receiver = e.receive(sid("empty"));
+    assert!(poll(&mut receiver).is_pending());
+
+    let drained = e.drain_streams(|_| true);
+    let taken: Vec<(&str, Vec<&str>)> = drained
+        .iter()
+        .map(|d| (d.stream.as_str(), d.messages.iter().map(id_of).collect()))
+        .collect();
+    assert_eq!(
+        taken,
+        [("queue", vec!["a"])],
+        "only what was accepted leaves"
+    );
+    assert_eq!(
+        ready(sync),
+        Err(SendError::Moved),
+        "never 'delivered' to nobody"
+    );
+    assert_eq!(
+        ready(blocked),
+        Err(SendError::Moved),
+        "never admitted, then evicted"
+    );
+    assert_eq!(ready(receiver), Err(ReceiveError::Moved));
+    assert_eq!(e.stats().waiters, 0);
+    // The streams work as before for whoever comes next.
+    ready(e.send(sid("queue"), msg("c"), waiting(1))).expect("room again");
+    assert_eq!(
+        ready(e.receive(sid("queue"))).map(|m| id_of(&m).to_owned()),
+        Ok("c".into())
+    );
+}
