@@ -22,6 +22,12 @@ use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
 /// Marks a request as forwarded; its value is the forwarding node's id.
 pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
 
+/// Marks a forwarded send as a hand-off: a message this node had accepted into a stream that
+/// now belongs to the receiving node, which takes it over as accepted (never refused,
+/// evicted or made to wait). Honoured only on a forwarded request (proven by the cluster
+/// secret when one is set).
+pub const HANDOFF_HEADER: &str = "x-ipubsub-handoff";
+
 /// Milliseconds the original caller has left; the owner waits no longer than that.
 pub const DEADLINE_HEADER: &str = "x-ipubsub-deadline-ms";
 
@@ -168,6 +174,35 @@ impl Forwarder {
         wait: Duration,
         request_id: &str,
     ) -> Result<Response<Bytes>, ForwardError> {
+        self.exchange(owner, method, path_and_query, body, wait, request_id, false)
+            .await
+    }
+
+    /// Hands a message over to `owner`: `body` is a send (to `path`) of a message this node
+    /// had accepted, marked with [`HANDOFF_HEADER`]. Otherwise as [`forward`](Self::forward).
+    pub async fn hand_off(
+        &self,
+        owner: &Node,
+        path: &str,
+        body: Bytes,
+        wait: Duration,
+        request_id: &str,
+    ) -> Result<Response<Bytes>, ForwardError> {
+        self.exchange(owner, Method::POST, path, body, wait, request_id, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        owner: &Node,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        wait: Duration,
+        request_id: &str,
+        handoff: bool,
+    ) -> Result<Response<Bytes>, ForwardError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!(
@@ -186,6 +221,11 @@ impl Forwarder {
             request
                 .headers_mut()
                 .insert(CLUSTER_SECRET_HEADER, secret.header().clone());
+        }
+        if handoff {
+            request
+                .headers_mut()
+                .insert(HANDOFF_HEADER, hyper::header::HeaderValue::from_static("1"));
         }
         let limit = wait + SLACK;
         let exchange = async {

@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-pub use forward::{DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, REQUEST_ID_HEADER};
+pub use forward::{
+    DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, HANDOFF_HEADER, REQUEST_ID_HEADER,
+};
 use ipubsub_core::StreamId;
 pub use membership::{Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};

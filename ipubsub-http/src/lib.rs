@@ -46,6 +46,7 @@ pub mod fuzzing;
 mod metrics;
 mod ownership;
 mod readiness;
+mod rebalance;
 mod receive;
 mod send;
 mod server;
@@ -60,6 +61,7 @@ pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use ownership::{follow_ownership, release_moved};
 pub use readiness::Readiness;
+pub use rebalance::{ATTEMPTS, HandOff, HandOffCounts, Rebalancer, Strays};
 pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ipubsub_cluster::{
     CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder,
-    Node, REQUEST_ID_HEADER, Route,
+    HANDOFF_HEADER, Node, REQUEST_ID_HEADER, Route,
 };
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
@@ -22,6 +22,7 @@ use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode, chain};
 use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
+use crate::rebalance::Strays;
 use crate::send::SendKind;
 use crate::{receive, send};
 
@@ -51,6 +52,8 @@ struct Inner {
     readiness: Readiness,
     /// What `GET /metrics` answers.
     metrics: Metrics,
+    /// Streams this node served without owning them, for the rebalancer to move on.
+    strays: Strays,
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -86,6 +89,7 @@ impl App {
                 config,
                 readiness: Readiness::new(),
                 metrics,
+                strays: Strays::default(),
                 id_prefix: format!(
                     "{:016x}",
                     std::hash::RandomState::new().hash_one(std::process::id())
@@ -280,6 +284,12 @@ impl App {
         &self.inner.forwarder
     }
 
+    /// The streams this node served without owning them (forwarded to it by a node whose
+    /// view differed), for the [`Rebalancer`](crate::Rebalancer) to move on.
+    pub fn strays(&self) -> &Strays {
+        &self.inner.strays
+    }
+
     fn about(&self) -> Bytes {
         let about = serde_json::json!({
             "name": "ipubsub",
@@ -321,6 +331,13 @@ impl App {
         }
         let message = Message::new(send.id, send.payload, inner.engine.now());
         match (send.kind, &inner.log) {
+            (SendKind::Memory { options, .. }, _) if hop.handoff => {
+                // Accepted on the node that handed it over: taken over, never refused.
+                inner
+                    .engine
+                    .adopt(&send.stream, Some(options.stream_size), message)?;
+                Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
+            }
             (SendKind::Memory { options, wait }, _) => {
                 let wait = hop.cap(wait);
                 send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
@@ -441,10 +458,12 @@ impl App {
     /// The owner of `stream` when it is another node and the request may still be forwarded:
     /// a request that was forwarded once is served where it lands, never forwarded again.
     fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop<'_>) -> Option<Node> {
-        if hop.forwarded {
-            return None;
-        }
         match self.inner.cluster.route(stream) {
+            Route::Forward(_) if hop.forwarded => {
+                // Served here anyway; whatever it leaves here is moved on.
+                self.inner.strays.note(stream);
+                None
+            }
             Route::Forward(owner) => Some(owner),
             _ => None,
         }
@@ -528,6 +547,8 @@ const SUSPICION: Duration = Duration::from_secs(10);
 struct Hop<'a> {
     /// The request was forwarded by another node.
     forwarded: bool,
+    /// A forwarded send that hands over a message the forwarding node had accepted.
+    handoff: bool,
     /// The time its original caller has left.
     deadline: Option<Duration>,
     /// The request's id ([`App::handle`]).
@@ -539,6 +560,7 @@ impl<'a> Hop<'a> {
         let headers = request.headers();
         Self {
             forwarded: headers.contains_key(FORWARDED_HEADER),
+            handoff: headers.contains_key(FORWARDED_HEADER) && headers.contains_key(HANDOFF_HEADER),
             deadline: headers
                 .get(DEADLINE_HEADER)
                 .and_then(|v| v.to_str().ok())

@@ -16,14 +16,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use config::{Config, LogFormat};
-use hyper::Method;
-use ipubsub_cluster::{Cluster, Forwarder, Membership, MembershipConfig, Node, NodeId, Route};
+use ipubsub_cluster::{Cluster, Membership, MembershipConfig, Node, NodeId};
 use std::sync::Arc;
 
 use config::Backend;
-use ipubsub_core::{
-    Drained, Engine, Log, Message, MessageStore, OffsetClock, SendOptions, StreamId, SystemClock,
-};
+use ipubsub_core::{Engine, Log, MessageStore, OffsetClock, StreamId, SystemClock};
 use ipubsub_http::{App, Metrics, Readiness};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -235,13 +232,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (stop_rebalancing, rebalancing_stopped) = tokio::sync::watch::channel(false);
     let rebalancer = membership.as_ref().map(|_| {
-        let forwarder = app.forwarder().clone();
-        tokio::spawn(rebalance(
+        ipubsub_http::Rebalancer::new(
             engine.clone(),
             cluster.clone(),
-            forwarder,
-            rebalancing_stopped,
-        ))
+            Arc::new(app.forwarder().clone()),
+            app.strays().clone(),
+        )
+    });
+    let rebalancing = rebalancer.clone().map(|rebalancer| {
+        tokio::spawn(async move {
+            rebalancer
+                .run(Duration::from_millis(100), rebalancing_stopped)
+                .await;
+        })
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let shutdown = {
@@ -264,15 +267,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     #[cfg(not(feature = "tls"))]
     ipubsub_http::serve(listener, app.clone(), shutdown, grace).await;
-    if let Some(rebalancer) = rebalancer {
+    if let Some(rebalancing) = rebalancing {
         // Let a hand-off in progress finish: its messages exist nowhere else.
         let _ = stop_rebalancing.send(true);
-        if let Err(e) = rebalancer.await {
+        if let Err(e) = rebalancing.await {
             tracing::warn!(error = %e, "rebalancing ended badly");
         }
     }
-    if membership.is_some() {
-        hand_off(engine.drain(), &engine, &cluster, app.forwarder(), true).await;
+    if let Some(rebalancer) = &rebalancer {
+        rebalancer.leave(grace).await;
     }
     sweeper.abort();
     if let Some(clock_follower) = clock_follower {
@@ -298,181 +301,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("ipubsub-server stopped");
     Ok(())
-}
-
-/// Watches the member set; when it changes, hands the buffered messages of streams that now
-/// belong to another node to that node, so that a joining node gets the streams it owns with
-/// what they hold. Stops when `stop` changes, but never in the middle of a hand-off: drained
-/// messages exist nowhere else.
-async fn rebalance(
-    engine: Engine,
-    cluster: Cluster,
-    forwarder: Forwarder,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut seen = cluster.view().version();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.changed() => return,
-        }
-        let version = cluster.view().version();
-        if version == seen {
-            continue;
-        }
-        seen = version;
-        let moved = {
-            let (cluster, engine) = (cluster.clone(), engine.clone());
-            tokio::task::spawn_blocking(move || {
-                engine.drain_streams(|stream| matches!(cluster.route(stream), Route::Forward(_)))
-            })
-            .await
-        };
-        match moved {
-            Ok(moved) if !moved.is_empty() => {
-                tracing::info!(
-                    version,
-                    streams = moved.len(),
-                    "streams moved to other members"
-                );
-                hand_off(moved, &engine, &cluster, &forwarder, false).await;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "rebalancing failed"),
-        }
-    }
-}
-
-/// Streams handed over at once (each stream's messages go one at a time, in order).
-const HAND_OFF_CONCURRENCY: usize = 16;
-
-/// Hands buffered in-memory messages to their streams' owners: the next owner once this node
-/// is gone (`leaving`), else the current owner. Streams go concurrently, each stream's
-/// messages one at a time so that their order is kept. Messages that cannot be handed over
-/// are counted and logged: they are lost.
-async fn hand_off(
-    drained: Vec<Drained>,
-    engine: &Engine,
-    cluster: &Cluster,
-    forwarder: &Forwarder,
-    leaving: bool,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(HAND_OFF_CONCURRENCY));
-    let mut tasks = tokio::task::JoinSet::new();
-    for drained in drained {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (engine, cluster, forwarder) = (engine.clone(), cluster.clone(), forwarder.clone());
-        tasks.spawn(async move {
-            let counts = hand_off_stream(drained, &engine, &cluster, &forwarder, leaving).await;
-            drop(permit);
-            counts
-        });
-    }
-    let (mut handed, mut lost) = (0usize, 0usize);
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((h, l)) => {
-                handed += h;
-                lost += l;
-            }
-            Err(e) => tracing::warn!(error = %e, "a hand-off task failed"),
-        }
-    }
-    if handed + lost > 0 {
-        tracing::info!(handed, lost, "handed buffered messages to their new owners");
-    }
-}
-
-/// Hands one stream's messages over, in order; returns (handed, lost).
-async fn hand_off_stream(
-    drained: Drained,
-    engine: &Engine,
-    cluster: &Cluster,
-    forwarder: &Forwarder,
-    leaving: bool,
-) -> (usize, usize) {
-    let Drained {
-        stream,
-        size,
-        messages,
-        ..
-    } = drained;
-    let owner = if leaving {
-        cluster.successor(&stream)
-    } else {
-        match cluster.route(&stream) {
-            Route::Forward(owner) => Some(owner),
-            _ => {
-                // The stream came back to this node meanwhile: keep its messages here.
-                let options = SendOptions {
-                    stream_size: size.unwrap_or(SendOptions::default().stream_size),
-                    wait: false,
-                };
-                for message in messages {
-                    let _ = engine.send(stream.clone(), message, options).await;
-                }
-                return (0, 0);
-            }
-        }
-    };
-    let Some(owner) = owner else {
-        return (0, messages.len());
-    };
-    let (mut handed, mut lost) = (0, 0);
-    for (i, message) in messages.into_iter().enumerate() {
-        let body = handoff_body(&stream, size, &message);
-        // Node ids are header-safe; message ids need not be.
-        let request_id = format!("handoff-{}-{i}", cluster.local().id());
-        match forwarder
-            .forward(
-                &owner,
-                Method::POST,
-                "/api/v1/streams/send",
-                body,
-                Duration::from_secs(5),
-                &request_id,
-            )
-            .await
-        {
-            Ok(response) if response.status().is_success() => handed += 1,
-            Ok(response) => {
-                tracing::warn!(%stream, owner = %owner.id(), status = %response.status(), "hand-off refused");
-                lost += 1;
-            }
-            Err(e) => {
-                tracing::warn!(%stream, owner = %owner.id(), error = %e, "hand-off failed");
-                lost += 1;
-            }
-        }
-    }
-    (handed, lost)
-}
-
-/// A send body that re-creates `message` on `stream` (its bytes, as sent), in a stream of the
-/// same size: handed to a default-sized stream, a long queue would evict its oldest.
-fn handoff_body(stream: &StreamId, size: Option<u32>, message: &Message) -> bytes::Bytes {
-    let mut out = Vec::with_capacity(96 + message.payload().len());
-    out.extend_from_slice(b"{\"streamId\":");
-    out.extend_from_slice(
-        serde_json::to_string(stream.as_str())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    out.extend_from_slice(b",\"messageUuid\":");
-    out.extend_from_slice(
-        serde_json::to_string(message.id().as_str())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    if let Some(size) = size.filter(|&s| s > 0) {
-        out.extend_from_slice(format!(",\"inMemoryStreamSize\":{size}").as_bytes());
-    }
-    out.extend_from_slice(b",\"message\":");
-    out.extend_from_slice(message.payload());
-    out.push(b'}');
-    bytes::Bytes::from(out)
 }
 
 /// Drops idle streams and forgets idle log positions periodically, off the async workers

@@ -304,6 +304,74 @@ async fn a_graceful_leave_hands_over_every_buffered_message() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_answers_no_waiting_sync_match_send_200_and_hands_queues_over_in_order()
+-> TestResult {
+    let mut cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    // Blocking queues of three, full, spread over every node.
+    let streams = 30;
+    for i in 0..streams {
+        for m in 0..3 {
+            let (status, body) = cluster
+                .node(0)
+                .send(
+                    json!({"streamId": format!("q{i}"), "messageUuid": format!("q{i}-{m}"),
+                    "message": m, "inMemoryStreamSize": 3, "blockingSendTimeoutSeconds": 1}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    // Sync-match sends that no receiver will ever take, waiting through node 1 (on it for
+    // the streams it owns) when it leaves; for less than its 5 s shutdown grace, after which
+    // a leaving node closes what is still open (a request forwarded from it to another
+    // owner cannot be answered for the owner).
+    let addr = cluster.node(1).addr;
+    let mut waiting = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let client = Client::new(addr);
+        waiting.spawn(async move {
+            client
+                .send(
+                    json!({"streamId": format!("sync{i}"), "messageUuid": "x", "message": i,
+                    "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 4}),
+                )
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut leaving = cluster.nodes[1].take().ok_or("node 1")?;
+    assert!(leaving.terminate(Duration::from_secs(15)).success());
+    let mut phantom = 0;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(answer) = waiting.join_next().await {
+        let (status, body) = answer?;
+        phantom += usize::from(status == StatusCode::OK);
+        let code = body["error"]["code"].as_str().unwrap_or("-").to_owned();
+        *answers
+            .entry(format!("{} {code}", status.as_u16()))
+            .or_default() += 1;
+    }
+    println!("sync-match sends answered: {answers:?}");
+    assert_eq!(
+        phantom, 0,
+        "sync-match sends answered 200 with no receiver: {answers:?}"
+    );
+    cluster.converge(2, Duration::from_secs(10)).await;
+    for i in 0..streams {
+        for m in 0..3 {
+            let (status, body) = cluster
+                .node(i % 2 * 2)
+                .receive(&format!("streamId=q{i}&timeoutSeconds=0"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "q{i} message {m}: {body}");
+            assert_eq!(body["message"], json!(m), "q{i} in order");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_others_serve_every_stream_after_a_kill_9() -> TestResult {
     let mut cluster = Cluster::start(3);
     cluster.converge(3, Duration::from_secs(15)).await;

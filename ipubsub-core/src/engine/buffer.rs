@@ -33,6 +33,15 @@ impl Buffer {
         self.len() == 0
     }
 
+    /// Whether a message of `id` is buffered.
+    pub(super) fn holds(&self, id: &crate::id::MessageId) -> bool {
+        match self {
+            Buffer::Empty => false,
+            Buffer::One(message) => message.id() == id,
+            Buffer::Many(queue) => queue.iter().any(|m| m.id() == id),
+        }
+    }
+
     pub(super) fn push_back(&mut self, message: Message) {
         match self {
             Buffer::Empty => *self = Buffer::One(message),

@@ -310,6 +310,52 @@ impl Engine {
         out
     }
 
+    /// Drains one stream as [`drain_streams`](Self::drain_streams) does: its accepted
+    /// messages, oldest first (`None` if it holds none), its waiting requests answered as
+    /// moved. For streams known by id, without visiting the others.
+    pub fn drain_stream(&self, id: &StreamId) -> Option<Drained> {
+        let (hash, shard) = self.inner.locate(id);
+        let mut table = shard.0.lock();
+        let stream = Inner::find_mut(&mut table, hash, id)?;
+        let messages = stream.take_buffered();
+        stream.close_waiters();
+        (!messages.is_empty()).then(|| Drained {
+            stream: id.clone(),
+            size: stream.capacity(),
+            messages,
+        })
+    }
+
+    /// Takes over a message another node had accepted into `stream` (a hand-off): to the
+    /// oldest waiting receiver, or else to the back of the buffer, whatever its room. An
+    /// accepted message is never refused, evicted or made to wait here; the stream is
+    /// created if missing (whatever the stream limit), sized `size` if no send has sized it.
+    /// A message whose id is already in the buffer is not added twice (a hand-off retried
+    /// after its answer, not its request, was lost).
+    pub fn adopt(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        message: Message,
+    ) -> Result<(), crate::SendError> {
+        use crate::SendError;
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let (hash, shard) = inner.locate(id);
+        let mut table = shard.0.lock();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(SendError::ShuttingDown);
+        }
+        let stream = inner
+            .stream_mut(&mut table, hash, id, now, Create::Always)
+            .map_err(|_| SendError::ShuttingDown)?;
+        if let Some(size) = size {
+            stream.capacity_or_set(size);
+        }
+        stream.adopt(message);
+        Ok(())
+    }
+
     /// Runs `f` on `stream` under its shard lock, creating the stream within the limits.
     /// This is the entry of all new work, so it is refused once the engine is closed.
     fn with_stream<R>(

@@ -222,6 +222,18 @@ impl Stream {
         taken
     }
 
+    /// Takes over a message accepted elsewhere: to the next live receiver, else to the back
+    /// of the buffer, above its capacity if need be; a message of an id already buffered is
+    /// dropped as the duplicate it is.
+    pub(super) fn adopt(&mut self, message: Message) {
+        if self.buffer.holds(message.id()) {
+            return;
+        }
+        if let Err(message) = self.hand_to_receiver(message) {
+            self.buffer.push_back(message);
+        }
+    }
+
     /// Puts back a message that was handed to a receiver which never returned it: to the
     /// next live receiver if one waits, else to the front of the buffer, where it is the next
     /// message any receiver gets. This may leave the buffer above its capacity for a while;

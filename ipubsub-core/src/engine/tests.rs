@@ -461,3 +461,31 @@ fn a_drained_stream_answers_its_waiting_requests_moved_and_takes_nothing_from_th
         Ok("c".into())
     );
 }
+
+#[test]
+fn an_adopted_message_goes_to_a_waiting_receiver_or_past_the_buffers_room_never_evicting() {
+    let e = engine();
+    let mut receiver = e.receive(sid("s"));
+    assert!(poll(&mut receiver).is_pending());
+    e.adopt(&sid("s"), Some(2), msg("a")).expect("adopt");
+    assert_eq!(
+        ready(receiver).map(|m| id_of(&m).to_owned()),
+        Ok("a".into())
+    );
+    for id in ["b", "c", "d", "c"] {
+        e.adopt(&sid("s"), Some(2), msg(id)).expect("adopt");
+    }
+    // A blocking queue of two holds three accepted messages: none is evicted or doubled.
+    let got = e.try_receive_many(&sid("s"), 10);
+    assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), ["b", "c", "d"]);
+    // The stream kept the size it was handed with.
+    ready(e.send(sid("s"), msg("e"), waiting(2))).expect("e");
+    ready(e.send(sid("s"), msg("f"), waiting(2))).expect("f");
+    let mut third = e.send(sid("s"), msg("g"), waiting(2));
+    assert!(
+        poll(&mut third).is_pending(),
+        "a queue of two is full at two"
+    );
+    assert_eq!(e.drain_stream(&sid("s")).map(|d| d.size), Some(Some(2)));
+    assert_eq!(ready(third), Err(SendError::Moved));
+}
