@@ -66,4 +66,4 @@ pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;
 pub use service::App;
-pub use store_clock::{follow_store_clock, sync_clock};
+pub use store_clock::{ServerClock, follow_store_clock, sync_clock};

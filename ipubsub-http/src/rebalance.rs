@@ -476,6 +476,21 @@ mod tests {
         }
     }
 
+    /// Runs `rebalancer` at 100 ms ticks; send `true` on the returned channel to stop it.
+    fn running(
+        rebalancer: &Rebalancer,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let rebalancer = rebalancer.clone();
+        let run = tokio::spawn(async move {
+            rebalancer.run(Duration::from_millis(100), stopped).await;
+        });
+        (stop, run)
+    }
+
     fn taken(target: &Target) -> Vec<String> {
         let taken = target.taken.lock().expect("lock");
         taken.iter().map(|(_, m, _)| m.clone()).collect()
@@ -544,11 +559,7 @@ mod tests {
             }
         );
         // Kept as a stray: the next tick hands them over, with no change of the ring.
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let rebalancer = s.rebalancer.clone();
-        let run = tokio::spawn(async move {
-            rebalancer.run(Duration::from_millis(100), stopped).await;
-        });
+        let (stop, run) = running(&s.rebalancer);
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(taken(&s.target).len(), 2);
         assert!(s.engine.try_receive_many(&s.moved, 10).is_empty());
@@ -578,11 +589,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stray_is_moved_on_at_the_next_tick_without_a_change_of_the_ring() {
         let s = setup(Target::default());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let rebalancer = s.rebalancer.clone();
-        let run = tokio::spawn(async move {
-            rebalancer.run(Duration::from_millis(100), stopped).await;
-        });
+        let (stop, run) = running(&s.rebalancer);
         // Served here by a forwarded request from a node whose view lags.
         fill(&s.engine, &s.moved, &["late"]).await;
         s.rebalancer.strays.note(&s.moved);

@@ -10,7 +10,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipubsub_core::{Clock, MessageStore, OffsetClock, StoreError};
+use async_trait::async_trait;
+use ipubsub_core::{Clock, MessageStore, OffsetClock, StoreError, Timestamp};
+
+/// What a node tells time by: a store's server clock ([`MessageStore::server_time`]).
+#[async_trait]
+pub trait ServerClock: Send + Sync + 'static {
+    /// The server's current time, or `None` if it has no clock of its own to offer.
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError>;
+}
+
+#[async_trait]
+impl<S: MessageStore + ?Sized> ServerClock for S {
+    async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        MessageStore::server_time(self).await
+    }
+}
 
 /// An offset beyond this is logged as a warning: the node's clock is wrong, not just
 /// imprecise.
@@ -19,8 +34,8 @@ const WORTH_A_WARNING: Duration = Duration::from_secs(1);
 /// Measures `clock`'s offset from `store`'s server once and corrects `clock` by it. Returns
 /// the offset in microseconds (positive when this node's clock is behind), or `None` for a
 /// store without a server clock (the node's own clock is used as it is).
-pub async fn sync_clock<C: Clock>(
-    store: &dyn MessageStore,
+pub async fn sync_clock<S: ServerClock + ?Sized, C: Clock>(
+    store: &S,
     clock: &OffsetClock<C>,
 ) -> Result<Option<i64>, StoreError> {
     let before = clock.local_now();
@@ -34,8 +49,8 @@ pub async fn sync_clock<C: Clock>(
 /// Runs [`sync_clock`] every `every` until dropped, logging an offset over a second when it
 /// first appears or moves by more than a second, and a failed measurement (the last offset
 /// stays in use).
-pub async fn follow_store_clock<C: Clock>(
-    store: Arc<dyn MessageStore>,
+pub async fn follow_store_clock<S: ServerClock + ?Sized, C: Clock>(
+    store: Arc<S>,
     clock: Arc<OffsetClock<C>>,
     every: Duration,
 ) {
@@ -69,71 +84,44 @@ pub async fn follow_store_clock<C: Clock>(
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
-    use ipubsub_core::{Appended, LogRecord, ManualClock, Seq, StreamId, Tenure, Timestamp};
+    use ipubsub_core::ManualClock;
     use ipubsub_storage::MemoryStore;
 
     use super::*;
 
-    /// A memory store whose server clock is `server`.
-    struct Served {
-        inner: MemoryStore,
-        server: Arc<ManualClock>,
-    }
+    /// A store server whose clock is a manual one.
+    struct Server(ManualClock);
 
     #[async_trait]
-    impl MessageStore for Served {
-        async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
-            self.inner.acquire(stream).await
-        }
-        async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
-            self.inner.append(batch).await
-        }
-        async fn read_after(
-            &self,
-            stream: &StreamId,
-            after: Seq,
-            limit: usize,
-            now: Timestamp,
-        ) -> Result<Vec<LogRecord>, StoreError> {
-            self.inner.read_after(stream, after, limit, now).await
-        }
-        async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
-            self.inner.last_seq(stream).await
-        }
-        async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
-            self.inner.purge_expired(now, limit).await
-        }
+    impl ServerClock for Server {
         async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
-            Ok(Some(self.server.now()))
+            Ok(Some(self.0.now()))
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_node_two_minutes_ahead_tells_the_stores_time_and_follows_its_jumps() {
-        let server = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000_000)));
+        let server = Arc::new(Server(ManualClock::new(Timestamp::from_micros(
+            1_000_000_000,
+        ))));
         let local = Arc::new(ManualClock::new(Timestamp::from_micros(1_120_000_000)));
-        let store: Arc<dyn MessageStore> = Arc::new(Served {
-            inner: MemoryStore::new(),
-            server: server.clone(),
-        });
         let clock = Arc::new(OffsetClock::new(local.clone()));
         assert!(matches!(
-            sync_clock(&*store, &clock).await,
+            sync_clock(&*server, &clock).await,
             Ok(Some(-120_000_000))
         ));
-        assert_eq!(clock.now(), server.now());
+        assert_eq!(clock.now(), server.0.now());
 
         let follower = tokio::spawn(follow_store_clock(
-            store.clone(),
+            server.clone(),
             clock.clone(),
             Duration::from_secs(10),
         ));
         // The local clock jumps an hour ahead; the next measurement takes it back.
         local.advance(Duration::from_secs(3600));
-        assert_ne!(clock.now(), server.now());
+        assert_ne!(clock.now(), server.0.now());
         tokio::time::sleep(Duration::from_secs(11)).await;
-        assert_eq!(clock.now(), server.now());
+        assert_eq!(clock.now(), server.0.now());
         follower.abort();
     }
 

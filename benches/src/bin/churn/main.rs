@@ -173,6 +173,21 @@ async fn call(
     tokio::time::timeout(timeout, exchange).await.ok().flatten()
 }
 
+/// `POST /api/v1/streams/send` of `body` to `addr`, waiting up to 5 s.
+async fn send(client: &HttpClient, addr: SocketAddr, body: &Value) -> Option<(u16, Value)> {
+    let body = Bytes::from(body.to_string());
+    let path = "/api/v1/streams/send";
+    call(
+        client,
+        addr,
+        Method::POST,
+        path,
+        body,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
 /// Sends `writeToDB` messages to `stream` one at a time until `stop`, through random nodes.
 async fn produce(
     client: HttpClient,
@@ -194,16 +209,7 @@ async fn produce(
         let body =
             json!({"streamId": stream, "messageUuid": id, "message": {"n": n}, "writeToDB": true});
         let addr = live.any(n ^ (producer as u64) << 32);
-        let answer = call(
-            &client,
-            addr,
-            Method::POST,
-            "/api/v1/streams/send",
-            Bytes::from(body.to_string()),
-            Duration::from_secs(5),
-        )
-        .await;
-        match answer {
+        match send(&client, addr, &body).await {
             Some((200, _)) => {
                 produced.acked.push(id);
                 let node = live
@@ -242,16 +248,7 @@ async fn send_probes(
             "writeToDB": true, "dbTTLSeconds": ttl.as_secs(),
         });
         let addr = live.addrs[if i % 2 == 0 { 0 } else { live.addrs.len() - 1 }];
-        let answer = call(
-            client,
-            addr,
-            Method::POST,
-            "/api/v1/streams/send",
-            Bytes::from(body.to_string()),
-            Duration::from_secs(5),
-        )
-        .await;
-        if let Some((200, _)) = answer {
+        if let Some((200, _)) = send(client, addr, &body).await {
             acked.push(id);
         }
     }
