@@ -491,6 +491,13 @@ mod tests {
         (stop, run)
     }
 
+    /// Fills the moved stream with `ids` and hands everything over once.
+    async fn fill_and_hand_over(s: &Setup, ids: &[&str]) -> HandOffCounts {
+        fill(&s.engine, &s.moved, ids).await;
+        let drained = s.engine.drain_streams(|_| true);
+        s.rebalancer.hand_over(drained, None).await
+    }
+
     fn taken(target: &Target) -> Vec<String> {
         let taken = target.taken.lock().expect("lock");
         taken.iter().map(|(_, m, _)| m.clone()).collect()
@@ -502,9 +509,7 @@ mod tests {
             failures: 2,
             ..Target::default()
         });
-        fill(&s.engine, &s.moved, &["m1", "m2", "m3"]).await;
-        let drained = s.engine.drain_streams(|_| true);
-        let counts = s.rebalancer.hand_over(drained, None).await;
+        let counts = fill_and_hand_over(&s, &["m1", "m2", "m3"]).await;
         assert_eq!(
             counts,
             HandOffCounts {
@@ -527,9 +532,7 @@ mod tests {
             ..Target::default()
         });
         *s.target.give_back.lock().expect("lock") = Some(s.cluster.clone());
-        fill(&s.engine, &s.moved, &["m1", "m2"]).await;
-        let drained = s.engine.drain_streams(|_| true);
-        let counts = s.rebalancer.hand_over(drained, None).await;
+        let counts = fill_and_hand_over(&s, &["m1", "m2"]).await;
         assert_eq!(
             counts,
             HandOffCounts {
@@ -548,9 +551,7 @@ mod tests {
             failures: ATTEMPTS as usize,
             ..Target::default()
         });
-        fill(&s.engine, &s.moved, &["m1", "m2"]).await;
-        let drained = s.engine.drain_streams(|_| true);
-        let counts = s.rebalancer.hand_over(drained, None).await;
+        let counts = fill_and_hand_over(&s, &["m1", "m2"]).await;
         assert_eq!(
             counts,
             HandOffCounts {

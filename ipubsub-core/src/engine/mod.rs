@@ -295,17 +295,8 @@ impl Engine {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
-            for stream in table.iter_mut().filter(|s| moved(s.id())) {
-                let messages = stream.take_buffered();
-                stream.close_waiters();
-                if !messages.is_empty() {
-                    out.push(Drained {
-                        stream: stream.id().clone(),
-                        size: stream.capacity(),
-                        messages,
-                    });
-                }
-            }
+            let moved = table.iter_mut().filter(|s| moved(s.id()));
+            out.extend(moved.filter_map(|stream| drain_one(stream)));
         }
         out
     }
@@ -316,14 +307,7 @@ impl Engine {
     pub fn drain_stream(&self, id: &StreamId) -> Option<Drained> {
         let (hash, shard) = self.inner.locate(id);
         let mut table = shard.0.lock();
-        let stream = Inner::find_mut(&mut table, hash, id)?;
-        let messages = stream.take_buffered();
-        stream.close_waiters();
-        (!messages.is_empty()).then(|| Drained {
-            stream: id.clone(),
-            size: stream.capacity(),
-            messages,
-        })
+        drain_one(Inner::find_mut(&mut table, hash, id)?)
     }
 
     /// Takes over a message another node had accepted into `stream` (a hand-off): to the
@@ -374,6 +358,17 @@ impl Engine {
         let stream = inner.stream_mut(&mut table, hash, id, now, Create::WithinLimit)?;
         Ok(f(stream, inner))
     }
+}
+
+/// Takes `stream`'s accepted messages and answers its waiting requests as moved.
+fn drain_one(stream: &mut Stream) -> Option<Drained> {
+    let messages = stream.take_buffered();
+    stream.close_waiters();
+    (!messages.is_empty()).then(|| Drained {
+        stream: stream.id().clone(),
+        size: stream.capacity(),
+        messages,
+    })
 }
 
 /// How [`Inner::stream_mut`] may create the stream it looks for.
