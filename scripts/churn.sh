@@ -8,7 +8,8 @@
 #   scripts/churn.sh SERVER_BINARY [SECONDS]
 #
 # Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, and PostgreSQL once
-# more with one node's clock 120 s ahead. MongoDB runs without kill -9: a node killed inside
+# more with one node's clock 120 s ahead; then the follow scenario (in memory, a join).
+# MongoDB runs without kill -9: a node killed inside
 # a group commit's transaction leaves it open on the server, which holds its streams' epoch
 # documents until it aborts the transaction (60 s by default), longer than the run (see
 # ARCHITECTURE.md). Needs the servers of scripts/services.sh.
@@ -28,3 +29,7 @@ run --backend mysql
 run --backend mongodb --nemesis term,stop
 run --backend cassandra
 run --backend postgres --clock-offset 120
+# Receivers waiting on in-memory streams follow them to a joining node (fails if any never
+# gets its message).
+printf -- '--- churn: --scenario follow\n'
+"$churn" --server "$server" --scenario follow --backend memory

@@ -14,6 +14,7 @@
 //! Prints the counts as one JSON line; with `--check`, exits 1 if any is not zero.
 
 mod check;
+mod follow;
 mod nodes;
 
 use std::collections::HashMap;
@@ -69,6 +70,11 @@ struct Args {
     /// Exit 1 when any count is not zero.
     #[arg(long)]
     check: bool,
+    /// `log`: the persistent log under the nemesis (the default); `follow`: how long
+    /// receivers waiting on in-memory streams take to follow their stream to a joining node
+    /// (no nemesis, `--backend memory`).
+    #[arg(long, default_value = "log")]
+    scenario: String,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -91,6 +97,7 @@ fn storage_yaml(backend: &str, store: Option<&str>) -> anyhow::Result<String> {
             "storage:\n  backend: cassandra\n  cassandra:\n    nodes: [\"{}\"]",
             store.unwrap_or("127.0.0.1:9042")
         ),
+        "memory" => "storage:\n  backend: memory".to_owned(),
         other => anyhow::bail!("unknown backend {other}"),
     };
     Ok(yaml)
@@ -404,6 +411,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let run = format!("churn-{}", std::process::id());
     let mut nodes = nodes::plan(&setup, args.nodes, &run)?;
+    if args.scenario == "follow" {
+        let result = follow::run(&setup, nodes, &run).await;
+        std::fs::remove_dir_all(&dir).ok();
+        return result;
+    }
     for node in &mut nodes {
         nodes::start(&setup, node, Duration::from_secs(30))?;
     }
