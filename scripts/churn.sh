@@ -8,7 +8,8 @@
 #   scripts/churn.sh SERVER_BINARY [SECONDS]
 #
 # Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, and PostgreSQL once
-# more with one node's clock 120 s ahead; then the follow scenario (in memory, a join).
+# more with one node's clock 120 s ahead; then in memory: graceful restarts twice, and the
+# follow scenario (a join).
 # MongoDB runs without kill -9: a node killed inside
 # a group commit's transaction leaves it open on the server, which holds its streams' epoch
 # documents until it aborts the transaction (60 s by default), longer than the run (see
@@ -29,6 +30,12 @@ run --backend mysql
 run --backend mongodb --nemesis term,stop
 run --backend cassandra
 run --backend postgres --clock-offset 120
+# In-memory queues and sync-match streams under graceful restarts, twice (lost, duplicated,
+# phantom).
+for _ in 1 2; do
+    printf -- '--- churn: --scenario memory\n'
+    "$churn" --server "$server" --seconds "$seconds" --scenario memory --backend memory
+done
 # Receivers waiting on in-memory streams follow them to a joining node (fails if any never
 # gets its message).
 printf -- '--- churn: --scenario follow\n'

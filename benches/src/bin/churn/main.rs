@@ -15,6 +15,7 @@
 
 mod check;
 mod follow;
+mod memory;
 mod nodes;
 
 use std::collections::HashMap;
@@ -70,9 +71,10 @@ struct Args {
     /// Exit 1 when any count is not zero.
     #[arg(long)]
     check: bool,
-    /// `log`: the persistent log under the nemesis (the default); `follow`: how long
-    /// receivers waiting on in-memory streams take to follow their stream to a joining node
-    /// (no nemesis, `--backend memory`).
+    /// `log`: the persistent log under the nemesis (the default); `memory`: in-memory queues
+    /// and sync-match streams under graceful restarts (`--backend memory`); `follow`: how
+    /// long receivers waiting on in-memory streams take to follow their stream to a joining
+    /// node (no nemesis, `--backend memory`).
     #[arg(long, default_value = "log")]
     scenario: String,
 }
@@ -115,6 +117,15 @@ impl Live {
     fn any(&self, salt: u64) -> SocketAddr {
         let n = self.addrs.len() as u64;
         self.addrs[(pseudo_random(salt) % n) as usize]
+    }
+
+    /// Records which of `nodes` serve now.
+    fn set_serving(&self, nodes: &[NodeProc]) {
+        if let Ok(mut serving) = self.serving.lock() {
+            for (s, n) in serving.iter_mut().zip(nodes) {
+                *s = n.is_serving();
+            }
+        }
     }
 
     /// The serving nodes, with their index.
@@ -352,13 +363,6 @@ fn nemesis(
 ) -> anyhow::Result<Vec<String>> {
     let mut log = Vec::new();
     let mut turn = 0usize;
-    let set_serving = |nodes: &[NodeProc]| {
-        if let Ok(mut serving) = live.serving.lock() {
-            for (s, n) in serving.iter_mut().zip(nodes) {
-                *s = n.is_serving();
-            }
-        }
-    };
     while Instant::now() + every < until {
         std::thread::sleep(every);
         let fault = &faults[turn % faults.len()];
@@ -369,19 +373,19 @@ fn nemesis(
         match fault.as_str() {
             "term" => {
                 node.terminate(Duration::from_secs(15))?;
-                set_serving(nodes);
+                live.set_serving(nodes);
                 std::thread::sleep(Duration::from_secs(1));
                 nodes::start(setup, &mut nodes[victim], Duration::from_secs(20))?;
             }
             "kill" => {
                 node.kill()?;
-                set_serving(nodes);
+                live.set_serving(nodes);
                 std::thread::sleep(Duration::from_secs(1));
                 nodes::start(setup, &mut nodes[victim], Duration::from_secs(20))?;
             }
             "stop" => {
                 node.pause()?;
-                set_serving(nodes);
+                live.set_serving(nodes);
                 // Well beyond the 10 s a suspected owner is routed around, and gossip's
                 // failure detection at 100 ms rounds.
                 std::thread::sleep(Duration::from_secs(6));
@@ -389,7 +393,7 @@ fn nemesis(
             }
             other => anyhow::bail!("unknown fault {other}"),
         }
-        set_serving(nodes);
+        live.set_serving(nodes);
         log.push(format!(
             "{fault} n{victim} at {} ms ({} ms)",
             started.duration_since(run_started).as_millis(),
@@ -411,9 +415,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let run = format!("churn-{}", std::process::id());
     let mut nodes = nodes::plan(&setup, args.nodes, &run)?;
-    if args.scenario == "follow" {
-        let result = follow::run(&setup, nodes, &run).await;
-        std::fs::remove_dir_all(&dir).ok();
+    if args.scenario != "log" {
+        let result = match args.scenario.as_str() {
+            "follow" => follow::run(&setup, nodes, &run).await,
+            "memory" => {
+                let every = Duration::from_secs(args.every);
+                memory::run(&setup, nodes, &run, args.seconds, every).await
+            }
+            other => Err(anyhow::anyhow!("unknown scenario {other}")),
+        };
+        if result.is_ok() {
+            std::fs::remove_dir_all(&dir).ok();
+        } else {
+            eprintln!("node logs kept in {}", dir.display());
+        }
         return result;
     }
     for node in &mut nodes {
