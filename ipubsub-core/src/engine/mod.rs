@@ -322,22 +322,13 @@ impl Engine {
         size: Option<u32>,
         message: Message,
     ) -> Result<(), crate::SendError> {
-        use crate::SendError;
-        let inner = &self.inner;
-        let now = inner.clock.now();
-        let (hash, shard) = inner.locate(id);
-        let mut table = shard.0.lock();
-        if inner.closed.load(Ordering::SeqCst) {
-            return Err(SendError::ShuttingDown);
-        }
-        let stream = inner
-            .stream_mut(&mut table, hash, id, now, Create::Always)
-            .map_err(|_| SendError::ShuttingDown)?;
-        if let Some(size) = size {
-            stream.capacity_or_set(size);
-        }
-        stream.adopt(message);
-        Ok(())
+        self.with_stream_as(id, Create::Always, |stream, _| {
+            if let Some(size) = size {
+                stream.capacity_or_set(size);
+            }
+            stream.adopt(message);
+        })
+        .map_err(Into::into)
     }
 
     /// Runs `f` on `stream` under its shard lock, creating the stream within the limits.
@@ -345,6 +336,16 @@ impl Engine {
     fn with_stream<R>(
         &self,
         id: &StreamId,
+        f: impl FnOnce(&mut Stream, &Arc<Inner>) -> R,
+    ) -> Result<R, Refusal> {
+        self.with_stream_as(id, Create::WithinLimit, f)
+    }
+
+    /// [`with_stream`](Self::with_stream), creating a missing stream as `create` allows.
+    fn with_stream_as<R>(
+        &self,
+        id: &StreamId,
+        create: Create,
         f: impl FnOnce(&mut Stream, &Arc<Inner>) -> R,
     ) -> Result<R, Refusal> {
         let inner = &self.inner;
@@ -355,7 +356,7 @@ impl Engine {
         if inner.closed.load(Ordering::SeqCst) {
             return Err(Refusal::ShuttingDown);
         }
-        let stream = inner.stream_mut(&mut table, hash, id, now, Create::WithinLimit)?;
+        let stream = inner.stream_mut(&mut table, hash, id, now, create)?;
         Ok(f(stream, inner))
     }
 }
