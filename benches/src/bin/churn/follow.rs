@@ -11,13 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::Method;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::nodes::{self, NodeProc, Setup};
-use crate::{HttpClient, call, send};
+use crate::{HttpClient, get, send};
 
 /// Streams, each with one waiting receiver.
 const STREAMS: usize = 200;
@@ -50,7 +48,7 @@ pub async fn run(setup: &Setup, mut nodes: Vec<NodeProc>, run: &str) -> anyhow::
         receivers.spawn(async move {
             let deadline = Instant::now() + POLL * 2;
             while Instant::now() < deadline {
-                let answer = call(&client, addr, Method::GET, &path, Bytes::new(), POLL * 2).await;
+                let answer = get(&client, addr, &path, POLL * 2).await;
                 match answer {
                     Some((200, _)) => {
                         let at = *sent.borrow_and_update();

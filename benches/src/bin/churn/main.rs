@@ -191,6 +191,16 @@ async fn call(
     tokio::time::timeout(timeout, exchange).await.ok().flatten()
 }
 
+/// `GET path` from `addr`, waiting up to `timeout`.
+async fn get(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Option<(u16, Value)> {
+    call(client, addr, Method::GET, path, Bytes::new(), timeout).await
+}
+
 /// `POST /api/v1/streams/send` of `body` to `addr`, waiting up to 5 s.
 async fn send(client: &HttpClient, addr: SocketAddr, body: &Value) -> Option<(u16, Value)> {
     let body = Bytes::from(body.to_string());
@@ -291,15 +301,7 @@ async fn follow(client: HttpClient, live: Live, stream: String, stop: Arc<Atomic
             path.push_str(token);
         }
         let addr = live.any(turn.wrapping_mul(7919) ^ stream.len() as u64);
-        let answer = call(
-            &client,
-            addr,
-            Method::GET,
-            &path,
-            Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await;
+        let answer = get(&client, addr, &path, Duration::from_secs(5)).await;
         let Some((200, body)) = answer else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -329,16 +331,7 @@ async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option
             path.push_str("&dbResumeToken=");
             path.push_str(token);
         }
-        match call(
-            client,
-            addr,
-            Method::GET,
-            &path,
-            Bytes::new(),
-            Duration::from_secs(10),
-        )
-        .await?
-        {
+        match get(client, addr, &path, Duration::from_secs(10)).await? {
             (200, body) => {
                 let messages = body["messages"].as_array()?;
                 for message in messages {

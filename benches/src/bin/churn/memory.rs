@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::nodes::{self, NodeProc, Setup};
-use crate::{HttpClient, Live, call, send};
+use crate::{HttpClient, Live, get, send};
 
 /// Streams of each kind.
 const STREAMS: usize = 4;
@@ -93,16 +91,7 @@ async fn consume(
         turn += 1;
         let path = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
         let addr = live.any(turn.wrapping_mul(31) ^ stream.len() as u64);
-        match call(
-            &client,
-            addr,
-            Method::GET,
-            &path,
-            Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        match get(&client, addr, &path, Duration::from_secs(5)).await {
             Some((200, body)) => {
                 got.extend(id_of(&body));
                 tokio::time::sleep(pause).await;
@@ -123,16 +112,7 @@ async fn drain(client: &HttpClient, live: &Live, stream: &str) -> Vec<String> {
     let mut got = Vec::new();
     for (_, addr) in live.serving() {
         let path = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=0");
-        while let Some((200, body)) = call(
-            client,
-            addr,
-            Method::GET,
-            &path,
-            Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        while let Some((200, body)) = get(client, addr, &path, Duration::from_secs(5)).await {
             got.extend(id_of(&body));
         }
     }
