@@ -1,6 +1,8 @@
 //! A real `ipubsub-server` process on an ephemeral port, and a small HTTP client for it.
 #![allow(dead_code)] // each test file uses its own part of the helpers
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
