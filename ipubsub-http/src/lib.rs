@@ -61,7 +61,7 @@ pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use ownership::{follow_ownership, release_moved};
 pub use readiness::Readiness;
-pub use rebalance::{ATTEMPTS, HandOff, HandOffCounts, Rebalancer, Strays};
+pub use rebalance::{ATTEMPTS, HandOff, HandOffCounts, Rebalancer, STRAY_GRACE, Strays};
 pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;

@@ -11,9 +11,10 @@
 //!
 //! Messages also reach a node that does not own their stream while the ring does not change:
 //! a request forwarded by a node whose view lags is served where it lands. The API notes
-//! such streams ([`Strays`]) and the rebalancer moves them on at its next tick.
+//! such streams ([`Strays`]) and the rebalancer moves them on once they have stayed for
+//! [`STRAY_GRACE`] and its view still puts them elsewhere.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -87,9 +88,13 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-/// Most streams [`Strays`] remembers between two ticks; past that, the next tick looks at
-/// every stream instead.
+/// Most streams [`Strays`] remembers; past that, the next tick looks at every stream instead.
 const MAX_STRAYS: usize = 65_536;
+
+/// How long a stray stays before it is moved on. Views that disagree settle within a few
+/// gossip rounds, and a node handing a stream over often does so before the others know:
+/// moved at once, a stray would often go straight back to the node that just handed it over.
+pub const STRAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Streams this node served a request for although another node owns them. Cheap to clone;
 /// clones share the set.
@@ -189,25 +194,45 @@ impl Rebalancer {
     }
 
     /// Every `tick`, until `stop` turns true: drains the streams another node owns (all of
-    /// them after a change of the ring, else those noted as strays) and hands them over.
+    /// them after a change of the ring, else the strays noted at least [`STRAY_GRACE`] ago)
+    /// and hands them over.
     pub async fn run(&self, tick: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut seen = self.cluster.view().version();
+        // Strays by when they were first noted.
+        let mut pending: HashMap<StreamId, tokio::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => return,
             }
+            let now = tokio::time::Instant::now();
             let version = self.cluster.view().version();
-            let strays = self.strays.take();
-            let drained = if version != seen || strays.is_none() {
+            let overflowed = match self.strays.take() {
+                Some(strays) => {
+                    for stream in strays {
+                        pending.entry(stream).or_insert(now);
+                    }
+                    pending.len() > MAX_STRAYS
+                }
+                None => true,
+            };
+            let drained = if version != seen || overflowed {
                 seen = version;
+                pending.clear();
                 self.drain_moved().await
             } else {
-                let strays = strays.unwrap_or_default();
-                strays
+                let due: Vec<StreamId> = pending
                     .iter()
-                    .filter(|s| self.owned_elsewhere(s))
-                    .filter_map(|s| self.engine.drain_stream(s))
+                    .filter(|(_, noted)| now.duration_since(**noted) >= STRAY_GRACE)
+                    .map(|(stream, _)| stream.clone())
+                    .collect();
+                due.iter()
+                    .filter_map(|stream| {
+                        pending.remove(stream);
+                        self.owned_elsewhere(stream)
+                            .then(|| self.engine.drain_stream(stream))
+                            .flatten()
+                    })
                     .collect()
             };
             if !drained.is_empty() {
@@ -561,7 +586,7 @@ mod tests {
         );
         // Kept as a stray: the next tick hands them over, with no change of the ring.
         let (stop, run) = running(&s.rebalancer);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(STRAY_GRACE + Duration::from_millis(250)).await;
         assert_eq!(taken(&s.target).len(), 2);
         assert!(s.engine.try_receive_many(&s.moved, 10).is_empty());
         stop.send(true).expect("running");
@@ -588,13 +613,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stray_is_moved_on_at_the_next_tick_without_a_change_of_the_ring() {
+    async fn a_stray_is_moved_on_after_its_grace_without_a_change_of_the_ring() {
         let s = setup(Target::default());
         let (stop, run) = running(&s.rebalancer);
         // Served here by a forwarded request from a node whose view lags.
         fill(&s.engine, &s.moved, &["late"]).await;
         s.rebalancer.strays.note(&s.moved);
         tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            taken(&s.target).is_empty(),
+            "a stray stays for its grace first"
+        );
+        tokio::time::sleep(STRAY_GRACE).await;
         assert_eq!(taken(&s.target), [format!("{}/late", s.moved)]);
         stop.send(true).expect("running");
         run.await.expect("stops");
