@@ -7,9 +7,11 @@
 #
 #   scripts/churn.sh SERVER_BINARY [SECONDS]
 #
-# Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, and PostgreSQL once
-# more with one node's clock 120 s ahead; then in memory: graceful restarts twice, and the
-# follow scenario (a join).
+# Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, PostgreSQL once
+# more with one node's clock 120 s ahead, and once with partitions (every node in a network
+# namespace of its own; each in turn is cut off from the others for 10 s while it keeps its
+# clients and the store, the last one with its clock 20 s ahead; needs root); then in
+# memory: graceful restarts twice, and the follow scenario (a join).
 # MongoDB runs without kill -9: a node killed inside
 # a group commit's transaction leaves it open on the server, which holds its streams' epoch
 # documents until it aborts the transaction (60 s by default), longer than the run (see
@@ -30,6 +32,7 @@ run --backend mysql
 run --backend mongodb --nemesis term,stop
 run --backend cassandra
 run --backend postgres --clock-offset 120
+run --backend postgres --nemesis cut --every 3 --clock-offset 20
 # In-memory queues and sync-match streams under graceful restarts, twice (lost, duplicated,
 # phantom).
 for _ in 1 2; do

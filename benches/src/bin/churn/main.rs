@@ -16,6 +16,7 @@
 mod check;
 mod follow;
 mod memory;
+mod net;
 mod nodes;
 
 use std::collections::HashMap;
@@ -59,7 +60,9 @@ struct Args {
     /// Streams, each with one producer and one live reader.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Faults, in turn, one every `--every` seconds: term, kill, stop.
+    /// Faults, in turn, one every `--every` seconds: term, kill, stop, cut (a partition: the
+    /// node loses the other nodes for 10 s but keeps its clients and the store; needs root,
+    /// as it runs every node in a network namespace of its own).
     #[arg(long, value_delimiter = ',', default_value = "term,kill,stop")]
     nemesis: Vec<String>,
     /// Seconds between faults.
@@ -77,6 +80,10 @@ struct Args {
     /// node (no nemesis, `--backend memory`).
     #[arg(long, default_value = "log")]
     scenario: String,
+    /// Internal: serve these relays (`LISTEN=TO`) and nothing else; how the harness reaches
+    /// into a node's network namespace (see `net.rs`).
+    #[arg(long, hide = true)]
+    relay: Vec<net::Relay>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -103,6 +110,23 @@ fn storage_yaml(backend: &str, store: Option<&str>) -> anyhow::Result<String> {
         other => anyhow::bail!("unknown backend {other}"),
     };
     Ok(yaml)
+}
+
+/// The store's address in `backend`'s URL (the default one unless `store` is given).
+fn store_addr(backend: &str, store: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let default = match backend {
+        "postgres" => "127.0.0.1:5432",
+        "mysql" => "127.0.0.1:3306",
+        "mongodb" => "127.0.0.1:27017",
+        "cassandra" => "127.0.0.1:9042",
+        other => anyhow::bail!("{other} has no store to reach from a namespace"),
+    };
+    let url = store.unwrap_or(default);
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = rest.split('/').next().unwrap_or(rest);
+    host.parse()
+        .with_context(|| format!("the store's address in {url} (an IP address and a port)"))
 }
 
 /// The nodes' HTTP addresses and which of them serve now (shared with the clients).
@@ -348,6 +372,7 @@ async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option
 /// The nemesis: one fault at a time, every `every`, on a node other than the last one hit.
 fn nemesis(
     setup: &Setup,
+    net: Option<&net::Net>,
     nodes: &mut [NodeProc],
     live: &Live,
     faults: &[String],
@@ -384,6 +409,14 @@ fn nemesis(
                 std::thread::sleep(Duration::from_secs(6));
                 nodes[victim].resume()?;
             }
+            "cut" => {
+                let net = net.context("a cut needs the nodes in network namespaces")?;
+                net.cut(victim)?;
+                // The node still serves its clients: it is cut off from the other nodes
+                // only, long enough for both sides to declare the other dead.
+                std::thread::sleep(Duration::from_secs(10));
+                net.heal(victim)?;
+            }
             other => anyhow::bail!("unknown fault {other}"),
         }
         live.set_serving(nodes);
@@ -399,15 +432,30 @@ fn nemesis(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.relay.is_empty() {
+        return net::serve_all(args.relay).await;
+    }
     let dir = tempfile_dir()?;
+    let partitioned = args.nemesis.iter().any(|f| f == "cut");
     let setup = Setup {
         server: args.server.clone(),
         storage_yaml: storage_yaml(&args.backend, args.store.as_deref())?,
         dir: dir.clone(),
         skewed: (args.clock_offset != 0).then_some((args.nodes - 1, args.clock_offset)),
+        netns: partitioned.then(|| format!("ipc{}", std::process::id())),
     };
     let run = format!("churn-{}", std::process::id());
     let mut nodes = nodes::plan(&setup, args.nodes, &run)?;
+    let net = match &setup.netns {
+        Some(prefix) => {
+            let clients: Vec<_> = nodes.iter().map(|n| n.http).collect();
+            let store = (args.backend != "memory")
+                .then(|| store_addr(&args.backend, args.store.as_deref()))
+                .transpose()?;
+            Some(net::Net::create(prefix, &clients, store, &dir)?)
+        }
+        None => None,
+    };
     if args.scenario != "log" {
         let result = match args.scenario.as_str() {
             "follow" => follow::run(&setup, nodes, &run).await,
@@ -481,6 +529,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             nemesis(
                 &nemesis_setup,
+                net.as_ref(),
                 &mut nodes,
                 &nemesis_live,
                 &faults,
@@ -488,9 +537,9 @@ async fn main() -> anyhow::Result<()> {
                 (started, until),
             )
         };
-        (nodes, log)
+        (nodes, net, log)
     });
-    let (nodes, faults_done) = nemesis.await.context("nemesis")?;
+    let (nodes, net, faults_done) = nemesis.await.context("nemesis")?;
     let faults_done = faults_done?;
     tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
     stop.store(true, Ordering::Relaxed);
@@ -545,6 +594,7 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{report}");
     drop(nodes);
+    drop(net);
     if counts.clean() {
         std::fs::remove_dir_all(&dir).ok();
     } else {

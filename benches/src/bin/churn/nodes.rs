@@ -1,7 +1,8 @@
 //! The cluster under test: real `ipubsub-server` processes on fixed loopback ports (so that
 //! a restarted node comes back where it was), each with its own config file, and the faults
 //! the nemesis injects into them: SIGTERM, SIGKILL, SIGSTOP/SIGCONT, and a shifted clock
-//! (libfaketime preloaded into one node).
+//! (libfaketime preloaded into one node). For partitions every node runs in a network
+//! namespace of its own (`net.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -10,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::net;
 
 /// Where Debian's libfaketime lives.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -25,6 +28,8 @@ pub struct Setup {
     pub dir: PathBuf,
     /// A node whose clock is shifted, and by how many seconds (negative: behind).
     pub skewed: Option<(usize, i64)>,
+    /// With a prefix, every node runs in a network namespace of its own (see `net.rs`).
+    pub netns: Option<String>,
 }
 
 /// One node: its ports and, while it runs, its process.
@@ -121,12 +126,24 @@ pub fn plan(setup: &Setup, n: usize, cluster: &str) -> anyhow::Result<Vec<NodePr
     let ports = (0..n)
         .map(|_| free_ports())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let seeds: Vec<String> = ports.iter().map(|(_, g)| format!("\"{g}\"")).collect();
+    // Inside namespaces a node binds its namespace's address; its clients still use a
+    // loopback address here, which `net::Net` relays to it.
+    let inner = |index: usize, (http, gossip): (SocketAddr, SocketAddr)| match setup.netns {
+        Some(_) => (
+            SocketAddr::from((net::node_ip(index), net::HTTP_PORT)),
+            SocketAddr::from((net::node_ip(index), net::GOSSIP_PORT)),
+        ),
+        None => (http, gossip),
+    };
+    let seeds: Vec<String> = (ports.iter().copied().enumerate())
+        .map(|(index, p)| format!("\"{}\"", inner(index, p).1))
+        .collect();
     let mut nodes = Vec::new();
     for (index, (http, gossip)) in ports.into_iter().enumerate() {
         let config = setup.dir.join(format!("node-{index}.yaml"));
+        let (bind, gossip) = inner(index, (http, gossip));
         let yaml = format!(
-            "node:\n  name: \"n{index}\"\n  http_bind_addr_port: \"{http}\"\n  gossip_bind_addr_port: \"{gossip}\"\n\
+            "node:\n  name: \"n{index}\"\n  http_bind_addr_port: \"{bind}\"\n  gossip_bind_addr_port: \"{gossip}\"\n\
              cluster:\n  name: \"{cluster}\"\n  static_bootstrap_node_addr_ports: [{}]\n  gossip_interval_ms: 100\n  join_timeout_seconds: 3\n\
              http:\n  shutdown_grace_seconds: 5\n\
              log:\n  level: \"warn\"\n\
@@ -152,7 +169,16 @@ pub fn start(setup: &Setup, node: &mut NodeProc, within: Duration) -> anyhow::Re
         .create(true)
         .append(true)
         .open(setup.dir.join(format!("node-{}.log", node.index)))?;
-    let mut command = Command::new(&setup.server);
+    let mut command = match &setup.netns {
+        // `ip netns exec` execs the server: the child's pid is the server's.
+        Some(prefix) => {
+            let mut command = Command::new("ip");
+            let ns = net::namespace(prefix, node.index);
+            command.args(["netns", "exec", &ns]).arg(&setup.server);
+            command
+        }
+        None => Command::new(&setup.server),
+    };
     command
         .arg("--config")
         .arg(&node.config)
