@@ -369,6 +369,28 @@ async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option
     }
 }
 
+/// [`read_all`] of `stream` through `addr`, tried up to three times, 2 s apart: the last
+/// faults may still be settling (an acquisition waiting out a lock the store holds for a
+/// paused or restarted node). Counts the retries in `retried`; fails after the third.
+async fn settled_read(
+    client: &HttpClient,
+    addr: SocketAddr,
+    stream: &str,
+    retried: &mut usize,
+) -> anyhow::Result<Vec<String>> {
+    for attempt in 1..=3 {
+        if let Some(ids) = read_all(client, addr, stream).await {
+            return Ok(ids);
+        }
+        if attempt < 3 {
+            *retried += 1;
+            eprintln!("final read of {stream} through {addr} failed; retrying in 2 s");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    anyhow::bail!("final read of {stream} through {addr} failed three times")
+}
+
 /// The nemesis: one fault at a time, every `every`, on a node other than the last one hit.
 fn nemesis(
     setup: &Setup,
@@ -558,17 +580,16 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (a, b) = live.two_serving().context("no serving node left")?;
     let mut finals = HashMap::new();
+    let mut retried_reads = 0;
     for stream in &streams {
-        let first = read_all(&client, a, stream).await.context("final read")?;
-        let second = read_all(&client, b, stream).await.context("final read")?;
+        let first = settled_read(&client, a, stream, &mut retried_reads).await?;
+        let second = settled_read(&client, b, stream, &mut retried_reads).await?;
         finals.insert(stream.clone(), [first, second]);
     }
     let mut counts = check::check(&produced, &followed, &finals);
     let mut probe_reads = Vec::new();
     for (_, addr) in live.serving() {
-        let read = read_all(&client, addr, &probe_stream)
-            .await
-            .context("probe read")?;
+        let read = settled_read(&client, addr, &probe_stream, &mut retried_reads).await?;
         probe_reads.push(read);
     }
     counts.expired_early = check::missing(&probes, &probe_reads);
@@ -591,6 +612,7 @@ async fn main() -> anyhow::Result<()> {
         "vanished": counts.vanished,
         "ttl_probes": probes.len(),
         "expired_early": counts.expired_early,
+        "retried_final_reads": retried_reads,
     });
     println!("{report}");
     drop(nodes);
