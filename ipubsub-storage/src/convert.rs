@@ -8,8 +8,10 @@
 use std::collections::HashSet;
 
 use ipubsub_core::StoreError;
+#[cfg(any(feature = "mysql", feature = "mongodb"))]
+use ipubsub_core::{Appended, Epoch};
 #[cfg(any(feature = "sql", feature = "mongodb"))]
-use ipubsub_core::{Appended, Epoch, LogRecord, StreamId};
+use ipubsub_core::{LogRecord, StreamId};
 
 /// A decoding failure as a store error.
 pub(crate) fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -38,7 +40,7 @@ pub(crate) fn streams_of(batch: &[LogRecord]) -> Vec<&StreamId> {
 }
 
 /// The `(stream id, epoch)` pairs of `batch`: a fence row passes when it holds one of them.
-#[cfg(any(feature = "sql", feature = "mongodb"))]
+#[cfg(any(feature = "mysql", feature = "mongodb"))]
 pub(crate) fn wanted_epochs(batch: &[LogRecord]) -> HashSet<(&[u8], Epoch)> {
     batch
         .iter()
@@ -48,7 +50,7 @@ pub(crate) fn wanted_epochs(batch: &[LogRecord]) -> HashSet<(&[u8], Epoch)> {
 
 /// What an append wrote, from the ids of the streams of `batch` that passed the fence: the
 /// others are fenced.
-#[cfg(any(feature = "sql", feature = "mongodb"))]
+#[cfg(any(feature = "mysql", feature = "mongodb"))]
 pub(crate) fn appended<P: AsRef<[u8]>>(batch: &[LogRecord], passed: &[P]) -> Appended {
     let passed: HashSet<&[u8]> = passed.iter().map(AsRef::as_ref).collect();
     let fenced = streams_of(batch)

@@ -25,6 +25,19 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
+/// Two stores on one database, as two nodes sharing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_shared_cases() {
+    let mut config = CassandraConfig::new(node());
+    config.keyspace = "ipubsub_suite".into();
+    ipubsub_storage::testsuite::run_shared(|| async {
+        CassandraStore::connect(&config)
+            .await
+            .expect("Cassandra is not reachable: run scripts/services.sh")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_unreachable_cluster_fails_with_the_reason() {
     let mut config = CassandraConfig::new("127.0.0.1:1");

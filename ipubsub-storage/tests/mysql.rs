@@ -21,6 +21,18 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
+/// Two stores on one database, as two nodes sharing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_shared_cases() {
+    let config = SqlConfig::new(url());
+    ipubsub_storage::testsuite::run_shared(|| async {
+        MySqlStore::connect(&config)
+            .await
+            .expect("MariaDB is not reachable: run scripts/services.sh")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bad_credentials_fail_with_the_reason_and_no_password() {
     let config = SqlConfig::new("mysql://ipubsub:wrong-secret@127.0.0.1:3306/ipubsub");

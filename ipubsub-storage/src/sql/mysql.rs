@@ -26,6 +26,9 @@ use super::{
 
 const BACKEND: &str = "MySQL";
 
+/// The schema version this backend writes and understands.
+pub const SCHEMA_VERSION: i32 = 2;
+
 /// Version 1 of the schema (ids up to the protocol's 256 bytes, messages up to 4 GiB).
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS ipubsub_messages (
@@ -222,7 +225,7 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
             .fetch_one(&mut *conn)
             .await
             .map_err(schema)?;
-        for version in super::missing_versions(found, BACKEND)? {
+        for version in super::missing_versions(found, SCHEMA_VERSION, BACKEND)? {
             let ddl = if version == 1 { SCHEMA_V1 } else { SCHEMA_V2 };
             sqlx::query(ddl).execute(&mut *conn).await.map_err(schema)?;
             sqlx::query("INSERT INTO ipubsub_schema (version) VALUES (?)")

@@ -98,7 +98,24 @@ pub(super) async fn a_batch_is_fenced_stream_by_stream(store: &impl MessageStore
 pub(super) async fn racing_appends_land_before_the_fence_or_not_at_all<S: MessageStore>(
     store: &Arc<S>,
 ) {
-    let name = "fence-race";
+    writers_race_an_acquisition("fence-race", store, &**store).await;
+}
+
+/// Another store on the same database (another node) takes each stream from the first while
+/// its writers append: the same promises across processes.
+pub(super) async fn another_store_takes_the_stream_while_the_first_writes<S: MessageStore>(
+    first: &Arc<S>,
+    second: &S,
+) {
+    writers_race_an_acquisition("fence-race-two-stores", first, second).await;
+}
+
+/// Writers on `store` append to a stream while `acquirer` acquires it.
+async fn writers_race_an_acquisition<S: MessageStore>(
+    name: &'static str,
+    store: &Arc<S>,
+    acquirer: &impl MessageStore,
+) {
     let c = Arc::new(Case::new(name));
     for round in 0..3u64 {
         let s = c.acquired(&**store, &format!("r{round}")).await;
@@ -134,8 +151,8 @@ pub(super) async fn racing_appends_land_before_the_fence_or_not_at_all<S: Messag
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let tenure = ok(name, "acquire", store.acquire(&s).await).await;
-        let at_fence = read_all(name, &**store, &s, c.now).await;
+        let tenure = ok(name, "acquire", acquirer.acquire(&s).await).await;
+        let at_fence = read_all(name, acquirer, &s, c.now).await;
         let (mut acked, mut unknown) = (Vec::new(), Vec::new());
         for writer in writers {
             let (ok, failed) = writer
@@ -171,6 +188,60 @@ pub(super) async fn racing_appends_land_before_the_fence_or_not_at_all<S: Messag
             "[{name}] round {round}: the tenure's last position"
         );
     }
+}
+
+/// Two stores on one database take a stream from each other in turn: each acquisition
+/// fences the other's epoch and reports the other's last position.
+pub(super) async fn two_stores_take_a_stream_in_turn(a: &impl MessageStore, b: &impl MessageStore) {
+    let name = "fence-two-stores";
+    let c = Case::new(name);
+    let s = c.acquired(a, "s").await;
+    wrote(name, a, &[c.record(&s, 1, LONG), c.record(&s, 2, LONG)]).await;
+    let second = Epoch::new(2).expect("epoch 2");
+    let third = Epoch::new(3).expect("epoch 3");
+    let tenure = ok(name, "acquire by the second", b.acquire(&s).await).await;
+    assert_eq!(
+        tenure,
+        Tenure {
+            epoch: second,
+            last: at(first(), 2)
+        },
+        "[{name}] the second store's tenure"
+    );
+    let refused = ok(name, "old epoch", a.append(&[c.record(&s, 3, LONG)]).await).await;
+    assert_eq!(
+        refused,
+        Appended::fenced(vec![s.clone()]),
+        "[{name}] the first store's epoch is refused"
+    );
+    wrote(name, b, &[c.record_in(second, &s, 1, LONG)]).await;
+    let tenure = ok(name, "acquire by the first again", a.acquire(&s).await).await;
+    assert_eq!(
+        tenure,
+        Tenure {
+            epoch: third,
+            last: at(second, 1)
+        },
+        "[{name}] the first store's new tenure"
+    );
+    let refused = ok(
+        name,
+        "second epoch",
+        b.append(&[c.record_in(second, &s, 2, LONG)]).await,
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Appended::fenced(vec![s.clone()]),
+        "[{name}] the second store's epoch is refused"
+    );
+    wrote(name, a, &[c.record_in(third, &s, 1, LONG)]).await;
+    let positions = read_all(name, b, &s, c.now).await;
+    assert_eq!(
+        positions,
+        [at(first(), 1), at(first(), 2), at(second, 1), at(third, 1)],
+        "[{name}] nothing refused was written, epochs in order"
+    );
 }
 
 /// Every position of `stream`, read in pages.

@@ -149,6 +149,20 @@ where
     run_with(open, Expiry::Purged).await;
 }
 
+/// Runs the cases for a database shared by several nodes on two stores from `open` at once:
+/// each takes streams from the other, also while the other's writers append. For the
+/// backends a cluster shares (not for a store that only one process may open).
+pub async fn run_shared<S, F, Fut>(open: F)
+where
+    S: MessageStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let (first, second) = (Arc::new(open().await), open().await);
+    fence::two_stores_take_a_stream_in_turn(&*first, &second).await;
+    fence::another_store_takes_the_stream_while_the_first_writes(&first, &second).await;
+}
+
 /// Runs every case of the suite on stores from `open`, whose expired records go as `expiry`
 /// says.
 pub async fn run_with<S, F, Fut>(open: F, expiry: Expiry)
