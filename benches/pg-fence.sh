@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What the fence costs PostgreSQL itself, apart from the server: group commits of 16 records
 # over 64 streams from 4 clients (the log's 4 commit workers), as pgbench transactions per
-# second, for four shapes of the append statement, alternated round by round, each round on
+# second, for several shapes of the append statement, alternated round by round, each round on
 # an emptied table:
 #   plain       the unfenced INSERT … SELECT of the build before the fence
-#   cte         today's fence: the passing streams in a CTE, locked FOR SHARE, then
+#   cte         the row fence (main until 2026-12-02): the passing streams in a CTE, locked FOR SHARE, then
 #               INSERT … WHERE stream_id IN them
 #   key-share   the same with FOR KEY SHARE (an acquisition would then need FOR UPDATE)
 #   sharded     the same, each client on 16 streams of its own (commit workers that never
@@ -12,6 +12,9 @@
 #   join        one pass: each record joined to its epoch row, locked FOR SHARE
 #   join-nolock the same join without the lock (not correct: the suite's fence race fails
 #               on it); the bound on what a lock-free shape of this fence could gain
+#   lease       the write lease that replaced the row fence: the insert takes the lease's
+#               barrier advisory lock shared and checks its alive lock, which a session of
+#               this script holds for the run, as a node's keeper does
 #
 #   benches/pg-fence.sh [ROUNDS] [SECONDS]
 #
@@ -23,7 +26,8 @@ seconds=${2:-8}
 db=ipubsub_fence_bench
 export PGPASSWORD=ipubsub
 psql() { command psql -h 127.0.0.1 -U ipubsub -qAt "$@"; }
-runuser -u postgres -- psql -qAt postgres \
+end_sessions="SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$db'"
+runuser -u postgres -- psql -qAt postgres -c "$end_sessions" \
     -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db OWNER ipubsub" 2>/dev/null
 psql "$db" <<'SQL'
 CREATE TABLE ipubsub_messages (stream_id TEXT NOT NULL, seq BIGINT NOT NULL,
@@ -35,7 +39,12 @@ INSERT INTO ipubsub_epochs SELECT 's' || i, 1 FROM generate_series(0, 63) i;
 CREATE SEQUENCE seqs;
 SQL
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+# The lease's keeper: holds the alive lock (key 14; the barrier is 15) until the script ends.
+command psql -h 127.0.0.1 -U ipubsub -qAt "$db" -c "SELECT pg_advisory_lock(14)" \
+    -c "SELECT pg_sleep(86400)" >/dev/null </dev/null &
+keeper=$!
+trap 'kill $keeper; runuser -u postgres -- psql -qAt postgres -c "$end_sessions" >/dev/null; rm -rf "$dir"' EXIT
+sleep 1
 batch="SELECT 's' || floor(random() * 64)::int AS stream_id, (1::bigint << 40) + nextval('seqs') AS seq,
   '\x01'::bytea AS message_id, 0::bigint AS accepted_at, 0::bigint AS expires_at,
   convert_to(repeat('x', 100), 'UTF8') AS payload FROM generate_series(1, 16)"
@@ -62,7 +71,12 @@ WITH batch AS ($batch) INSERT INTO ipubsub_messages SELECT b.* FROM batch b
   JOIN ipubsub_epochs e ON e.stream_id = b.stream_id AND e.epoch = b.seq >> 40
   RETURNING stream_id;
 EOF
-shapes=(plain cte key-share sharded join join-nolock)
+cat >"$dir/lease.sql" <<EOF
+WITH batch AS ($batch) INSERT INTO ipubsub_messages SELECT * FROM batch
+  WHERE (SELECT CASE WHEN pg_advisory_xact_lock_shared(15) IS NOT NULL
+    THEN NOT pg_try_advisory_xact_lock_shared(14) END);
+EOF
+shapes=(plain cte key-share sharded join join-nolock lease)
 for _ in $(seq "$rounds"); do
     for shape in "${shapes[@]}"; do
         psql "$db" -c "TRUNCATE ipubsub_messages"
@@ -77,4 +91,3 @@ for shape in "${shapes[@]}"; do
     median=$(echo "$runs" | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)}')
     printf '%-12s median %6s   runs %s\n' "$shape" "$median" "$(echo "$runs" | tr '\n' ' ')"
 done
-runuser -u postgres -- psql -qAt postgres -c "DROP DATABASE IF EXISTS $db" 2>/dev/null

@@ -31,7 +31,7 @@
 //!
 //! No node clock takes part; the revocation wait is measured by the database's clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -226,20 +226,22 @@ impl Leases {
         let mut state = self.state();
         let lease = state.current.as_ref().filter(|l| !l.lost)?;
         let id = lease.id;
-        let mut going: Vec<StreamId> = Vec::new();
-        let mut fenced: Vec<StreamId> = Vec::new();
+        // Per stream: whether every record of it carries the epoch it is held at.
+        let mut verdicts: HashMap<&StreamId, bool> = HashMap::new();
         for record in batch {
-            if going.contains(&record.stream) || fenced.contains(&record.stream) {
-                continue;
-            }
-            let same = batch
-                .iter()
-                .filter(|r| r.stream == record.stream)
-                .all(|r| lease.held.get(&r.stream) == Some(&r.seq.epoch()));
-            if same {
-                going.push(record.stream.clone());
-            } else {
-                fenced.push(record.stream.clone());
+            let held = lease.held.get(&record.stream) == Some(&record.seq.epoch());
+            *verdicts.entry(&record.stream).or_insert(true) &= held;
+        }
+        let mut going = HashSet::with_capacity(verdicts.len());
+        let mut fenced = Vec::new();
+        // In the order of the batch.
+        for record in batch {
+            match verdicts.remove(&record.stream) {
+                Some(true) => {
+                    going.insert(record.stream.clone());
+                }
+                Some(false) => fenced.push(record.stream.clone()),
+                None => {}
             }
         }
         for stream in &going {
@@ -268,7 +270,7 @@ pub(super) struct UnderWay<'a> {
     /// The lease it runs under.
     pub(super) id: LeaseId,
     /// The streams that passed the in-process check.
-    pub(super) going: Vec<StreamId>,
+    pub(super) going: HashSet<StreamId>,
     /// The streams that did not.
     pub(super) fenced: Vec<StreamId>,
     settled: bool,
