@@ -28,7 +28,7 @@ export PGPASSWORD=ipubsub
 psql() { command psql -h 127.0.0.1 -U ipubsub -qAt "$@"; }
 end_sessions="SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$db'"
 runuser -u postgres -- psql -qAt postgres -c "$end_sessions" \
-    -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db OWNER ipubsub" 2>/dev/null
+    -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db OWNER ipubsub" >/dev/null 2>&1
 psql "$db" <<'SQL'
 CREATE TABLE ipubsub_messages (stream_id TEXT NOT NULL, seq BIGINT NOT NULL,
     message_id BYTEA NOT NULL, accepted_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
