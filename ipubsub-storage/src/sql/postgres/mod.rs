@@ -480,9 +480,11 @@ impl MessageStore for PostgresStore {
         if batch.is_empty() {
             return Ok(Appended::all());
         }
+        // Without a live lease (its keeper's session failed: the database is likely down)
+        // nothing can be written; the log acquires the streams again, under a new lease.
         let Some(under_way) = self.leases.begin(batch) else {
-            return Ok(Appended::fenced(
-                super::streams_of(batch).into_iter().cloned().collect(),
+            return Err(StoreError::Unavailable(
+                "this process holds no live PostgreSQL write lease".into(),
             ));
         };
         let going = Self::going(batch, &under_way);
