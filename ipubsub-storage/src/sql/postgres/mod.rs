@@ -2,7 +2,7 @@
 //!
 //! An append is one statement for the whole group commit, one round trip, atomic on its own:
 //! an `INSERT … SELECT FROM UNNEST(…)` of the records whose streams this process holds at
-//! their epochs, guarded by the process's write lease (see [`lease`]): the statement takes
+//! their epochs, guarded by the process's write lease (module `lease`): the statement takes
 //! the lease's barrier lock shared and checks that the lease is alive, two operations on the
 //! server's lock table and no row read. An acquisition moves a stream to the next epoch under
 //! the acquirer's lease, once the previous holder has released it or its lease is dead and
