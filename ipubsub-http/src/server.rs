@@ -26,6 +26,9 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves `app` on `listener` until `shutdown` completes, then shuts down gracefully: stops
 /// accepting, closes the engine (every waiting receive is answered, every blocked send
 /// refused), lets in-flight responses finish and waits up to `grace` for connections to close.
+/// A send or receive still in flight shortly before `grace` ends (a fifth of it, at most 1 s)
+/// is answered 503 `SHUTTING_DOWN` then ([`App::cut_in_flight`]); only a connection that
+/// still has not closed at the end is cut.
 ///
 /// At most [`HttpConfig::max_connections`](crate::HttpConfig::max_connections) are served at
 /// once: one more gets its first request answered 503 `TOO_MANY_CONNECTIONS` (with
@@ -121,15 +124,27 @@ async fn serve_with(
     if let Some(log) = app.log() {
         log.close();
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Close to the end of the grace, what is still in flight (mostly requests forwarded to
+    // another owner) is answered, so that no client sees its connection closed unanswered.
+    let cut = cut_at(grace);
+    let mut drained = std::pin::pin!(graceful.shutdown());
+    if tokio::time::timeout(cut, drained.as_mut()).await.is_ok() {
+        return;
+    }
+    tracing::info!("answering the requests still in flight: the grace period is nearly over");
+    app.cut_in_flight();
+    if tokio::time::timeout(grace - cut, drained).await.is_err() {
         tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing them"
         );
     }
+}
+
+/// When in a shutdown `grace` the requests still in flight are answered: a fifth of it, at
+/// most a second, before its end, which leaves the answers time to go out.
+fn cut_at(grace: Duration) -> Duration {
+    grace - (grace / 5).min(Duration::from_secs(1))
 }
 
 /// One accepted connection and what serving it needs.

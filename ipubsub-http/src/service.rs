@@ -2,7 +2,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -10,6 +10,7 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use ipubsub_cluster::{
     CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder,
@@ -57,6 +58,17 @@ struct Inner {
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
+    /// Set near the end of the shutdown grace: sends and receives still being served are
+    /// answered then ([`App::cut_in_flight`]).
+    cut: Cut,
+}
+
+/// The signal that ends the sends and receives still in flight when a shutdown's grace is
+/// nearly over.
+#[derive(Default)]
+struct Cut {
+    done: AtomicBool,
+    notify: Notify,
 }
 
 impl std::fmt::Debug for App {
@@ -95,6 +107,7 @@ impl App {
                     std::hash::RandomState::new().hash_one(std::process::id())
                 ),
                 next_id: AtomicU64::new(0),
+                cut: Cut::default(),
             }),
         }
     }
@@ -130,12 +143,15 @@ impl App {
         let (route, result) = match (path, request.method()) {
             // Boxed: hyper keeps one allocation the size of this future for every connection
             // (its in-flight slot); unboxed, the send path alone would make that 1.4 KB.
-            (SEND_PATH, &Method::POST) => {
-                (MetricRoute::Send, Box::pin(self.send(request, id)).await)
-            }
+            (SEND_PATH, &Method::POST) => (
+                MetricRoute::Send,
+                self.unless_cut(Box::pin(self.send(request, id)), CUT_SEND)
+                    .await,
+            ),
             (RECEIVE_PATH, &Method::GET) => (
                 MetricRoute::Receive,
-                Box::pin(self.receive(request, id)).await,
+                self.unless_cut(Box::pin(self.receive(request, id)), CUT_RECEIVE)
+                    .await,
             ),
             ("/health", &Method::GET) => (
                 MetricRoute::Health,
@@ -187,6 +203,39 @@ impl App {
         metrics.request(route, response.status().as_u16(), started.elapsed());
         response.headers_mut().insert(REQUEST_ID.clone(), id_value);
         response
+    }
+
+    /// Answers every send and receive still being served 503 `SHUTTING_DOWN` (with
+    /// `Connection: close`), now and from now on, instead of letting the shutdown close their
+    /// connections unanswered. The server calls it shortly before its shutdown grace ends:
+    /// what is still in flight then is mostly a request forwarded to another owner, whose
+    /// answer this node cannot wait for.
+    pub fn cut_in_flight(&self) {
+        let cut = &self.inner.cut;
+        cut.done.store(true, Ordering::Release);
+        cut.notify.notify_waiters();
+    }
+
+    /// `work`, or `SHUTTING_DOWN` with `what` if [`cut_in_flight`](Self::cut_in_flight) comes
+    /// first. Work that finishes at once never registers with the signal.
+    async fn unless_cut(
+        &self,
+        work: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
+        what: &'static str,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let cut = &self.inner.cut;
+        // Made before the flag is read: it sees a `notify_waiters` from then on.
+        let notified = cut.notify.notified();
+        let cut = async {
+            if !cut.done.load(Ordering::Acquire) {
+                notified.await;
+            }
+        };
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = cut => Err(ApiError::new(ErrorCode::ShuttingDown, what)),
+        }
     }
 
     /// Counts what `error` says about limits, auth and the store.
@@ -539,6 +588,14 @@ impl App {
     }
 }
 
+/// What a send cut by the end of a shutdown's grace is told: it may have been forwarded to
+/// its stream's owner, or be waiting for its append to be written, so it may yet take effect.
+const CUT_SEND: &str = "the node shut down before this send was answered: it may or may not have been accepted (a forwarded send may still be delivered by the stream's owner)";
+
+/// What a receive cut by the end of a shutdown's grace is told.
+const CUT_RECEIVE: &str =
+    "the node shut down before a message arrived; receive again (on another node)";
+
 /// How long an owner that could not be reached stays out of this node's ring (gossip
 /// usually declares it dead, or alive again, well within that).
 const SUSPICION: Duration = Duration::from_secs(10);
@@ -660,14 +717,14 @@ pub(crate) fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
             // The rest of the body may still come: the connection cannot carry another request.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        ErrorCode::TooManyConnections => {
+        ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => {
+            // The node takes no more requests on this connection.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ErrorCode::TooManyStreams
         | ErrorCode::TooManyWaiters
         | ErrorCode::RateLimited
-        | ErrorCode::ShuttingDown
         | ErrorCode::NotReady
         | ErrorCode::StreamMoved
         | ErrorCode::OwnerUnavailable => {

@@ -213,6 +213,46 @@ async fn a_forwarded_long_poll_is_woken_and_keeps_its_deadline() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_answers_forwarded_requests_before_its_grace_ends() -> TestResult {
+    let (one, _two, view) = pair().await?;
+    let mut elsewhere = (0..)
+        .map(|i| StreamId::new(format!("cut-{i}")).expect("id"))
+        .filter(|s| matches!(view.route(s), Route::Forward(_)));
+    let (stream, sync) = (elsewhere.next(), elsewhere.next());
+    let (Some(stream), Some(sync)) = (stream, sync) else {
+        return Err("no streams owned elsewhere".into());
+    };
+    // Both wait on the owner far longer than node one's 1 s shutdown grace.
+    let receive = tokio::spawn({
+        let path = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30");
+        async move { call(one.addr, Method::GET, &path, "", &[]).await }
+    });
+    let send = tokio::spawn({
+        let body = json!({"streamId": sync.as_str(), "messageUuid": "s", "message": 1,
+            "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 30})
+        .to_string();
+        async move { call(one.addr, Method::POST, "/api/v1/streams/send", &body, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    drop(one._stop);
+    for (what, answer) in [("receive", receive.await?), ("send", send.await?)] {
+        assert_eq!(
+            (answer.0, answer.1["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("SHUTTING_DOWN")),
+            "{what}: {}",
+            answer.1
+        );
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_request_is_served_where_it_lands() -> TestResult {
     let (one, two, view) = pair().await?;
     let stream = stream_owned_elsewhere(&view);

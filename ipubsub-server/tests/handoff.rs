@@ -64,9 +64,9 @@ async fn a_leave_answers_no_waiting_sync_match_send_200_and_hands_queues_over_in
         }
     }
     // Sync-match sends that no receiver will ever take, waiting through node 1 (on it for
-    // the streams it owns) when it leaves; for less than its 5 s shutdown grace, after which
-    // a leaving node closes what is still open (a request forwarded from it to another
-    // owner cannot be answered for the owner).
+    // the streams it owns) when it leaves; longer than its 5 s shutdown grace, so that those
+    // it forwarded to another owner are still waiting there when the grace ends: each must
+    // still be answered (a reset would fail the client's request, and this test).
     let addr = cluster.node(1).addr;
     let mut waiting = tokio::task::JoinSet::new();
     for i in 0..streams {
@@ -75,7 +75,7 @@ async fn a_leave_answers_no_waiting_sync_match_send_200_and_hands_queues_over_in
             client
                 .send(
                     json!({"streamId": format!("sync{i}"), "messageUuid": "x", "message": i,
-                    "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 4}),
+                    "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 30}),
                 )
                 .await
         });
@@ -97,6 +97,10 @@ async fn a_leave_answers_no_waiting_sync_match_send_200_and_hands_queues_over_in
     assert_eq!(
         phantom, 0,
         "sync-match sends answered 200 with no receiver: {answers:?}"
+    );
+    assert!(
+        answers.keys().all(|answer| answer.starts_with("503 ")),
+        "every waiting send is told to retry: {answers:?}"
     );
     cluster.converge(2, Duration::from_secs(10)).await;
     for i in 0..streams {
