@@ -7,8 +7,9 @@
 #
 #   scripts/churn.sh SERVER_BINARY [SECONDS]
 #
-# Runs: PostgreSQL three times, MariaDB, MongoDB and Cassandra once each, PostgreSQL once
-# more with one node's clock 120 s ahead, and once with partitions (every node in a network
+# Runs: PostgreSQL three times, then once with five nodes and every nemesis (a cut too),
+# MariaDB, MongoDB and Cassandra once each, PostgreSQL once more with one node's clock
+# 120 s ahead, and once with partitions (every node in a network
 # namespace of its own; each in turn is cut off from the others for 10 s while it keeps its
 # clients and the store, the last one with its clock 20 s ahead; needs root); then in
 # memory: graceful restarts twice, and the follow scenario (a join).
@@ -28,6 +29,8 @@ run() {
     "$churn" --server "$server" --seconds "$seconds" --check "$@"
 }
 for _ in 1 2 3; do run --backend postgres; done
+# Five nodes, every nemesis in turn: SIGTERM, kill -9, SIGSTOP and a 10 s cut (needs root).
+run --backend postgres --nodes 5 --nemesis term,kill,stop,cut --every 4
 run --backend mysql
 run --backend mongodb --nemesis term,stop
 run --backend cassandra
