@@ -13,10 +13,7 @@
 # namespace of its own; each in turn is cut off from the others for 10 s while it keeps its
 # clients and the store, the last one with its clock 20 s ahead; needs root); then in
 # memory: graceful restarts twice, and the follow scenario (a join).
-# MongoDB runs without kill -9: a node killed inside
-# a group commit's transaction leaves it open on the server, which holds its streams' epoch
-# documents until it aborts the transaction (60 s by default), longer than the run (see
-# ARCHITECTURE.md). Needs the servers of scripts/services.sh.
+# Needs the servers of scripts/services.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:?usage: scripts/churn.sh SERVER_BINARY [SECONDS]}
@@ -32,7 +29,7 @@ for _ in 1 2 3; do run --backend postgres; done
 # Five nodes, every nemesis in turn: SIGTERM, kill -9, SIGSTOP and a 10 s cut (needs root).
 run --backend postgres --nodes 5 --nemesis term,kill,stop,cut --every 4
 run --backend mysql
-run --backend mongodb --nemesis term,stop
+run --backend mongodb
 run --backend cassandra
 run --backend postgres --clock-offset 120
 run --backend postgres --nemesis cut --every 3 --clock-offset 20

@@ -12,7 +12,10 @@
 //! follows the live data on servers whose TTL monitor is slow or missing.
 //!
 //! A second collection, `epochs`, holds one document per acquired stream:
-//! `{_id: streamId, epoch, writes}`, never purged.
+//! `{_id: streamId, epoch, writes, holder}`, never purged; `holder` names the process that
+//! acquired it last. A third, `writers`, has one document per process:
+//! `{_id: holder, sessions: [lsid], at}`, the server sessions its transactions run on
+//! (dropped by a TTL index a week after `at`, which a live process refreshes daily).
 //!
 //! # The fence and appends
 //! MongoDB has no shared locks, and a transaction's reads do not conflict with another's
@@ -24,7 +27,15 @@
 //! for the transactions that already wrote the document, and aborts with a write conflict
 //! every transaction that writes it afterwards (their retry finds the new epoch). It then
 //! reads the last position, which holds everything those appends committed. A transaction
-//! for the acquisition itself would lose every write conflict to a busy writer, and starve. Transactions need a replica set (a one-member set will do) or a server
+//! for the acquisition itself would lose every write conflict to a busy writer, and starve.
+//!
+//! A process killed between a transaction's write of the epoch documents and its commit
+//! leaves the transaction open on the server, which holds those documents until it aborts it
+//! (`transactionLifetimeLimitSeconds`, 60 s by default). So an acquisition that has waited
+//! [`RESCUE_AFTER`] for the epoch document kills the sessions of the stream's holder
+//! (`killSessions`, from `writers`): its open transactions abort, and the acquisition goes
+//! through. A holder that was only slow has its transactions aborted with a transient error
+//! and runs them again. Transactions need a replica set (a one-member set will do) or a server
 //! that offers them standalone, like the SecantusDB the tests run on; a plain standalone
 //! `mongod` refuses them, and every append fails with its error.
 //!
@@ -40,6 +51,7 @@ use ipubsub_core::{
     Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
     Tenure, Timestamp,
 };
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc};
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
@@ -55,9 +67,23 @@ const DUPLICATE_KEY: i32 = 11000;
 /// MongoDB's write conflict error: another writer changed a document this transaction wrote.
 const WRITE_CONFLICT: i32 = 112;
 
+/// The server's answer to a statement or commit of a transaction it aborted (here: one
+/// whose session an acquisition killed).
+const NO_SUCH_TRANSACTION: i32 = 251;
+
 /// How many times a transaction that lost a write conflict is run again before the call
 /// fails as unavailable.
 const TRANSACTION_ATTEMPTS: u32 = 50;
+
+/// How long an acquisition waits for a stream's epoch document before it aborts the
+/// transactions of the process that held the stream. A live writer holds the document from
+/// the write of its epoch documents to its commit: milliseconds.
+pub const RESCUE_AFTER: Duration = Duration::from_secs(2);
+
+/// How often a process refreshes its `writers` document's `at`, and how long after it the
+/// document is dropped.
+const WRITER_REFRESH: Duration = Duration::from_secs(24 * 3600);
+const WRITER_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How to reach a MongoDB server and where the log lives in it.
 #[derive(Clone, PartialEq, Eq)]
@@ -131,6 +157,24 @@ pub struct MongoStore {
     epochs: Collection<Document>,
     /// Appends above a stream's known high-water mark skip the conflict check.
     high: std::sync::Arc<HighWater>,
+    /// This process as the holder of the streams it acquires.
+    writer: std::sync::Arc<Writer>,
+}
+
+/// This process in `writers`: its id and the sessions it has registered there.
+#[derive(Debug)]
+struct Writer {
+    id: ObjectId,
+    writers: Collection<Document>,
+    registered: std::sync::Mutex<Registered>,
+}
+
+#[derive(Debug, Default)]
+struct Registered {
+    /// The sessions listed in this process's `writers` document, by their lsid.
+    sessions: std::collections::HashSet<String>,
+    /// When `at` was last written.
+    at: Option<std::time::Instant>,
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
@@ -203,6 +247,13 @@ fn is_write_conflict(e: &mongodb::error::Error) -> bool {
         }
 }
 
+/// True when the server had aborted the transaction (an acquisition killed its session): it
+/// wrote nothing and may run again.
+fn was_aborted(e: &mongodb::error::Error) -> bool {
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        && matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == NO_SUCH_TRANSACTION)
+}
+
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
     match &*e.kind {
         mongodb::error::ErrorKind::InsertMany(failure) => failure
@@ -249,6 +300,14 @@ fn record(stream: &StreamId, doc: &Document) -> Result<LogRecord, StoreError> {
         ),
         expires_at: Timestamp::from_micros(int("expiresAtMicros")?),
     })
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        self.registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl MongoStore {
@@ -305,12 +364,85 @@ impl MongoStore {
             .await
             .map_err(OpenError::Indexes)?;
         let epochs = database.collection::<Document>("epochs");
+        let writers = database.collection::<Document>("writers");
+        writers
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"at": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(WRITER_EXPIRY)
+                            .name("at_ttl".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(OpenError::Indexes)?;
         Ok(Self {
             client,
             messages,
             epochs,
             high: std::sync::Arc::default(),
+            writer: std::sync::Arc::new(Writer {
+                id: ObjectId::new(),
+                writers,
+                registered: std::sync::Mutex::default(),
+            }),
         })
+    }
+
+    /// Lists `session` in this process's `writers` document (once, and `at` daily), before
+    /// any transaction runs on it: what an acquisition needs to abort it.
+    async fn register(&self, session: &ClientSession) -> Result<(), StoreError> {
+        let lsid = session.id();
+        let key = lsid.to_string();
+        let registered = |r: &Registered| {
+            r.sessions.contains(&key) && r.at.is_some_and(|at| at.elapsed() < WRITER_REFRESH)
+        };
+        if registered(&self.writer.lock()) {
+            return Ok(());
+        }
+        self.writer
+            .writers
+            .update_one(
+                doc! {"_id": self.writer.id},
+                doc! {"$addToSet": {"sessions": lsid.clone()}, "$set": {"at": DateTime::now()}},
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        let mut known = self.writer.lock();
+        known.sessions.insert(key);
+        known.at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Aborts the open transactions of `holder` (another process) by killing the sessions it
+    /// registered. Failures are logged: the acquisition then waits for the server to abort
+    /// them itself.
+    async fn abort_transactions_of(&self, stream: &StreamId, holder: ObjectId) {
+        let found = self.writer.writers.find_one(doc! {"_id": holder}).await;
+        let sessions = match found {
+            Ok(Some(found)) => found.get_array("sessions").cloned().unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "cannot read the sessions of the stream's holder");
+                return;
+            }
+        };
+        tracing::warn!(%stream, %holder, sessions = sessions.len(), waited = ?RESCUE_AFTER, "a takeover waits for the stream's epoch document: aborting the transactions of the process that held it (killed inside a commit, or stuck)");
+        if sessions.is_empty() {
+            return;
+        }
+        let killed = self
+            .client
+            .database("admin")
+            .run_command(doc! {"killSessions": sessions})
+            .await;
+        if let Err(e) = killed {
+            tracing::warn!(%stream, %holder, error = %e, "killSessions failed: the takeover waits for the server to abort the transactions");
+        }
     }
 
     /// Runs an append (comparing each record with its position first if `checked`) in a
@@ -322,6 +454,7 @@ impl MongoStore {
         checked: bool,
     ) -> Result<Appended, StoreError> {
         let mut session = self.client.start_session().await.map_err(unavailable)?;
+        self.register(&session).await?;
         for round in 0..TRANSACTION_ATTEMPTS {
             session.start_transaction().await.map_err(unavailable)?;
             let attempt = self.append_in(&mut session, batch, checked).await;
@@ -331,7 +464,7 @@ impl MongoStore {
             };
             match outcome {
                 Ok(value) => return Ok(value),
-                Err(TxError::Mongo(e)) if is_write_conflict(&e) => {
+                Err(TxError::Mongo(e)) if is_write_conflict(&e) || was_aborted(&e) => {
                     session.abort_transaction().await.ok();
                     let pause = Duration::from_micros(200 * u64::from(round.min(20)));
                     tokio::time::sleep(pause).await;
@@ -458,13 +591,35 @@ impl MessageStore for MongoStore {
             stream: stream.clone(),
         };
         loop {
-            // The fence: from here on no transaction of an older epoch commits a write.
-            let moved = self
+            let holder = self
                 .epochs
-                .find_one_and_update(doc! {"_id": id}, doc! {"$inc": {"epoch": 1_i64}})
+                .find_one(doc! {"_id": id})
+                .projection(doc! {"holder": 1})
+                .await
+                .map_err(unavailable)?
+                .and_then(|found| found.get_object_id("holder").ok())
+                .filter(|holder| *holder != self.writer.id);
+            // The fence: from here on no transaction of an older epoch commits a write.
+            let moving = self
+                .epochs
+                .find_one_and_update(
+                    doc! {"_id": id},
+                    doc! {"$inc": {"epoch": 1_i64}, "$set": {"holder": self.writer.id}},
+                )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
-                .await
+                .into_future();
+            let mut moving = std::pin::pin!(moving);
+            let moved = match tokio::time::timeout(RESCUE_AFTER, moving.as_mut()).await {
+                Ok(moved) => moved,
+                Err(_waited) => {
+                    if let Some(holder) = holder {
+                        self.abort_transactions_of(stream, holder).await;
+                    }
+                    moving.await
+                }
+            };
+            let moved = moved
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::Corrupt("the upserted epoch is missing".into()))?;
             let epoch = epoch_of(&moved).map_err(|_| exhausted())?;
@@ -615,5 +770,58 @@ impl MessageStore for MongoStore {
             .map_err(unavailable)?
             .deleted_count;
         Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store on the test server `scripts/services.sh` starts (or `IPUBSUB_TEST_MONGODB_URL`).
+    async fn store() -> MongoStore {
+        let url = std::env::var("IPUBSUB_TEST_MONGODB_URL")
+            .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/".into());
+        let mut config = MongoConfig::new(url);
+        config.database = "ipubsub_rescue".into();
+        MongoStore::connect(&config)
+            .await
+            .expect("MongoDB is not reachable: run scripts/services.sh")
+    }
+
+    /// A process killed between its transaction's write of the epoch documents and its commit
+    /// leaves the transaction open: here one held open on purpose, by the holder's own code
+    /// path, and never committed. The next acquisition aborts it instead of waiting out the
+    /// server's 60 s transaction lifetime, and the abandoned transaction can no longer commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_aborts_the_open_transaction_of_a_dead_holder() {
+        let (dead, next) = (store().await, store().await);
+        let stream = StreamId::new(format!("rescue-{}", ObjectId::new())).expect("stream id");
+        dead.acquire(&stream).await.expect("first acquisition");
+        let mut session = dead.client.start_session().await.expect("session");
+        dead.register(&session).await.expect("register");
+        session.start_transaction().await.expect("transaction");
+        if dead
+            .touch(&mut session, &[stream.as_str().to_owned()])
+            .await
+            .is_err()
+        {
+            panic!("the epoch document could not be written in the transaction");
+        }
+
+        let started = std::time::Instant::now();
+        let taken = tokio::time::timeout(Duration::from_secs(20), next.acquire(&stream)).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(taken, Ok(Ok(_))),
+            "the takeover did not go through within 20 s ({taken:?})"
+        );
+        assert!(
+            waited >= RESCUE_AFTER,
+            "the takeover did not wait for the open transaction ({waited:?}): the test holds nothing"
+        );
+        assert!(
+            session.commit_transaction().await.is_err(),
+            "the dead holder's transaction still committed after the takeover"
+        );
     }
 }
