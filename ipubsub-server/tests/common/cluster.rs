@@ -8,10 +8,30 @@ use serde_json::{Value, json};
 
 use super::TestServer;
 
-/// A free UDP port on loopback for a node's gossip.
+/// A free UDP port on loopback for a node's gossip, never one this process handed out before:
+/// the port is released before the node binds it, and the kernel may offer it again to a
+/// test running beside this one.
 pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
-    socket.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+        let port = socket.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A cluster name of its own for every cluster a test starts: nodes of two clusters that
+/// find each other (a port reused by the kernel) refuse each other's gossip.
+fn cluster_name() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{}-{n}", std::process::id())
 }
 
 pub struct Cluster {
@@ -40,7 +60,8 @@ impl Cluster {
         let yaml = format!(
             // Each node's own memory store: the log works through forwarding while the ring
             // stands still, which is what these tests need (and say so explicitly).
-            "cluster:\n  name: test-cluster\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n  node_local_log_in_cluster: true\n{yaml}",
+            "cluster:\n  name: {}\n  gossip_interval_ms: 100\n  static_bootstrap_node_addr_ports: [{}]\nstorage:\n  backend: memory\n  node_local_log_in_cluster: true\n{yaml}",
+            cluster_name(),
             seeds.join(", ")
         );
         let mut cluster = Self {
