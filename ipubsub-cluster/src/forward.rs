@@ -25,7 +25,9 @@ pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
 /// Marks a forwarded send as a hand-off: a message this node had accepted into a stream that
 /// now belongs to the receiving node, which takes it over as accepted (never refused,
 /// evicted or made to wait). Honoured only on a forwarded request (proven by the cluster
-/// secret when one is set).
+/// secret when one is set). Its value names the copy handed over, the same on every attempt:
+/// `at=` and the µs at which the handing node accepted it (with [`FORWARDED_HEADER`], the
+/// stream and the message id, that copy is taken over once).
 pub const HANDOFF_HEADER: &str = "x-ipubsub-handoff";
 
 /// Milliseconds the original caller has left; the owner waits no longer than that.
@@ -174,12 +176,14 @@ impl Forwarder {
         wait: Duration,
         request_id: &str,
     ) -> Result<Response<Bytes>, ForwardError> {
-        self.exchange(owner, method, path_and_query, body, wait, request_id, false)
+        self.exchange(owner, method, path_and_query, body, wait, request_id, None)
             .await
     }
 
     /// Hands a message over to `owner`: `body` is a send (to `path`) of a message this node
-    /// had accepted, marked with [`HANDOFF_HEADER`]. Otherwise as [`forward`](Self::forward).
+    /// had accepted, marked with [`HANDOFF_HEADER`] set to `copy`, which names this node's
+    /// copy of the message the same way on every attempt (the owner takes one copy over
+    /// once). Otherwise as [`forward`](Self::forward).
     pub async fn hand_off(
         &self,
         owner: &Node,
@@ -187,9 +191,18 @@ impl Forwarder {
         body: Bytes,
         wait: Duration,
         request_id: &str,
+        copy: &str,
     ) -> Result<Response<Bytes>, ForwardError> {
-        self.exchange(owner, Method::POST, path, body, wait, request_id, true)
-            .await
+        self.exchange(
+            owner,
+            Method::POST,
+            path,
+            body,
+            wait,
+            request_id,
+            Some(copy),
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -201,7 +214,7 @@ impl Forwarder {
         body: Bytes,
         wait: Duration,
         request_id: &str,
-        handoff: bool,
+        handoff: Option<&str>,
     ) -> Result<Response<Bytes>, ForwardError> {
         let mut request = Request::builder()
             .method(method)
@@ -222,10 +235,10 @@ impl Forwarder {
                 .headers_mut()
                 .insert(CLUSTER_SECRET_HEADER, secret.header().clone());
         }
-        if handoff {
-            request
-                .headers_mut()
-                .insert(HANDOFF_HEADER, hyper::header::HeaderValue::from_static("1"));
+        if let Some(copy) = handoff {
+            let value = hyper::header::HeaderValue::from_str(copy)
+                .map_err(|e| ForwardError::Request(e.into()))?;
+            request.headers_mut().insert(HANDOFF_HEADER, value);
         }
         let limit = wait + SLACK;
         let exchange = async {

@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+mod adoptions;
 mod auth;
 mod config;
 mod error;

@@ -6,7 +6,8 @@
 //! takes them over as accepted ([`Engine::adopt`]). Each stream's messages go one at a time,
 //! in order; a hand-off that fails is tried again, with a growing pause, for as long as the
 //! stream's owner stays the node it was meant for, and the messages stay on this node if the
-//! stream comes back. Only a node that is leaving gives up, at its deadline: what it could
+//! stream comes back. Every attempt names the copy it moves (`adoptions`), so an owner that
+//! took a copy whose answer was lost does not take it again. Only a node that is leaving gives up, at its deadline: what it could
 //! not hand over is counted and logged as lost.
 //!
 //! Messages also reach a node that does not own their stream while the ring does not change:
@@ -22,6 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ipubsub_cluster::{Cluster, Forwarder, Node, Route};
 use ipubsub_core::{Drained, Engine, Message, StreamId};
+
+use crate::adoptions::HandOffCopy;
 
 /// Where a hand-off goes: the new owner of a stream. The [`Forwarder`] in production; tests
 /// use their own.
@@ -57,6 +60,7 @@ impl HandOff for Forwarder {
             body,
             Duration::from_secs(5),
             request_id,
+            &HandOffCopy::header_value(message.timestamp()),
         )
         .await
         {

@@ -18,6 +18,7 @@ use ipubsub_cluster::{
 };
 use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
+use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode, chain};
@@ -55,6 +56,8 @@ struct Inner {
     metrics: Metrics,
     /// Streams this node served without owning them, for the rebalancer to move on.
     strays: Strays,
+    /// The hand-offs this node took over, so a repeated one is not taken twice.
+    adoptions: Adoptions,
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -102,6 +105,7 @@ impl App {
                 readiness: Readiness::new(),
                 metrics,
                 strays: Strays::default(),
+                adoptions: Adoptions::default(),
                 id_prefix: format!(
                     "{:016x}",
                     std::hash::RandomState::new().hash_one(std::process::id())
@@ -381,10 +385,29 @@ impl App {
         let message = Message::new(send.id, send.payload, inner.engine.now());
         match (send.kind, &inner.log) {
             (SendKind::Memory { options, .. }, _) if hop.handoff => {
-                // Accepted on the node that handed it over: taken over, never refused.
-                inner
-                    .engine
-                    .adopt(&send.stream, Some(options.stream_size), message)?;
+                // Accepted on the node that handed it over: taken over, never refused, and
+                // taken once however often that node tries (it cannot tell a lost answer
+                // from a lost request).
+                let stream = &send.stream;
+                let size = Some(options.stream_size);
+                match (&hop.from, hop.handoff_copy) {
+                    (Some(from), Some(accepted)) => {
+                        let id = message.id().clone();
+                        let copy = HandOffCopy {
+                            from,
+                            stream,
+                            message: id.as_str(),
+                            accepted,
+                        };
+                        let adopted = inner
+                            .adoptions
+                            .adopt_once(copy, || inner.engine.adopt(stream, size, message))?;
+                        if !adopted {
+                            tracing::debug!(%stream, message = %id, from, "a hand-off taken over already");
+                        }
+                    }
+                    _ => inner.engine.adopt(stream, size, message)?,
+                }
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
             (SendKind::Memory { options, wait }, _) => {
@@ -604,8 +627,12 @@ const SUSPICION: Duration = Duration::from_secs(10);
 struct Hop<'a> {
     /// The request was forwarded by another node.
     forwarded: bool,
+    /// The node that forwarded the request, as it names itself.
+    from: Option<String>,
     /// A forwarded send that hands over a message the forwarding node had accepted.
     handoff: bool,
+    /// When the forwarding node accepted the copy it hands over ([`HandOffCopy`]).
+    handoff_copy: Option<ipubsub_core::Timestamp>,
     /// The time its original caller has left.
     deadline: Option<Duration>,
     /// The request's id ([`App::handle`]).
@@ -617,7 +644,14 @@ impl<'a> Hop<'a> {
         let headers = request.headers();
         Self {
             forwarded: headers.contains_key(FORWARDED_HEADER),
+            from: headers
+                .get(FORWARDED_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             handoff: headers.contains_key(FORWARDED_HEADER) && headers.contains_key(HANDOFF_HEADER),
+            handoff_copy: headers
+                .get(HANDOFF_HEADER)
+                .and_then(|v| HandOffCopy::parse_header(v.as_bytes())),
             deadline: headers
                 .get(DEADLINE_HEADER)
                 .and_then(|v| v.to_str().ok())

@@ -433,3 +433,101 @@ async fn the_forwarded_hop_keeps_the_request_id() -> TestResult {
     assert!(head.contains("x-request-id: trace-fwd-1"), "{head}");
     Ok(())
 }
+
+/// Hands messages over for real, then reports the first attempt at each as failed (its answer
+/// "lost") after a receiver on the new owner has taken the message: the handing node must try
+/// again, and the owner must not take the same copy over twice.
+struct AnswerLost {
+    forwarder: ipubsub_cluster::Forwarder,
+    owner: SocketAddr,
+    tried: std::sync::Mutex<std::collections::HashSet<String>>,
+    taken_between: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl ipubsub_http::HandOff for AnswerLost {
+    async fn hand_off(
+        &self,
+        owner: &Node,
+        stream: &StreamId,
+        size: Option<u32>,
+        message: &ipubsub_core::Message,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let handed = <ipubsub_cluster::Forwarder as ipubsub_http::HandOff>::hand_off(
+            &self.forwarder,
+            owner,
+            stream,
+            size,
+            message,
+            request_id,
+        )
+        .await;
+        let first = self
+            .tried
+            .lock()
+            .expect("lock")
+            .insert(message.id().as_str().to_owned());
+        if handed.is_ok() && first {
+            for taken in receive_all_here(self.owner, stream).await {
+                self.taken_between.lock().expect("lock").push(taken);
+            }
+            return Err("the answer was lost".to_owned());
+        }
+        handed
+    }
+}
+
+/// Every message `stream` holds on the node at `at`, served there (marked as forwarded).
+async fn receive_all_here(at: SocketAddr, stream: &StreamId) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let (status, body) = call(
+            at,
+            Method::GET,
+            &format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=0"),
+            "",
+            &[(FORWARDED_HEADER, "test")],
+        )
+        .await;
+        match body["messageUuid"].as_str() {
+            Some(id) if status == StatusCode::OK => ids.push(id.to_owned()),
+            _ => return ids,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_tried_again_after_its_answer_was_lost_is_delivered_once() -> TestResult {
+    let (one, two, view) = pair().await?;
+    let stream = (0..)
+        .map(|i| StreamId::new(format!("here-{i}")).expect("id"))
+        .find(|s| matches!(view.route(s), Route::Local))
+        .expect("some stream is owned here");
+    let ids = ["m1", "m2", "m3"];
+    for id in ids {
+        let send = json!({"streamId": stream.as_str(), "messageUuid": id, "message": {"id": id}})
+            .to_string();
+        let (status, _) = call(one.addr, Method::POST, "/api/v1/streams/send", &send, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let hand_off = Arc::new(AnswerLost {
+        forwarder: one.app.forwarder().clone(),
+        owner: two.addr,
+        tried: Default::default(),
+        taken_between: Default::default(),
+    });
+    let rebalancer = ipubsub_http::Rebalancer::new(
+        one.app.engine().clone(),
+        one.app.cluster().clone(),
+        hand_off.clone(),
+        ipubsub_http::Strays::default(),
+    );
+    let counts = rebalancer.leave(Duration::from_secs(10)).await;
+    assert_eq!((counts.handed, counts.lost), (3, 0), "{counts:?}");
+
+    let mut delivered = hand_off.taken_between.lock().expect("lock").clone();
+    delivered.extend(receive_all_here(two.addr, &stream).await);
+    assert_eq!(delivered, ids, "each message exactly once, in order");
+    Ok(())
+}
