@@ -30,11 +30,55 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn
             tracing::info!(path = %section.path.display(), durability = ?section.durability, "embedded store opened");
             Some(Arc::new(store))
         }
-        Backend::Postgres => Some(open_postgres(&config.storage.postgres).await?),
-        Backend::Mysql => Some(open_mysql(&config.storage.mysql).await?),
-        Backend::Cassandra => Some(open_cassandra(&config.storage.cassandra).await?),
-        Backend::Mongodb => Some(open_mongodb(&config.storage.mongodb).await?),
+        Backend::Postgres => Some(bounded(
+            config,
+            open_postgres(&config.storage.postgres).await?,
+        )),
+        Backend::Mysql => Some(bounded(config, open_mysql(&config.storage.mysql).await?)),
+        Backend::Cassandra => Some(bounded(
+            config,
+            open_cassandra(&config.storage.cassandra).await?,
+        )),
+        Backend::Mongodb => Some(bounded(
+            config,
+            open_mongodb(&config.storage.mongodb).await?,
+        )),
     })
+}
+
+/// How many store timeouts a single call of a database store may take before it is given
+/// up: room for a slow commit, a lock wait and a takeover's rescue, while a database that
+/// stopped answering frees the commit workers within seconds, not TCP's quarter of an hour.
+const CALL_LIMIT_IN_STORE_TIMEOUTS: u64 = 3;
+
+/// `store`, a database's, each call of which ends within [`CALL_LIMIT_IN_STORE_TIMEOUTS`]
+/// store timeouts (`ipubsub_storage::Bounded`).
+fn bounded(config: &Config, store: Arc<dyn MessageStore>) -> Arc<dyn MessageStore> {
+    #[cfg(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "cassandra",
+        feature = "mongodb"
+    ))]
+    {
+        let limit = std::time::Duration::from_secs(
+            config
+                .storage
+                .store_timeout_seconds
+                .saturating_mul(CALL_LIMIT_IN_STORE_TIMEOUTS),
+        );
+        Arc::new(ipubsub_storage::Bounded::new(store, limit))
+    }
+    #[cfg(not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "cassandra",
+        feature = "mongodb"
+    )))]
+    {
+        let _ = config;
+        store
+    }
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]

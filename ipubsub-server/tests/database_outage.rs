@@ -140,8 +140,45 @@ impl Database for Postgres {
     }
 }
 
+impl Postgres {
+    /// Sends `signal` to the postmaster and every backend: `STOP` freezes the database with
+    /// its connections open, as a vanished host or a partition would, and `CONT` thaws it.
+    fn signal_all(&self, signal: &str) -> Result<(), String> {
+        let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .map_err(|e| format!("postmaster.pid: {e}"))?;
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .map_err(|e| format!("pgrep: {e}"))?;
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{signal} {pids:?}: {status}"))
+        }
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A test that failed while the database was frozen left it stopped.
+        let _ = self.signal_all("CONT");
         let _ = as_postgres(&self.bin.join("pg_ctl"))
             .args(["stop", "-m", "immediate", "-D"])
             .arg(self.dir.path().join("data"))
@@ -595,4 +632,122 @@ fn bad_credentials_or_no_database_stop_the_start_with_one_line() {
         &format!("mongodb://ipubsub:s3cret@127.0.0.1:{closed}/"),
         "cannot connect to MongoDB at mongodb://ipubsub:***@127.0.0.1:",
     );
+}
+
+/// The value of the metric `name` in a Prometheus text exposition, 0 when absent.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A database that stops answering with its connections open (`freeze("STOP")`, as a vanished
+/// host or a partition would), then comes back (`freeze("CONT")`). With one commit worker and
+/// a 1 s store timeout each store call is given 3 s: the commit of a send made meanwhile ends
+/// as failed within that, and the log writes again once the database is back.
+async fn frozen_and_thawed(
+    db: &impl Database,
+    freeze: impl Fn(&str) -> Result<(), String>,
+) -> TestResult {
+    let backend = db.yaml_backend();
+    let server = TestServer::start_with(
+        &format!(
+            "storage:\n  backend: {backend}\n  store_timeout_seconds: 1\n  commit_workers: 1\n  {backend}:\n    url: \"{}\"\n",
+            db.url()
+        ),
+        &[],
+    );
+    let (status, body) = server.send(persistent("frozen", "before")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    freeze("STOP")?;
+    let (status, body) = server.send(persistent("frozen", "during")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+        "{body}"
+    );
+    let frozen = Instant::now();
+    let failed = loop {
+        let (_, bytes) = server.call_raw(Method::GET, "/metrics", "").await;
+        let failed = metric(
+            &String::from_utf8_lossy(&bytes),
+            "ipubsub_log_failed_messages_total",
+        );
+        if failed >= 1.0 || frozen.elapsed() > Duration::from_secs(10) {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    freeze("CONT")?;
+    assert!(
+        failed >= 1.0,
+        "the commit of a send to the frozen database had not ended 10 s later"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server.send(persistent("frozen", "after")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery within 30 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = server
+        .receive("streamId=frozen&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["messageUuid"].as_str()).collect())
+        .unwrap_or_default();
+    // The send answered 503 may or may not have been written; nothing else is missing.
+    assert!(
+        ids == ["before", "after"] || ids == ["before", "during", "after"],
+        "{ids:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_frees_the_commit_workers_and_the_log_recovers() -> TestResult {
+    let db = Postgres::new();
+    frozen_and_thawed(&db, |signal| db.signal_all(signal)).await
+}
+
+/// `kill -signal pid`.
+fn signal(pid: u32, signal: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map_err(|e| format!("kill: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("kill -{signal} {pid}: {status}"))
+}
+
+#[tokio::test]
+async fn a_frozen_mongodb_frees_the_commit_workers_and_the_log_recovers() -> TestResult {
+    let db = Secantus::new();
+    let pid = db
+        .child
+        .as_ref()
+        .map(Child::id)
+        .ok_or("SecantusDB is not running")?;
+    frozen_and_thawed(&db, |s| signal(pid, s)).await
+}
+
+#[tokio::test]
+async fn a_frozen_mariadb_frees_the_commit_workers_and_the_log_recovers() -> TestResult {
+    let db = MariaDb::new();
+    let pid = db
+        .child
+        .as_ref()
+        .map(Child::id)
+        .ok_or("mariadbd is not running")?;
+    frozen_and_thawed(&db, |s| signal(pid, s)).await
 }

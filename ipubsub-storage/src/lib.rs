@@ -11,6 +11,8 @@
 //! - `sql::mysql` (feature `mysql`): `MySqlStore`, in a MySQL or MariaDB database.
 //! - `cassandra` (feature `cassandra`): `CassandraStore`, in Apache Cassandra or ScyllaDB.
 //! - `mongodb` (feature `mongodb`): `MongoStore`, in MongoDB or a server of its protocol.
+//! - `bounded` (with any database backend): `Bounded`, a store whose every call answers
+//!   within a time limit.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend runs, and
 //!   `faults::FailingStore` for fault injection.
 //!
@@ -29,6 +31,8 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(any(feature = "sql", feature = "cassandra", feature = "mongodb"))]
+pub mod bounded;
 #[cfg(feature = "cassandra")]
 pub mod cassandra;
 #[cfg(any(feature = "sql", feature = "cassandra", feature = "mongodb"))]
@@ -47,6 +51,8 @@ pub mod sql;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+#[cfg(any(feature = "sql", feature = "cassandra", feature = "mongodb"))]
+pub use bounded::Bounded;
 #[cfg(feature = "cassandra")]
 pub use cassandra::{CassandraConfig, CassandraStore};
 #[cfg(feature = "embedded")]
