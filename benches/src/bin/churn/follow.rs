@@ -9,10 +9,10 @@
 //! again gets it within the rebalancer's tick. The run fails if a receiver missed its
 //! message or took over a second.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::nodes::{self, NodeProc, Setup};
 use crate::{HttpClient, get, send};
@@ -35,11 +35,13 @@ pub async fn run(setup: &Setup, mut nodes: Vec<NodeProc>, run: &str) -> anyhow::
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let first_addrs: Vec<_> = first.iter().map(|n| n.http).collect();
-    // When the messages were sent; receivers measure from it.
-    let (sent_tx, sent_rx) = watch::channel(None::<Instant>);
+    // When each stream's message was sent; its receiver measures from it. (Measured from the
+    // start of the 200 sequential sends, the last receivers' times were mostly the send loop.)
+    let sent: Arc<Vec<OnceLock<Instant>>> =
+        Arc::new((0..STREAMS).map(|_| OnceLock::new()).collect());
     let mut receivers = tokio::task::JoinSet::new();
     for i in 0..STREAMS {
-        let (client, mut sent) = (client.clone(), sent_rx.clone());
+        let (client, sent) = (client.clone(), sent.clone());
         let addr = first_addrs[i % first_addrs.len()];
         let path = format!(
             "/api/v1/streams/receive?streamId={run}-f{i}&timeoutSeconds={}",
@@ -51,8 +53,7 @@ pub async fn run(setup: &Setup, mut nodes: Vec<NodeProc>, run: &str) -> anyhow::
                 let answer = get(&client, addr, &path, POLL * 2).await;
                 match answer {
                     Some((200, _)) => {
-                        let at = *sent.borrow_and_update();
-                        return at.map(|at| at.elapsed());
+                        return sent[i].get().map(Instant::elapsed);
                     }
                     Some((424, _)) => {}
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -67,11 +68,12 @@ pub async fn run(setup: &Setup, mut nodes: Vec<NodeProc>, run: &str) -> anyhow::
     nodes::start(setup, joining, Duration::from_secs(30))?;
     let joined_in = join.elapsed();
     let started = Instant::now();
-    sent_tx.send_replace(Some(started));
-    for i in 0..STREAMS {
+    for (i, at) in sent.iter().enumerate() {
         let body = json!({"streamId": format!("{run}-f{i}"), "messageUuid": format!("f{i}"), "message": i});
+        let _ = at.set(Instant::now());
         send(&client, first_addrs[0], &body).await;
     }
+    let sending = started.elapsed();
     let mut took = Vec::new();
     let mut missed = 0;
     while let Some(joined) = receivers.join_next().await {
@@ -88,6 +90,7 @@ pub async fn run(setup: &Setup, mut nodes: Vec<NodeProc>, run: &str) -> anyhow::
         "nodes": nodes.len(),
         "receivers": STREAMS,
         "join_ms": joined_in.as_millis(),
+        "sending_ms": sending.as_millis(),
         "median_ms": ms(took.get(took.len() / 2)),
         "p99_ms": ms(took.get(took.len() * 99 / 100)),
         "max_ms": ms(took.last()),
