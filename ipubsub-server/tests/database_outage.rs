@@ -424,6 +424,14 @@ impl Drop for Secantus {
     }
 }
 
+/// The `messageUuid`s of a log read's `messages`, in order.
+fn message_ids(body: &Value) -> Vec<&str> {
+    body["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["messageUuid"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 fn persistent(stream: &str, id: &str) -> Value {
     json!({"streamId": stream, "messageUuid": id, "message": {"id": id}, "writeToDB": true})
 }
@@ -517,10 +525,7 @@ async fn outage_and_recovery(mut db: impl Database) -> TestResult {
         .receive("streamId=log&readFromDB=true&maxMessages=10&timeoutSeconds=0")
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let ids: Vec<&str> = body["messages"]
-        .as_array()
-        .map(|m| m.iter().filter_map(|m| m["messageUuid"].as_str()).collect())
-        .unwrap_or_default();
+    let ids = message_ids(&body);
     assert_eq!(
         ids,
         ["before", "after"],
@@ -699,10 +704,7 @@ async fn frozen_and_thawed(
         .receive("streamId=frozen&readFromDB=true&maxMessages=10&timeoutSeconds=0")
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let ids: Vec<&str> = body["messages"]
-        .as_array()
-        .map(|m| m.iter().filter_map(|m| m["messageUuid"].as_str()).collect())
-        .unwrap_or_default();
+    let ids = message_ids(&body);
     // The send answered 503 may or may not have been written; nothing else is missing.
     assert!(
         ids == ["before", "after"] || ids == ["before", "during", "after"],
