@@ -4,14 +4,12 @@
 //! is corrupt data either way. Also what their fences share: the streams of a batch, and what
 //! an append wrote once the streams that passed the fence are known.
 
-#[cfg(any(feature = "sql", feature = "mongodb"))]
+#[cfg(any(feature = "mysql", feature = "mongodb"))]
 use std::collections::HashSet;
 
 use ipubsub_core::StoreError;
 #[cfg(any(feature = "mysql", feature = "mongodb"))]
-use ipubsub_core::{Appended, Epoch};
-#[cfg(any(feature = "sql", feature = "mongodb"))]
-use ipubsub_core::{LogRecord, StreamId};
+use ipubsub_core::{Appended, Epoch, LogRecord, StreamId};
 
 /// A decoding failure as a store error.
 pub(crate) fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -29,7 +27,7 @@ pub(crate) fn to_u64(value: i64) -> Result<u64, StoreError> {
 }
 
 /// The streams of `batch`, each once, in order of first appearance.
-#[cfg(any(feature = "sql", feature = "mongodb"))]
+#[cfg(any(feature = "mysql", feature = "mongodb"))]
 pub(crate) fn streams_of(batch: &[LogRecord]) -> Vec<&StreamId> {
     let mut seen = HashSet::with_capacity(batch.len());
     batch

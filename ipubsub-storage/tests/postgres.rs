@@ -292,6 +292,80 @@ mod lease {
         );
     }
 
+    /// An acquisition asks a live holder to release a stream a second time (its first request
+    /// is in the table) while the holder's keeper releases it: the two lock the stream's epoch
+    /// row and its request in the same order, so neither is aborted as a deadlock and the
+    /// holder keeps its lease. Here the test's own session is the acquirer: it locks the epoch
+    /// row, lets the keeper start its release, then asks again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_and_an_acquisition_asking_again_do_not_deadlock() {
+        let store = store().await;
+        let mut admin = session().await;
+        let s = stream("ask-again");
+        let epoch = u64::from(store.acquire(&s).await.expect("acquire").epoch.get());
+        store.append(&[record(&s, epoch, 1)]).await.expect("append");
+        let lease = holder(&mut admin, &s).await;
+        let mut acquirer = session().await;
+        let mut tx = acquirer.begin().await.expect("begin");
+        sqlx::query("SELECT epoch FROM ipubsub_epochs WHERE stream_id = $1 FOR UPDATE")
+            .bind(s.as_str())
+            .execute(&mut *tx)
+            .await
+            .expect("lock the epoch row");
+        // The first request, committed: the keeper sees it within its poll.
+        sqlx::query(
+            "INSERT INTO ipubsub_revocations (lease, stream_id, requested_at)
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)",
+        )
+        .bind(lease)
+        .bind(s.as_str())
+        .execute(&mut admin)
+        .await
+        .expect("ask the holder");
+        // Long enough for the keeper to be waiting for the epoch row.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The acquirer asks again, as its next attempt does.
+        sqlx::query(
+            "INSERT INTO ipubsub_revocations AS r (lease, stream_id, requested_at)
+             VALUES ($1, $2, 0)
+             ON CONFLICT (lease, stream_id) DO UPDATE SET requested_at = r.requested_at",
+        )
+        .bind(lease)
+        .bind(s.as_str())
+        .execute(&mut *tx)
+        .await
+        .expect("ask again");
+        tx.commit().await.expect("commit");
+        let started = Instant::now();
+        while sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT lease FROM ipubsub_epochs WHERE stream_id = $1",
+        )
+        .bind(s.as_str())
+        .fetch_one(&mut admin)
+        .await
+        .expect("the stream's lease")
+        .is_some()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the holder did not release the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = store.append(&[record(&s, epoch, 2)]).await;
+        assert!(
+            matches!(&after, Ok(appended) if appended.is_fenced(&s)),
+            "the holder lost its lease instead of releasing the stream: {after:?}"
+        );
+        let other = stream("ask-again-other");
+        store.acquire(&other).await.expect("acquire another stream");
+        assert_eq!(
+            holder(&mut admin, &other).await,
+            lease,
+            "the holder opened a new lease"
+        );
+    }
+
     /// A session that locked a stream's epoch row and went idle does not stall an acquisition
     /// for longer than its lock timeout: it fails as unavailable (and is retried).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

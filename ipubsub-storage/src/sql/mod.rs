@@ -167,8 +167,8 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
 }
 
 #[cfg(feature = "mysql")]
-use crate::convert::{appended, wanted_epochs};
-use crate::convert::{streams_of, to_i64, to_u64};
+use crate::convert::{appended, streams_of, wanted_epochs};
+use crate::convert::{to_i64, to_u64};
 
 /// The schema versions a database at version `found` (`None`: no version yet) still needs to
 /// reach `latest`, in order; an error when it is newer than this build.

@@ -334,12 +334,26 @@ async fn keep(leases: Weak<Leases>, mut conn: PgConnection, id: LeaseId) {
             Ok(streams) => release_all(&leases, &mut conn, id, streams).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = outcome {
-            leases.lose(id, &format!("its keeper's session failed: {e}"));
-            break;
+        match outcome {
+            Ok(()) => {}
+            // The server aborted a statement of a session that lives on, and with it the
+            // alive lock: the requests are still in the table for the next poll.
+            Err(sqlx::Error::Database(e)) if statement_aborted(e.code().as_deref()) => {
+                tracing::warn!(lease = id.0, error = %e, "a release failed; trying again");
+            }
+            Err(e) => {
+                leases.lose(id, &format!("its keeper's session failed: {e}"));
+                break;
+            }
         }
     }
     conn.close().await.ok();
+}
+
+/// Whether SQLSTATE `code` aborts a statement and leaves its session alive: a deadlock, a
+/// serialization failure, a lock or statement timeout.
+fn statement_aborted(code: Option<&str>) -> bool {
+    matches!(code, Some("40P01" | "40001" | "55P03" | "57014"))
 }
 
 async fn release_all(
@@ -369,16 +383,21 @@ async fn release_all(
             // An append failed without a known outcome: the others wait for the lease to die.
             return Ok(());
         }
-        sqlx::query(
-            "WITH released AS (
-                 UPDATE ipubsub_epochs SET lease = NULL WHERE stream_id = $2 AND lease = $1
-             )
-             DELETE FROM ipubsub_revocations WHERE lease = $1 AND stream_id = $2",
-        )
-        .bind(id.0)
-        .bind(stream.as_str())
-        .execute(&mut *conn)
-        .await?;
+        // The epoch row first, then the request: the order an acquisition locks them in
+        // (one statement with both would lock the request first, and deadlock with an
+        // acquisition that holds the row and asks again).
+        let mut tx = conn.begin().await?;
+        sqlx::query("UPDATE ipubsub_epochs SET lease = NULL WHERE stream_id = $2 AND lease = $1")
+            .bind(id.0)
+            .bind(stream.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM ipubsub_revocations WHERE lease = $1 AND stream_id = $2")
+            .bind(id.0)
+            .bind(stream.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         tracing::debug!(lease = id.0, stream = stream.as_str(), "stream released");
     }
     Ok(())
