@@ -161,9 +161,14 @@ pub(crate) async fn run_memory(
 }
 
 /// Reads the persistent log after the request's position, waiting at the tail for the next
-/// commit (woken in memory, never by polling the store) until the timeout. A reader woken
-/// because its stream moved to another node (`owned` turned false) is answered `NO_MESSAGE`
-/// at once: its next poll reaches the new owner, and reading here would take the stream back.
+/// commit (woken in memory) until the timeout. A reader woken because its stream moved to
+/// another node (`owned` turned false) is answered `NO_MESSAGE` at once: its next poll
+/// reaches the new owner, and reading here would take the stream back.
+///
+/// A move this node never saw (another node's view left it out for a while, or it was
+/// paused) wakes nobody here, so a waiting reader also reads again every
+/// [`Log::tenure_check`]: one such read per stream and check looks at the store, finds the
+/// other node's records past this node's end and hands them over.
 pub(crate) async fn run_log(
     log: &Log,
     request: &ReceiveRequest,
@@ -200,12 +205,14 @@ pub(crate) async fn run_log(
         if tokio::time::Instant::now() >= deadline {
             return Err(no_message());
         }
-        match tokio::time::timeout_at(deadline, log.wait_past(&request.stream, read.watermark))
+        let look_again = deadline.min(tokio::time::Instant::now() + log.tenure_check());
+        match tokio::time::timeout_at(look_again, log.wait_past(&request.stream, read.watermark))
             .await
         {
             Ok(Ok(true)) if owned() => continue,
             Ok(Ok(_)) => return Err(no_message()),
             Ok(Err(e)) => return Err(e.into()),
+            Err(_elapsed) if look_again < deadline && owned() => continue,
             Err(_elapsed) => return Err(no_message()),
         }
     }
@@ -383,6 +390,64 @@ mod tests {
                 parse_log(&format!("streamId=s&maxMessages={bad}")).is_err(),
                 "{bad}"
             );
+        }
+        Ok(())
+    }
+
+    /// Node A waits at the tail of a stream it holds; node B takes the stream and appends,
+    /// and A's view of the ring never changes (nothing wakes A's reader). The reader gets
+    /// B's message at its next look, well before its timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waiting_on_a_node_that_lost_its_stream_unseen_gets_the_other_nodes_message()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::sync::Arc;
+
+        use ipubsub_core::{LogConfig, MessageStore};
+        use ipubsub_storage::MemoryStore;
+
+        let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
+        let mut config = LogConfig::default();
+        config.tenure_check = Duration::from_millis(200);
+        let (a, b) = (
+            Log::new(store.clone(), config.clone()),
+            Log::new(store, config),
+        );
+        let workers = [a.clone(), b.clone()]
+            .map(|log| tokio::spawn(async move { log.run_commit_worker().await }));
+        let stream = StreamId::new("unseen")?;
+        let message = |id: &str| -> Result<Message, Box<dyn std::error::Error>> {
+            Ok(Message::new(
+                MessageId::new(id)?,
+                Bytes::from_static(b"1"),
+                Timestamp::now(),
+            ))
+        };
+        let ttl = Duration::from_secs(60);
+        let a1 = a.append(stream.clone(), message("a1")?, ttl).await?;
+        let request = ReceiveRequest {
+            stream: stream.clone(),
+            timeout: Duration::from_secs(20),
+            max_messages: None,
+            log_after: Some(a1),
+        };
+        let reader = tokio::spawn({
+            let a = a.clone();
+            async move { run_log(&a, &request, a1, Duration::from_secs(5), || true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!reader.is_finished(), "nothing new yet: the reader waits");
+        b.append(stream.clone(), message("b1")?, ttl).await?;
+        let records = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .map_err(|_| "the reader still waited 10 s after B's append")??
+            .map_err(|e| e.to_string())?;
+        let ids: Vec<_> = records.iter().map(|r| r.message.id().as_str()).collect();
+        assert_eq!(ids, ["b1"]);
+        for log in [&a, &b] {
+            log.close();
+        }
+        for worker in workers {
+            worker.await?;
         }
         Ok(())
     }

@@ -367,7 +367,9 @@ impl Log {
     }
 
     /// Resolves once `stream`'s committed watermark passes `watermark` (`Ok(true)`), or the
-    /// log closes (`Ok(false)`). The caller bounds the wait with its timeout.
+    /// log closes (`Ok(false)`). The caller bounds the wait with its timeout, and reads again
+    /// at least once per [`tenure_check`](Self::tenure_check): only a read finds that another
+    /// node took the stream unseen (its appends never move this node's watermark).
     pub async fn wait_past(&self, stream: &StreamId, watermark: Seq) -> Result<bool, ReadError> {
         let max = self.inner.config.max_waiters;
         if self.inner.waiters.fetch_add(1, Ordering::Relaxed) >= max {
@@ -377,6 +379,13 @@ impl Log {
         let result = Tail::new(self, stream.clone(), watermark).await;
         self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
         Ok(result)
+    }
+
+    /// [`LogConfig::tenure_check`]: how often, at most, a caught-up read checks the store
+    /// for another node's appends, and so how often a reader waiting at the tail should read
+    /// again.
+    pub fn tenure_check(&self) -> Duration {
+        self.inner.config.tenure_check
     }
 
     /// Deletes up to `limit` expired records; see [`MessageStore::purge_expired`].
