@@ -1,5 +1,5 @@
-//! The request parsers: a send body and a receive query string, from arbitrary bytes, and the
-//! same built from arbitrary field values (so that numbers at and past every limit are tried
+//! The request parsers: a send body, a batch send body and a receive query string, from
+//! arbitrary bytes, and the same built from arbitrary field values (so that numbers at and past every limit are tried
 //! as often as malformed text is).
 #![no_main]
 
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 4 {
+    match selector % 6 {
         0 => ipubsub_http::fuzzing::send_body(rest),
         1 => {
             if let Ok(query) = std::str::from_utf8(rest) {
@@ -23,13 +23,37 @@ fuzz_target!(|data: &[u8]| {
                 ipubsub_http::fuzzing::send_body(body.as_bytes());
             }
         }
-        _ => {
+        3 => {
             if let Ok(query) = receive_from_fields(&mut Unstructured::new(rest)) {
                 ipubsub_http::fuzzing::receive_query(&query);
             }
         }
+        4 => ipubsub_http::fuzzing::batch_body(rest),
+        _ => {
+            if let Ok(body) = batch_from_fields(&mut Unstructured::new(rest)) {
+                ipubsub_http::fuzzing::batch_body(body.as_bytes());
+            }
+        }
     }
 });
+
+/// A batch body of sends built from fields, sometimes with a stray member or a wrong type.
+fn batch_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
+    let mut sends = Vec::new();
+    for _ in 0..u.int_in_range(0..=4)? {
+        sends.push(send_from_fields(u)?);
+    }
+    let messages = match u.int_in_range(0..=7)? {
+        0 => "{}".to_owned(),
+        1 => number(u)?.to_string(),
+        _ => format!("[{}]", sends.join(",")),
+    };
+    Ok(if u.arbitrary()? {
+        format!("{{\"messages\":{messages}}}")
+    } else {
+        format!("{{\"messages\":{messages},\"extra\":1}}")
+    })
+}
 
 /// A number: small, near a limit, or any `u64`.
 fn number(u: &mut Unstructured<'_>) -> Result<u64> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use ipubsub_cluster::ClusterSecret;
 
 use crate::auth::Auth;
+use crate::cors::Cors;
 
 /// Limits, defaults and access rules of the HTTP API. `Default` gives the production defaults:
 /// no auth, no cluster secret.
@@ -29,6 +30,8 @@ pub struct HttpConfig {
     pub max_ttl: Duration,
     /// Largest `maxMessages` accepted.
     pub max_messages: usize,
+    /// Most sends one `sendBatch` may hold; more is a 400.
+    pub max_batch_items: usize,
     /// How long a persistent send or read may wait for the store before a 503.
     pub store_timeout: Duration,
     /// How long a client may take to send a request's body once its headers arrived; then a
@@ -54,6 +57,8 @@ pub struct HttpConfig {
     /// multi-node cluster): `writeToDB` and `readFromDB` are then refused with
     /// `PERSISTENCE_NOT_SHARED` and this reason, instead of `PERSISTENCE_NOT_CONFIGURED`.
     pub persistence_refused: Option<String>,
+    /// Which pages of other origins may call the API from a browser; off by default.
+    pub cors: Cors,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +73,7 @@ impl Default for HttpConfig {
             default_ttl: Duration::from_secs(86_400),
             max_ttl: Duration::from_secs(30 * 86_400),
             max_messages: 1000,
+            max_batch_items: 1000,
             store_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 100_000,
@@ -79,6 +85,7 @@ impl Default for HttpConfig {
             #[cfg(feature = "tls")]
             peer_tls: None,
             persistence_refused: None,
+            cors: Cors::Off,
         }
     }
 }

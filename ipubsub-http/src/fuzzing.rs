@@ -60,3 +60,21 @@ pub fn receive_query(query: &str) {
         assert!(receive.log_after.is_none() || persistence);
     }
 }
+
+/// Parses `body` as a batch send, then each of its sends as a send, and checks what it
+/// accepted.
+pub fn batch_body(body: &[u8]) {
+    let config = HttpConfig::default();
+    let Ok(sends) = crate::service::batch::parse(body, &config) else {
+        return;
+    };
+    assert!((1..=config.max_batch_items).contains(&sends.len()));
+    for send in sends {
+        assert!(
+            serde_json::from_str::<IgnoredAny>(send.get()).is_ok(),
+            "a send's text is not JSON: {:?}",
+            send.get()
+        );
+        send_body(send.get().as_bytes());
+    }
+}

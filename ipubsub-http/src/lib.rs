@@ -8,7 +8,8 @@
 //! - [`App`]: routing and shared state; `App::handle` answers one request.
 //! - [`serve`]: the accept loop and graceful shutdown; `serve_tls` and the `tls` module
 //!   (feature `tls`): the same over HTTPS, and forwarding to members over HTTPS.
-//! - [`HttpConfig`]: limits, defaults and access rules.
+//! - [`HttpConfig`]: limits, defaults and access rules; [`Cors`]: which pages of other
+//!   origins may call the API.
 //! - [`Auth`], [`TokenGrant`]: bearer tokens and what each may do.
 //! - [`ApiError`], [`ErrorCode`]: the error answers.
 //! - [`Metrics`]: what `GET /metrics` shows.
@@ -40,6 +41,7 @@
 mod adoptions;
 mod auth;
 mod config;
+mod cors;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -58,6 +60,7 @@ pub mod tls;
 
 pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
 pub use config::HttpConfig;
+pub use cors::{BadOrigin, Cors};
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use ownership::{follow_ownership, release_moved};

@@ -36,6 +36,8 @@ pub(crate) enum Limit {
     Ttl,
     /// The largest `maxMessages`.
     MaxMessages,
+    /// `http.max_batch_items`: sends in one `sendBatch`.
+    BatchItems,
     /// `engine.max_waiting_requests`.
     Waiters,
     /// `engine.max_streams`.
@@ -56,6 +58,7 @@ impl Limit {
             Self::StreamSize => "stream_size",
             Self::Ttl => "ttl",
             Self::MaxMessages => "max_messages",
+            Self::BatchItems => "batch_items",
             Self::Waiters => "waiters",
             Self::Streams => "streams",
             Self::Connections => "connections",
@@ -68,36 +71,43 @@ impl Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Route {
     Send,
+    SendBatch,
     Receive,
     Cluster,
     Health,
     Ready,
     Metrics,
     Root,
+    /// A CORS preflight (`OPTIONS`).
+    Preflight,
     Unknown,
 }
 
 impl Route {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 10] = [
         Self::Send,
+        Self::SendBatch,
         Self::Receive,
         Self::Cluster,
         Self::Health,
         Self::Ready,
         Self::Metrics,
         Self::Root,
+        Self::Preflight,
         Self::Unknown,
     ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Send => "send",
+            Self::SendBatch => "send_batch",
             Self::Receive => "receive",
             Self::Cluster => "cluster",
             Self::Health => "health",
             Self::Ready => "ready",
             Self::Metrics => "metrics",
             Self::Root => "root",
+            Self::Preflight => "preflight",
             Self::Unknown => "unknown",
         }
     }

@@ -67,26 +67,7 @@ pub(crate) fn parse(
     config: &HttpConfig,
     persistence: bool,
 ) -> Result<SendRequest, ApiError> {
-    // serde would also read a struct from a JSON array; the API takes objects only.
-    if body
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|&b| b != b'{')
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the body must be a JSON object",
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: Body<'_> = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-
+    let parsed: Body<'_> = from_object(body)?;
     let stream = StreamId::with_max_len(parsed.stream_id.as_ref(), config.max_stream_id_bytes)
         .map_err(|e| stream_id_error(ErrorCode::InvalidField, &e))?;
     let id = MessageId::new(parsed.message_uuid.as_ref())
@@ -182,6 +163,31 @@ pub(crate) fn parse(
             wait,
         },
     })
+}
+
+/// `body` as a `T`, which must be a JSON object and nothing after it; an error in the API's
+/// words otherwise.
+pub(crate) fn from_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // serde would also read a struct from a JSON array; the API takes objects only.
+    if body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b != b'{')
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(parsed)
 }
 
 /// Turns a deserialisation error into the API's words, naming the field at fault.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use ipubsub_core::EngineConfig;
-use ipubsub_http::HttpConfig;
+use ipubsub_http::{Cors, HttpConfig};
 use serde::{Deserialize, Serialize};
 
 mod security;
@@ -137,6 +137,19 @@ pub struct HttpSection {
     pub idle_timeout_seconds: u64,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Most sends one `POST /api/v1/streams/sendBatch` may hold.
+    pub max_batch_items: usize,
+    /// Browsers: which pages of other origins may call the API.
+    pub cors: CorsSection,
+}
+
+/// `http.cors:`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSection {
+    /// Origins (`https://app.example`, `http://localhost:8080`) whose pages may call the API,
+    /// or `["*"]` for every origin; empty (the default): no CORS headers.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -153,6 +166,8 @@ impl Default for HttpSection {
             body_read_timeout_seconds: d.body_read_timeout.as_secs(),
             idle_timeout_seconds: d.idle_timeout.as_secs(),
             max_connections: d.max_connections,
+            max_batch_items: d.max_batch_items,
+            cors: CorsSection::default(),
         }
     }
 }
@@ -507,11 +522,15 @@ impl Config {
             || http.body_read_timeout_seconds == 0
             || http.idle_timeout_seconds == 0
             || http.max_connections == 0
+            || http.max_batch_items == 0
         {
             return invalid(
-                "http.max_body_bytes, http.body_read_timeout_seconds, http.idle_timeout_seconds and http.max_connections must be above 0"
+                "http.max_body_bytes, http.body_read_timeout_seconds, http.idle_timeout_seconds, http.max_connections and http.max_batch_items must be above 0"
                     .into(),
             );
+        }
+        if let Err(e) = Cors::new(&http.cors.allowed_origins) {
+            return invalid(format!("http.cors.allowed_origins: {e}"));
         }
         self.validate_security()?;
         let storage = &self.storage;
@@ -614,6 +633,9 @@ impl Config {
         c.body_read_timeout = Duration::from_secs(self.http.body_read_timeout_seconds);
         c.idle_timeout = Duration::from_secs(self.http.idle_timeout_seconds);
         c.max_connections = self.http.max_connections;
+        c.max_batch_items = self.http.max_batch_items;
+        c.cors = Cors::new(&self.http.cors.allowed_origins)
+            .map_err(|e| ConfigError::Invalid(format!("http.cors.allowed_origins: {e}")))?;
         self.apply_security(&mut c)?;
         Ok(c)
     }

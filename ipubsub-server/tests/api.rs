@@ -462,3 +462,253 @@ async fn limits_answer_413_and_503() -> TestResult {
     );
     Ok(())
 }
+
+/// With `http.cors.allowed_origins`, a preflight from a listed origin is answered with what
+/// the API takes, and every answer to that origin (errors too) names it and exposes
+/// `Retry-After` and the request id; another origin gets no CORS header, and without the
+/// setting nothing changes.
+#[tokio::test]
+async fn cors_answers_listed_origins_only() -> TestResult {
+    let server = TestServer::start_with(
+        "http:\n  cors:\n    allowed_origins: [\"http://app.test:8080\"]\n",
+        &[],
+    );
+    let client = server.client();
+    let preflight = |origin: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "content-type, authorization",
+            ),
+        ]
+    };
+    let (status, headers, body) = client
+        .exchange(
+            Method::OPTIONS,
+            "/api/v1/streams/send",
+            String::new(),
+            &preflight("http://app.test:8080"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://app.test:8080"
+    );
+    assert_eq!(
+        headers["access-control-allow-methods"],
+        "GET, POST, OPTIONS"
+    );
+    let allowed = headers["access-control-allow-headers"].to_str()?;
+    for name in [
+        "authorization",
+        "content-type",
+        "last-event-id",
+        "x-request-id",
+    ] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    assert_eq!(headers["vary"], "origin");
+
+    let (status, headers, _) = client
+        .exchange(
+            Method::OPTIONS,
+            "/api/v1/streams/send",
+            String::new(),
+            &preflight("http://evil.test"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+
+    let origin = [("origin", "http://app.test:8080")];
+    let send = json!({"streamId": "cors", "messageUuid": "m1", "message": 1}).to_string();
+    let (status, headers, _) = client
+        .exchange(Method::POST, "/api/v1/streams/send", send, &origin)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://app.test:8080"
+    );
+    assert_eq!(
+        headers["access-control-expose-headers"],
+        "retry-after, x-request-id"
+    );
+    let (status, headers, _) = client
+        .exchange(
+            Method::GET,
+            "/api/v1/streams/receive?timeoutSeconds=0",
+            String::new(),
+            &origin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an error answer");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://app.test:8080"
+    );
+
+    let (_, headers, _) = client
+        .exchange(
+            Method::GET,
+            "/health",
+            String::new(),
+            &[("origin", "http://evil.test")],
+        )
+        .await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
+
+    let plain = TestServer::start();
+    let (status, headers, _) = plain
+        .client()
+        .exchange(
+            Method::OPTIONS,
+            "/api/v1/streams/send",
+            String::new(),
+            &preflight("http://app.test:8080"),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "no CORS: no preflight"
+    );
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    Ok(())
+}
+
+#[test]
+fn a_cors_entry_that_is_not_an_origin_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "http:\n  cors:\n    allowed_origins: [\"https://app.example/path\"]\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run ipubsub-server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("http.cors.allowed_origins") && stderr.contains("is not an origin"),
+        "{stderr}"
+    );
+}
+
+/// `sendBatch`: each send answered in order with the single send's answer, a bad one refused
+/// on its own, and each mode's semantics kept (a full blocking queue 424s, a circular buffer
+/// keeps the newest, a sync match without receiver 424s).
+#[tokio::test]
+async fn a_batch_answers_each_send_in_order() -> TestResult {
+    let server = TestServer::start();
+    let batch = json!({"messages": [
+        {"streamId": "b-circ", "messageUuid": "c1", "message": 1, "inMemoryStreamSize": 2},
+        {"streamId": "b-circ", "messageUuid": "c2", "message": 2, "inMemoryStreamSize": 2},
+        {"streamId": "b-circ", "messageUuid": "c3", "message": 3, "inMemoryStreamSize": 2},
+        {"streamId": "b-block", "messageUuid": "q1", "message": "a", "inMemoryStreamSize": 1, "blockingSendTimeoutSeconds": 1},
+        {"streamId": "b-block", "messageUuid": "q2", "message": "b", "inMemoryStreamSize": 1, "blockingSendTimeoutSeconds": 1},
+        {"streamId": "b-sync", "messageUuid": "s1", "message": 0, "inMemoryStreamSize": 0, "blockingSendTimeoutSeconds": 1},
+        {"streamId": "", "messageUuid": "bad", "message": 0},
+        {"streamId": "b-db", "messageUuid": "d1", "message": 0, "writeToDB": true},
+        {"streamId": "b-circ", "messageUuid": "c4", "message": 4, "inMemoryStreamSize": 2, "typo": 1},
+    ]});
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/streams/sendBatch",
+            &batch.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().ok_or("results")?;
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 424, 424, 400, 200, 400],
+        "{body}"
+    );
+    assert_eq!(code(&results[4]), "STREAM_FULL", "{body}");
+    assert_eq!(code(&results[5]), "NO_RECEIVER", "{body}");
+    assert_eq!(code(&results[6]), "INVALID_FIELD");
+    assert_eq!(code(&results[8]), "UNKNOWN_FIELD");
+    assert!(
+        results[7]["dbResumeToken"].is_string(),
+        "a persistent send's token: {body}"
+    );
+    assert_eq!(results[0], json!({"status": 200}));
+
+    // The circular buffer kept the newest two, in order; the blocking queue its first.
+    let (_, body) = server
+        .receive("streamId=b-circ&timeoutSeconds=0&maxMessages=10")
+        .await;
+    let ids: Vec<&str> = body["messages"]
+        .as_array()
+        .ok_or("messages")?
+        .iter()
+        .filter_map(|m| m["messageUuid"].as_str())
+        .collect();
+    assert_eq!(ids, ["c2", "c3"]);
+    let (_, body) = server.receive("streamId=b-block&timeoutSeconds=0").await;
+    assert_eq!(body["messageUuid"], "q1");
+    let (_, body) = server
+        .receive("streamId=b-db&readFromDB=true&timeoutSeconds=0")
+        .await;
+    assert_eq!(body["messageUuid"], "d1");
+
+    // Not a batch at all: a 400 for the whole request.
+    for bad in [
+        "[]",
+        "{}",
+        r#"{"messages":[]}"#,
+        r#"{"messages":[{}],"more":1}"#,
+    ] {
+        let (status, body) = server
+            .call(Method::POST, "/api/v1/streams/sendBatch", bad)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = server
+        .call_raw(Method::GET, "/api/v1/streams/sendBatch", "")
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    Ok(())
+}
+
+/// A batch bigger than `http.max_batch_items` is refused as a whole.
+#[tokio::test]
+async fn a_batch_over_the_limit_is_refused() -> TestResult {
+    let server = TestServer::start_with("http:\n  max_batch_items: 3\n", &[]);
+    let send = |i: usize| json!({"streamId": "lim", "messageUuid": format!("m{i}"), "message": i});
+    let three = json!({"messages": (0..3).map(send).collect::<Vec<_>>()});
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1/streams/sendBatch",
+            &three.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let four = json!({"messages": (0..4).map(send).collect::<Vec<_>>()});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/streams/sendBatch", &four.to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the limit is 3")),
+        "{body}"
+    );
+    Ok(())
+}

@@ -386,3 +386,68 @@ async fn a_node_whose_name_a_member_already_uses_refuses_to_start() -> TestResul
     assert_eq!(status, StatusCode::OK);
     Ok(())
 }
+
+/// The `ipubsub_forwards_total` counters of a node's `/metrics`, summed.
+async fn forwards(node: &common::TestServer) -> u64 {
+    let (_, text) = node.call_raw(Method::GET, "/metrics", "").await;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with("ipubsub_forwards_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A batch through one node whose sends span the three owners: each owner gets the sends of
+/// its streams as one forwarded batch, every send lands where a receive through any node
+/// finds it, in order per stream, and the answers come back in the request's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_spanning_three_owners_is_forwarded_once_per_owner() -> TestResult {
+    let cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    let streams = 24;
+    let mut sends = Vec::new();
+    for round in 0..3 {
+        for s in 0..streams {
+            sends.push(json!({"streamId": format!("batch-{s}"), "messageUuid": format!("m{s}-{round}"), "message": round, "inMemoryStreamSize": 10}));
+        }
+    }
+    sends.push(json!({"streamId": "", "messageUuid": "bad", "message": 0}));
+    let before = forwards(cluster.node(0)).await;
+    let (status, body) = cluster
+        .node(0)
+        .call(
+            Method::POST,
+            "/api/v1/streams/sendBatch",
+            &json!({ "messages": sends }).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().ok_or("results")?;
+    assert_eq!(results.len(), 3 * streams + 1);
+    assert!(
+        results[..3 * streams]
+            .iter()
+            .all(|r| r == &json!({"status": 200})),
+        "{body}"
+    );
+    assert_eq!(results[3 * streams]["status"], 400);
+    let forwarded = forwards(cluster.node(0)).await - before;
+    assert_eq!(forwarded, 2, "one forward per other owner");
+    for s in 0..streams {
+        let (status, body) = cluster
+            .node(s % 3)
+            .receive(&format!(
+                "streamId=batch-{s}&timeoutSeconds=0&maxMessages=10"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let got: Vec<&Value> = body["messages"]
+            .as_array()
+            .ok_or("messages")?
+            .iter()
+            .map(|m| &m["message"])
+            .collect();
+        assert_eq!(got, [&json!(0), &json!(1), &json!(2)], "stream batch-{s}");
+    }
+    Ok(())
+}

@@ -221,16 +221,52 @@ impl Log {
         ttl: Duration,
     ) -> Result<Seq, AppendError> {
         let done = Arc::new(Completion::default());
+        self.enqueue(&stream, message, ttl, &done).await?;
+        done.wait().await
+    }
+
+    /// Appends every `(stream, message, ttl)` of `appends` as [`append`](Self::append) does
+    /// each, and answers each in their order. They are queued together, in their order,
+    /// before any is awaited: those of one stream take positions in that order, and the
+    /// commit workers write them in as few store calls as their batch size allows.
+    pub async fn append_all(
+        &self,
+        appends: impl IntoIterator<Item = (StreamId, Message, Duration)>,
+    ) -> Vec<Result<Seq, AppendError>> {
+        let mut queued = Vec::new();
+        for (stream, message, ttl) in appends {
+            let done = Arc::new(Completion::default());
+            let outcome = self.enqueue(&stream, message, ttl, &done).await;
+            queued.push(outcome.map(|()| done));
+        }
+        let mut answers = Vec::with_capacity(queued.len());
+        for queued in queued {
+            answers.push(match queued {
+                Ok(done) => done.wait().await,
+                Err(e) => Err(e),
+            });
+        }
+        answers
+    }
+
+    /// Queues `message` for `stream`, to be answered through `done`.
+    async fn enqueue(
+        &self,
+        stream: &StreamId,
+        message: Message,
+        ttl: Duration,
+        done: &Arc<Completion>,
+    ) -> Result<(), AppendError> {
         let mut message = Some(message);
         // Each round either queues the record or drops a stale entry that the next round
         // acquires again; a stream taken back and forth faster than that gives up.
         for _ in 0..APPEND_ATTEMPTS {
-            self.ensure_loaded(&stream).await.map_err(|e| match e {
+            self.ensure_loaded(stream).await.map_err(|e| match e {
                 ReadError::Store(e) => AppendError::Store(Arc::new(e)),
                 _ => AppendError::ShuttingDown,
             })?;
-            if self.queue(&stream, &mut message, ttl, &done)? {
-                return done.wait().await;
+            if self.queue(stream, &mut message, ttl, done)? {
+                return Ok(());
             }
         }
         Err(AppendError::Fenced)

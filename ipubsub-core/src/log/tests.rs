@@ -482,3 +482,28 @@ fn a_caught_up_reader_on_a_node_that_lost_its_stream_unseen_gets_what_the_other_
     assert_eq!(write(&a, worker_a.as_mut(), "s", "a2")?, pos(3, 1));
     Ok(())
 }
+
+#[test]
+fn appends_queued_together_take_positions_in_their_order_and_one_store_call()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    // Load both streams first, so that only the batch's own writes are counted.
+    write(&log, worker.as_mut(), "a", "a0")?;
+    write(&log, worker.as_mut(), "b", "b0")?;
+    let before = store.appends.load(Ordering::SeqCst);
+    let now = clock.now();
+    let items = ["a1", "b1", "a2", "a3", "b2"].map(|id| (sid(&id[..1]), msg(id, now), TTL));
+    let mut all = pin!(log.append_all(items));
+    assert!(poll(all.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    let answers: Vec<Seq> = ready(all).into_iter().collect::<Result<_, _>>()?;
+    assert_eq!(answers, [at(2), at(2), at(3), at(4), at(3)]);
+    assert_eq!(
+        store.appends.load(Ordering::SeqCst) - before,
+        1,
+        "one store call for the five"
+    );
+    Ok(())
+}

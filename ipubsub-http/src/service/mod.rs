@@ -21,12 +21,15 @@ use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
 use crate::config::HttpConfig;
+use crate::cors::Cors;
 use crate::error::{ApiError, ErrorCode, chain};
 use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
 use crate::rebalance::Strays;
 use crate::send::SendKind;
 use crate::{receive, send};
+
+pub(crate) mod batch;
 
 const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
@@ -143,13 +146,39 @@ impl App {
         let id_value = self.request_id(&request);
         // Checked visible ASCII: `to_str` cannot fail on it.
         let id = id_value.to_str().unwrap_or_default();
+        let cors = &self.inner.config.cors;
+        let origin = match cors {
+            Cors::Off => None,
+            _ => request.headers().get(header::ORIGIN).cloned(),
+        };
         let path = request.uri().path();
         let (route, result) = match (path, request.method()) {
+            (
+                SEND_PATH
+                | batch::SEND_BATCH_PATH
+                | RECEIVE_PATH
+                | CLUSTER_PATH
+                | "/health"
+                | "/ready"
+                | METRICS_PATH
+                | "/",
+                &Method::OPTIONS,
+            ) if cors.is_preflight(request.headers()) => {
+                let mut answer = Response::new(Full::new(Bytes::new()));
+                *answer.status_mut() = StatusCode::NO_CONTENT;
+                cors.preflight(request.headers(), answer.headers_mut());
+                (MetricRoute::Preflight, Ok(answer))
+            }
             // Boxed: hyper keeps one allocation the size of this future for every connection
             // (its in-flight slot); unboxed, the send path alone would make that 1.4 KB.
             (SEND_PATH, &Method::POST) => (
                 MetricRoute::Send,
                 self.unless_cut(Box::pin(self.send(request, id)), CUT_SEND)
+                    .await,
+            ),
+            (batch::SEND_BATCH_PATH, &Method::POST) => (
+                MetricRoute::SendBatch,
+                self.unless_cut(Box::pin(self.send_batch(request, id)), CUT_SEND_BATCH)
                     .await,
             ),
             (RECEIVE_PATH, &Method::GET) => (
@@ -182,6 +211,7 @@ impl App {
             ),
             ("/", &Method::GET) => (MetricRoute::Root, Ok(json(StatusCode::OK, self.about()))),
             (SEND_PATH, _) => (MetricRoute::Send, Err(not_allowed("POST"))),
+            (batch::SEND_BATCH_PATH, _) => (MetricRoute::SendBatch, Err(not_allowed("POST"))),
             (RECEIVE_PATH, _) => (MetricRoute::Receive, Err(not_allowed("GET"))),
             (CLUSTER_PATH | "/health" | "/ready" | METRICS_PATH | "/", _) => {
                 (MetricRoute::Unknown, Err(not_allowed("GET")))
@@ -203,6 +233,9 @@ impl App {
             }
             error_response(&e)
         });
+        if route != MetricRoute::Preflight {
+            cors.answer(origin.as_ref(), response.headers_mut());
+        }
         let metrics = &self.inner.metrics;
         metrics.request(route, response.status().as_u16(), started.elapsed());
         response.headers_mut().insert(REQUEST_ID.clone(), id_value);
@@ -614,6 +647,9 @@ impl App {
 /// What a send cut by the end of a shutdown's grace is told: it may have been forwarded to
 /// its stream's owner, or be waiting for its append to be written, so it may yet take effect.
 const CUT_SEND: &str = "the node shut down before this send was answered: it may or may not have been accepted (a forwarded send may still be delivered by the stream's owner)";
+
+/// What a batch cut by the end of a shutdown's grace is told.
+const CUT_SEND_BATCH: &str = "the node shut down before this batch was answered: each of its sends may or may not have been accepted";
 
 /// What a receive cut by the end of a shutdown's grace is told.
 const CUT_RECEIVE: &str =

@@ -114,6 +114,11 @@ impl TestServer {
         (status, json)
     }
 
+    /// The client of this server.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Sends a request and returns the status and the raw body.
     pub async fn call_raw(&self, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
         self.client.raw(method, path, body.to_owned(), &[]).await
@@ -191,6 +196,19 @@ impl Client {
         body: String,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Bytes) {
+        let (status, _, bytes) = self.exchange(method, path, body, headers).await;
+        (status, bytes)
+    }
+
+    /// Sends a request with extra `headers`; returns the status, the answer's headers and the
+    /// raw body.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
@@ -200,14 +218,9 @@ impl Client {
         }
         let request = request.body(Full::new(Bytes::from(body))).expect("request");
         let response = self.client.request(request).await.expect("response");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, bytes)
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (parts.status, parts.headers, bytes)
     }
 
     async fn json(

@@ -40,6 +40,9 @@ pub struct Pattern {
     pub streams: usize,
     /// Messages per receive (`maxMessages`; Redis: `BLMPOP … COUNT`).
     pub max_messages: usize,
+    /// Messages per send request, all to one stream (`sendBatch`; Redis: `RPUSH` of that
+    /// many values); 1: single sends.
+    pub send_batch: usize,
     /// How messages map to streams.
     pub shape: Shape,
     /// Messages per second over all publishers; `None`: as fast as they go.
@@ -202,6 +205,65 @@ impl Client {
                 {
                     Reply::Simple(_) => Ok(None),
                     other => Ok(Some(format!("RPUSH {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// Sends `messages` (message `seqs[i]` is `messages[i]`) to `stream` in one request;
+    /// answers how many were accepted, and the refusals.
+    async fn send_many(
+        &mut self,
+        target: Target,
+        stream: &str,
+        seqs: std::ops::Range<u64>,
+        messages: &[Vec<u8>],
+    ) -> anyhow::Result<(u64, Option<String>)> {
+        match self {
+            Client::Http(conn, out) => {
+                out.clear();
+                let mut body = Vec::with_capacity(messages.iter().map(|m| m.len() + 96).sum());
+                body.extend_from_slice(b"{\"messages\":[");
+                for (k, (seq, message)) in seqs.zip(messages).enumerate() {
+                    if k > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(b"{\"streamId\":\"");
+                    body.extend_from_slice(stream.as_bytes());
+                    body.extend_from_slice(format!("\",\"messageUuid\":\"{seq}\",").as_bytes());
+                    if target == Target::Persistent {
+                        body.extend_from_slice(b"\"writeToDB\":true,");
+                    } else {
+                        body.extend_from_slice(b"\"inMemoryStreamSize\":100000,");
+                    }
+                    body.extend_from_slice(b"\"message\":");
+                    body.extend_from_slice(message);
+                    body.push(b'}');
+                }
+                body.extend_from_slice(b"]}");
+                push_post(out, "/api/v1/streams/sendBatch", &body);
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                if response.status != 200 {
+                    return Ok((0, Some(format!("sendBatch {}", response.status))));
+                }
+                let body = conn.body(response);
+                let accepted = body
+                    .windows(13)
+                    .filter(|w| *w == b"\"status\":200}" || *w == b"\"status\":200,")
+                    .count() as u64;
+                let refused = messages.len() as u64 - accepted;
+                Ok((
+                    accepted,
+                    (refused > 0).then(|| format!("batch item refused ×{refused}")),
+                ))
+            }
+            Client::Redis(conn) => {
+                let mut args: Vec<&[u8]> = vec![b"RPUSH", stream.as_bytes()];
+                args.extend(messages.iter().map(Vec::as_slice));
+                match conn.command(&args).await? {
+                    Reply::Simple(_) => Ok((messages.len() as u64, None)),
+                    other => Ok((0, Some(format!("RPUSH {other:?}")))),
                 }
             }
         }
@@ -422,6 +484,9 @@ async fn publish(
     let mut latency = histogram()?;
     let mut errors = BTreeMap::new();
     let deadline = shared.start + pattern.duration;
+    if pattern.send_batch > 1 {
+        return publish_batches(client, target, pattern, prefix, shared).await;
+    }
     loop {
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let stream = match pattern.shape {
@@ -448,6 +513,44 @@ async fn publish(
                 shared.sent_ok.fetch_add(1, Ordering::AcqRel);
             }
             Some(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    Ok((latency, errors))
+}
+
+/// [`publish`] with `pattern.send_batch` messages per request, all to one stream, the
+/// streams taken in turn (closed loop, [`Shape::Spread`] only).
+async fn publish_batches(
+    mut client: Client,
+    target: Target,
+    pattern: Arc<Pattern>,
+    prefix: Arc<str>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(Histogram<u64>, BTreeMap<String, u64>)> {
+    let mut latency = histogram()?;
+    let mut errors = BTreeMap::new();
+    let deadline = shared.start + pattern.duration;
+    let n = pattern.send_batch as u64;
+    while Instant::now() < deadline {
+        let first = shared.next_seq.fetch_add(n, Ordering::Relaxed);
+        let stream = (first / n) % pattern.streams as u64;
+        let messages: Vec<Vec<u8>> = (first..first + n)
+            .map(|seq| payload(seq, pattern.message_size))
+            .collect();
+        let started = Instant::now();
+        let (accepted, refused) = client
+            .send_many(
+                target,
+                &stream_name(&prefix, stream),
+                first..first + n,
+                &messages,
+            )
+            .await
+            .context("send a batch")?;
+        latency.saturating_record(started.elapsed().as_micros() as u64);
+        shared.sent_ok.fetch_add(accepted, Ordering::AcqRel);
+        if let Some(e) = refused {
+            *errors.entry(e).or_default() += 1;
         }
     }
     Ok((latency, errors))

@@ -9,7 +9,8 @@
 //!
 //! Patterns: `send` (64 publishers, no receivers, 1,000 streams: the send path against the
 //! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `2`
-//! (the same, 100 messages per receive), `3` (one hot stream), `4` (100,000 streams, one
+//! (the same, 100 messages per receive), `2b` (pattern 2 sending 100 messages per request:
+//! `sendBatch`, Redis `RPUSH` of 100 values), `3` (one hot stream), `4` (100,000 streams, one
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
 //! pattern 1 of the same round: the latency at half load), `fill` (1,000,000 streams that each
 //! keep one message, nobody receiving: the peak memory of holding them).
@@ -40,7 +41,11 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     duration: u64,
     /// Patterns to run, in order (`half` needs `1` before it).
-    #[arg(long, value_delimiter = ',', default_value = "send,1,half,2,3,4,fill")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "send,1,half,2,2b,3,4,fill"
+    )]
     patterns: Vec<String>,
     /// Targets: memory, persistent, redis, bare.
     #[arg(
@@ -90,6 +95,7 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         receivers,
         streams: 1_000,
         max_messages,
+        send_batch: 1,
         shape: Shape::Spread,
         rate,
         duration: Duration::from_secs(args.duration),
@@ -99,6 +105,10 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         "send" => spread(0, 1),
         "1" | "half" => spread(64, 1),
         "2" => spread(64, 100),
+        "2b" => Pattern {
+            send_batch: 100,
+            ..spread(64, 100)
+        },
         "3" => Pattern {
             shape: Shape::Hot,
             ..spread(64, 1)
@@ -111,7 +121,7 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             shape: Shape::OneEach(args.fill_streams),
             ..spread(0, 1)
         },
-        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 3, 4, half, fill)"),
+        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 2b, 3, 4, half, fill)"),
     })
 }
 
