@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use ipubsub_cluster::{ForwardError, Node};
 use ipubsub_core::{Message, ResumeToken, SendOptions, StreamId};
 
-use super::{App, Hop, SEND_PATH, SUSPICION, json, read_body};
+use super::{App, Hop, SEND_PATH, SUSPICION, json};
 use crate::auth::Permission;
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode, chain};
@@ -166,11 +166,8 @@ impl App {
         B: HttpBody<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        self.refuse_when_closed()?;
         let inner = &*self.inner;
-        let hop = Hop::of(&request, id);
-        let grant = self.admit(&request, &hop)?;
-        let body = read_body(request, &inner.config).await?;
+        let (hop, grant, body) = self.admitted_body(request, id).await?;
         let texts = parse(&body, &inner.config)?;
         let mut outcomes: Vec<Option<Outcome>> = texts.iter().map(|_| None).collect();
         let mut pending = Vec::with_capacity(texts.len());

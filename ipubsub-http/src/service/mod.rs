@@ -394,12 +394,8 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        self.refuse_when_closed()?;
         let inner = &*self.inner;
-        let hop = Hop::of(&request, id);
-        // Before the body is read: an unknown caller costs no more than its headers.
-        let grant = self.admit(&request, &hop)?;
-        let body = read_body(request, &inner.config).await?;
+        let (hop, grant, body) = self.admitted_body(request, id).await?;
         // Validated here, so bad input is answered without a hop.
         let send = send::parse(&body, &inner.config, inner.log.is_some())?;
         if let Some(grant) = grant {
@@ -459,6 +455,25 @@ impl App {
             }
             (SendKind::Log { .. }, None) => Err(inner.config.no_persistence("writeToDB")),
         }
+    }
+
+    /// What a request with a body starts with: refused when the node is closing, its hop,
+    /// who may make it (checked before the body is read: an unknown caller costs no more than
+    /// its headers), then its body within the limits.
+    async fn admitted_body<'r, B>(
+        &self,
+        request: Request<B>,
+        id: &'r str,
+    ) -> Result<(Hop<'r>, Option<&Grant>, Bytes), ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.refuse_when_closed()?;
+        let hop = Hop::of(&request, id);
+        let grant = self.admit(&request, &hop)?;
+        let body = read_body(request, &self.inner.config).await?;
+        Ok((hop, grant, body))
     }
 
     async fn receive<B>(

@@ -151,6 +151,22 @@ fn last_token(body: &[u8]) -> Option<String> {
     String::from_utf8(body[start..start + len].to_vec()).ok()
 }
 
+/// Appends the send body of message `seq` to `stream`: persistent for the persistent target,
+/// else to a buffer large enough never to evict.
+fn push_send_body(body: &mut Vec<u8>, target: Target, stream: &str, seq: u64, message: &[u8]) {
+    body.extend_from_slice(b"{\"streamId\":\"");
+    body.extend_from_slice(stream.as_bytes());
+    body.extend_from_slice(format!("\",\"messageUuid\":\"{seq}\",").as_bytes());
+    if target == Target::Persistent {
+        body.extend_from_slice(b"\"writeToDB\":true,");
+    } else {
+        body.extend_from_slice(b"\"inMemoryStreamSize\":100000,");
+    }
+    body.extend_from_slice(b"\"message\":");
+    body.extend_from_slice(message);
+    body.push(b'}');
+}
+
 fn stream_name(prefix: &str, index: u64) -> String {
     format!("{prefix}-{index}")
 }
@@ -182,17 +198,7 @@ impl Client {
             Client::Http(conn, out) => {
                 out.clear();
                 let mut body = Vec::with_capacity(message.len() + 128);
-                body.extend_from_slice(b"{\"streamId\":\"");
-                body.extend_from_slice(stream.as_bytes());
-                body.extend_from_slice(format!("\",\"messageUuid\":\"{seq}\",").as_bytes());
-                if target == Target::Persistent {
-                    body.extend_from_slice(b"\"writeToDB\":true,");
-                } else {
-                    body.extend_from_slice(b"\"inMemoryStreamSize\":100000,");
-                }
-                body.extend_from_slice(b"\"message\":");
-                body.extend_from_slice(message);
-                body.push(b'}');
+                push_send_body(&mut body, target, stream, seq, message);
                 push_post(out, "/api/v1/streams/send", &body);
                 conn.write(out).await?;
                 let response = conn.read_response().await?;
@@ -228,17 +234,7 @@ impl Client {
                     if k > 0 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(b"{\"streamId\":\"");
-                    body.extend_from_slice(stream.as_bytes());
-                    body.extend_from_slice(format!("\",\"messageUuid\":\"{seq}\",").as_bytes());
-                    if target == Target::Persistent {
-                        body.extend_from_slice(b"\"writeToDB\":true,");
-                    } else {
-                        body.extend_from_slice(b"\"inMemoryStreamSize\":100000,");
-                    }
-                    body.extend_from_slice(b"\"message\":");
-                    body.extend_from_slice(message);
-                    body.push(b'}');
+                    push_send_body(&mut body, target, stream, seq, message);
                 }
                 body.extend_from_slice(b"]}");
                 push_post(out, "/api/v1/streams/sendBatch", &body);
