@@ -1,4 +1,5 @@
-//! The request parsers: a send body, a batch send body and a receive query string, from
+//! The request parsers: a send body, a batch send body, a receive query string and the
+//! event-stream headers (with the event writer read back by a client's parser), from
 //! arbitrary bytes, and the same built from arbitrary field values (so that numbers at and past every limit are tried
 //! as often as malformed text is).
 #![no_main]
@@ -11,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 6 {
+    match selector % 7 {
         0 => ipubsub_http::fuzzing::send_body(rest),
         1 => {
             if let Ok(query) = std::str::from_utf8(rest) {
@@ -29,6 +30,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 => ipubsub_http::fuzzing::batch_body(rest),
+        5 => {
+            // Split in three at the first two zero bytes: Accept, Last-Event-ID, data.
+            let mut parts = rest.splitn(3, |&b| b == 0);
+            let (accept, id) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            ipubsub_http::fuzzing::event_stream(accept, id, parts.next().unwrap_or_default());
+        }
         _ => {
             if let Ok(body) = batch_from_fields(&mut Unstructured::new(rest)) {
                 ipubsub_http::fuzzing::batch_body(body.as_bytes());

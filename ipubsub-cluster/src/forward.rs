@@ -1,5 +1,6 @@
-//! [`Forwarder`]: hands a request to the node that owns its stream, once, over pooled
-//! keep-alive HTTP/1.1 connections.
+//! [`Forwarder`]: hands a request to the node that owns its stream, once, over one
+//! multiplexed HTTP/2 connection per member (or, for members of older builds, pooled
+//! keep-alive HTTP/1.1 connections: [`PeerHttp`]).
 //!
 //! A forwarded request carries [`FORWARDED_HEADER`] (the forwarding node's id), and the owner
 //! serves it wherever it lands: a request never takes a second hop, even while two nodes
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, header};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
@@ -85,6 +87,23 @@ pub enum ForwardError {
     Request(#[source] hyper::http::Error),
 }
 
+/// Which HTTP version the forwarder speaks to members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerHttp {
+    /// HTTP/2 (with prior knowledge over plain TCP, by ALPN over TLS): one connection per
+    /// member carries every request to it, so a forwarded long-poll costs the owner a stream,
+    /// not a connection. Every member must speak it.
+    #[default]
+    Http2,
+    /// HTTP/1.1 over a pool of keep-alive connections, one per request in flight: for a
+    /// cluster that still has members of builds without HTTP/2 (during a rolling upgrade).
+    Http1,
+}
+
+/// The header a reconnecting event-stream client sends ([`Forwarder::forward_events`]).
+const LAST_EVENT_ID: &str = "last-event-id";
+
 /// How the forwarder reaches members: plain HTTP, or (feature `tls`) HTTPS.
 #[derive(Clone, Debug)]
 enum Transport {
@@ -118,6 +137,14 @@ pub struct Forwarder {
     local: NodeId,
     /// Sent on every forwarded request, when the cluster has one.
     secret: Option<ClusterSecret>,
+    http: PeerHttp,
+    /// What [`with_tls`](Self::with_tls) was given, kept to build the client again when the
+    /// HTTP version changes.
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        rustls::ClientConfig,
+        Option<rustls::pki_types::ServerName<'static>>,
+    )>,
 }
 
 /// Time given to the owner beyond the caller's own wait, to answer and transfer.
@@ -126,11 +153,26 @@ const SLACK: Duration = Duration::from_secs(5);
 impl Forwarder {
     /// A forwarder for the node `local`.
     pub fn new(local: NodeId) -> Self {
+        let http = PeerHttp::default();
         Self {
-            transport: Transport::Plain(pooled(tcp_connector())),
+            transport: Transport::Plain(pooled(tcp_connector(), http)),
             local,
             secret: None,
+            http,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// This forwarder, speaking `http` to members.
+    pub fn with_http(mut self, http: PeerHttp) -> Self {
+        self.http = http;
+        self.transport = Transport::Plain(pooled(tcp_connector(), http));
+        #[cfg(feature = "tls")]
+        if let Some((tls, server_name)) = self.tls.take() {
+            return self.with_tls(tls, server_name);
+        }
+        self
     }
 
     /// This forwarder, talking HTTPS to members with `tls` (whose roots are the certificates
@@ -143,6 +185,7 @@ impl Forwarder {
         tls: rustls::ClientConfig,
         server_name: Option<rustls::pki_types::ServerName<'static>>,
     ) -> Self {
+        self.tls = Some((tls.clone(), server_name.clone()));
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only();
@@ -152,8 +195,12 @@ impl Forwarder {
             }
             None => builder,
         };
-        let connector = builder.enable_http1().wrap_connector(tcp_connector());
-        self.transport = Transport::Tls(pooled(connector));
+        // The ALPN offer: only the version this forwarder speaks.
+        let connector = match self.http {
+            PeerHttp::Http2 => builder.enable_http2().wrap_connector(tcp_connector()),
+            PeerHttp::Http1 => builder.enable_http1().wrap_connector(tcp_connector()),
+        };
+        self.transport = Transport::Tls(pooled(connector, self.http));
         self
     }
 
@@ -178,6 +225,46 @@ impl Forwarder {
     ) -> Result<Response<Bytes>, ForwardError> {
         self.exchange(owner, method, path_and_query, body, wait, request_id, None)
             .await
+    }
+
+    /// Forwards a receive asked as an event stream (`GET path_and_query` with
+    /// `Accept: text/event-stream`, and `last_event_id` when the client sent one) and returns
+    /// the owner's answer once its head arrives, its body still streaming: the caller passes
+    /// it through as it comes. `wait` bounds the time to the head (the stream itself lasts
+    /// as long as the owner keeps it open).
+    pub async fn forward_events(
+        &self,
+        owner: &Node,
+        path_and_query: &str,
+        wait: Duration,
+        request_id: &str,
+        last_event_id: Option<&hyper::header::HeaderValue>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut request = self.request(
+            owner,
+            Method::GET,
+            path_and_query,
+            Bytes::new(),
+            wait,
+            request_id,
+        )?;
+        let headers = request.headers_mut();
+        headers.insert(
+            header::ACCEPT,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        if let Some(id) = last_event_id {
+            headers.insert(LAST_EVENT_ID, id.clone());
+        }
+        // The head comes at once: an owner answers an event stream before it has any event.
+        let limit = SLACK;
+        match tokio::time::timeout(limit, self.send(owner, request)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ForwardError::Timeout {
+                node: owner.id().clone(),
+                waited: limit,
+            }),
+        }
     }
 
     /// Hands a message over to `owner`: `body` is a send (to `path`) of a message this node
@@ -216,6 +303,40 @@ impl Forwarder {
         request_id: &str,
         handoff: Option<&str>,
     ) -> Result<Response<Bytes>, ForwardError> {
+        let mut request = self.request(owner, method, path_and_query, body, wait, request_id)?;
+        if let Some(copy) = handoff {
+            let value = hyper::header::HeaderValue::from_str(copy)
+                .map_err(|e| ForwardError::Request(e.into()))?;
+            request.headers_mut().insert(HANDOFF_HEADER, value);
+        }
+        let limit = wait + SLACK;
+        let exchange = async {
+            let (parts, body) = self.send(owner, request).await?.into_parts();
+            let body = body.collect().await.map_err(|e| ForwardError::Broken {
+                node: owner.id().clone(),
+                source: Box::new(e),
+            })?;
+            Ok(Response::from_parts(parts, body.to_bytes()))
+        };
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ForwardError::Timeout {
+                node: owner.id().clone(),
+                waited: limit,
+            }),
+        }
+    }
+
+    /// The forwarded request: the hop, the deadline, the request id and the secret.
+    fn request(
+        &self,
+        owner: &Node,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        wait: Duration,
+        request_id: &str,
+    ) -> Result<Request<Full<Bytes>>, ForwardError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!(
@@ -235,46 +356,34 @@ impl Forwarder {
                 .headers_mut()
                 .insert(CLUSTER_SECRET_HEADER, secret.header().clone());
         }
-        if let Some(copy) = handoff {
-            let value = hyper::header::HeaderValue::from_str(copy)
-                .map_err(|e| ForwardError::Request(e.into()))?;
-            request.headers_mut().insert(HANDOFF_HEADER, value);
-        }
-        let limit = wait + SLACK;
-        let exchange = async {
-            let response = self.transport.request(request).await.map_err(|e| {
-                let node = owner.id().clone();
-                if !e.is_connect() {
-                    ForwardError::Broken {
-                        node,
-                        source: Box::new(e),
-                    }
-                } else if failed_tls_handshake(&e) {
-                    ForwardError::Tls {
-                        node,
-                        source: Box::new(e),
-                    }
-                } else {
-                    ForwardError::Unreachable {
-                        node,
-                        source: Box::new(e),
-                    }
+        Ok(request)
+    }
+
+    /// Sends `request` to `owner`; its answer once the head arrived.
+    async fn send(
+        &self,
+        owner: &Node,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        self.transport.request(request).await.map_err(|e| {
+            let node = owner.id().clone();
+            if !e.is_connect() {
+                ForwardError::Broken {
+                    node,
+                    source: Box::new(e),
                 }
-            })?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| ForwardError::Broken {
-                node: owner.id().clone(),
-                source: Box::new(e),
-            })?;
-            Ok(Response::from_parts(parts, body.to_bytes()))
-        };
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(ForwardError::Timeout {
-                node: owner.id().clone(),
-                waited: limit,
-            }),
-        }
+            } else if failed_tls_handshake(&e) {
+                ForwardError::Tls {
+                    node,
+                    source: Box::new(e),
+                }
+            } else {
+                ForwardError::Unreachable {
+                    node,
+                    source: Box::new(e),
+                }
+            }
+        })
     }
 }
 
@@ -314,13 +423,31 @@ fn tcp_connector() -> HttpConnector {
     connector
 }
 
-fn pooled<C>(connector: C) -> Client<C, Full<Bytes>>
+/// How often an HTTP/2 connection to a member is pinged, and how long an answer may take: a
+/// member that stopped (paused, cut off) is found within both, and every request in flight
+/// on the connection fails then instead of at its own deadline.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn pooled<C>(connector: C, http: PeerHttp) -> Client<C, Full<Bytes>>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(60));
+    if http == PeerHttp::Http2 {
+        builder
+            .http2_only(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .http2_keep_alive_timeout(PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
+            // Forwarded sends carry whole bodies: room for a large one per stream, and for
+            // many at once on the one connection.
+            .http2_initial_stream_window_size(1024 * 1024)
+            .http2_initial_connection_window_size(16 * 1024 * 1024);
+    }
+    builder.build(connector)
 }
 
 #[cfg(test)]
@@ -352,7 +479,9 @@ mod tests {
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).to_lowercase())
         });
         let secret = ClusterSecret::new("s3cret-s3cret-s3cret")?;
-        let forwarder = Forwarder::new(NodeId::new("n1")?).with_secret(Some(secret));
+        let forwarder = Forwarder::new(NodeId::new("n1")?)
+            .with_http(PeerHttp::Http1)
+            .with_secret(Some(secret));
         let to = Node::new(NodeId::new("n2")?, addr);
         let answer = forwarder
             .forward(
@@ -375,6 +504,60 @@ mod tests {
         ] {
             assert!(head.contains(line), "{line} missing from {head}");
         }
+        Ok(())
+    }
+
+    /// Over HTTP/2, every request to one member goes over one connection, side by side: 50
+    /// requests that each wait at the owner for the others to arrive all complete.
+    #[tokio::test]
+    async fn requests_to_one_member_share_one_http2_connection()
+    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const REQUESTS: usize = 50;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let all_in = Arc::new(tokio::sync::Barrier::new(REQUESTS));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let all_in = Arc::clone(&all_in);
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let all_in = Arc::clone(&all_in);
+                    async move {
+                        // No answer until every request is in flight at once.
+                        all_in.wait().await;
+                        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+                        let body = Full::new(Bytes::from(if forwarded { "fwd" } else { "?" }));
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+        let forwarder = Forwarder::new(NodeId::new("n1")?);
+        let to = Node::new(NodeId::new("n2")?, addr);
+        let requests = (0..REQUESTS).map(|i| {
+            let (forwarder, to) = (forwarder.clone(), to.clone());
+            tokio::spawn(async move {
+                let path = format!("/r?i={i}");
+                let wait = Duration::from_secs(5);
+                forwarder
+                    .forward(&to, Method::GET, &path, Bytes::new(), wait, "r")
+                    .await
+            })
+        });
+        for request in requests.collect::<Vec<_>>() {
+            let answer = request.await??;
+            assert_eq!(answer.body().as_ref(), b"fwd");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
         Ok(())
     }
 

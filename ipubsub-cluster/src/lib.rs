@@ -36,7 +36,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 pub use forward::{
-    DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, HANDOFF_HEADER, REQUEST_ID_HEADER,
+    DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, HANDOFF_HEADER, PeerHttp,
+    REQUEST_ID_HEADER,
 };
 use ipubsub_core::StreamId;
 pub use membership::{Membership, MembershipConfig, MembershipError};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ipubsub_cluster::ClusterSecret;
+use ipubsub_cluster::{ClusterSecret, PeerHttp};
 
 use crate::auth::Auth;
 use crate::cors::Cors;
@@ -59,6 +59,49 @@ pub struct HttpConfig {
     pub persistence_refused: Option<String>,
     /// Which pages of other origins may call the API from a browser; off by default.
     pub cors: Cors,
+    /// How often an event stream with nothing to send sends a comment, so that proxies and
+    /// load balancers do not close it as idle.
+    pub sse_heartbeat: Duration,
+    /// The limits of HTTP/2 connections (the listener speaks both versions).
+    pub http2: Http2Config,
+    /// Which HTTP version this node speaks to members when it forwards a request or hands a
+    /// message over.
+    pub peer_http: PeerHttp,
+}
+
+/// The limits of one HTTP/2 connection. Every other limit (body size and read time, waiters,
+/// auth, connection count) applies to each request on it as to a request over HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Http2Config {
+    /// Requests one connection may have in flight at once; the client waits for one to end
+    /// before it opens more. The one connection a member forwards over carries all of that
+    /// member's forwarded requests, waiting long-polls included, so the default is high; a
+    /// node's waiting requests stay bounded by the engine's waiter limits.
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may send on one request before the server reads them (the request's
+    /// flow-control window).
+    pub initial_stream_window: u32,
+    /// Bytes a client may send on all requests of a connection before the server reads them.
+    pub initial_connection_window: u32,
+    /// Largest header list (as HTTP/2 counts it: names, values and 32 bytes per field).
+    pub max_header_list_size: u32,
+    /// How often an idle connection is pinged; one whose client does not answer within the
+    /// interval is closed (HTTP/2 has no idle timeout between requests: a dead peer is found
+    /// this way instead).
+    pub keep_alive_interval: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 16_384,
+            initial_stream_window: 256 * 1024,
+            initial_connection_window: 1024 * 1024,
+            max_header_list_size: 16 * 1024,
+            keep_alive_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -86,6 +129,9 @@ impl Default for HttpConfig {
             peer_tls: None,
             persistence_refused: None,
             cors: Cors::Off,
+            sse_heartbeat: Duration::from_secs(15),
+            http2: Http2Config::default(),
+            peer_http: PeerHttp::default(),
         }
     }
 }

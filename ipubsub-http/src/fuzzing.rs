@@ -78,3 +78,43 @@ pub fn batch_body(body: &[u8]) {
         send_body(send.get().as_bytes());
     }
 }
+
+/// Reads `accept` as an `Accept` header and `last_event_id` as a `Last-Event-ID` on a log
+/// read, and writes `data` as an event: the event reads back, as a client's parser sees it,
+/// with the same id and the same data (its line breaks as `\n`).
+pub fn event_stream(accept: &[u8], last_event_id: &[u8], data: &[u8]) {
+    use hyper::header::{self, HeaderMap, HeaderValue};
+
+    let mut headers = HeaderMap::new();
+    if let Ok(accept) = HeaderValue::from_bytes(accept) {
+        headers.insert(header::ACCEPT, accept);
+    }
+    let _ = crate::sse::wanted(&headers);
+    if let Ok(id) = HeaderValue::from_bytes(last_event_id) {
+        headers.insert(&crate::sse::LAST_EVENT_ID, id);
+    }
+    let config = HttpConfig::default();
+    if let Ok(mut receive) = receive::parse(Some("streamId=s&readFromDB=true"), &config, true)
+        && crate::sse::resume(&headers, &mut receive).is_ok()
+    {
+        assert!(receive.log_after.is_some(), "a log read lost its position");
+    }
+
+    let id = std::str::from_utf8(last_event_id)
+        .ok()
+        .filter(|id| !id.contains(['\r', '\n', '\0']));
+    let seen = crate::sse::parse(&crate::sse::event(id, data));
+    assert_eq!(seen.len(), 1, "one event written, {} read", seen.len());
+    let mut expected = Vec::with_capacity(data.len());
+    let mut bytes = data.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        if b == b'\r' {
+            bytes.next_if_eq(&&b'\n');
+            expected.push(b'\n');
+        } else {
+            expected.push(b);
+        }
+    }
+    assert_eq!(seen[0].data, expected, "the data read back differs");
+    assert_eq!(seen[0].id.as_deref(), id, "the id read back differs");
+}

@@ -13,7 +13,8 @@
 //! - [`Auth`], [`TokenGrant`]: bearer tokens and what each may do.
 //! - [`ApiError`], [`ErrorCode`]: the error answers.
 //! - [`Metrics`]: what `GET /metrics` shows.
-//! - `send`, `receive`: one module per endpoint, parsing and running it.
+//! - `send`, `receive`: one module per endpoint, parsing and running it; `sse`: a receive as
+//!   Server-Sent Events ([`ApiBody`] carries them).
 //!
 //! # Example
 //! ```
@@ -40,6 +41,7 @@
 
 mod adoptions;
 mod auth;
+mod body;
 mod config;
 mod cors;
 mod error;
@@ -54,14 +56,18 @@ mod receive;
 mod send;
 mod server;
 mod service;
+mod signal;
+mod sse;
 mod store_clock;
 #[cfg(feature = "tls")]
 pub mod tls;
 
 pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
-pub use config::HttpConfig;
+pub use body::{ApiBody, BodyError};
+pub use config::{Http2Config, HttpConfig};
 pub use cors::{BadOrigin, Cors};
 pub use error::{ApiError, ErrorCode};
+pub use ipubsub_cluster::PeerHttp;
 pub use metrics::Metrics;
 pub use ownership::{follow_ownership, release_moved};
 pub use readiness::Readiness;

@@ -1,5 +1,11 @@
-//! [`serve`] (and, with feature `tls`, [`serve_tls`]): the accept loop, one hyper HTTP/1.1
-//! connection per client, the connection limit, slow-client timeouts and graceful shutdown.
+//! [`serve`] (and, with feature `tls`, [`serve_tls`]): the accept loop, one hyper HTTP/1.1 or
+//! HTTP/2 connection per client, the connection limit, slow-client timeouts and graceful
+//! shutdown.
+//!
+//! One listener speaks both versions. Over plain TCP, a client that starts with HTTP/2's
+//! connection preface (prior knowledge: `curl --http2-prior-knowledge`, gRPC-style clients,
+//! the forwarders of other nodes) is served HTTP/2, any other HTTP/1.1; over TLS, ALPN
+//! decides (`h2` or `http/1.1`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +28,16 @@ use crate::service::{App, error_response};
 
 /// How long a connection over the limit has to send its request before it is closed unanswered.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The HTTP version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
 
 /// Serves `app` on `listener` until `shutdown` completes, then shuts down gracefully: stops
 /// accepting, closes the engine (every waiting receive is answered, every blocked send
@@ -118,12 +134,9 @@ async fn serve_with(
     }
     drop(listener);
     tracing::info!("shutting down: answering waiting requests");
-    app.engine().close();
-    // Waiting log readers are released; queued appends are still written by the workers,
-    // which the caller awaits after this returns.
-    if let Some(log) = app.log() {
-        log.close();
-    }
+    // Waiting receivers and log readers are answered, event streams end; queued appends are
+    // still written by the log's workers, which the caller awaits after this returns.
+    app.close();
     // Close to the end of the grace, what is still in flight (mostly requests forwarded to
     // another owner) is answered, so that no client sees its connection closed unanswered.
     let cut = cut_at(grace);
@@ -160,11 +173,19 @@ impl Connection {
     /// Serves (or refuses) the connection until it closes, after the TLS handshake if any.
     async fn run(self, stream: TcpStream, tls: Option<Acceptor>) {
         let Some(tls) = tls else {
+            let limit = if self.refused {
+                REFUSAL_READ_TIMEOUT
+            } else {
+                self.app.config().idle_timeout
+            };
+            let Some(protocol) = sniff(&stream, limit).await else {
+                return;
+            };
             // Refusals are rare: boxed, their state does not widen every task.
             return if self.refused {
-                Box::pin(self.refuse_io(stream)).await
+                Box::pin(self.refuse_io(stream, protocol)).await
             } else {
-                self.serve_io(stream).await
+                self.serve_io(stream, protocol).await
             };
         };
         // Boxed: a task's size is its largest state, and a TLS stream is kilobytes; plain
@@ -179,10 +200,14 @@ impl Connection {
             let Some(stream) = self.handshake(&tls, stream, limit).await else {
                 return;
             };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
             if self.refused {
-                self.refuse_io(stream).await;
+                self.refuse_io(stream, protocol).await;
             } else {
-                self.serve_io(stream).await;
+                self.serve_io(stream, protocol).await;
             }
         })
         .await;
@@ -190,23 +215,32 @@ impl Connection {
         match tls {}
     }
 
-    async fn serve_io<I>(self, io: I)
+    async fn serve_io<I>(self, io: I, protocol: Protocol)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let idle_timeout = self.app.config().idle_timeout;
+        let config = self.app.config();
+        let idle_timeout = config.idle_timeout;
+        let h2 = (protocol == Protocol::Http2).then(|| http2_builder(&config.http2));
         let app = self.app;
         let service = service_fn(move |request| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(request).await) }
         });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Answers to pipelined requests go out in one write, not one each.
-            .pipeline_flush(true)
-            .header_read_timeout(idle_timeout)
-            .serve_connection(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(connection).await {
+        let io = TokioIo::new(io);
+        let ended = match h2 {
+            Some(h2) => self.watcher.watch(h2.serve_connection(io, service)).await,
+            None => {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    // Answers to pipelined requests go out in one write, not one each.
+                    .pipeline_flush(true)
+                    .header_read_timeout(idle_timeout)
+                    .serve_connection(io, service);
+                self.watcher.watch(connection).await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
         }
     }
@@ -214,7 +248,9 @@ impl Connection {
     /// Answers the first request of a connection over the limit with 503
     /// `TOO_MANY_CONNECTIONS` and closes it. Such a connection costs a task only until it has
     /// sent its request's headers (at most [`REFUSAL_READ_TIMEOUT`]).
-    async fn refuse_io<I>(self, io: I)
+    /// Over HTTP/2, every request the client sends within [`REFUSAL_READ_TIMEOUT`] is
+    /// answered so, then the connection is closed.
+    async fn refuse_io<I>(self, io: I, protocol: Protocol)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -225,12 +261,27 @@ impl Connection {
             );
             Ok::<_, Infallible>(error_response(&error))
         });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .keep_alive(false)
-            .header_read_timeout(REFUSAL_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(connection).await {
+        let io = TokioIo::new(io);
+        let ended = match protocol {
+            Protocol::Http2 => {
+                let mut h2 = http2_builder(&self.app.config().http2);
+                h2.max_concurrent_streams(8);
+                let connection = self.watcher.watch(h2.serve_connection(io, service));
+                match tokio::time::timeout(REFUSAL_READ_TIMEOUT, connection).await {
+                    Ok(ended) => ended,
+                    Err(_elapsed) => Ok(()),
+                }
+            }
+            Protocol::Http1 => {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .keep_alive(false)
+                    .header_read_timeout(REFUSAL_READ_TIMEOUT)
+                    .serve_connection(io, service);
+                self.watcher.watch(connection).await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, peer = %self.peer, "refused connection ended with an error");
         }
     }
@@ -255,6 +306,45 @@ impl Connection {
             }
         }
     }
+}
+
+/// The HTTP version a plain connection speaks, read from its first bytes without taking them
+/// (HTTP/2 with prior knowledge opens with [`PREFACE`]); `None` if the client closed or sent
+/// nothing within `limit`.
+async fn sniff(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+    let mut start = [0u8; PREFACE.len()];
+    let sniffing = async {
+        loop {
+            let n = stream.peek(&mut start).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if start[..n] != PREFACE[..n] {
+                return Some(Protocol::Http1);
+            }
+            if n == PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // Part of the preface: the rest is on its way (a peek returns at once while
+            // anything is unread, so wait a little rather than spin).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(limit, sniffing).await.ok().flatten()
+}
+
+/// An HTTP/2 connection builder with `limits`.
+fn http2_builder(limits: &crate::config::Http2Config) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.initial_stream_window)
+        .initial_connection_window_size(limits.initial_connection_window)
+        .max_header_list_size(limits.max_header_list_size)
+        .keep_alive_interval(limits.keep_alive_interval)
+        .keep_alive_timeout(limits.keep_alive_interval);
+    builder
 }
 
 /// One open connection, counted (and shown in the connections gauge) while it lives.

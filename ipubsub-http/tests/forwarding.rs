@@ -424,7 +424,10 @@ async fn the_forwarded_hop_keeps_the_request_id() -> TestResult {
     let owner = tokio::spawn(fake_owner(owner_listener));
     let cluster = Cluster::with_members(n1, [n2], DEFAULT_VIRTUAL_NODES);
     let stream = stream_owned_elsewhere(&cluster);
-    let app = App::new(Engine::default(), None, cluster, HttpConfig::default());
+    // The fake owner speaks HTTP/1.1, as members of builds before HTTP/2 do.
+    let mut config = HttpConfig::default();
+    config.peer_http = ipubsub_http::PeerHttp::Http1;
+    let app = App::new(Engine::default(), None, cluster, config);
     let path = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
     let answer = app.handle(get(&path, Some("trace-fwd-1"))).await;
     assert_eq!(answer.status(), StatusCode::OK);

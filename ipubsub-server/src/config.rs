@@ -11,8 +11,10 @@ use ipubsub_http::{Cors, HttpConfig};
 use serde::{Deserialize, Serialize};
 
 mod security;
+mod transport;
 
 pub use security::{AuthSection, Secret, TlsSection};
+pub use transport::{Http2Section, SseSection};
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,10 @@ pub struct HttpSection {
     pub max_batch_items: usize,
     /// Browsers: which pages of other origins may call the API.
     pub cors: CorsSection,
+    /// HTTP/2 connections, and forwarding to members over HTTP/2.
+    pub http2: Http2Section,
+    /// Receives as Server-Sent Events.
+    pub sse: SseSection,
 }
 
 /// `http.cors:`
@@ -168,6 +174,8 @@ impl Default for HttpSection {
             max_connections: d.max_connections,
             max_batch_items: d.max_batch_items,
             cors: CorsSection::default(),
+            http2: Http2Section::default(),
+            sse: SseSection::default(),
         }
     }
 }
@@ -532,6 +540,7 @@ impl Config {
         if let Err(e) = Cors::new(&http.cors.allowed_origins) {
             return invalid(format!("http.cors.allowed_origins: {e}"));
         }
+        http.validate_transport()?;
         self.validate_security()?;
         let storage = &self.storage;
         if storage.default_ttl_seconds == 0 || storage.default_ttl_seconds > storage.max_ttl_seconds
@@ -636,6 +645,7 @@ impl Config {
         c.max_batch_items = self.http.max_batch_items;
         c.cors = Cors::new(&self.http.cors.allowed_origins)
             .map_err(|e| ConfigError::Invalid(format!("http.cors.allowed_origins: {e}")))?;
+        self.http.apply_transport(&mut c);
         self.apply_security(&mut c)?;
         Ok(c)
     }

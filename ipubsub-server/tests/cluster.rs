@@ -389,12 +389,8 @@ async fn a_node_whose_name_a_member_already_uses_refuses_to_start() -> TestResul
 
 /// The `ipubsub_forwards_total` counters of a node's `/metrics`, summed.
 async fn forwards(node: &common::TestServer) -> u64 {
-    let (_, text) = node.call_raw(Method::GET, "/metrics", "").await;
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with("ipubsub_forwards_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let forwards = node.client().metric("ipubsub_forwards_total{").await;
+    forwards.unwrap_or(0.0) as u64
 }
 
 /// A batch through one node whose sends span the three owners: each owner gets the sends of
@@ -449,5 +445,43 @@ async fn a_batch_spanning_three_owners_is_forwarded_once_per_owner() -> TestResu
             .collect();
         assert_eq!(got, [&json!(0), &json!(1), &json!(2)], "stream batch-{s}");
     }
+    Ok(())
+}
+
+/// Event streams opened through a node that owns none of their streams: the owner's events
+/// pass through as they come, and the owner counts one connection from the node for all of
+/// them (forwarding speaks HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_through_a_non_owner_share_one_connection_to_the_owner() -> TestResult {
+    const STREAMS: usize = 16;
+    let cluster = Cluster::start(2);
+    cluster.converge(2, Duration::from_secs(15)).await;
+    let via = common::h2_client(cluster.node(0).addr);
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let path = format!("/api/v1/streams/receive?streamId=sse-{i}&timeoutSeconds=20");
+        let mut events = via.events(&path, &[]).await;
+        assert_eq!(events.status, StatusCode::OK);
+        events
+            .next(Duration::from_secs(2))
+            .await
+            .ok_or("no preamble")?;
+        streams.push(events);
+    }
+    let owner = cluster.node(1).client();
+    let relayed = forwards(cluster.node(0)).await;
+    assert!(relayed >= 1, "no stream of {STREAMS} is owned by node 1");
+    // The test's own connection, and node 0's one connection for every relayed stream.
+    assert_eq!(owner.metric("ipubsub_http_connections").await, Some(2.0));
+    for i in 0..STREAMS {
+        let send = json!({"streamId": format!("sse-{i}"), "messageUuid": "m", "message": i});
+        assert_eq!(owner.send(send).await.0, StatusCode::OK);
+    }
+    for (i, events) in streams.iter_mut().enumerate() {
+        let event = events.next_event(Duration::from_secs(3)).await;
+        let event = event.ok_or_else(|| format!("no event on sse-{i}"))?;
+        assert_eq!(event.json()["message"], json!(i), "{event:?}");
+    }
+    println!("{relayed} of {STREAMS} event streams relayed by node 0");
     Ok(())
 }

@@ -39,7 +39,7 @@ async fn the_server_talks_https_with_its_certificate() -> TestResult {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(config.clone())
         .https_only()
         .enable_http1()
         .build();
@@ -58,6 +58,33 @@ async fn the_server_talks_https_with_its_certificate() -> TestResult {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
     assert_eq!(body["message"], "over tls");
+
+    // The same listener speaks HTTP/2 to a client that offers `h2` by ALPN.
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http2()
+        .build();
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let send =
+        Request::post(format!("https://{}/api/v1/streams/send", server.addr)).body(Full::new(
+            Bytes::from_static(br#"{"streamId":"s","messageUuid":"m2","message":"over h2"}"#),
+        ))?;
+    let sent = h2.request(send).await?;
+    assert_eq!(
+        (sent.status(), sent.version()),
+        (StatusCode::OK, hyper::Version::HTTP_2)
+    );
+    let receive = Request::get(format!(
+        "https://{}/api/v1/streams/receive?streamId=s&timeoutSeconds=0",
+        server.addr
+    ))
+    .body(Full::new(Bytes::new()))?;
+    let body = h2.request(receive).await?.into_body().collect().await?;
+    let body: Value = serde_json::from_slice(&body.to_bytes())?;
+    assert_eq!(body["message"], "over h2");
     Ok(())
 }
 

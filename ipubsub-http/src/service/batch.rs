@@ -17,9 +17,9 @@
 
 use std::time::Duration;
 
+use crate::body::ApiBody;
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http_body_util::Full;
 use hyper::body::Body as HttpBody;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -161,7 +161,7 @@ impl App {
         &self,
         request: Request<B>,
         id: &str,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
+    ) -> Result<Response<ApiBody>, ApiError>
     where
         B: HttpBody<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,

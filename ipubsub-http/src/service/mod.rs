@@ -2,15 +2,14 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 use ipubsub_cluster::{
     CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder,
@@ -20,6 +19,7 @@ use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
 
 use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
+use crate::body::ApiBody;
 use crate::config::HttpConfig;
 use crate::cors::Cors;
 use crate::error::{ApiError, ErrorCode, chain};
@@ -27,7 +27,8 @@ use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
 use crate::rebalance::Strays;
 use crate::send::SendKind;
-use crate::{receive, send};
+use crate::signal::Signal;
+use crate::{receive, send, sse};
 
 pub(crate) mod batch;
 
@@ -64,17 +65,11 @@ struct Inner {
     /// Request ids this node makes up: a random prefix per process, then a counter.
     id_prefix: String,
     next_id: AtomicU64,
-    /// Set near the end of the shutdown grace: sends and receives still being served are
+    /// Fired near the end of the shutdown grace: sends and receives still being served are
     /// answered then ([`App::cut_in_flight`]).
-    cut: Cut,
-}
-
-/// The signal that ends the sends and receives still in flight when a shutdown's grace is
-/// nearly over.
-#[derive(Default)]
-struct Cut {
-    done: AtomicBool,
-    notify: Notify,
+    cut: Signal,
+    /// Fired when the node starts shutting down ([`App::close`]): event streams end then.
+    closing: Signal,
 }
 
 impl std::fmt::Debug for App {
@@ -91,8 +86,9 @@ impl App {
     /// `cluster`, with `config`'s limits.
     pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
         let metrics = Metrics::new(engine.clone(), log.clone(), cluster.clone());
-        let forwarder =
-            Forwarder::new(cluster.local().id().clone()).with_secret(config.cluster_secret.clone());
+        let forwarder = Forwarder::new(cluster.local().id().clone())
+            .with_http(config.peer_http)
+            .with_secret(config.cluster_secret.clone());
         #[cfg(feature = "tls")]
         let forwarder = match &config.peer_tls {
             Some(peer) => forwarder.with_tls((*peer.config).clone(), peer.server_name.clone()),
@@ -114,7 +110,8 @@ impl App {
                     std::hash::RandomState::new().hash_one(std::process::id())
                 ),
                 next_id: AtomicU64::new(0),
-                cut: Cut::default(),
+                cut: Signal::default(),
+                closing: Signal::default(),
             }),
         }
     }
@@ -137,7 +134,7 @@ impl App {
     /// Answers one request. Never fails: every error becomes a JSON error response. Every
     /// answer carries the request's id ([`REQUEST_ID_HEADER`]): the caller's, when it sent a
     /// valid one (1 to 128 of `A-Z a-z 0-9 . _ : -`), else one made up here.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ApiBody>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -164,7 +161,7 @@ impl App {
                 | "/",
                 &Method::OPTIONS,
             ) if cors.is_preflight(request.headers()) => {
-                let mut answer = Response::new(Full::new(Bytes::new()));
+                let mut answer = Response::new(ApiBody::from(Bytes::new()));
                 *answer.status_mut() = StatusCode::NO_CONTENT;
                 cors.preflight(request.headers(), answer.headers_mut());
                 (MetricRoute::Preflight, Ok(answer))
@@ -248,26 +245,29 @@ impl App {
     /// what is still in flight then is mostly a request forwarded to another owner, whose
     /// answer this node cannot wait for.
     pub fn cut_in_flight(&self) {
-        let cut = &self.inner.cut;
-        cut.done.store(true, Ordering::Release);
-        cut.notify.notify_waiters();
+        self.inner.cut.fire();
+    }
+
+    /// Starts the node's shutdown: the engine and the log take no more work and answer their
+    /// waiting requests, and every event stream ends (with an `end` event saying so). Queued
+    /// log appends are still written by the log's workers.
+    pub fn close(&self) {
+        // First: an event stream woken by the engine closing then says why it ends.
+        self.inner.closing.fire();
+        self.inner.engine.close();
+        if let Some(log) = &self.inner.log {
+            log.close();
+        }
     }
 
     /// `work`, or `SHUTTING_DOWN` with `what` if [`cut_in_flight`](Self::cut_in_flight) comes
     /// first. Work that finishes at once never registers with the signal.
-    async fn unless_cut(
+    async fn unless_cut<T>(
         &self,
-        work: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
+        work: impl Future<Output = Result<T, ApiError>>,
         what: &'static str,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
-        let cut = &self.inner.cut;
-        // Made before the flag is read: it sees a `notify_waiters` from then on.
-        let notified = cut.notify.notified();
-        let cut = async {
-            if !cut.done.load(Ordering::Acquire) {
-                notified.await;
-            }
-        };
+    ) -> Result<T, ApiError> {
+        let cut = self.inner.cut.wait();
         tokio::select! {
             biased;
             result = work => result,
@@ -293,8 +293,8 @@ impl App {
     }
 
     /// `GET /metrics`.
-    fn metrics_answer(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(self.inner.metrics.encode())));
+    fn metrics_answer(&self) -> Response<ApiBody> {
+        let mut response = Response::new(ApiBody::from(Bytes::from(self.inner.metrics.encode())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -385,11 +385,7 @@ impl App {
         Bytes::from(about.to_string())
     }
 
-    async fn send<B>(
-        &self,
-        request: Request<B>,
-        id: &str,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
+    async fn send<B>(&self, request: Request<B>, id: &str) -> Result<Response<ApiBody>, ApiError>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -480,7 +476,7 @@ impl App {
         &self,
         request: Request<B>,
         id: &str,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
+    ) -> Result<Response<ApiBody>, ApiError> {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
         let hop = Hop::of(&request, id);
@@ -490,6 +486,13 @@ impl App {
         if let Some(grant) = grant {
             grant.allow(Permission::Subscribe, receive.stream.as_str())?;
         }
+        let events = sse::wanted(request.headers());
+        let last_event_id = if events {
+            sse::resume(request.headers(), &mut receive)?;
+            request.headers().get(&sse::LAST_EVENT_ID).cloned()
+        } else {
+            None
+        };
         // The request's URI and headers share hyper's read buffer: held while this receive
         // waits, they would make hyper allocate a second buffer for the connection. Only the
         // target (for a forward) is kept.
@@ -499,6 +502,11 @@ impl App {
             .map_or(RECEIVE_PATH, |p| p.as_str())
             .to_owned();
         drop(request);
+        if events {
+            return self
+                .receive_events(receive, &hop, &target, last_event_id.as_ref())
+                .await;
+        }
         let empty = Bytes::new();
         let forwarded = self.forward(
             &receive.stream,
@@ -533,6 +541,39 @@ impl App {
             (Some(_), None) => return Err(inner.config.no_persistence("readFromDB")),
         };
         Ok(json(StatusCode::OK, body))
+    }
+
+    /// A receive asked as an event stream: served here as one ([`sse`]), or by the stream's
+    /// owner, whose stream is passed through as it comes.
+    async fn receive_events(
+        &self,
+        mut receive: receive::ReceiveRequest,
+        hop: &Hop<'_>,
+        target: &str,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let inner = &*self.inner;
+        let (forwarder, wait, id) = (&inner.forwarder, receive.timeout, hop.request_id);
+        let relayed = self.forward_with(&receive.stream, hop, |owner| async move {
+            forwarder
+                .forward_events(&owner, target, wait, id, last_event_id)
+                .await
+        });
+        if let Some(answer) = relayed.await? {
+            let (parts, body) = answer.into_parts();
+            return Ok(passed_through(parts, ApiBody::relayed(body)));
+        }
+        receive.timeout = hop.cap(receive.timeout);
+        let source = sse::Source {
+            engine: inner.engine.clone(),
+            log: inner.log.clone(),
+            cluster: inner.cluster.clone(),
+            store_timeout: inner.config.store_timeout,
+            request: receive,
+        };
+        let events =
+            sse::EventStream::new(source, inner.config.sse_heartbeat, inner.closing.fired());
+        Ok(sse::response(events))
     }
 
     /// Who may make this request: checked before anything else is read. A request marked
@@ -601,33 +642,44 @@ impl App {
         target: &str,
         body: &Bytes,
         wait: Duration,
-    ) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
+    ) -> Result<Option<Response<ApiBody>>, ApiError> {
+        let forwarder = &self.inner.forwarder;
+        let id = hop.request_id;
+        let answer = self.forward_with(stream, hop, |owner| {
+            let (method, body) = (method.clone(), body.clone());
+            async move {
+                forwarder
+                    .forward(&owner, method, target, body, wait, id)
+                    .await
+            }
+        });
+        Ok(answer.await?.map(|answer| {
+            let (parts, body) = answer.into_parts();
+            passed_through(parts, ApiBody::from(body))
+        }))
+    }
+
+    /// [`forward`](Self::forward) with `exchange` as the way to reach the owner.
+    async fn forward_with<T, F>(
+        &self,
+        stream: &StreamId,
+        hop: &Hop<'_>,
+        exchange: impl Fn(Node) -> F,
+    ) -> Result<Option<Response<T>>, ApiError>
+    where
+        F: Future<Output = Result<Response<T>, ForwardError>>,
+    {
         let id = hop.request_id;
         let mut retried = false;
         while let Some(owner) = self.owner_elsewhere(stream, hop) {
             // Boxed: the client exchange is a fifth of the size of `handle`'s future, which
             // hyper allocates for every connection, forwarding or not.
-            let forwarded = Box::pin(self.inner.forwarder.forward(
-                &owner,
-                method.clone(),
-                target,
-                body.clone(),
-                wait,
-                id,
-            ));
+            let forwarded = Box::pin(exchange(owner.clone()));
             let metrics = &self.inner.metrics;
             match forwarded.await {
                 Ok(answer) => {
                     metrics.forward(ForwardOutcome::Answered);
-                    let (parts, body) = answer.into_parts();
-                    let mut response = Response::new(Full::new(body));
-                    *response.status_mut() = parts.status;
-                    for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
-                        if let Some(value) = parts.headers.get(&name) {
-                            response.headers_mut().insert(name, value.clone());
-                        }
-                    }
-                    return Ok(Some(response));
+                    return Ok(Some(answer));
                 }
                 Err(e @ (ForwardError::Unreachable { .. } | ForwardError::Tls { .. }))
                     if !retried =>
@@ -657,6 +709,25 @@ impl App {
         }
         Ok(None)
     }
+}
+
+/// The answer of a stream's owner as this node gives it: its status, body and the headers
+/// that are part of the API.
+fn passed_through(parts: hyper::http::response::Parts, body: ApiBody) -> Response<ApiBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    let kept = [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::ALLOW,
+        header::CACHE_CONTROL,
+    ];
+    for name in kept {
+        if let Some(value) = parts.headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
 }
 
 /// What a send cut by the end of a shutdown's grace is told: it may have been forwarded to
@@ -769,8 +840,8 @@ fn not_allowed(allow: &'static str) -> ApiError {
     )
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+fn json(status: StatusCode, body: Bytes) -> Response<ApiBody> {
+    let mut response = Response::new(ApiBody::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -780,7 +851,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 }
 
 /// The answer to `error`, with the headers its code calls for.
-pub(crate) fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(error: &ApiError) -> Response<ApiBody> {
     let mut response = json(error.code.status(), error.body());
     let headers = response.headers_mut();
     match error.code {

@@ -237,6 +237,17 @@ impl Client {
         )
     }
 
+    /// The sum of the samples of `/metrics` whose line starts with `prefix` (a metric's name,
+    /// or its name and some labels); `None` if there is none.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, text) = self.raw(Method::GET, "/metrics", String::new(), &[]).await;
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b)
+    }
+
     /// `POST /api/v1/streams/send`.
     pub async fn send(&self, body: Value) -> (StatusCode, Value) {
         self.json(Method::POST, "/api/v1/streams/send", body.to_string(), &[])
@@ -264,6 +275,120 @@ impl Client {
             &[("x-ipubsub-forwarded", "test")],
         )
         .await
+    }
+}
+
+/// An HTTP/2 client (cleartext, prior knowledge) of the server at `addr`: every request over
+/// one connection.
+pub fn h2_client(addr: SocketAddr) -> Client {
+    Client {
+        addr,
+        client: HttpClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
+    }
+}
+
+impl Client {
+    /// `GET {path}` asked as an event stream, with extra `headers`: its status, headers and
+    /// events as they come.
+    pub async fn events(&self, path: &str, headers: &[(&str, &str)]) -> Events {
+        let mut request = Request::get(format!("http://{}{path}", self.addr))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).expect("request");
+        let response = self.client.request(request).await.expect("response");
+        let (parts, body) = response.into_parts();
+        Events {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// One event as a client reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `event:`; `None` for the default (`message`).
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    /// `data:` lines, joined with `\n`.
+    pub data: String,
+    /// A comment (heartbeat), with no fields.
+    pub comment: bool,
+}
+
+impl Event {
+    /// The data as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// An event stream being read. The server writes `\n` line ends, so an event (or a comment)
+/// ends at a blank line.
+pub struct Events {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub version: hyper::Version,
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    /// The next event or comment within `within`; `None` when the stream ended or nothing
+    /// came.
+    pub async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block[..end]).into_owned();
+                let mut event = Event::default();
+                let mut data = Vec::new();
+                for line in text.split('\n') {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "" => event.comment = true,
+                        "data" => data.push(value.to_owned()),
+                        "id" => event.id = Some(value.to_owned()),
+                        "event" => event.kind = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                event.data = data.join("\n");
+                return Some(event);
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await;
+            match frame {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event that is not a comment (or `retry:` line) within `within`.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await?;
+            // The `retry:` line has neither data nor a kind.
+            let bare = event.data.is_empty() && event.kind.is_none();
+            if !(event.comment || bare) {
+                return Some(event);
+            }
+        }
     }
 }
 
