@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace: formatting, clippy (warnings are errors),
 # all unit, integration and doc tests, the API against its OpenAPI document (schemathesis),
+# the API from a page of another origin in headless Chromium,
 # the churn test (a real cluster on each shared database under a nemesis),
 # the loom models of the matching core, the fuzz targets for a bounded time, and the docs.
 # This is the README's test command and what CI runs (.ci/run).
@@ -38,6 +39,9 @@ cargo test --workspace --all-features --locked
 
 step "OpenAPI conformance (schemathesis against a running node)"
 scripts/conformance.sh target/debug/ipubsub-server
+
+step "browser: CORS, long-polls and EventSource in headless Chromium (scripts/browser.sh)"
+scripts/browser.sh target/debug/ipubsub-server
 
 step "churn: real nodes, a nemesis and a checker (scripts/churn.sh)"
 scripts/churn.sh target/debug/ipubsub-server "${CHURN_SECONDS:-40}"
