@@ -503,19 +503,20 @@ impl App {
             .to_owned();
         drop(request);
         if events {
-            return self
-                .receive_events(receive, &hop, &target, last_event_id.as_ref())
+            // Boxed, as the log read below: a waiting in-memory receive (the most numerous
+            // request) should not carry the state of the paths it does not take.
+            return Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
                 .await;
         }
         let empty = Bytes::new();
-        let forwarded = self.forward(
+        let forwarded = Box::pin(self.forward(
             &receive.stream,
             &hop,
             Method::GET,
             &target,
             &empty,
             receive.timeout,
-        );
+        ));
         if let Some(answer) = forwarded.await? {
             return Ok(answer);
         }
@@ -529,9 +530,9 @@ impl App {
             }
             (Some(after), Some(log)) => {
                 let owned = || !matches!(inner.cluster.route(&receive.stream), Route::Forward(_));
-                let records =
-                    receive::run_log(log, &receive, after, inner.config.store_timeout, owned)
-                        .await?;
+                let read =
+                    receive::run_log(log, &receive, after, inner.config.store_timeout, owned);
+                let records = Box::pin(read).await?;
                 let tokens = records.iter().map(|r| {
                     let token = ResumeToken::new(&r.stream, r.seq).to_string();
                     (&r.message, Some(token))

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use ipubsub_benches::http1::{Http1Conn, push_post};
 use ipubsub_benches::{latency_histogram as histogram, now_micros};
 
+use crate::events::{Follower, H2_CONNECTIONS, Opener, Via};
 use crate::resp::{RedisConn, Reply};
 use crate::servers::Target;
 
@@ -51,6 +52,8 @@ pub struct Pattern {
     pub duration: Duration,
     /// Size of each message's JSON text, bytes.
     pub message_size: usize,
+    /// How ipubsub's receivers take messages (Redis always pops).
+    pub via: Via,
 }
 
 /// What one run measured.
@@ -175,6 +178,8 @@ fn stream_name(prefix: &str, index: u64) -> String {
 enum Client {
     Http(Http1Conn, Vec<u8>),
     Redis(RedisConn),
+    /// A receiver following its stream as events (its data read so far kept in the `Vec`).
+    Events(Follower, SocketAddr, Vec<u8>),
 }
 
 impl Client {
@@ -204,6 +209,7 @@ impl Client {
                 let response = conn.read_response().await?;
                 Ok((response.status != 200).then(|| format!("send {}", response.status)))
             }
+            Client::Events(..) => anyhow::bail!("an event-stream client does not send"),
             Client::Redis(conn) => {
                 match conn
                     .command(&[b"RPUSH", stream.as_bytes(), message])
@@ -254,6 +260,7 @@ impl Client {
                     (refused > 0).then(|| format!("batch item refused ×{refused}")),
                 ))
             }
+            Client::Events(..) => anyhow::bail!("an event-stream client does not send"),
             Client::Redis(conn) => {
                 let mut args: Vec<&[u8]> = vec![b"RPUSH", stream.as_bytes()];
                 args.extend(messages.iter().map(Vec::as_slice));
@@ -303,6 +310,18 @@ impl Client {
                     *token = Some(t);
                 }
                 Ok(None)
+            }
+            Client::Events(follower, addr, data) => {
+                let log = target == Target::Persistent;
+                let mut query = format!("streamId={stream}&timeoutSeconds=30");
+                if log {
+                    query.push_str("&readFromDB=true");
+                }
+                data.clear();
+                let second = Duration::from_secs(1);
+                let nothing = follower.next(*addr, &query, log, second, data).await?;
+                scan_payloads(data, got);
+                Ok(nothing)
             }
             Client::Redis(conn) => {
                 let reply = if max > 1 {
@@ -355,6 +374,13 @@ pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow:
     let pattern = Arc::new(pattern.clone());
     // Every connection is open before the clock starts.
     let mut pollers = Vec::new();
+    let events = target.is_http() && pattern.via != Via::LongPoll;
+    let mut shared_h2 = Vec::new();
+    if target.is_http() && pattern.via == Via::Events2 {
+        for _ in 0..H2_CONNECTIONS {
+            shared_h2.push(Opener::http2(addr).await?);
+        }
+    }
     for j in 0..pattern.receivers {
         let streams: Vec<u64> = match pattern.shape {
             Shape::Spread => (0..pattern.streams as u64)
@@ -366,7 +392,21 @@ pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow:
                 .filter(|s| s % pattern.receivers as u64 == j as u64)
                 .collect(),
         };
-        if matches!(pattern.shape, Shape::OneEach(_)) {
+        if events {
+            anyhow::ensure!(
+                pattern.shape == Shape::Spread,
+                "event streams follow spread streams only"
+            );
+            for stream in streams {
+                // Over HTTP/2, stream s on shared connection s % 64; else its own.
+                let opener = match shared_h2.get(stream as usize % H2_CONNECTIONS) {
+                    Some(h2) => h2.share()?,
+                    None => Opener::http1(addr).await?,
+                };
+                let follower = Client::Events(Follower::new(opener), addr, Vec::new());
+                pollers.push((follower, vec![stream]));
+            }
+        } else if matches!(pattern.shape, Shape::OneEach(_)) {
             pollers.push((Client::connect(target, addr).await?, streams));
         } else {
             for stream in streams {

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Patterns: `send` (64 publishers, no receivers, 1,000 streams: the send path against the
-//! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `2`
+//! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `1e`
+//! and `1e2` (pattern 1 with each stream followed as Server-Sent Events, over a connection of
+//! its own or over 64 shared HTTP/2 connections; Redis still pops), `2`
 //! (the same, 100 messages per receive), `2b` (pattern 2 sending 100 messages per request:
 //! `sendBatch`, Redis `RPUSH` of 100 values), `3` (one hot stream), `4` (100,000 streams, one
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
@@ -22,10 +24,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
+mod events;
 mod load;
 mod resp;
 mod servers;
 
+use events::Via;
 use load::{Outcome, Pattern, Shape};
 use servers::{Programs, Server, Target};
 
@@ -100,10 +104,19 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         rate,
         duration: Duration::from_secs(args.duration),
         message_size: 100,
+        via: Via::LongPoll,
     };
     Ok(match name {
         "send" => spread(0, 1),
         "1" | "half" => spread(64, 1),
+        "1e" => Pattern {
+            via: Via::Events1,
+            ..spread(64, 1)
+        },
+        "1e2" => Pattern {
+            via: Via::Events2,
+            ..spread(64, 1)
+        },
         "2" => spread(64, 100),
         "2b" => Pattern {
             send_batch: 100,
@@ -121,7 +134,9 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             shape: Shape::OneEach(args.fill_streams),
             ..spread(0, 1)
         },
-        other => anyhow::bail!("unknown pattern {other:?} (send, 1, 2, 2b, 3, 4, half, fill)"),
+        other => {
+            anyhow::bail!("unknown pattern {other:?} (send, 1, 1e, 1e2, 2, 2b, 3, 4, half, fill)")
+        }
     })
 }
 

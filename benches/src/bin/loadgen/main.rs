@@ -123,6 +123,14 @@ struct Args {
     /// With --hold-waiters: the server's pid, to report its resident memory per waiter.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// With --hold-waiters: spread the waiting receives over this many HTTP/2 connections
+    /// (cleartext, prior knowledge) instead of one HTTP/1.1 connection each.
+    #[arg(long)]
+    h2_connections: Option<usize>,
+    /// With --hold-waiters: hold event streams (`Accept: text/event-stream`) instead of
+    /// long-polls; each is checked to end with its `end` event after the timeout.
+    #[arg(long)]
+    sse: bool,
 }
 
 #[derive(Default)]
@@ -361,6 +369,10 @@ fn percentiles(h: &Histogram<u64>) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     if let Some(count) = args.hold_waiters {
+        if let Some(connections) = args.h2_connections {
+            return waiters::hold_waiters_h2(&args, count, connections).await;
+        }
+        anyhow::ensure!(!args.sse, "--sse needs --h2-connections");
         return waiters::hold_waiters(&args, count).await;
     }
     anyhow::ensure!(
