@@ -25,7 +25,7 @@
 //! use ipubsub_http::{App, HttpConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let cluster = Cluster::single(Node::new(NodeId::new("n1")?, "127.0.0.1:16681".parse()?));
 //! let app = App::new(Engine::default(), None, cluster, HttpConfig::default());
 //! let send = hyper::Request::post("/api/v1/streams/send")

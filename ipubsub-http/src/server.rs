@@ -229,7 +229,9 @@ impl Connection {
         });
         let io = TokioIo::new(io);
         let ended = match h2 {
-            Some(h2) => self.watcher.watch(h2.serve_connection(io, service)).await,
+            // Boxed: an HTTP/2 connection's state is kilobytes, and every HTTP/1.1 connection's
+            // task would be that large too.
+            Some(h2) => Box::pin(self.watcher.watch(h2.serve_connection(io, service))).await,
             None => {
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -472,11 +472,40 @@ impl App {
         Ok((hop, grant, body))
     }
 
-    async fn receive<B>(
+    /// `GET /api/v1/streams/receive`. What the request says is read before the answer's
+    /// future is made, so that the future (which a waiting receive keeps for as long as it
+    /// waits) holds none of the request.
+    fn receive<'a, B>(
+        &'a self,
+        request: Request<B>,
+        id: &'a str,
+    ) -> impl Future<Output = Result<Response<ApiBody>, ApiError>> + use<'a, B> {
+        let asked = self.receive_asked(request, id);
+        async move {
+            let Asked {
+                hop,
+                receive,
+                events,
+                target,
+            } = asked?;
+            match events {
+                // Boxed, as the log read: a waiting in-memory receive (the most numerous
+                // request) should not carry the state of the paths it does not take.
+                Some(last_event_id) => {
+                    Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
+                        .await
+                }
+                None => self.receive_answer(receive, &hop, &target).await,
+            }
+        }
+    }
+
+    /// What a receive asks, checked: who may make it, its query, and the stream it is for.
+    fn receive_asked<'a, B>(
         &self,
         request: Request<B>,
-        id: &str,
-    ) -> Result<Response<ApiBody>, ApiError> {
+        id: &'a str,
+    ) -> Result<Asked<'a>, ApiError> {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
         let hop = Hop::of(&request, id);
@@ -486,10 +515,9 @@ impl App {
         if let Some(grant) = grant {
             grant.allow(Permission::Subscribe, receive.stream.as_str())?;
         }
-        let events = sse::wanted(request.headers());
-        let last_event_id = if events {
+        let events = if sse::wanted(request.headers()) {
             sse::resume(request.headers(), &mut receive)?;
-            request.headers().get(&sse::LAST_EVENT_ID).cloned()
+            Some(request.headers().get(&sse::LAST_EVENT_ID).cloned())
         } else {
             None
         };
@@ -501,19 +529,28 @@ impl App {
             .path_and_query()
             .map_or(RECEIVE_PATH, |p| p.as_str())
             .to_owned();
-        drop(request);
-        if events {
-            // Boxed, as the log read below: a waiting in-memory receive (the most numerous
-            // request) should not carry the state of the paths it does not take.
-            return Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
-                .await;
-        }
+        Ok(Asked {
+            hop,
+            receive,
+            events,
+            target,
+        })
+    }
+
+    /// A receive's answer: from the stream's owner, or from here once a message came.
+    async fn receive_answer(
+        &self,
+        mut receive: receive::ReceiveRequest,
+        hop: &Hop<'_>,
+        target: &str,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let inner = &*self.inner;
         let empty = Bytes::new();
         let forwarded = Box::pin(self.forward(
             &receive.stream,
-            &hop,
+            hop,
             Method::GET,
-            &target,
+            target,
             &empty,
             receive.timeout,
         ));
@@ -745,6 +782,16 @@ const CUT_RECEIVE: &str =
 /// How long an owner that could not be reached stays out of this node's ring (gossip
 /// usually declares it dead, or alive again, well within that).
 const SUSPICION: Duration = Duration::from_secs(10);
+
+/// A receive as checked before it runs ([`App::receive`]).
+struct Asked<'a> {
+    hop: Hop<'a>,
+    receive: receive::ReceiveRequest,
+    /// Asked as an event stream: with the `Last-Event-ID` it sent, if any.
+    events: Option<Option<HeaderValue>>,
+    /// Its path and query, for a forward.
+    target: String,
+}
 
 /// What the forwarding headers of a request say, and the id it goes on with.
 struct Hop<'a> {
