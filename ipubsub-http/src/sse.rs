@@ -426,6 +426,13 @@ mod tests {
         })
     }
 
+    /// Stream `s` of `engine` as events: a 30 s timeout, a heartbeat every 10 s.
+    fn followed(engine: &Engine, closing: &crate::signal::Signal) -> Result<ApiBody, BodyError> {
+        let source = source(engine, Duration::from_secs(30))?;
+        let events = EventStream::new(source, Duration::from_secs(10), closing.fired());
+        Ok(ApiBody::events(events))
+    }
+
     async fn send(engine: &Engine, id: &str) -> Result<(), BodyError> {
         let message = Message::new(MessageId::new(id)?, Bytes::from_static(b"1"), engine.now());
         engine
@@ -439,11 +446,7 @@ mod tests {
     -> Result<(), BodyError> {
         let engine = Engine::default();
         let closing = crate::signal::Signal::default();
-        let mut body = ApiBody::events(EventStream::new(
-            source(&engine, Duration::from_secs(30))?,
-            Duration::from_secs(10),
-            closing.fired(),
-        ));
+        let mut body = followed(&engine, &closing)?;
         let mut frame = async || -> Result<Bytes, BodyError> {
             let frame = body.frame().await.ok_or("ended")??;
             Ok(frame.into_data().map_err(|_| "not data")?)
@@ -479,11 +482,7 @@ mod tests {
     {
         let engine = Engine::default();
         let closing = crate::signal::Signal::default();
-        let mut body = ApiBody::events(EventStream::new(
-            source(&engine, Duration::from_secs(30))?,
-            Duration::from_secs(10),
-            closing.fired(),
-        ));
+        let mut body = followed(&engine, &closing)?;
         body.frame().await.ok_or("ended")??;
         let waiting = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
         assert!(waiting.is_err(), "an event came from an empty stream");

@@ -437,12 +437,7 @@ async fn a_batch_spanning_three_owners_is_forwarded_once_per_owner() -> TestResu
             ))
             .await;
         assert_eq!(status, StatusCode::OK);
-        let got: Vec<&Value> = body["messages"]
-            .as_array()
-            .ok_or("messages")?
-            .iter()
-            .map(|m| &m["message"])
-            .collect();
+        let got = common::messages(&body);
         assert_eq!(got, [&json!(0), &json!(1), &json!(2)], "stream batch-{s}");
     }
     Ok(())

@@ -30,13 +30,7 @@ async fn every_mode_answers_over_http2() -> TestResult {
     let (_, body) = h2
         .receive("streamId=ring&timeoutSeconds=0&maxMessages=5")
         .await;
-    let got: Vec<&Value> = body["messages"]
-        .as_array()
-        .ok_or("messages")?
-        .iter()
-        .map(|m| &m["message"])
-        .collect();
-    assert_eq!(got, [&json!(1), &json!(2)]);
+    assert_eq!(common::messages(&body), [&json!(1), &json!(2)]);
 
     // Blocking queue: a full one answers 424 after its wait.
     let blocking = |id: &str| json!({"streamId": "block", "messageUuid": id, "message": 0, "inMemoryStreamSize": 1, "blockingSendTimeoutSeconds": 1});

@@ -392,6 +392,13 @@ impl Events {
     }
 }
 
+/// The `message` of each item of a `{"messages": [...]}` answer (none if it is not one).
+pub fn messages(body: &Value) -> Vec<&Value> {
+    body["messages"]
+        .as_array()
+        .map_or_else(Vec::new, |m| m.iter().map(|m| &m["message"]).collect())
+}
+
 /// The `error.code` of an error body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no code>")
