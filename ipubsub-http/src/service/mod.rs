@@ -12,25 +12,29 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::time::{Duration, Instant};
 
 use ipubsub_cluster::{
-    CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder,
-    HANDOFF_HEADER, Node, REQUEST_ID_HEADER, Route,
+    CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, Forwarder, HANDOFF_HEADER,
+    REQUEST_ID_HEADER,
 };
-use ipubsub_core::{Engine, Log, Message, ResumeToken, StreamId};
+use ipubsub_core::{Engine, Log, Message};
 
 use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
 use crate::body::ApiBody;
 use crate::config::HttpConfig;
 use crate::cors::Cors;
-use crate::error::{ApiError, ErrorCode, chain};
-use crate::metrics::{ForwardOutcome, Limit, Metrics, Route as MetricRoute};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
 use crate::rebalance::Strays;
+use crate::send;
 use crate::send::SendKind;
 use crate::signal::Signal;
-use crate::{receive, send, sse};
 
 pub(crate) mod batch;
+mod forwarding;
+mod receiving;
+
+use forwarding::SUSPICION;
 
 const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
@@ -472,148 +476,6 @@ impl App {
         Ok((hop, grant, body))
     }
 
-    /// `GET /api/v1/streams/receive`. What the request says is read before the answer's
-    /// future is made, so that the future (which a waiting receive keeps for as long as it
-    /// waits) holds none of the request.
-    fn receive<'a, B>(
-        &'a self,
-        request: Request<B>,
-        id: &'a str,
-    ) -> impl Future<Output = Result<Response<ApiBody>, ApiError>> + use<'a, B> {
-        let asked = self.receive_asked(request, id);
-        async move {
-            let Asked {
-                hop,
-                receive,
-                events,
-                target,
-            } = asked?;
-            match events {
-                // Boxed, as the log read: a waiting in-memory receive (the most numerous
-                // request) should not carry the state of the paths it does not take.
-                Some(last_event_id) => {
-                    Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
-                        .await
-                }
-                None => self.receive_answer(receive, &hop, &target).await,
-            }
-        }
-    }
-
-    /// What a receive asks, checked: who may make it, its query, and the stream it is for.
-    fn receive_asked<'a, B>(
-        &self,
-        request: Request<B>,
-        id: &'a str,
-    ) -> Result<Asked<'a>, ApiError> {
-        self.refuse_when_closed()?;
-        let inner = &*self.inner;
-        let hop = Hop::of(&request, id);
-        let grant = self.admit(&request, &hop)?;
-        let mut receive =
-            receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
-        if let Some(grant) = grant {
-            grant.allow(Permission::Subscribe, receive.stream.as_str())?;
-        }
-        let events = if sse::wanted(request.headers()) {
-            sse::resume(request.headers(), &mut receive)?;
-            Some(request.headers().get(&sse::LAST_EVENT_ID).cloned())
-        } else {
-            None
-        };
-        // The request's URI and headers share hyper's read buffer: held while this receive
-        // waits, they would make hyper allocate a second buffer for the connection. Only the
-        // target (for a forward) is kept.
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or(RECEIVE_PATH, |p| p.as_str())
-            .to_owned();
-        Ok(Asked {
-            hop,
-            receive,
-            events,
-            target,
-        })
-    }
-
-    /// A receive's answer: from the stream's owner, or from here once a message came.
-    async fn receive_answer(
-        &self,
-        mut receive: receive::ReceiveRequest,
-        hop: &Hop<'_>,
-        target: &str,
-    ) -> Result<Response<ApiBody>, ApiError> {
-        let inner = &*self.inner;
-        let empty = Bytes::new();
-        let forwarded = Box::pin(self.forward(
-            &receive.stream,
-            hop,
-            Method::GET,
-            target,
-            &empty,
-            receive.timeout,
-        ));
-        if let Some(answer) = forwarded.await? {
-            return Ok(answer);
-        }
-        // A forwarded receive waits what its caller has left, not a fresh timeout.
-        receive.timeout = hop.cap(receive.timeout);
-        let batch = receive.max_messages.is_some();
-        let body = match (receive.log_after, &inner.log) {
-            (None, _) => {
-                let messages = receive::run_memory(&inner.engine, &receive).await?;
-                receive::body(batch, messages.iter().map(|m| (m, None)))
-            }
-            (Some(after), Some(log)) => {
-                let owned = || !matches!(inner.cluster.route(&receive.stream), Route::Forward(_));
-                let read =
-                    receive::run_log(log, &receive, after, inner.config.store_timeout, owned);
-                let records = Box::pin(read).await?;
-                let tokens = records.iter().map(|r| {
-                    let token = ResumeToken::new(&r.stream, r.seq).to_string();
-                    (&r.message, Some(token))
-                });
-                receive::body(batch, tokens.collect::<Vec<_>>().into_iter())
-            }
-            (Some(_), None) => return Err(inner.config.no_persistence("readFromDB")),
-        };
-        Ok(json(StatusCode::OK, body))
-    }
-
-    /// A receive asked as an event stream: served here as one ([`sse`]), or by the stream's
-    /// owner, whose stream is passed through as it comes.
-    async fn receive_events(
-        &self,
-        mut receive: receive::ReceiveRequest,
-        hop: &Hop<'_>,
-        target: &str,
-        last_event_id: Option<&HeaderValue>,
-    ) -> Result<Response<ApiBody>, ApiError> {
-        let inner = &*self.inner;
-        let (forwarder, wait, id) = (&inner.forwarder, receive.timeout, hop.request_id);
-        let relayed = self.forward_with(&receive.stream, hop, |owner| async move {
-            forwarder
-                .forward_events(&owner, target, wait, id, last_event_id)
-                .await
-        });
-        if let Some(answer) = relayed.await? {
-            let (parts, body) = answer.into_parts();
-            return Ok(passed_through(parts, ApiBody::relayed(body)));
-        }
-        receive.timeout = hop.cap(receive.timeout);
-        let source = sse::Source {
-            engine: inner.engine.clone(),
-            log: inner.log.clone(),
-            cluster: inner.cluster.clone(),
-            store_timeout: inner.config.store_timeout,
-            request: receive,
-        };
-        let events =
-            sse::EventStream::new(source, inner.config.sse_heartbeat, inner.closing.fired());
-        Ok(sse::response(events))
-    }
-
     /// Who may make this request: checked before anything else is read. A request marked
     /// forwarded must prove it comes from a member ([`HttpConfig::cluster_secret`]); it was
     /// checked by the node that forwarded it, so it has no grant here. Otherwise, with auth
@@ -653,119 +515,6 @@ impl App {
         }
         Ok(())
     }
-
-    /// The owner of `stream` when it is another node and the request may still be forwarded:
-    /// a request that was forwarded once is served where it lands, never forwarded again.
-    fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop<'_>) -> Option<Node> {
-        match self.inner.cluster.route(stream) {
-            Route::Forward(_) if hop.forwarded => {
-                // Served here anyway; whatever it leaves here is moved on.
-                self.inner.strays.note(stream);
-                None
-            }
-            Route::Forward(owner) => Some(owner),
-            _ => None,
-        }
-    }
-
-    /// Forwards the request to the owner of `stream` when that is another node, and passes
-    /// its answer through unchanged; `None` when this node serves it. An owner that cannot be
-    /// connected to is suspected (left out of this node's ring for a while) and the route is
-    /// computed again, once: the request then goes to the next owner, possibly this node.
-    async fn forward(
-        &self,
-        stream: &StreamId,
-        hop: &Hop<'_>,
-        method: Method,
-        target: &str,
-        body: &Bytes,
-        wait: Duration,
-    ) -> Result<Option<Response<ApiBody>>, ApiError> {
-        let forwarder = &self.inner.forwarder;
-        let id = hop.request_id;
-        let answer = self.forward_with(stream, hop, |owner| {
-            let (method, body) = (method.clone(), body.clone());
-            async move {
-                forwarder
-                    .forward(&owner, method, target, body, wait, id)
-                    .await
-            }
-        });
-        Ok(answer.await?.map(|answer| {
-            let (parts, body) = answer.into_parts();
-            passed_through(parts, ApiBody::from(body))
-        }))
-    }
-
-    /// [`forward`](Self::forward) with `exchange` as the way to reach the owner.
-    async fn forward_with<T, F>(
-        &self,
-        stream: &StreamId,
-        hop: &Hop<'_>,
-        exchange: impl Fn(Node) -> F,
-    ) -> Result<Option<Response<T>>, ApiError>
-    where
-        F: Future<Output = Result<Response<T>, ForwardError>>,
-    {
-        let id = hop.request_id;
-        let mut retried = false;
-        while let Some(owner) = self.owner_elsewhere(stream, hop) {
-            // Boxed: the client exchange is a fifth of the size of `handle`'s future, which
-            // hyper allocates for every connection, forwarding or not.
-            let forwarded = Box::pin(exchange(owner.clone()));
-            let metrics = &self.inner.metrics;
-            match forwarded.await {
-                Ok(answer) => {
-                    metrics.forward(ForwardOutcome::Answered);
-                    return Ok(Some(answer));
-                }
-                Err(e @ (ForwardError::Unreachable { .. } | ForwardError::Tls { .. }))
-                    if !retried =>
-                {
-                    // Not delivered, so safe to send elsewhere. A failed handshake is said
-                    // louder: two nodes that cannot verify each other split the cluster until
-                    // someone fixes their certificates or trust store.
-                    if matches!(e, ForwardError::Tls { .. }) {
-                        metrics.forward(ForwardOutcome::TlsFailed);
-                        tracing::error!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner's TLS handshake failed (check tls.peer_ca_file and tls.peer_server_name): suspecting it and routing again");
-                    } else {
-                        metrics.forward(ForwardOutcome::Unreachable);
-                        tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "owner unreachable: suspecting it and routing again");
-                    }
-                    self.inner.cluster.suspect(owner.id(), SUSPICION);
-                    retried = true;
-                }
-                Err(e) => {
-                    metrics.forward(ForwardOutcome::Failed);
-                    tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "forwarding failed");
-                    return Err(ApiError::new(
-                        ErrorCode::OwnerUnavailable,
-                        format!("the node that owns this stream did not answer: {e}"),
-                    ));
-                }
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// The answer of a stream's owner as this node gives it: its status, body and the headers
-/// that are part of the API.
-fn passed_through(parts: hyper::http::response::Parts, body: ApiBody) -> Response<ApiBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = parts.status;
-    let kept = [
-        header::CONTENT_TYPE,
-        header::RETRY_AFTER,
-        header::ALLOW,
-        header::CACHE_CONTROL,
-    ];
-    for name in kept {
-        if let Some(value) = parts.headers.get(&name) {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    response
 }
 
 /// What a send cut by the end of a shutdown's grace is told: it may have been forwarded to
@@ -778,20 +527,6 @@ const CUT_SEND_BATCH: &str = "the node shut down before this batch was answered:
 /// What a receive cut by the end of a shutdown's grace is told.
 const CUT_RECEIVE: &str =
     "the node shut down before a message arrived; receive again (on another node)";
-
-/// How long an owner that could not be reached stays out of this node's ring (gossip
-/// usually declares it dead, or alive again, well within that).
-const SUSPICION: Duration = Duration::from_secs(10);
-
-/// A receive as checked before it runs ([`App::receive`]).
-struct Asked<'a> {
-    hop: Hop<'a>,
-    receive: receive::ReceiveRequest,
-    /// Asked as an event stream: with the `Last-Event-ID` it sent, if any.
-    events: Option<Option<HeaderValue>>,
-    /// Its path and query, for a forward.
-    target: String,
-}
 
 /// What the forwarding headers of a request say, and the id it goes on with.
 struct Hop<'a> {

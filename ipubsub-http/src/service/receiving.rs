@@ -1,0 +1,169 @@
+//! `GET /api/v1/streams/receive`: checked, then answered from the owner, from here, or as an
+//! event stream.
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use ipubsub_cluster::Route;
+use ipubsub_core::ResumeToken;
+
+use super::forwarding::passed_through;
+use super::{App, Hop, RECEIVE_PATH, json};
+use crate::auth::Permission;
+use crate::body::ApiBody;
+use crate::error::ApiError;
+use crate::{receive, sse};
+
+impl App {
+    /// `GET /api/v1/streams/receive`. What the request says is read before the answer's
+    /// future is made, so that the future (which a waiting receive keeps for as long as it
+    /// waits) holds none of the request.
+    pub(super) fn receive<'a, B>(
+        &'a self,
+        request: Request<B>,
+        id: &'a str,
+    ) -> impl Future<Output = Result<Response<ApiBody>, ApiError>> + use<'a, B> {
+        let asked = self.receive_asked(request, id);
+        async move {
+            let Asked {
+                hop,
+                receive,
+                events,
+                target,
+            } = asked?;
+            match events {
+                // Boxed, as the log read: a waiting in-memory receive (the most numerous
+                // request) should not carry the state of the paths it does not take.
+                Some(last_event_id) => {
+                    Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
+                        .await
+                }
+                None => self.receive_answer(receive, &hop, &target).await,
+            }
+        }
+    }
+
+    /// What a receive asks, checked: who may make it, its query, and the stream it is for.
+    fn receive_asked<'a, B>(
+        &self,
+        request: Request<B>,
+        id: &'a str,
+    ) -> Result<Asked<'a>, ApiError> {
+        self.refuse_when_closed()?;
+        let inner = &*self.inner;
+        let hop = Hop::of(&request, id);
+        let grant = self.admit(&request, &hop)?;
+        let mut receive =
+            receive::parse(request.uri().query(), &inner.config, inner.log.is_some())?;
+        if let Some(grant) = grant {
+            grant.allow(Permission::Subscribe, receive.stream.as_str())?;
+        }
+        let events = if sse::wanted(request.headers()) {
+            sse::resume(request.headers(), &mut receive)?;
+            Some(request.headers().get(&sse::LAST_EVENT_ID).cloned())
+        } else {
+            None
+        };
+        // The request's URI and headers share hyper's read buffer: held while this receive
+        // waits, they would make hyper allocate a second buffer for the connection. Only the
+        // target (for a forward) is kept.
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(RECEIVE_PATH, |p| p.as_str())
+            .to_owned();
+        Ok(Asked {
+            hop,
+            receive,
+            events,
+            target,
+        })
+    }
+
+    /// A receive's answer: from the stream's owner, or from here once a message came.
+    async fn receive_answer(
+        &self,
+        mut receive: receive::ReceiveRequest,
+        hop: &Hop<'_>,
+        target: &str,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let inner = &*self.inner;
+        let empty = Bytes::new();
+        let forwarded = Box::pin(self.forward(
+            &receive.stream,
+            hop,
+            Method::GET,
+            target,
+            &empty,
+            receive.timeout,
+        ));
+        if let Some(answer) = forwarded.await? {
+            return Ok(answer);
+        }
+        // A forwarded receive waits what its caller has left, not a fresh timeout.
+        receive.timeout = hop.cap(receive.timeout);
+        let batch = receive.max_messages.is_some();
+        let body = match (receive.log_after, &inner.log) {
+            (None, _) => {
+                let messages = receive::run_memory(&inner.engine, &receive).await?;
+                receive::body(batch, messages.iter().map(|m| (m, None)))
+            }
+            (Some(after), Some(log)) => {
+                let owned = || !matches!(inner.cluster.route(&receive.stream), Route::Forward(_));
+                let read =
+                    receive::run_log(log, &receive, after, inner.config.store_timeout, owned);
+                let records = Box::pin(read).await?;
+                let tokens = records.iter().map(|r| {
+                    let token = ResumeToken::new(&r.stream, r.seq).to_string();
+                    (&r.message, Some(token))
+                });
+                receive::body(batch, tokens.collect::<Vec<_>>().into_iter())
+            }
+            (Some(_), None) => return Err(inner.config.no_persistence("readFromDB")),
+        };
+        Ok(json(StatusCode::OK, body))
+    }
+
+    /// A receive asked as an event stream: served here as one ([`sse`]), or by the stream's
+    /// owner, whose stream is passed through as it comes.
+    async fn receive_events(
+        &self,
+        mut receive: receive::ReceiveRequest,
+        hop: &Hop<'_>,
+        target: &str,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let inner = &*self.inner;
+        let (forwarder, wait, id) = (&inner.forwarder, receive.timeout, hop.request_id);
+        let relayed = self.forward_with(&receive.stream, hop, |owner| async move {
+            forwarder
+                .forward_events(&owner, target, wait, id, last_event_id)
+                .await
+        });
+        if let Some(answer) = relayed.await? {
+            let (parts, body) = answer.into_parts();
+            return Ok(passed_through(parts, ApiBody::relayed(body)));
+        }
+        receive.timeout = hop.cap(receive.timeout);
+        let source = sse::Source {
+            engine: inner.engine.clone(),
+            log: inner.log.clone(),
+            cluster: inner.cluster.clone(),
+            store_timeout: inner.config.store_timeout,
+            request: receive,
+        };
+        let events =
+            sse::EventStream::new(source, inner.config.sse_heartbeat, inner.closing.fired());
+        Ok(sse::response(events))
+    }
+}
+
+/// A receive as checked before it runs ([`App::receive`]).
+struct Asked<'a> {
+    hop: Hop<'a>,
+    receive: receive::ReceiveRequest,
+    /// Asked as an event stream: with the `Last-Event-ID` it sent, if any.
+    events: Option<Option<HeaderValue>>,
+    /// Its path and query, for a forward.
+    target: String,
+}
