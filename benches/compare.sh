@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The side-by-side comparison (issue 7): installs Redis from Debian's packages if it is
-# missing, builds the server, the bare hyper server and the runner in release mode, and runs
+# The side-by-side comparison (issues 7 and 16): installs Redis, nginx and Nchan from
+# Debian's packages if they are missing, builds the server, the bare hyper server and the
+# runner in release mode, and runs
 # every pattern against every target; arguments go to the runner (`--runs 1 --duration 3`
 # for a quick look, `--help` for all).
 #
@@ -8,15 +9,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null; then
-    echo "installing redis-server from Debian's packages" >&2
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || missing+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(libnginx-mod-nchan)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian's packages" >&2
     if [ "$(id -u)" -ne 0 ]; then
-        echo "redis-server is missing; run as root or install it (apt-get install redis-server)" >&2
+        echo "missing: ${missing[*]}; run as root or install them with apt-get" >&2
         exit 1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null
-    # The package starts a system instance on 6379; the runner starts its own on a free port.
-    systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # The packages start system instances (Redis on 6379, nginx on 80); the runner starts
+    # its own on free loopback ports.
+    for service in redis-server nginx; do
+        systemctl disable --now "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
+    done
 fi
 
 cargo build --release --locked -p ipubsub-server -p ipubsub-benches \

@@ -121,6 +121,15 @@ impl Http1Conn {
         &self.buf[response.start..response.end]
     }
 
+    /// The value of header `name` (any case) of `response`, the last one read.
+    pub fn header(&self, response: Response, name: &str) -> Option<&str> {
+        let head = std::str::from_utf8(&self.buf[..response.start]).ok()?;
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     async fn fill(&mut self) -> Result<(), Http1Error> {
         let addr = self.addr;
         let mut chunk = [0u8; 16 * 1024];
@@ -177,6 +186,8 @@ mod tests {
         conn.write(&out).await?;
         let first = conn.read_response().await?;
         assert_eq!((first.status, conn.body(first)), (200, &b"{}"[..]));
+        assert_eq!(conn.header(first, "Content-Length"), Some("2"));
+        assert_eq!(conn.header(first, "etag"), None);
         let second = conn.read_response().await?;
         assert_eq!((second.status, conn.body(second)), (424, &b"abcde"[..]));
         server.await??;

@@ -59,18 +59,18 @@ impl Opener {
     }
 
     async fn open(&mut self, uri: String) -> anyhow::Result<hyper::Response<Incoming>> {
-        let request = hyper::Request::get(uri)
-            .header("accept", "text/event-stream")
-            .header("host", "x")
-            .body(Empty::new())?;
+        let request = hyper::Request::get(uri).header("accept", "text/event-stream");
         Ok(match self {
             Self::Http1(sender) => {
+                // HTTP/2 sends the authority from the URI; a `Host` beside it that differs
+                // is refused by nginx (400).
+                let request = request.header("host", "x").body(Empty::new())?;
                 sender.ready().await?;
                 sender.send_request(request).await?
             }
             Self::Http2(sender) => {
                 sender.ready().await?;
-                sender.send_request(request).await?
+                sender.send_request(request.body(Empty::new())?).await?
             }
         })
     }
@@ -96,12 +96,12 @@ impl Follower {
     }
 
     /// The data of the events that arrive within `within` (possibly none), opening the
-    /// stream first if it is not open. `query` is the receive's query; a log's stream is
-    /// reopened after its last event.
+    /// stream first if it is not open. `path` is the request's path and query; a log's
+    /// stream is reopened after its last event.
     pub async fn next(
         &mut self,
         addr: SocketAddr,
-        query: &str,
+        path: &str,
         log: bool,
         within: Duration,
         data: &mut Vec<u8>,
@@ -109,7 +109,7 @@ impl Follower {
         let body = match &mut self.body {
             Some(body) => body,
             None => {
-                let mut uri = format!("http://{addr}/api/v1/streams/receive?{query}");
+                let mut uri = format!("http://{addr}{path}");
                 if let (true, Some(id)) = (log, &self.last_id) {
                     uri.push_str("&dbResumeToken=");
                     uri.push_str(id);

@@ -1,5 +1,6 @@
 //! The load patterns, driven the same way against every target: publishers send one message
-//! per request on their own connection; receivers long-poll one stream per request.
+//! per request on their own connection; receivers long-poll one stream per request (or follow
+//! it as events).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -200,6 +201,15 @@ impl Client {
         message: &[u8],
     ) -> anyhow::Result<Option<String>> {
         match self {
+            Client::Http(conn, out) if target == Target::Nchan => {
+                out.clear();
+                push_post(out, &format!("/pub?id={stream}"), message);
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                // 202: queued with no subscriber waiting; 201: delivered to some.
+                let accepted = matches!(response.status, 201 | 202);
+                Ok((!accepted).then(|| format!("publish {}", response.status)))
+            }
             Client::Http(conn, out) => {
                 out.clear();
                 let mut body = Vec::with_capacity(message.len() + 128);
@@ -232,6 +242,9 @@ impl Client {
         messages: &[Vec<u8>],
     ) -> anyhow::Result<(u64, Option<String>)> {
         match self {
+            Client::Http(..) if target == Target::Nchan => {
+                anyhow::bail!("Nchan publishes one message per request")
+            }
             Client::Http(conn, out) => {
                 out.clear();
                 let mut body = Vec::with_capacity(messages.iter().map(|m| m.len() + 96).sum());
@@ -273,7 +286,9 @@ impl Client {
     }
 
     /// Long-polls `stream` for up to `max` messages; appends (seq, send time) of each.
-    /// `Ok(Some(status))` when nothing came (timeout or refusal).
+    /// `Ok(Some(status))` when nothing came (timeout or refusal). `token` is the stream's
+    /// position: a log's `dbResumeToken`, Nchan's `Last-Modified` and `Etag` of the last
+    /// message.
     async fn receive(
         &mut self,
         target: Target,
@@ -283,6 +298,31 @@ impl Client {
         got: &mut Vec<(u64, u64)>,
     ) -> anyhow::Result<Option<String>> {
         match self {
+            Client::Http(conn, out) if target == Target::Nchan => {
+                use std::io::Write;
+                out.clear();
+                let _ = write!(out, "GET /sub?id={stream} HTTP/1.1\r\nHost: x\r\n");
+                if let Some((modified, etag)) = token.as_deref().and_then(|t| t.split_once('\n')) {
+                    let _ = write!(
+                        out,
+                        "If-Modified-Since: {modified}\r\nIf-None-Match: {etag}\r\n"
+                    );
+                }
+                out.extend_from_slice(b"\r\n");
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                if response.status != 200 {
+                    return Ok(Some(format!("receive {}", response.status)));
+                }
+                if let (Some(modified), Some(etag)) = (
+                    conn.header(response, "last-modified"),
+                    conn.header(response, "etag"),
+                ) {
+                    *token = Some(format!("{modified}\n{etag}"));
+                }
+                scan_payloads(conn.body(response), got);
+                Ok(None)
+            }
             Client::Http(conn, out) => {
                 use std::fmt::Write;
                 let mut uri = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
@@ -313,13 +353,18 @@ impl Client {
             }
             Client::Events(follower, addr, data) => {
                 let log = target == Target::Persistent;
-                let mut query = format!("streamId={stream}&timeoutSeconds=30");
-                if log {
-                    query.push_str("&readFromDB=true");
-                }
+                let path = if target == Target::Nchan {
+                    format!("/events?id={stream}")
+                } else if log {
+                    format!(
+                        "/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30&readFromDB=true"
+                    )
+                } else {
+                    format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30")
+                };
                 data.clear();
                 let second = Duration::from_secs(1);
-                let nothing = follower.next(*addr, &query, log, second, data).await?;
+                let nothing = follower.next(*addr, &path, log, second, data).await?;
                 scan_payloads(data, got);
                 Ok(nothing)
             }
@@ -368,8 +413,13 @@ struct ReceiverReport {
     errors: BTreeMap<String, u64>,
 }
 
-/// Runs `pattern` against `target` at `addr`.
-pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow::Result<Outcome> {
+/// Runs `pattern` against `target` at `addr` (its HTTP/2 event streams at `h2_addr`).
+pub async fn run(
+    target: Target,
+    addr: SocketAddr,
+    h2_addr: SocketAddr,
+    pattern: &Pattern,
+) -> anyhow::Result<Outcome> {
     let prefix: Arc<str> = format!("cmp-{}-{}", std::process::id(), now_micros()).into();
     let pattern = Arc::new(pattern.clone());
     // Every connection is open before the clock starts.
@@ -378,7 +428,7 @@ pub async fn run(target: Target, addr: SocketAddr, pattern: &Pattern) -> anyhow:
     let mut shared_h2 = Vec::new();
     if target.is_http() && pattern.via == Via::Events2 {
         for _ in 0..H2_CONNECTIONS {
-            shared_h2.push(Opener::http2(addr).await?);
+            shared_h2.push(Opener::http2(h2_addr).await?);
         }
     }
     for j in 0..pattern.receivers {

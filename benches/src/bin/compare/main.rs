@@ -1,6 +1,7 @@
-//! The side-by-side comparison: ipubsub (in-memory and persistent), Redis lists and a bare
-//! hyper server, each started fresh on loopback by this runner, driven by the same load
-//! patterns in one run; prints one table of medians with the ratios ipubsub / peer.
+//! The side-by-side comparison: ipubsub (in-memory and persistent), Redis lists, Nchan and a
+//! bare hyper server, each started fresh on loopback by this runner, driven by the same load
+//! patterns in one run; prints one table of medians with the ratios ipubsub / peer (Redis, and
+//! Nchan where it ran the pattern; bare hyper for `send`).
 //!
 //! ```text
 //! cargo build --release -p ipubsub-server -p ipubsub-benches
@@ -16,6 +17,10 @@
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
 //! pattern 1 of the same round: the latency at half load), `fill` (1,000,000 streams that each
 //! keep one message, nobody receiving: the peak memory of holding them).
+//!
+//! Nchan runs the patterns in which every stream has one receiver taking one message at a
+//! time (`send`, `1`, `1e`, `1e2`, `4`, `half`): it broadcasts, has no batched publish, and
+//! its long-poll answers one message per request.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +38,7 @@ use events::Via;
 use load::{Outcome, Pattern, Shape};
 use servers::{Programs, Server, Target};
 
-/// Side-by-side benchmark of ipubsub against Redis and a bare hyper server.
+/// Side-by-side benchmark of ipubsub against Redis, Nchan and a bare hyper server.
 #[derive(Debug, Parser)]
 #[command(name = "ipubsub-compare")]
 struct Args {
@@ -51,11 +56,11 @@ struct Args {
         default_value = "send,1,half,2,2b,3,4,fill"
     )]
     patterns: Vec<String>,
-    /// Targets: memory, persistent, redis, bare.
+    /// Targets: memory, persistent, redis, nchan, bare.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "memory,persistent,redis,bare"
+        default_value = "memory,persistent,redis,nchan,bare"
     )]
     targets: Vec<String>,
     /// Streams (one message each) of pattern 4.
@@ -78,6 +83,9 @@ struct Args {
     /// The Redis server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+    /// The nginx binary (with Debian's `libnginx-mod-nchan` installed).
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
 }
 
 /// One run's figures.
@@ -152,8 +160,9 @@ fn target(name: &str) -> anyhow::Result<Target> {
         "memory" => Target::Memory,
         "persistent" => Target::Persistent,
         "redis" => Target::Redis,
+        "nchan" => Target::Nchan,
         "bare" => Target::BareHyper,
-        other => anyhow::bail!("unknown target {other:?} (memory, persistent, redis, bare)"),
+        other => anyhow::bail!("unknown target {other:?} (memory, persistent, redis, nchan, bare)"),
     })
 }
 
@@ -217,6 +226,7 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| here.join("bare-hyper")),
         redis: args.redis_server.clone(),
+        nginx: args.nginx.clone(),
         ipubsub_env: args.server_env.clone(),
     };
     let targets: Vec<Target> = args
@@ -252,6 +262,8 @@ fn main() -> anyhow::Result<()> {
                 // stays in memory with memory.
                 if (target == Target::BareHyper && name != "send")
                     || (target == Target::Persistent && name == "fill")
+                    || (target == Target::Nchan
+                        && !matches!(name.as_str(), "send" | "1" | "1e" | "1e2" | "4" | "half"))
                 {
                     continue;
                 }
@@ -268,7 +280,7 @@ fn main() -> anyhow::Result<()> {
                 let server = Server::start(target, &programs, run_index)?;
                 let before = server.stats()?;
                 let outcome = runtime
-                    .block_on(load::run(target, server.addr, &pattern))
+                    .block_on(load::run(target, server.addr, server.h2_addr, &pattern))
                     .with_context(|| format!("pattern {name} on {target:?}"))?;
                 let after = server.stats()?;
                 drop(server);
@@ -316,33 +328,31 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (p, name) in args.patterns.iter().enumerate() {
-        let peer = if name == "send" {
-            Target::BareHyper
+        let peers: &[(Target, &str)] = if name == "send" {
+            &[(Target::BareHyper, "bare hyper"), (Target::Nchan, "Nchan")]
         } else {
-            Target::Redis
-        };
-        let peer_rate = rows.get(&(p, peer)).map(|rs| med(rs, &|r| r.rate));
-        let peer_rss = rows.get(&(p, peer)).map(|rs| med(rs, &|r| r.peak_rss_mib));
-        let peer_name = if peer == Target::Redis {
-            "Redis"
-        } else {
-            "bare hyper"
+            &[(Target::Redis, "Redis"), (Target::Nchan, "Nchan")]
         };
         for ((_, target), rs) in rows.range((p, Target::Memory)..=(p, Target::BareHyper)) {
             let rate = med(rs, &|r| r.rate);
             let rss = med(rs, &|r| r.peak_rss_mib);
-            // `fill` is about memory: its ratio is of peak RSS, the others' of messages/s.
-            let ratio = match (target, peer_rate, peer_rss) {
-                (Target::Memory | Target::Persistent, _, Some(peer)) if name == "fill" => {
-                    format!("{:.2}× {peer_name} RSS", rss / peer)
-                }
-                (Target::Memory | Target::Persistent, Some(peer), _) => {
-                    format!("{:.2}× {peer_name}", rate / peer)
-                }
-                _ => String::new(),
-            };
+            let ratios: Vec<String> = peers
+                .iter()
+                .filter(|_| matches!(target, Target::Memory | Target::Persistent))
+                .filter_map(|&(peer, peer_name)| {
+                    let peer_rows = rows.get(&(p, peer))?;
+                    // `fill` is about memory: its ratio is of peak RSS, the others' of msgs/s.
+                    Some(if name == "fill" {
+                        let peer_rss = med(peer_rows, &|r| r.peak_rss_mib);
+                        format!("{:.2}× {peer_name} RSS", rss / peer_rss)
+                    } else {
+                        let peer_rate = med(peer_rows, &|r| r.rate);
+                        format!("{:.2}× {peer_name}", rate / peer_rate)
+                    })
+                })
+                .collect();
             println!(
-                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {ratio} |",
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
                 target.label(),
                 rate,
                 med(rs, &|r| r.p50 as f64),
@@ -354,6 +364,7 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
                 } else {
                     "NO"
                 },
+                ratios.join(", "),
             );
         }
     }

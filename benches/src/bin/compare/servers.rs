@@ -1,5 +1,5 @@
-//! Starting and stopping the servers under comparison, each a fresh process on a loopback
-//! port, so that its peak memory and CPU time belong to one run.
+//! Starting and stopping the servers under comparison, each a fresh process (nginx: a master
+//! and its workers) on loopback ports, so that its peak memory and CPU time belong to one run.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,11 @@ pub enum Target {
     Persistent,
     /// Redis lists: `RPUSH` and `BLPOP` (`BLMPOP … COUNT n` for batched receives).
     Redis,
+    /// Nchan (nginx with Debian's `libnginx-mod-nchan`, two workers, messages in shared
+    /// memory): `POST /pub?id=`, long-poll `GET /sub?id=` with `If-Modified-Since` and
+    /// `If-None-Match`, Server-Sent Events on `GET /events?id=`. Nchan broadcasts, so every
+    /// pattern it runs gives each stream one receiver.
+    Nchan,
     /// A hyper server that answers 200 to every request: this machine's HTTP ceiling.
     BareHyper,
 }
@@ -29,11 +34,12 @@ impl Target {
             Target::Memory => "ipubsub in-memory",
             Target::Persistent => "ipubsub persistent",
             Target::Redis => "Redis RPUSH/BLPOP",
+            Target::Nchan => "Nchan (nginx)",
             Target::BareHyper => "bare hyper (200 to all)",
         }
     }
 
-    /// Whether the target speaks ipubsub's HTTP API (or at least accepts its sends).
+    /// Whether the target serves HTTP (Redis speaks RESP).
     pub fn is_http(self) -> bool {
         self != Target::Redis
     }
@@ -48,6 +54,8 @@ pub struct Programs {
     pub bare_hyper: PathBuf,
     /// `redis-server`.
     pub redis: PathBuf,
+    /// `nginx`, with the Nchan module at [`NCHAN_MODULE`].
+    pub nginx: PathBuf,
     /// Environment variables for the ipubsub server (`TOKIO_WORKER_THREADS=1`, …).
     pub ipubsub_env: Vec<(String, String)>,
 }
@@ -57,16 +65,33 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it speaks HTTP/2 with prior knowledge: `addr` for ipubsub, which tells the two
+    /// apart on one port; a second port for nginx, whose cleartext HTTP/2 port speaks only that.
+    pub h2_addr: SocketAddr,
+    target: Target,
     dir: PathBuf,
+}
+
+/// Where Debian's `libnginx-mod-nchan` puts the module.
+pub const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 impl Server {
     /// Starts `target` on a free loopback port and waits until it accepts connections.
     pub fn start(target: Target, programs: &Programs, run: usize) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_port()?;
+        let port = addr.port();
+        let h2_addr = if target == Target::Nchan {
+            free_port()?
+        } else {
+            addr
+        };
         let dir = std::env::temp_dir().join(format!(
             "ipubsub-compare-{}-{run}-{target:?}",
             std::process::id()
@@ -92,6 +117,14 @@ impl Server {
                     .arg(&dir);
                 c
             }
+            Target::Nchan => {
+                let config = dir.join("nginx.conf");
+                std::fs::write(&config, nchan_config(addr, h2_addr, &dir))?;
+                let mut c = Command::new(&programs.nginx);
+                c.arg("-p").arg(&dir).arg("-c").arg(&config);
+                c.args(["-g", "daemon off;"]);
+                c
+            }
             Target::BareHyper => {
                 let mut c = Command::new(&programs.bare_hyper);
                 c.arg(addr.to_string());
@@ -105,7 +138,13 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {target:?} ({command:?})"))?;
-        let mut server = Self { child, addr, dir };
+        let mut server = Self {
+            child,
+            addr,
+            h2_addr,
+            target,
+            dir,
+        };
         server.wait_ready(target)?;
         Ok(server)
     }
@@ -117,8 +156,10 @@ impl Server {
                 let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
                 anyhow::bail!("{target:?} exited at start-up ({status}):\n{log}");
             }
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok()
-            {
+            let accepts = |addr| {
+                std::net::TcpStream::connect_timeout(addr, Duration::from_millis(100)).is_ok()
+            };
+            if accepts(&self.addr) && accepts(&self.h2_addr) {
                 return Ok(());
             }
             anyhow::ensure!(
@@ -130,14 +171,37 @@ impl Server {
         }
     }
 
-    /// Its memory and CPU time so far.
+    /// Its memory and CPU time so far, its child processes' (nginx's workers) included.
     pub fn stats(&self) -> anyhow::Result<ProcStats> {
-        Ok(proc_stats(self.child.id())?)
+        let pid = self.child.id();
+        let mut total = proc_stats(pid)?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            // A worker that exited meanwhile has nothing more to add.
+            if let Ok(s) = proc_stats(child) {
+                total.rss_bytes += s.rss_bytes;
+                total.peak_rss_bytes += s.peak_rss_bytes;
+                total.cpu_seconds += s.cpu_seconds;
+            }
+        }
+        Ok(total)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // nginx's workers outlive a killed master (holding its ports and memory): SIGTERM
+        // makes the master stop them first. The others are single processes, killed below.
+        if self.target == Target::Nchan {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -157,5 +221,37 @@ fn ipubsub_config(target: Target, addr: SocketAddr, dir: &Path) -> String {
          log:\n  level: warn\n\
          storage:\n  backend: {backend}\n  embedded:\n    path: \"{}\"\n",
         dir.join("data").display()
+    )
+}
+
+/// nginx with Nchan on `addr` (HTTP/1.1) and `h2_addr` (cleartext HTTP/2), two workers, no
+/// access log; channel buffers long and lasting enough that no message of a run is evicted
+/// before its one receiver reads it (Nchan keeps 10 messages per channel by default).
+fn nchan_config(addr: SocketAddr, h2_addr: SocketAddr, dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "load_module {NCHAN_MODULE};\n\
+         worker_processes 2;\n\
+         worker_rlimit_nofile 20000;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\n\
+         events {{ worker_connections 10000; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {dir}/body;\n\
+           nchan_shared_memory_size 1024m;\n\
+           server {{\n\
+             listen {addr} backlog=4096;\n\
+             listen {h2_addr} http2 backlog=4096;\n\
+             http2_max_concurrent_streams 1024;\n\
+             keepalive_requests 100000000;\n\
+             nchan_message_buffer_length 200000;\n\
+             nchan_message_timeout 10m;\n\
+             nchan_subscriber_first_message oldest;\n\
+             location = /pub {{ nchan_publisher; nchan_channel_id $arg_id; }}\n\
+             location = /sub {{ nchan_subscriber longpoll; nchan_channel_id $arg_id; nchan_subscriber_timeout 1s; }}\n\
+             location = /events {{ nchan_subscriber eventsource; nchan_channel_id $arg_id; nchan_subscriber_timeout 30s; }}\n\
+           }}\n\
+         }}\n"
     )
 }
