@@ -224,8 +224,9 @@ impl Connection {
         let h2 = (protocol == Protocol::Http2).then(|| http2_builder(&config.http2));
         let app = self.app;
         let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
+            // Routed now: the future hyper keeps holds the answer's future only.
+            let answer = app.handle(request);
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let io = TokioIo::new(io);
         let ended = match h2 {

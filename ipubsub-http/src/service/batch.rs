@@ -21,6 +21,7 @@ use crate::body::ApiBody;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use hyper::body::Body as HttpBody;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -160,7 +161,7 @@ impl App {
     pub(super) async fn send_batch<B>(
         &self,
         request: Request<B>,
-        id: &str,
+        id: &HeaderValue,
     ) -> Result<Response<ApiBody>, ApiError>
     where
         B: HttpBody<Data = Bytes>,
@@ -221,7 +222,7 @@ impl App {
             if let Outcome::Failed(e) = outcome {
                 self.count_error(e, MetricRoute::SendBatch);
                 if let Some(cause) = &e.log_cause {
-                    tracing::warn!(request_id = %id, code = e.code.as_str(), %cause, "{}", e.message);
+                    tracing::warn!(request_id = %hop.id(), code = e.code.as_str(), %cause, "{}", e.message);
                 }
             }
         }
@@ -230,7 +231,7 @@ impl App {
 
     /// Splits `items` into those this node serves and one group per other owner, each in the
     /// order of the request.
-    fn by_owner(&self, items: Vec<Item>, hop: &Hop<'_>) -> (Vec<Item>, Vec<Group>) {
+    fn by_owner(&self, items: Vec<Item>, hop: &Hop) -> (Vec<Item>, Vec<Group>) {
         let mut here = Vec::new();
         let mut groups: Vec<Group> = Vec::new();
         for item in items {
@@ -250,7 +251,7 @@ impl App {
 
     /// Runs the sends this node serves: persistent ones queued on the log together, in-memory
     /// ones in order per stream, streams side by side.
-    async fn run_here(&self, items: Vec<Item>, hop: &Hop<'_>) -> Vec<(usize, Outcome)> {
+    async fn run_here(&self, items: Vec<Item>, hop: &Hop) -> Vec<(usize, Outcome)> {
         let inner = &*self.inner;
         let mut done = Vec::new();
         let mut streams: Vec<(StreamId, Vec<MemorySend>)> = Vec::new();
@@ -335,7 +336,7 @@ impl App {
         &self,
         group: Group,
         texts: &[&RawValue],
-        hop: &Hop<'_>,
+        hop: &Hop,
         may_retry: bool,
     ) -> Forwarded {
         let inner = &*self.inner;
@@ -359,7 +360,7 @@ impl App {
             .map(|(_, send)| self.wait_of(send, hop))
             .max()
             .unwrap_or_default();
-        let id = hop.request_id;
+        let id = hop.id();
         let metrics = &inner.metrics;
         let forwarded = Box::pin(inner.forwarder.forward(
             &owner,
@@ -424,7 +425,7 @@ impl App {
         owner: &Node,
         items: Vec<Item>,
         texts: &[&RawValue],
-        hop: &Hop<'_>,
+        hop: &Hop,
     ) -> Vec<(usize, Outcome)> {
         let inner = &*self.inner;
         let mut answers = Vec::with_capacity(items.len());
@@ -437,7 +438,7 @@ impl App {
                 SEND_PATH,
                 body,
                 wait,
-                hop.request_id,
+                hop.id(),
             ));
             let outcome = match forwarded.await {
                 Ok(answer) => {
@@ -459,7 +460,7 @@ impl App {
     }
 
     /// How long the owner may take to answer `send`.
-    fn wait_of(&self, send: &SendRequest, hop: &Hop<'_>) -> Duration {
+    fn wait_of(&self, send: &SendRequest, hop: &Hop) -> Duration {
         match &send.kind {
             SendKind::Memory { wait, .. } => hop.cap(*wait),
             SendKind::Log { .. } => self.inner.config.store_timeout,

@@ -17,7 +17,7 @@ use crate::metrics::ForwardOutcome;
 impl App {
     /// The owner of `stream` when it is another node and the request may still be forwarded:
     /// a request that was forwarded once is served where it lands, never forwarded again.
-    pub(super) fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop<'_>) -> Option<Node> {
+    pub(super) fn owner_elsewhere(&self, stream: &StreamId, hop: &Hop) -> Option<Node> {
         match self.inner.cluster.route(stream) {
             Route::Forward(_) if hop.forwarded => {
                 // Served here anyway; whatever it leaves here is moved on.
@@ -36,14 +36,14 @@ impl App {
     pub(super) async fn forward(
         &self,
         stream: &StreamId,
-        hop: &Hop<'_>,
+        hop: &Hop,
         method: Method,
         target: &str,
         body: &Bytes,
         wait: Duration,
     ) -> Result<Option<Response<ApiBody>>, ApiError> {
         let forwarder = &self.inner.forwarder;
-        let id = hop.request_id;
+        let id = hop.id();
         let answer = self.forward_with(stream, hop, |owner| {
             let (method, body) = (method.clone(), body.clone());
             async move {
@@ -62,13 +62,13 @@ impl App {
     pub(super) async fn forward_with<T, F>(
         &self,
         stream: &StreamId,
-        hop: &Hop<'_>,
+        hop: &Hop,
         exchange: impl Fn(Node) -> F,
     ) -> Result<Option<Response<T>>, ApiError>
     where
         F: Future<Output = Result<Response<T>, ForwardError>>,
     {
-        let id = hop.request_id;
+        let id = hop.id();
         let mut retried = false;
         while let Some(owner) = self.owner_elsewhere(stream, hop) {
             // Boxed: the client exchange is a fifth of the size of `handle`'s future, which

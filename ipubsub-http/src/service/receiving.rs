@@ -8,47 +8,43 @@ use ipubsub_cluster::Route;
 use ipubsub_core::ResumeToken;
 
 use super::forwarding::passed_through;
-use super::{App, Hop, RECEIVE_PATH, json};
+use super::{App, CUT_RECEIVE, Hop, RECEIVE_PATH, Work, json};
 use crate::auth::Permission;
 use crate::body::ApiBody;
 use crate::error::ApiError;
 use crate::{receive, sse};
 
 impl App {
-    /// `GET /api/v1/streams/receive`. What the request says is read before the answer's
-    /// future is made, so that the future (which a waiting receive keeps for as long as it
-    /// waits) holds none of the request.
-    pub(super) fn receive<'a, B>(
-        &'a self,
-        request: Request<B>,
-        id: &'a str,
-    ) -> impl Future<Output = Result<Response<ApiBody>, ApiError>> + use<'a, B> {
-        let asked = self.receive_asked(request, id);
-        async move {
-            let Asked {
-                hop,
-                receive,
-                events,
-                target,
-            } = asked?;
+    /// `GET /api/v1/streams/receive`. What the request says is read before the work is
+    /// made, so that the work (which a waiting receive keeps for as long as it waits) holds
+    /// none of the request; a request that fails its checks is answered without any.
+    pub(super) fn receive<B>(&self, request: Request<B>, id: &HeaderValue) -> Work {
+        let Asked {
+            hop,
+            receive,
+            events,
+            target,
+        } = match self.receive_asked(request, id) {
+            Ok(asked) => asked,
+            Err(e) => return Work::Done(Err(e)),
+        };
+        let app = self.clone();
+        let work = async move {
             match events {
                 // Boxed, as the log read: a waiting in-memory receive (the most numerous
                 // request) should not carry the state of the paths it does not take.
                 Some(last_event_id) => {
-                    Box::pin(self.receive_events(receive, &hop, &target, last_event_id.as_ref()))
-                        .await
+                    let events = app.receive_events(receive, &hop, &target, last_event_id.as_ref());
+                    Box::pin(events).await
                 }
-                None => self.receive_answer(receive, &hop, &target).await,
+                None => app.receive_answer(receive, &hop, &target).await,
             }
-        }
+        };
+        Work::Pending(Box::pin(work), CUT_RECEIVE)
     }
 
     /// What a receive asks, checked: who may make it, its query, and the stream it is for.
-    fn receive_asked<'a, B>(
-        &self,
-        request: Request<B>,
-        id: &'a str,
-    ) -> Result<Asked<'a>, ApiError> {
+    fn receive_asked<B>(&self, request: Request<B>, id: &HeaderValue) -> Result<Asked, ApiError> {
         self.refuse_when_closed()?;
         let inner = &*self.inner;
         let hop = Hop::of(&request, id);
@@ -84,7 +80,7 @@ impl App {
     async fn receive_answer(
         &self,
         mut receive: receive::ReceiveRequest,
-        hop: &Hop<'_>,
+        hop: &Hop,
         target: &str,
     ) -> Result<Response<ApiBody>, ApiError> {
         let inner = &*self.inner;
@@ -129,12 +125,12 @@ impl App {
     async fn receive_events(
         &self,
         mut receive: receive::ReceiveRequest,
-        hop: &Hop<'_>,
+        hop: &Hop,
         target: &str,
         last_event_id: Option<&HeaderValue>,
     ) -> Result<Response<ApiBody>, ApiError> {
         let inner = &*self.inner;
-        let (forwarder, wait, id) = (&inner.forwarder, receive.timeout, hop.request_id);
+        let (forwarder, wait, id) = (&inner.forwarder, receive.timeout, hop.id());
         let relayed = self.forward_with(&receive.stream, hop, |owner| async move {
             forwarder
                 .forward_events(&owner, target, wait, id, last_event_id)
@@ -159,8 +155,8 @@ impl App {
 }
 
 /// A receive as checked before it runs ([`App::receive`]).
-struct Asked<'a> {
-    hop: Hop<'a>,
+struct Asked {
+    hop: Hop,
     receive: receive::ReceiveRequest,
     /// Asked as an event stream: with the `Last-Event-ID` it sent, if any.
     events: Option<Option<HeaderValue>>,
