@@ -103,6 +103,11 @@ struct Args {
     /// The cluster's `virtual_nodes`, to compute its ring with `--route`.
     #[arg(long, default_value_t = ipubsub_cluster::DEFAULT_VIRTUAL_NODES)]
     virtual_nodes: usize,
+    /// With `--route owner|other`: only streams that this member (its node name) owns, so
+    /// that one node serves every request and, with `other`, another node forwards them all
+    /// (what a forwarding hop costs when the nodes do not share CPUs).
+    #[arg(long)]
+    owned_by: Option<String>,
     /// `maxMessages` of each receive (1: the v1 single-message receive).
     #[arg(long, default_value_t = 1)]
     max_messages: usize,
@@ -137,6 +142,8 @@ struct Args {
 struct Shared {
     /// With `--route owner|other`: the base URL for each stream index.
     stream_urls: Vec<String>,
+    /// The id of each stream index (`{prefix}-{index}`, or those `--owned-by` chose).
+    stream_names: Vec<String>,
     next_seq: AtomicU64,
     sent_ok: AtomicU64,
     received: AtomicU64,
@@ -172,9 +179,8 @@ fn payload(size: usize) -> String {
     s
 }
 
-/// The JSON body of send number `seq`.
-fn send_body(args: &Args, prefix: &str, seq: u64) -> String {
-    let stream = stream_name(prefix, (seq % args.streams as u64) as usize);
+/// The JSON body of send number `seq`, to `stream`.
+fn send_body(args: &Args, stream: &str, seq: u64) -> String {
     if args.mode == Mode::Memory {
         format!(
             "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
@@ -192,7 +198,6 @@ fn send_body(args: &Args, prefix: &str, seq: u64) -> String {
 async fn publisher(
     index: usize,
     args: Arc<Args>,
-    prefix: Arc<str>,
     client: HttpClient,
     shared: Arc<Shared>,
     deadline: Instant,
@@ -211,7 +216,11 @@ async fn publisher(
         if args.count.is_some_and(|count| seq >= count) {
             break;
         }
-        let body = send_body(&args, &prefix, seq);
+        let body = send_body(
+            &args,
+            &shared.stream_names[(seq % args.streams as u64) as usize],
+            seq,
+        );
         url_index = (url_index + 1) % args.url.len();
         let base = shared
             .stream_urls
@@ -244,7 +253,6 @@ async fn publisher(
 async fn receiver(
     index: usize,
     args: Arc<Args>,
-    prefix: Arc<str>,
     client: HttpClient,
     shared: Arc<Shared>,
     start: Instant,
@@ -281,7 +289,7 @@ async fn receiver(
             }
         }
         let slot = turn % owned.len();
-        let stream = stream_name(&prefix, owned[slot]);
+        let stream = &shared.stream_names[owned[slot]];
         let url = shared
             .stream_urls
             .get(owned[slot])
@@ -391,13 +399,19 @@ async fn main() -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
-    let stream_urls = if args.route == RouteChoice::Any {
-        Vec::new()
+    let (stream_names, stream_urls) = if args.route == RouteChoice::Any {
+        anyhow::ensure!(
+            args.owned_by.is_none(),
+            "--owned-by needs --route owner|other"
+        );
+        let names = (0..args.streams).map(|i| stream_name(&prefix, i)).collect();
+        (names, Vec::new())
     } else {
         routing::route_streams(&client, &args, &prefix).await?
     };
     let shared = Arc::new(Shared {
         stream_urls,
+        stream_names,
         ..Shared::default()
     });
     shared.publishing.store(true, Ordering::Release);
@@ -423,7 +437,6 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(receiver(
                     j,
                     args.clone(),
-                    prefix.clone(),
                     client.clone(),
                     shared.clone(),
                     start,
@@ -443,7 +456,6 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(pipelined::pipelined_publisher(
                     i,
                     args.clone(),
-                    prefix.clone(),
                     shared.clone(),
                     deadline,
                 ))
@@ -451,7 +463,6 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(publisher(
                     i,
                     args.clone(),
-                    prefix.clone(),
                     client.clone(),
                     shared.clone(),
                     deadline,

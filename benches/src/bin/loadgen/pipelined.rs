@@ -15,7 +15,6 @@ use ipubsub_benches::latency_histogram as histogram;
 pub(crate) async fn pipelined_publisher(
     index: usize,
     args: Arc<Args>,
-    prefix: Arc<str>,
     shared: Arc<Shared>,
     deadline: Instant,
 ) -> anyhow::Result<PublisherReport> {
@@ -43,7 +42,8 @@ pub(crate) async fn pipelined_publisher(
             if args.count.is_some_and(|count| seq >= count) {
                 break;
             }
-            let body = send_body(&args, &prefix, seq);
+            let stream = &shared.stream_names[(seq % args.streams as u64) as usize];
+            let body = send_body(&args, stream, seq);
             push_post(&mut out, "/api/v1/streams/send", body.as_bytes());
             n += 1;
         }

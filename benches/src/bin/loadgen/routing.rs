@@ -7,12 +7,14 @@ use hyper::Request;
 
 use crate::{Args, HttpClient, RouteChoice, stream_name};
 
-/// The base URL of each stream index under `--route owner|other`, from the cluster's ring.
+/// The id and the base URL of each stream index under `--route owner|other`, from the
+/// cluster's ring: `{prefix}-{index}`, or with `--owned-by` the first `--streams` of
+/// `{prefix}-0`, `{prefix}-1`, … that member owns.
 pub(crate) async fn route_streams(
     client: &HttpClient,
     args: &Args,
     prefix: &str,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     use ipubsub_cluster::{Node, NodeId, Ring};
     let request = Request::builder()
         .uri(format!("{}/api/v1/cluster", args.url[0]))
@@ -39,19 +41,37 @@ pub(crate) async fn route_streams(
         members.len() > 1 || args.route == RouteChoice::Owner,
         "--route other needs two or more members"
     );
+    if let Some(owner) = &args.owned_by {
+        anyhow::ensure!(
+            members.iter().any(|m| m.id().as_str() == owner),
+            "--owned-by {owner}: no such member"
+        );
+    }
     let ring = Ring::new(members.clone(), args.virtual_nodes);
-    (0..args.streams)
-        .map(|i| {
-            let stream = ipubsub_core::StreamId::new(stream_name(prefix, i))?;
-            let owner = ring.owner(&stream).context("an empty ring")?;
-            let node = match args.route {
-                RouteChoice::Other => members
-                    .iter()
-                    .find(|m| m.id() != owner.id())
-                    .context("another member")?,
-                _ => owner,
-            };
-            Ok(format!("http://{}", node.http_addr()))
-        })
-        .collect()
+    let (mut names, mut urls) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        if names.len() == args.streams {
+            break;
+        }
+        let name = stream_name(prefix, i);
+        let stream = ipubsub_core::StreamId::new(name.clone())?;
+        let owner = ring.owner(&stream).context("an empty ring")?;
+        if args
+            .owned_by
+            .as_ref()
+            .is_some_and(|o| o != owner.id().as_str())
+        {
+            continue;
+        }
+        let node = match args.route {
+            RouteChoice::Other => members
+                .iter()
+                .find(|m| m.id() != owner.id())
+                .context("another member")?,
+            _ => owner,
+        };
+        names.push(name);
+        urls.push(format!("http://{}", node.http_addr()));
+    }
+    Ok((names, urls))
 }
