@@ -271,7 +271,7 @@ fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>) {
     out.extend_from_slice(b",\"message\":");
     out.extend_from_slice(message.payload());
     out.extend_from_slice(b",\"timestamp\":\"");
-    out.extend_from_slice(message.timestamp().to_rfc3339().as_bytes());
+    message.timestamp().push_rfc3339(out);
     out.push(b'"');
     if let Some(token) = token {
         // Tokens are base64url: nothing to escape.
