@@ -29,6 +29,17 @@ impl App {
             Err(e) => return Work::Done(Err(e)),
         };
         let app = self.clone();
+        // The commonest waiting request: an in-memory long-poll this node serves. Its work
+        // holds the engine's wait and the query, none of the routing (hop, path, forward).
+        if events.is_none()
+            && receive.log_after.is_none()
+            && self.owner_elsewhere(&receive.stream, &hop).is_none()
+        {
+            let mut receive = receive;
+            receive.timeout = hop.cap(receive.timeout);
+            let work = async move { app.receive_memory(&receive).await };
+            return Work::Pending(Box::pin(work), CUT_RECEIVE);
+        }
         let work = async move {
             match events {
                 // Boxed, as the log read: a waiting in-memory receive (the most numerous
@@ -100,10 +111,7 @@ impl App {
         receive.timeout = hop.cap(receive.timeout);
         let batch = receive.max_messages.is_some();
         let body = match (receive.log_after, &inner.log) {
-            (None, _) => {
-                let messages = receive::run_memory(&inner.engine, &receive).await?;
-                receive::body(batch, messages.iter().map(|m| (m, None)))
-            }
+            (None, _) => return self.receive_memory(&receive).await,
             (Some(after), Some(log)) => {
                 let owned = || !matches!(inner.cluster.route(&receive.stream), Route::Forward(_));
                 let read =
@@ -117,6 +125,17 @@ impl App {
             }
             (Some(_), None) => return Err(inner.config.no_persistence("readFromDB")),
         };
+        Ok(json(StatusCode::OK, body))
+    }
+
+    /// An in-memory receive's answer, served here.
+    async fn receive_memory(
+        &self,
+        receive: &receive::ReceiveRequest,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let messages = receive::run_memory(&self.inner.engine, receive).await?;
+        let batch = receive.max_messages.is_some();
+        let body = receive::body(batch, messages.iter().map(|m| (m, None)));
         Ok(json(StatusCode::OK, body))
     }
 
