@@ -793,6 +793,15 @@ mod tests {
         let answer = app.handle(get("/api/v1/streams/receive?streamId=s&timeoutSeconds=5")?);
         let size = std::mem::size_of_val(&answer);
         assert!(size <= 512, "the answer's future is {size} B");
+        // And the boxed work it waits on: the engine's wait, none of the routing (712 B when
+        // it kept the hop, the path and the forward's state).
+        let id = HeaderValue::from_static("id-1");
+        let request = get("/api/v1/streams/receive?streamId=s&timeoutSeconds=5")?;
+        let Work::Pending(work, _) = app.route(request, &id).1 else {
+            return Err("a receive that waits is work to do".into());
+        };
+        let size = std::mem::size_of_val(&*work);
+        assert!(size <= 512, "the receive's work is {size} B");
         Ok(())
     }
 
