@@ -14,6 +14,7 @@ use ipubsub_benches::http1::{Http1Conn, push_post};
 use ipubsub_benches::{latency_histogram as histogram, now_micros};
 
 use crate::events::{Follower, H2_CONNECTIONS, Opener, Via};
+use crate::nchan;
 use crate::resp::{RedisConn, Reply};
 use crate::servers::Target;
 
@@ -202,13 +203,7 @@ impl Client {
     ) -> anyhow::Result<Option<String>> {
         match self {
             Client::Http(conn, out) if target == Target::Nchan => {
-                out.clear();
-                push_post(out, &format!("/pub?id={stream}"), message);
-                conn.write(out).await?;
-                let response = conn.read_response().await?;
-                // 202: queued with no subscriber waiting; 201: delivered to some.
-                let accepted = matches!(response.status, 201 | 202);
-                Ok((!accepted).then(|| format!("publish {}", response.status)))
+                nchan::publish(conn, out, stream, message).await
             }
             Client::Http(conn, out) => {
                 out.clear();
@@ -299,29 +294,7 @@ impl Client {
     ) -> anyhow::Result<Option<String>> {
         match self {
             Client::Http(conn, out) if target == Target::Nchan => {
-                use std::io::Write;
-                out.clear();
-                let _ = write!(out, "GET /sub?id={stream} HTTP/1.1\r\nHost: x\r\n");
-                if let Some((modified, etag)) = token.as_deref().and_then(|t| t.split_once('\n')) {
-                    let _ = write!(
-                        out,
-                        "If-Modified-Since: {modified}\r\nIf-None-Match: {etag}\r\n"
-                    );
-                }
-                out.extend_from_slice(b"\r\n");
-                conn.write(out).await?;
-                let response = conn.read_response().await?;
-                if response.status != 200 {
-                    return Ok(Some(format!("receive {}", response.status)));
-                }
-                if let (Some(modified), Some(etag)) = (
-                    conn.header(response, "last-modified"),
-                    conn.header(response, "etag"),
-                ) {
-                    *token = Some(format!("{modified}\n{etag}"));
-                }
-                scan_payloads(conn.body(response), got);
-                Ok(None)
+                nchan::poll(conn, out, stream, token, |body| scan_payloads(body, got)).await
             }
             Client::Http(conn, out) => {
                 use std::fmt::Write;
@@ -354,13 +327,14 @@ impl Client {
             Client::Events(follower, addr, data) => {
                 let log = target == Target::Persistent;
                 let path = if target == Target::Nchan {
-                    format!("/events?id={stream}")
-                } else if log {
-                    format!(
-                        "/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30&readFromDB=true"
-                    )
+                    nchan::events_path(stream)
                 } else {
-                    format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30")
+                    let mut path =
+                        format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30");
+                    if log {
+                        path.push_str("&readFromDB=true");
+                    }
+                    path
                 };
                 data.clear();
                 let second = Duration::from_secs(1);

@@ -31,6 +31,7 @@ use clap::Parser;
 
 mod events;
 mod load;
+mod nchan;
 mod resp;
 mod servers;
 

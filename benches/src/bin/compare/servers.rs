@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ipubsub_benches::{ProcStats, proc_stats};
 
+use crate::nchan;
+
 /// What serves the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
@@ -54,7 +56,7 @@ pub struct Programs {
     pub bare_hyper: PathBuf,
     /// `redis-server`.
     pub redis: PathBuf,
-    /// `nginx`, with the Nchan module at [`NCHAN_MODULE`].
+    /// `nginx`, with the Nchan module at [`nchan::MODULE`].
     pub nginx: PathBuf,
     /// Environment variables for the ipubsub server (`TOKIO_WORKER_THREADS=1`, …).
     pub ipubsub_env: Vec<(String, String)>,
@@ -71,9 +73,6 @@ pub struct Server {
     target: Target,
     dir: PathBuf,
 }
-
-/// Where Debian's `libnginx-mod-nchan` puts the module.
-pub const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 fn free_port() -> std::io::Result<SocketAddr> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -119,7 +118,7 @@ impl Server {
             }
             Target::Nchan => {
                 let config = dir.join("nginx.conf");
-                std::fs::write(&config, nchan_config(addr, h2_addr, &dir))?;
+                std::fs::write(&config, nchan::config(addr, h2_addr, &dir))?;
                 let mut c = Command::new(&programs.nginx);
                 c.arg("-p").arg(&dir).arg("-c").arg(&config);
                 c.args(["-g", "daemon off;"]);
@@ -145,11 +144,12 @@ impl Server {
             target,
             dir,
         };
-        server.wait_ready(target)?;
+        server.wait_ready()?;
         Ok(server)
     }
 
-    fn wait_ready(&mut self, target: Target) -> anyhow::Result<()> {
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let target = self.target;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -221,37 +221,5 @@ fn ipubsub_config(target: Target, addr: SocketAddr, dir: &Path) -> String {
          log:\n  level: warn\n\
          storage:\n  backend: {backend}\n  embedded:\n    path: \"{}\"\n",
         dir.join("data").display()
-    )
-}
-
-/// nginx with Nchan on `addr` (HTTP/1.1) and `h2_addr` (cleartext HTTP/2), two workers, no
-/// access log; channel buffers long and lasting enough that no message of a run is evicted
-/// before its one receiver reads it (Nchan keeps 10 messages per channel by default).
-fn nchan_config(addr: SocketAddr, h2_addr: SocketAddr, dir: &Path) -> String {
-    let dir = dir.display();
-    format!(
-        "load_module {NCHAN_MODULE};\n\
-         worker_processes 2;\n\
-         worker_rlimit_nofile 20000;\n\
-         pid {dir}/nginx.pid;\n\
-         error_log {dir}/error.log warn;\n\
-         events {{ worker_connections 10000; }}\n\
-         http {{\n\
-           access_log off;\n\
-           client_body_temp_path {dir}/body;\n\
-           nchan_shared_memory_size 1024m;\n\
-           server {{\n\
-             listen {addr} backlog=4096;\n\
-             listen {h2_addr} http2 backlog=4096;\n\
-             http2_max_concurrent_streams 1024;\n\
-             keepalive_requests 100000000;\n\
-             nchan_message_buffer_length 200000;\n\
-             nchan_message_timeout 10m;\n\
-             nchan_subscriber_first_message oldest;\n\
-             location = /pub {{ nchan_publisher; nchan_channel_id $arg_id; }}\n\
-             location = /sub {{ nchan_subscriber longpoll; nchan_channel_id $arg_id; nchan_subscriber_timeout 1s; }}\n\
-             location = /events {{ nchan_subscriber eventsource; nchan_channel_id $arg_id; nchan_subscriber_timeout 30s; }}\n\
-           }}\n\
-         }}\n"
     )
 }
