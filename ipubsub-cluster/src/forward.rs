@@ -8,15 +8,21 @@
 //! owner waits that long and no longer, and [`REQUEST_ID_HEADER`] the caller's request id, so
 //! that both nodes' answers and logs name the request the same way.
 
+use std::error::Error;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, header};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Method, Request, Response, Uri, header};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::coalesce::Coalesce;
 
 use crate::node::{Node, NodeId};
 use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
@@ -107,9 +113,9 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// How the forwarder reaches members: plain HTTP, or (feature `tls`) HTTPS.
 #[derive(Clone, Debug)]
 enum Transport {
-    Plain(Client<HttpConnector, Full<Bytes>>),
+    Plain(Client<Coalescing, Full<Bytes>>),
     #[cfg(feature = "tls")]
-    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>),
 }
 
 impl Transport {
@@ -414,13 +420,49 @@ fn failed_tls_handshake(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn tcp_connector() -> HttpConnector {
+fn tcp_connector() -> Coalescing {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
     // With TLS, the TLS connector wraps it and asks it for `https` URIs.
     connector.enforce_http(false);
-    connector
+    Coalescing(connector)
+}
+
+/// TCP connections to members whose writes are gathered ([`Coalesce`]): the frames of the
+/// requests forwarded in one turn of the scheduler leave in one write.
+#[derive(Clone, Debug)]
+struct Coalescing(HttpConnector);
+
+type Connecting = Pin<
+    Box<
+        dyn Future<Output = Result<TokioIo<Coalesce<TcpStream>>, Box<dyn Error + Send + Sync>>>
+            + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for Coalescing {
+    type Response = TokioIo<Coalesce<TcpStream>>;
+    type Error = Box<dyn Error + Send + Sync>;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?.into_inner();
+            Ok(TokioIo::new(Coalesce::new(stream)))
+        })
+    }
+}
+
+impl<T: Connection> Connection for Coalesce<T> {
+    fn connected(&self) -> Connected {
+        self.get_ref().connected()
+    }
 }
 
 /// How often an HTTP/2 connection to a member is pinged, and how long an answer may take: a

@@ -9,6 +9,7 @@
 //! - [`node`]: [`NodeId`] and [`Node`], a member's identity and advertised address.
 //! - [`ring`]: [`Ring`], consistent hashing with virtual nodes on a stable hash.
 //! - [`forward`]: [`Forwarder`], the one-hop HTTP client to a stream's owner.
+//! - [`coalesce`]: [`Coalesce`], gathered writes for multiplexed connections between members.
 //! - [`membership`]: [`Membership`], gossip (chitchat) keeping the member set current.
 //! - [`secret`]: [`ClusterSecret`], the proof that a forwarded request comes from a member.
 //! - [`Cluster`] and [`Route`]: ownership lookup.
@@ -25,6 +26,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod coalesce;
 pub mod forward;
 pub mod membership;
 pub mod node;
@@ -35,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+pub use coalesce::Coalesce;
 pub use forward::{
     DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, HANDOFF_HEADER, PeerHttp,
     REQUEST_ID_HEADER,

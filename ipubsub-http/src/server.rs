@@ -18,6 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use ipubsub_cluster::Coalesce;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,12 +229,16 @@ impl Connection {
             let answer = app.handle(request);
             async move { Ok::<_, Infallible>(answer.await) }
         });
-        let io = TokioIo::new(io);
         let ended = match h2 {
             // Boxed: an HTTP/2 connection's state is kilobytes, and every HTTP/1.1 connection's
-            // task would be that large too.
-            Some(h2) => Box::pin(self.watcher.watch(h2.serve_connection(io, service))).await,
+            // task would be that large too. Its writes are gathered: the answers of the streams
+            // that finish in one turn of the scheduler leave in one write.
+            Some(h2) => {
+                let io = TokioIo::new(Coalesce::new(io));
+                Box::pin(self.watcher.watch(h2.serve_connection(io, service))).await
+            }
             None => {
+                let io = TokioIo::new(io);
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     // Answers to pipelined requests go out in one write, not one each.
