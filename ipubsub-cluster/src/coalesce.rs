@@ -1,37 +1,29 @@
-//! [`Coalesce`]: an I/O wrapper that gathers the writes of a multiplexed connection and lets
-//! one flush carry the frames of every request that became ready meanwhile.
+//! [`Coalesce`]: an I/O wrapper that lets one socket write carry the frames of every request
+//! of a multiplexed connection that became ready in one turn of the scheduler.
 //!
-//! An HTTP/2 connection task writes whatever frames are queued when it is polled and flushes
-//! them. Under load its streams' answers (or requests) become ready one task poll apart, so
-//! each goes out in a socket write of its own, and on loopback every write also runs the
-//! receiving side's TCP path. `Coalesce` keeps the writes in a buffer and, the first time it
-//! is asked to flush them, yields once instead: the connection task is scheduled again behind
-//! the tasks already runnable, whose frames join the same write. When nothing else is
-//! runnable the flush happens on the next poll, a few microseconds later; under load a write
-//! carries as many frames as became ready in one turn of the scheduler (the idea of Netty's
-//! `FlushConsolidationHandler`).
-//!
-//! Reads pass through. A buffer over [`HIGH_WATER`] bytes is written out without yielding,
-//! and a write that finds it full waits for the socket, so a bulk transfer is not held back.
+//! An HTTP/2 connection task writes whatever frames are queued when it is polled. Under load
+//! its streams' answers (or requests) become ready one task poll apart, so each goes out in a
+//! socket write of its own, and on loopback every write also runs the receiving side's TCP
+//! path. `Coalesce` makes the first write of each flush yield once instead: the connection
+//! task is scheduled again behind the tasks already runnable, and the frames those queue join
+//! the codec's buffer, so the write that follows carries them all. When nothing else is
+//! runnable the write happens on the next poll, a few microseconds later; under load a write
+//! carries as many frames as became ready in one turn (the idea of Netty's
+//! `FlushConsolidationHandler`). Nothing is copied or kept: the bytes wait in the codec's own
+//! buffer, whose size bounds the batch.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Buffered bytes past which a write goes out at once (and further writes wait for it).
-pub const HIGH_WATER: usize = 64 * 1024;
-
-/// A connection whose writes are gathered until a flush, and whose first flush request after
-/// a write yields once to let other ready tasks add theirs (see the [module docs](self)).
+/// A connection whose first write after each flush yields once, so that the writer gathers
+/// what other ready tasks queue meanwhile (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Coalesce<T> {
     inner: T,
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` already written to `inner`.
-    written: usize,
-    /// Whether the current flush has already yielded once.
+    /// Whether a write since the last flush has already yielded.
     yielded: bool,
 }
 
@@ -40,8 +32,6 @@ impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Self {
         Self {
             inner,
-            buffer: Vec::new(),
-            written: 0,
             yielded: false,
         }
     }
@@ -51,29 +41,15 @@ impl<T> Coalesce<T> {
         &self.inner
     }
 
-    /// Bytes written to this wrapper and not yet to the connection.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len() - self.written
-    }
-}
-
-impl<T: AsyncWrite + Unpin> Coalesce<T> {
-    /// Writes the whole buffer to the connection.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.buffer.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
+    /// `Pending` (and scheduled again at once) the first time it is asked since the last
+    /// flush; ready after that.
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
         }
-        self.buffer.clear();
-        self.written = 0;
-        // An idle connection does not keep a burst's allocation.
-        if self.buffer.capacity() > HIGH_WATER {
-            self.buffer.shrink_to(HIGH_WATER);
-        }
-        Poll::Ready(Ok(()))
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -93,32 +69,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.buffered() >= HIGH_WATER {
-            ready!(this.poll_drain(cx))?;
-        }
-        this.buffer.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        std::task::ready!(self.poll_turn(cx));
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_turn(cx));
+        Pin::new(&mut self.inner).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.buffered() > 0 && this.buffered() < HIGH_WATER && !this.yielded {
-            // Scheduled again behind the tasks already runnable: what they queue joins this
-            // write.
-            this.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            self.yielded = false;
         }
-        ready!(this.poll_drain(cx))?;
-        this.yielded = false;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -169,68 +146,38 @@ mod tests {
         (Coalesce::new(sink), writes)
     }
 
-    #[tokio::test]
-    async fn frames_written_before_a_flush_go_out_in_one_write() -> io::Result<()> {
+    #[test]
+    fn the_first_write_of_a_flush_yields_once_and_asks_to_be_polled_again() {
         let (mut io, writes) = counting(usize::MAX);
-        for frame in [&b"HEADERS"[..], b"DATA", b"HEADERS", b"DATA"] {
-            io.write_all(frame).await?;
-        }
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"frame").is_pending());
         assert_eq!(
             writes.load(Ordering::Relaxed),
             0,
-            "nothing written before the flush"
+            "nothing written on the first try"
         );
-        io.flush().await?;
-        assert_eq!(writes.load(Ordering::Relaxed), 1);
-        assert_eq!(io.get_ref().bytes, b"HEADERSDATAHEADERSDATA");
-        assert_eq!(io.buffered(), 0);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn the_first_flush_yields_once_and_the_second_writes() -> io::Result<()> {
-        let (mut io, writes) = counting(usize::MAX);
-        io.write_all(b"frame").await?;
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
-        assert_eq!(writes.load(Ordering::Relaxed), 0);
-        // Another task's frame arrives before the connection is polled again.
-        assert!(Pin::new(&mut io).poll_write(&mut cx, b"+more").is_ready());
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "scheduled again");
+        // Polled again: the codec offers its buffer, now with another task's frame too.
         assert!(matches!(
-            Pin::new(&mut io).poll_flush(&mut cx),
-            Poll::Ready(Ok(()))
+            Pin::new(&mut io).poll_write(&mut cx, b"frame+more"),
+            Poll::Ready(Ok(10))
         ));
         assert_eq!(writes.load(Ordering::Relaxed), 1);
-        assert_eq!(io.get_ref().bytes, b"frame+more");
-        // Nothing buffered: a flush goes straight through.
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
-        Ok(())
+        // After the flush, the next write yields again.
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"next").is_pending());
+        assert_eq!(woken.0.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
-    async fn a_short_write_is_resumed_where_it_stopped() -> io::Result<()> {
+    async fn short_writes_carry_every_byte() -> io::Result<()> {
         let (mut io, writes) = counting(3);
         io.write_all(b"abcdefgh").await?;
         io.flush().await?;
         assert_eq!(io.get_ref().bytes, b"abcdefgh");
         assert_eq!(writes.load(Ordering::Relaxed), 3);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_full_buffer_goes_out_without_waiting_for_a_flush() -> io::Result<()> {
-        let (mut io, writes) = counting(usize::MAX);
-        let chunk = vec![7u8; HIGH_WATER];
-        io.write_all(&chunk).await?;
-        io.write_all(b"next").await?;
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            1,
-            "the full buffer was written"
-        );
-        assert_eq!(io.buffered(), 4);
-        io.shutdown().await?;
-        assert_eq!(io.get_ref().bytes.len(), HIGH_WATER + 4);
         Ok(())
     }
 
@@ -254,5 +201,15 @@ mod tests {
         assert_eq!(back, b"helloworld");
         echo.await??;
         Ok(())
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
