@@ -354,9 +354,14 @@ impl Forwarder {
             .header(header::CONTENT_TYPE, "application/json")
             .header(FORWARDED_HEADER, self.local.as_str())
             .header(DEADLINE_HEADER, wait.as_millis().to_string())
-            .header(REQUEST_ID_HEADER, request_id)
             .body(Full::new(body))
             .map_err(ForwardError::Request)?;
+        // Never indexed: each id is new, and inserting it into the connection's HPACK table
+        // would evict the headers that repeat on every request.
+        let mut id = hyper::header::HeaderValue::from_str(request_id)
+            .map_err(|e| ForwardError::Request(e.into()))?;
+        id.set_sensitive(true);
+        request.headers_mut().insert(REQUEST_ID_HEADER, id);
         if let Some(secret) = &self.secret {
             request
                 .headers_mut()

@@ -17,12 +17,13 @@ pub enum Via {
     LongPoll,
     /// An event stream per stream, each on its own HTTP/1.1 connection.
     Events1,
-    /// An event stream per stream, [`H2_CONNECTIONS`] HTTP/2 connections in all.
-    Events2,
+    /// An event stream per stream, over HTTP/2 connections the streams share (stream `s` on
+    /// connection `s % connections`).
+    Events2 {
+        /// How many.
+        connections: usize,
+    },
 }
-
-/// HTTP/2 connections the event streams of a run share.
-pub const H2_CONNECTIONS: usize = 64;
 
 /// How a receiver reaches the server.
 pub enum Opener {

@@ -9,11 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use ipubsub_benches::http1::{Http1Conn, push_post};
 use ipubsub_benches::{latency_histogram as histogram, now_micros};
+use ipubsub_cluster::Coalesce;
 
-use crate::events::{Follower, H2_CONNECTIONS, Opener, Via};
+use crate::events::{Follower, Opener, Via};
 use crate::nchan;
 use crate::resp::{RedisConn, Reply};
 use crate::servers::Target;
@@ -56,7 +61,13 @@ pub struct Pattern {
     pub message_size: usize,
     /// How ipubsub's receivers take messages (Redis always pops).
     pub via: Via,
+    /// Whether ipubsub's publishers send over HTTP/2, [`H2_SEND_CONNECTIONS`] connections
+    /// shared by all of them (else each over an HTTP/1.1 connection of its own).
+    pub h2_sends: bool,
 }
+
+/// HTTP/2 connections the publishers of a run share when they send over HTTP/2.
+pub const H2_SEND_CONNECTIONS: usize = 8;
 
 /// What one run measured.
 #[derive(Debug)]
@@ -172,6 +183,17 @@ fn push_send_body(body: &mut Vec<u8>, target: Target, stream: &str, seq: u64, me
     body.push(b'}');
 }
 
+/// An HTTP/2 connection for sends, its writes gathered as a multiplexing client's are
+/// ([`Coalesce`]).
+async fn h2_sender(addr: SocketAddr) -> anyhow::Result<http2::SendRequest<Full<Bytes>>> {
+    let socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let (sender, connection) =
+        http2::handshake(TokioExecutor::new(), TokioIo::new(Coalesce::new(socket))).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 fn stream_name(prefix: &str, index: u64) -> String {
     format!("{prefix}-{index}")
 }
@@ -179,6 +201,9 @@ fn stream_name(prefix: &str, index: u64) -> String {
 /// One client connection to a target.
 enum Client {
     Http(Http1Conn, Vec<u8>),
+    /// A publisher's handle on an HTTP/2 connection it shares with others (the server's
+    /// address beside it, for the request's authority).
+    Http2(http2::SendRequest<Full<Bytes>>, SocketAddr),
     Redis(RedisConn),
     /// A receiver following its stream as events (its data read so far kept in the `Vec`).
     Events(Follower, SocketAddr, Vec<u8>),
@@ -214,6 +239,18 @@ impl Client {
                 let response = conn.read_response().await?;
                 Ok((response.status != 200).then(|| format!("send {}", response.status)))
             }
+            Client::Http2(sender, addr) => {
+                let mut body = Vec::with_capacity(message.len() + 128);
+                push_send_body(&mut body, target, stream, seq, message);
+                let request = hyper::Request::post(format!("http://{addr}/api/v1/streams/send"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                Ok((status != 200).then(|| format!("send {status}")))
+            }
             Client::Events(..) => anyhow::bail!("an event-stream client does not send"),
             Client::Redis(conn) => {
                 match conn
@@ -240,6 +277,7 @@ impl Client {
             Client::Http(..) if target == Target::Nchan => {
                 anyhow::bail!("Nchan publishes one message per request")
             }
+            Client::Http2(..) => anyhow::bail!("batches go over HTTP/1.1"),
             Client::Http(conn, out) => {
                 out.clear();
                 let mut body = Vec::with_capacity(messages.iter().map(|m| m.len() + 96).sum());
@@ -324,6 +362,7 @@ impl Client {
                 }
                 Ok(None)
             }
+            Client::Http2(..) => anyhow::bail!("an HTTP/2 publisher does not receive"),
             Client::Events(follower, addr, data) => {
                 let log = target == Target::Persistent;
                 let path = if target == Target::Nchan {
@@ -400,8 +439,8 @@ pub async fn run(
     let mut pollers = Vec::new();
     let events = target.is_http() && pattern.via != Via::LongPoll;
     let mut shared_h2 = Vec::new();
-    if target.is_http() && pattern.via == Via::Events2 {
-        for _ in 0..H2_CONNECTIONS {
+    if let (true, Via::Events2 { connections }) = (target.is_http(), pattern.via) {
+        for _ in 0..connections {
             shared_h2.push(Opener::http2(h2_addr).await?);
         }
     }
@@ -422,8 +461,8 @@ pub async fn run(
                 "event streams follow spread streams only"
             );
             for stream in streams {
-                // Over HTTP/2, stream s on shared connection s % 64; else its own.
-                let opener = match shared_h2.get(stream as usize % H2_CONNECTIONS) {
+                // Over HTTP/2, stream s on shared connection s % connections; else its own.
+                let opener = match shared_h2.get(stream as usize % shared_h2.len().max(1)) {
                     Some(h2) => h2.share()?,
                     None => Opener::http1(addr).await?,
                 };
@@ -439,8 +478,21 @@ pub async fn run(
         }
     }
     let mut publishers = Vec::new();
-    for _ in 0..pattern.publishers {
-        publishers.push(Client::connect(target, addr).await?);
+    if pattern.h2_sends && target.is_http() {
+        let mut connections = Vec::new();
+        for _ in 0..H2_SEND_CONNECTIONS {
+            connections.push(h2_sender(addr).await?);
+        }
+        for i in 0..pattern.publishers {
+            publishers.push(Client::Http2(
+                connections[i % H2_SEND_CONNECTIONS].clone(),
+                addr,
+            ));
+        }
+    } else {
+        for _ in 0..pattern.publishers {
+            publishers.push(Client::connect(target, addr).await?);
+        }
     }
 
     let start = Instant::now();

@@ -11,7 +11,9 @@
 //! Patterns: `send` (64 publishers, no receivers, 1,000 streams: the send path against the
 //! bare hyper ceiling), `1` (64 publishers, 64 long-polling receivers, 1,000 streams), `1e`
 //! and `1e2` (pattern 1 with each stream followed as Server-Sent Events, over a connection of
-//! its own or over 64 shared HTTP/2 connections; Redis still pops), `2`
+//! its own or over shared HTTP/2 connections, 64 unless `--h2-connections`; Redis still pops), `1h2` (pattern 1 over
+//! HTTP/2 both ways: `1e2`'s event streams, and the 64 publishers' v1 sends multiplexed over
+//! 8 HTTP/2 connections; Redis as in `1`), `2`
 //! (the same, 100 messages per receive), `2b` (pattern 2 sending 100 messages per request:
 //! `sendBatch`, Redis `RPUSH` of 100 values), `3` (one hot stream), `4` (100,000 streams, one
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
@@ -64,6 +66,10 @@ struct Args {
         default_value = "memory,persistent,redis,nchan,bare"
     )]
     targets: Vec<String>,
+    /// HTTP/2 connections the event streams of `1e2` and `1h2` share (their 1,000 streams
+    /// spread evenly).
+    #[arg(long, default_value_t = 64)]
+    h2_connections: usize,
     /// Streams (one message each) of pattern 4.
     #[arg(long, default_value_t = 100_000)]
     one_each: u64,
@@ -114,6 +120,7 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         duration: Duration::from_secs(args.duration),
         message_size: 100,
         via: Via::LongPoll,
+        h2_sends: false,
     };
     Ok(match name {
         "send" => spread(0, 1),
@@ -123,7 +130,16 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             ..spread(64, 1)
         },
         "1e2" => Pattern {
-            via: Via::Events2,
+            via: Via::Events2 {
+                connections: args.h2_connections,
+            },
+            ..spread(64, 1)
+        },
+        "1h2" => Pattern {
+            via: Via::Events2 {
+                connections: args.h2_connections,
+            },
+            h2_sends: true,
             ..spread(64, 1)
         },
         "2" => spread(64, 100),
@@ -144,7 +160,9 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             ..spread(0, 1)
         },
         other => {
-            anyhow::bail!("unknown pattern {other:?} (send, 1, 1e, 1e2, 2, 2b, 3, 4, half, fill)")
+            anyhow::bail!(
+                "unknown pattern {other:?} (send, 1, 1e, 1e2, 1h2, 2, 2b, 3, 4, half, fill)"
+            )
         }
     })
 }
