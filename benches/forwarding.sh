@@ -5,14 +5,17 @@
 # straight to it (`--route owner`) or through node-2, which forwards every request
 # (`--route other`), the two alternated round by round. Prints each run and the ratios.
 #
-#   bash benches/forwarding.sh [QUOTA=0.5] [ROUNDS=3] [SECONDS=8] [h2|http1]
-#   (http1: members forward over pooled HTTP/1.1, `http.http2.forward_to_members: false`)
+#   bash benches/forwarding.sh [QUOTA=0.5] [ROUNDS=3] [SECONDS=8] [h2|http1] [http1|h2]
+#   (4th, between members: http1 forwards over pooled HTTP/1.1,
+#   `http.http2.forward_to_members: false`; 5th, the clients' protocol: h2 multiplexes every
+#   publisher and receiver over one HTTP/2 connection per node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quota=${1:-0.5}
 rounds=${2:-3}
 seconds=${3:-8}
 forward=${4:-h2}
+clients=${5:-http1}
 
 [ "$(id -u)" -eq 0 ] || { echo "forwarding.sh: needs root (cgroups)" >&2; exit 1; }
 cargo build --release --locked -p ipubsub-server -p ipubsub-benches \
@@ -52,6 +55,11 @@ case "$forward" in
     http1) forward_h2=false ;;
     *) echo "forwarding.sh: forward over h2 or http1, not $forward" >&2; exit 1 ;;
 esac
+case "$clients" in
+    h2) client_args=(--http2) ;;
+    http1) client_args=() ;;
+    *) echo "forwarding.sh: clients speak h2 or http1, not $clients" >&2; exit 1 ;;
+esac
 for i in 1 2 3; do
     cat >"$work/node-$i.yaml" <<EOF
 node:
@@ -88,7 +96,7 @@ for _ in $(seq 100); do
 done
 [ "$members" = 3 ] || { echo "forwarding.sh: the cluster did not form" >&2; cat "$work"/node-*.log >&2; exit 1; }
 urls="$first,http://127.0.0.1:${http[1]},http://127.0.0.1:${http[2]}"
-echo "three nodes, each capped at $quota CPU; forwarding over $([ "$forward_h2" = true ] && echo HTTP/2 || echo HTTP/1.1); $rounds rounds of ${seconds}s"
+echo "three nodes, each capped at $quota CPU; forwarding over $([ "$forward_h2" = true ] && echo HTTP/2 || echo HTTP/1.1), clients over $clients; $rounds rounds of ${seconds}s"
 
 # CPU seconds (user + system) of each node so far.
 cpu_of() { for pid in "${pids[@]}"; do awk '{printf "%.2f ", ($14 + $15) / 100}' "/proc/$pid/stat"; done; }
@@ -97,7 +105,7 @@ for round in $(seq "$rounds"); do
     for route in owner other; do
         read -r -a before <<<"$(cpu_of)"
         out=$("$loadgen" --url "$urls" --route "$route" --owned-by node-1 --publishers 16 \
-            --receivers 16 --streams 16 --duration "$seconds" --check)
+            --receivers 16 --streams 16 --duration "$seconds" --check "${client_args[@]}")
         rate=$(echo "$out" | sed -n 's/^delivered: *[0-9]* in [0-9.]*s = \([0-9]*\) msg\/s.*/\1/p')
         [ -n "$rate" ] || { echo "$out" >&2; echo "forwarding.sh: no rate in the output" >&2; exit 1; }
         read -r -a after <<<"$(cpu_of)"

@@ -132,6 +132,10 @@ struct Args {
     /// (cleartext, prior knowledge) instead of one HTTP/1.1 connection each.
     #[arg(long)]
     h2_connections: Option<usize>,
+    /// Send the load over HTTP/2 (cleartext, prior knowledge): every publisher and receiver
+    /// multiplexed over one connection per node, instead of HTTP/1.1 connections of their own.
+    #[arg(long)]
+    http2: bool,
     /// With --hold-waiters: hold event streams (`Accept: text/event-stream`) instead of
     /// long-polls; each is checked to end with its `end` event after the timeout.
     #[arg(long)]
@@ -398,7 +402,9 @@ async fn main() -> anyhow::Result<()> {
         .into();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(args.http2)
+        .build(connector);
     let (stream_names, stream_urls) = if args.route == RouteChoice::Any {
         anyhow::ensure!(
             args.owned_by.is_none(),
