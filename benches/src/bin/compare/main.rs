@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
+mod client;
 mod events;
 mod load;
 mod nchan;
