@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::coalesce::Coalesce;
-
 use crate::node::{Node, NodeId};
 use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
 
