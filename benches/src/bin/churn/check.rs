@@ -22,6 +22,9 @@ pub struct Produced {
 pub struct Followed {
     pub stream: String,
     pub received: Vec<String>,
+    /// For each message given, its position and the node that gave it and when, to explain
+    /// a broken promise.
+    pub via: Vec<String>,
 }
 
 /// The counts of one run.
@@ -66,6 +69,62 @@ pub fn lost(produced: &[Produced], finals: &HashMap<String, [Vec<String>; 2]>) -
             if !held.contains(id.as_str()) {
                 out.push(format!("{} {id} acknowledged by {via}", producer.stream));
             }
+        }
+    }
+    out
+}
+
+/// The messages live readers skipped (see [`Counts::skipped`]), each with where the final read
+/// places it (`positions` maps each stream's ids to their positions), the producer's evidence,
+/// and the message the reader was given first above it: the evidence a failed run prints.
+pub fn skipped(
+    produced: &[Produced],
+    followed: &[Followed],
+    finals: &HashMap<String, [Vec<String>; 2]>,
+    positions: &HashMap<String, HashMap<String, String>>,
+) -> Vec<String> {
+    let acked_via: HashMap<&str, &str> = produced
+        .iter()
+        .flat_map(|p| p.acked.iter().zip(&p.via))
+        .map(|(id, via)| (id.as_str(), via.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for reader in followed {
+        let Some([order, _]) = finals.get(&reader.stream) else {
+            continue;
+        };
+        let at: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let given: HashSet<&str> = reader.received.iter().map(String::as_str).collect();
+        let position = |id: &str| {
+            positions
+                .get(&reader.stream)
+                .and_then(|p| p.get(id))
+                .map_or("?", String::as_str)
+                .to_owned()
+        };
+        let mut reached: Option<usize> = None;
+        for (id, via) in reader.received.iter().zip(&reader.via) {
+            let Some(&here) = at.get(id.as_str()) else {
+                continue;
+            };
+            let from = reached.map_or(0, |r| r + 1);
+            for missed in order.get(from..here).into_iter().flatten() {
+                if !given.contains(missed.as_str()) {
+                    out.push(format!(
+                        "{} {missed} at {} (acknowledged by {}) skipped: the reader was given \
+                         {id} at {} by {via} first",
+                        reader.stream,
+                        position(missed),
+                        acked_via.get(missed.as_str()).unwrap_or(&"nobody"),
+                        position(id),
+                    ));
+                }
+            }
+            reached = Some(reached.map_or(here, |r| r.max(here)));
         }
     }
     out
@@ -171,9 +230,11 @@ mod tests {
     }
 
     fn followed(received: &str) -> Vec<Followed> {
+        let received = ids(received);
         vec![Followed {
             stream: "s".into(),
-            received: ids(received),
+            via: received.iter().map(|_| "n1 at 5 ms".to_owned()).collect(),
+            received,
         }]
     }
 
@@ -197,6 +258,35 @@ mod tests {
         // The reader went a → c; b was committed between them afterwards.
         let c = check(&produced("a b c"), &followed("a c"), &finals("a b c"));
         assert_eq!(c.skipped, 1, "{c:?}");
+        let positions = HashMap::from([(
+            "s".to_owned(),
+            HashMap::from([
+                ("b".to_owned(), "1:2".to_owned()),
+                ("c".to_owned(), "1:3".to_owned()),
+            ]),
+        )]);
+        let evidence = skipped(
+            &produced("a b c"),
+            &followed("a c"),
+            &finals("a b c"),
+            &positions,
+        );
+        assert_eq!(
+            evidence,
+            [
+                "s b at 1:2 (acknowledged by n0 at 0 ms) skipped: the reader was given c at 1:3 \
+              by n1 at 5 ms first"
+            ]
+        );
+        assert!(
+            skipped(
+                &produced("a b c"),
+                &followed("a b c"),
+                &finals("a b c"),
+                &positions
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use check::{Followed, Produced};
+use ipubsub_core::{ResumeToken, StreamId};
 use nodes::{NodeProc, Setup};
 
 #[derive(Debug, Parser)]
@@ -141,6 +142,14 @@ impl Live {
     fn any(&self, salt: u64) -> SocketAddr {
         let n = self.addrs.len() as u64;
         self.addrs[(pseudo_random(salt) % n) as usize]
+    }
+
+    /// The index of the node at `addr`.
+    fn index(&self, addr: SocketAddr) -> usize {
+        self.addrs
+            .iter()
+            .position(|a| *a == addr)
+            .unwrap_or(usize::MAX)
     }
 
     /// Records which of `nodes` serve now.
@@ -262,15 +271,16 @@ async fn produce(
             json!({"streamId": stream, "messageUuid": id, "message": {"n": n}, "writeToDB": true});
         let addr = live.any(n ^ (producer as u64) << 32);
         match send(&client, addr, &body).await {
-            Some((200, _)) => {
+            Some((200, answer)) => {
                 produced.acked.push(id);
-                let node = live
-                    .addrs
-                    .iter()
-                    .position(|a| *a == addr)
-                    .unwrap_or(usize::MAX);
+                let node = live.index(addr);
                 let at = started.elapsed().as_millis();
-                produced.via.push(format!("n{node} at {at} ms"));
+                let told = answer["dbResumeToken"]
+                    .as_str()
+                    .map_or_else(|| "?".to_owned(), |t| position(&stream, t));
+                produced
+                    .via
+                    .push(format!("n{node} at {at} ms, told {told}"));
             }
             _ => {
                 failed += 1;
@@ -307,11 +317,29 @@ async fn send_probes(
     acked
 }
 
+/// The position a resume token of `stream` stands for, as `epoch:counter`.
+fn position(stream: &str, token: &str) -> String {
+    let seq = StreamId::new(stream)
+        .ok()
+        .and_then(|s| ResumeToken::decode(token, &s).ok())
+        .map(ResumeToken::seq);
+    seq.map_or_else(
+        || "?".to_owned(),
+        |seq| format!("{}:{}", seq.epoch(), seq.counter()),
+    )
+}
+
 /// Follows `stream` from its start by resume token, through random nodes, until `stop`.
-async fn follow(client: HttpClient, live: Live, stream: String, stop: Arc<AtomicBool>) -> Followed {
+async fn follow(
+    client: HttpClient,
+    live: Live,
+    stream: String,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Followed {
     let mut followed = Followed {
         stream: stream.clone(),
-        received: Vec::new(),
+        ..Followed::default()
     };
     let mut token: Option<String> = None;
     let mut turn = 0u64;
@@ -325,17 +353,26 @@ async fn follow(client: HttpClient, live: Live, stream: String, stop: Arc<Atomic
             path.push_str(token);
         }
         let addr = live.any(turn.wrapping_mul(7919) ^ stream.len() as u64);
+        let asked = started.elapsed().as_millis();
         let answer = get(&client, addr, &path, Duration::from_secs(5)).await;
         let Some((200, body)) = answer else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        let node = live.index(addr);
+        let answered = started.elapsed().as_millis();
+        let after = token
+            .as_deref()
+            .map_or_else(|| "the start".to_owned(), |t| position(&stream, t));
         for message in body["messages"].as_array().into_iter().flatten() {
             if let (Some(id), Some(t)) = (
                 message["messageUuid"].as_str(),
                 message["dbResumeToken"].as_str(),
             ) {
                 followed.received.push(id.to_owned());
+                followed.via.push(format!(
+                    "n{node} (asked after {after} at {asked} ms, answered at {answered} ms)"
+                ));
                 token = Some(t.to_owned());
             }
         }
@@ -343,8 +380,13 @@ async fn follow(client: HttpClient, live: Live, stream: String, stop: Arc<Atomic
     followed
 }
 
-/// Every message of `stream` from its start, through `addr`, or `None` if a read failed.
-async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option<Vec<String>> {
+/// Every message of `stream` from its start, through `addr`, with its position, or `None` if
+/// a read failed.
+async fn read_all(
+    client: &HttpClient,
+    addr: SocketAddr,
+    stream: &str,
+) -> Option<Vec<(String, String)>> {
     let mut ids = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -359,8 +401,10 @@ async fn read_all(client: &HttpClient, addr: SocketAddr, stream: &str) -> Option
             (200, body) => {
                 let messages = body["messages"].as_array()?;
                 for message in messages {
-                    ids.push(message["messageUuid"].as_str()?.to_owned());
-                    token = Some(message["dbResumeToken"].as_str()?.to_owned());
+                    let id = message["messageUuid"].as_str()?.to_owned();
+                    let at = message["dbResumeToken"].as_str()?.to_owned();
+                    ids.push((id, position(stream, &at)));
+                    token = Some(at);
                 }
             }
             (424, _) => return Some(ids),
@@ -377,7 +421,7 @@ async fn settled_read(
     addr: SocketAddr,
     stream: &str,
     retried: &mut usize,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(String, String)>> {
     for attempt in 1..=3 {
         if let Some(ids) = read_all(client, addr, stream).await {
             return Ok(ids);
@@ -536,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
                 live.clone(),
                 s.clone(),
                 stop.clone(),
+                started,
             ))
         })
         .collect();
@@ -580,17 +625,23 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (a, b) = live.two_serving().context("no serving node left")?;
     let mut finals = HashMap::new();
+    let mut positions = HashMap::new();
     let mut retried_reads = 0;
     for stream in &streams {
         let first = settled_read(&client, a, stream, &mut retried_reads).await?;
         let second = settled_read(&client, b, stream, &mut retried_reads).await?;
-        finals.insert(stream.clone(), [first, second]);
+        positions.insert(
+            stream.clone(),
+            first.iter().cloned().collect::<HashMap<_, _>>(),
+        );
+        let ids = |read: Vec<(String, String)>| read.into_iter().map(|(id, _)| id).collect();
+        finals.insert(stream.clone(), [ids(first), ids(second)]);
     }
     let mut counts = check::check(&produced, &followed, &finals);
     let mut probe_reads = Vec::new();
     for (_, addr) in live.serving() {
         let read = settled_read(&client, addr, &probe_stream, &mut retried_reads).await?;
-        probe_reads.push(read);
+        probe_reads.push(read.into_iter().map(|(id, _)| id).collect());
     }
     counts.expired_early = check::missing(&probes, &probe_reads);
     let acked: usize = produced.iter().map(|p| p.acked.len()).sum();
@@ -622,6 +673,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         for line in check::lost(&produced, &finals).iter().take(20) {
             eprintln!("lost: {line}");
+        }
+        for line in check::skipped(&produced, &followed, &finals, &positions)
+            .iter()
+            .take(20)
+        {
+            eprintln!("skipped: {line}");
         }
         eprintln!("node logs kept in {}", dir.display());
     }
