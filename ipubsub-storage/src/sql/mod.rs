@@ -161,6 +161,21 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Runs `work`, which holds a transaction open while it runs, to its end on a task of its
+/// own: a caller that goes away (a dropped request, a timeout) stops waiting for it without
+/// stopping it half-way. sqlx cannot end a transaction whose `BEGIN` was cut short (it
+/// counts the transaction only once the server has answered), so it hands the connection
+/// back to the pool inside it; the next autocommit statement on that connection is then
+/// acknowledged but not committed, and its locks are held, until some later statement ends
+/// that transaction. The conformance case `cancelled-acquisition` caught it on PostgreSQL.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+}
+
 /// True when `e` is a primary-key violation: a record of the batch is already stored.
 fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())

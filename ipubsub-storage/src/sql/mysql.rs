@@ -195,6 +195,61 @@ impl MySqlStore {
         Self::insert(tx, &missing).await?;
         Ok(())
     }
+
+    /// [`MessageStore::acquire`]'s transaction (see [`to_the_end`](super::to_the_end)).
+    async fn acquire_in(pool: &MySqlPool, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let id = stream.as_str().as_bytes();
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        sqlx::query("INSERT IGNORE INTO ipubsub_epochs (stream_id, epoch) VALUES (?, 0)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        // The exclusive row lock waits for every append holding the shared one.
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM ipubsub_epochs WHERE stream_id = ? FOR UPDATE")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        // A locking read, so that it sees what those appends committed whatever the
+        // transaction's snapshot.
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(seq) FROM ipubsub_messages WHERE stream_id = ? LOCK IN SHARE MODE",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let tenure = super::next_tenure(stream, current, last)?;
+        sqlx::query("UPDATE ipubsub_epochs SET epoch = ? WHERE stream_id = ?")
+            .bind(i64::from(tenure.epoch.get()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(tenure)
+    }
+
+    /// [`MessageStore::append`]'s transaction (see [`to_the_end`](super::to_the_end)).
+    async fn append_in(pool: &MySqlPool, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let passed = Self::fence(&mut tx, batch).await?;
+        let outcome = appended(batch, &passed);
+        let records: Vec<&LogRecord> = batch
+            .iter()
+            .filter(|r| !outcome.is_fenced(&r.stream))
+            .collect();
+        match Self::insert(&mut tx, &records).await {
+            Ok(()) => {}
+            // A duplicate key undoes that statement only: compare row by row.
+            Err(StoreError::Conflict { .. }) => Self::insert_checked(&mut tx, &records).await?,
+            Err(e) => return Err(e),
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcome)
+    }
 }
 
 async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
@@ -248,59 +303,16 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
 #[async_trait]
 impl MessageStore for MySqlStore {
     async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
-        let id = stream.as_str().as_bytes();
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("INSERT IGNORE INTO ipubsub_epochs (stream_id, epoch) VALUES (?, 0)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        // The exclusive row lock waits for every append holding the shared one.
-        let current: i64 =
-            sqlx::query_scalar("SELECT epoch FROM ipubsub_epochs WHERE stream_id = ? FOR UPDATE")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        // A locking read, so that it sees what those appends committed whatever the
-        // transaction's snapshot.
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT max(seq) FROM ipubsub_messages WHERE stream_id = ? LOCK IN SHARE MODE",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let tenure = super::next_tenure(stream, current, last)?;
-        sqlx::query("UPDATE ipubsub_epochs SET epoch = ? WHERE stream_id = ?")
-            .bind(i64::from(tenure.epoch.get()))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(tenure)
+        let (pool, stream) = (self.pool.clone(), stream.clone());
+        super::to_the_end(async move { Self::acquire_in(&pool, &stream).await }).await
     }
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         if batch.is_empty() {
             return Ok(Appended::all());
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let passed = Self::fence(&mut tx, batch).await?;
-        let outcome = appended(batch, &passed);
-        let records: Vec<&LogRecord> = batch
-            .iter()
-            .filter(|r| !outcome.is_fenced(&r.stream))
-            .collect();
-        match Self::insert(&mut tx, &records).await {
-            Ok(()) => {}
-            // A duplicate key undoes that statement only: compare row by row.
-            Err(StoreError::Conflict { .. }) => Self::insert_checked(&mut tx, &records).await?,
-            Err(e) => return Err(e),
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(outcome)
+        let (pool, batch) = (self.pool.clone(), batch.to_vec());
+        super::to_the_end(async move { Self::append_in(&pool, &batch).await }).await
     }
 
     async fn read_after(

@@ -266,3 +266,65 @@ async fn read_all(
         positions.extend(page.iter().map(|r| r.seq));
     }
 }
+
+/// Calls given up half-way (a reader that went away, a timeout) leave nothing open: after
+/// each acquisition cut short at a different moment, appends the store acknowledges are
+/// visible at once through `other` (another store on the same database, as another node),
+/// and the cut stream can be acquired again. A transaction left open on a pooled connection
+/// fails it: the connection's next autocommit write is acknowledged but stays invisible
+/// until something ends that transaction (a reader is shown later positions first: a skip),
+/// and its row locks hold the next acquisition up.
+pub(super) async fn cancelled_acquisitions_leave_nothing_open<S: MessageStore + 'static>(
+    store: &Arc<S>,
+    other: &impl MessageStore,
+) {
+    let name = "cancelled-acquisition";
+    let c = Case::new(name);
+    let s = c.acquired(&**store, "written").await;
+    let mut counter = 0;
+    // From before the first byte to past the answer, in steps finer than a round trip on
+    // loopback (tokio's timers count milliseconds: the cut comes from a thread).
+    for (i, micros) in (0..2_000u64).step_by(10).enumerate() {
+        let cut = c.stream(&format!("cut{i}"));
+        let acquisition = tokio::spawn({
+            let (store, cut) = (store.clone(), cut.clone());
+            async move { store.acquire(&cut).await }
+        });
+        let abort = acquisition.abort_handle();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_micros(micros) {
+                std::hint::spin_loop();
+            }
+            abort.abort();
+        })
+        .await
+        .expect("the cutting thread");
+        drop(acquisition.await);
+        for _ in 0..2 {
+            counter += 1;
+            let record = c.record(&s, counter, LONG);
+            wrote(name, &**store, std::slice::from_ref(&record)).await;
+            let read = ok(
+                name,
+                "read through the other store",
+                other
+                    .read_after(&s, at(first(), counter - 1), 1, c.now)
+                    .await,
+            )
+            .await;
+            assert!(
+                read.first().is_some_and(|r| r.seq == record.seq),
+                "[{name}] an acknowledged append is invisible to another store after an \
+                 acquisition cut short at {micros} µs (a transaction left open on the \
+                 connection that wrote it?)"
+            );
+        }
+        ok(
+            name,
+            "acquisition of the cut stream",
+            store.acquire(&cut).await,
+        )
+        .await;
+    }
+}

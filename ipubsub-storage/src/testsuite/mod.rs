@@ -154,13 +154,14 @@ where
 /// backends a cluster shares (not for a store that only one process may open).
 pub async fn run_shared<S, F, Fut>(open: F)
 where
-    S: MessageStore,
+    S: MessageStore + 'static,
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
 {
     let (first, second) = (Arc::new(open().await), open().await);
     fence::two_stores_take_a_stream_in_turn(&*first, &second).await;
     fence::another_store_takes_the_stream_while_the_first_writes(&first, &second).await;
+    fence::cancelled_acquisitions_leave_nothing_open(&first, &second).await;
 }
 
 /// Runs every case of the suite on stores from `open`, whose expired records go as `expiry`

@@ -226,7 +226,18 @@ impl PostgresStore {
         batch: &[LogRecord],
         under_way: UnderWay<'_>,
     ) -> Result<Appended, StoreError> {
-        match self.compare_and_insert(batch, &under_way).await {
+        let going: Vec<LogRecord> = Self::going(batch, &under_way)
+            .into_iter()
+            .cloned()
+            .collect();
+        let (pool, lease) = (self.pool.clone(), under_way.id);
+        let checked =
+            super::to_the_end(
+                async move { Ok(Self::compare_and_insert(&pool, &going, lease).await) },
+            );
+        // A task that did not finish (the runtime is shutting down) has an unknown outcome:
+        // the guard goes unsettled.
+        match checked.await? {
             Ok(Some(())) => {
                 let fenced = Appended::fenced(under_way.fenced.clone());
                 under_way.settle();
@@ -246,16 +257,17 @@ impl PostgresStore {
         }
     }
 
-    /// The slow path's transaction; `None` when the lease is dead.
+    /// The slow path's transaction, for the records that passed the in-process check, run to
+    /// its end (see [`to_the_end`](super::to_the_end)); `None` when the lease is dead.
     async fn compare_and_insert(
-        &self,
-        batch: &[LogRecord],
-        under_way: &UnderWay<'_>,
+        pool: &PgPool,
+        going: &[LogRecord],
+        lease: LeaseId,
     ) -> Result<Option<()>, Checked> {
-        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
+        let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
         let held: Option<bool> = sqlx::query_scalar(LEASE_CHECK)
-            .bind(under_way.id.barrier_key())
-            .bind(under_way.id.alive_key())
+            .bind(lease.barrier_key())
+            .bind(lease.alive_key())
             .fetch_one(&mut *tx)
             .await?;
         if held != Some(true) {
@@ -263,7 +275,7 @@ impl PostgresStore {
             return Ok(None);
         }
         let mut missing = Vec::new();
-        for record in Self::going(batch, under_way) {
+        for record in going {
             let row = sqlx::query_as::<_, RowTuple>(
                 "SELECT seq, message_id, accepted_at, expires_at, payload FROM ipubsub_messages
                  WHERE stream_id = $1 AND seq = $2 FOR UPDATE",
@@ -289,6 +301,28 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(Some(()))
+    }
+
+    /// [`MessageStore::acquire`], run to its end (see [`to_the_end`](super::to_the_end)).
+    async fn acquire_in(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let lease = self.leases.current().await?;
+            if let Some(tenure) = self.try_acquire(stream, lease).await? {
+                return Ok(tenure);
+            }
+            if started.elapsed() >= ACQUIRE_WAIT {
+                return Err(StoreError::Unavailable(
+                    format!(
+                        "stream {} is held by a write lease that neither released it nor \
+                         ended within {ACQUIRE_WAIT:?}",
+                        stream.as_str()
+                    )
+                    .into(),
+                ));
+            }
+            tokio::time::sleep(ACQUIRE_RETRY).await;
+        }
     }
 
     /// One attempt at acquiring `stream` under `lease`: the tenure, or `None` when a live
@@ -456,24 +490,8 @@ async fn migrate(pool: &PgPool) -> Result<(), OpenError> {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
-        let started = tokio::time::Instant::now();
-        loop {
-            let lease = self.leases.current().await?;
-            if let Some(tenure) = self.try_acquire(stream, lease).await? {
-                return Ok(tenure);
-            }
-            if started.elapsed() >= ACQUIRE_WAIT {
-                return Err(StoreError::Unavailable(
-                    format!(
-                        "stream {} is held by a write lease that neither released it nor \
-                         ended within {ACQUIRE_WAIT:?}",
-                        stream.as_str()
-                    )
-                    .into(),
-                ));
-            }
-            tokio::time::sleep(ACQUIRE_RETRY).await;
-        }
+        let (this, stream) = (self.clone(), stream.clone());
+        super::to_the_end(async move { this.acquire_in(&stream).await }).await
     }
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
