@@ -65,18 +65,28 @@ pub struct Cluster {
     local: Node,
     virtual_nodes: usize,
     view: Arc<RwLock<Arc<View>>>,
-    /// Members this node could not reach, left out of its ring until the time given. Gossip
-    /// takes a dead node out for good; this covers the seconds before it notices.
-    suspects: Arc<Mutex<Vec<(NodeId, Instant)>>>,
+    /// Members this node could not reach, left out of its ring until the time given or until
+    /// gossip decides about them (see [`Cluster::suspect`]).
+    suspects: Arc<Mutex<Vec<Suspect>>>,
     /// Whether `suspects` is non-empty: keeps `route` from taking that lock on the hot path.
     any_suspect: Arc<AtomicBool>,
+}
+
+/// A member this node could not reach.
+#[derive(Debug)]
+struct Suspect {
+    id: NodeId,
+    /// The life of it that gossip reported when the suspicion began.
+    life: Option<u64>,
+    until: Instant,
 }
 
 /// One version of the member set and its ring.
 #[derive(Debug)]
 pub struct View {
-    /// The members as membership last reported them, suspects included.
-    reported: Vec<Node>,
+    /// The members as membership last reported them, suspects included, each with its life
+    /// (see [`Cluster::set_lives`]) when membership tells it.
+    reported: Vec<(Node, Option<u64>)>,
     ring: Ring,
     version: u64,
 }
@@ -109,7 +119,7 @@ impl Cluster {
         let reported: Vec<Node> = members.into_iter().chain([local.clone()]).collect();
         let view = View {
             ring: Ring::new(reported.clone(), virtual_nodes),
-            reported,
+            reported: reported.into_iter().map(|m| (m, None)).collect(),
             version: 1,
         };
         Self {
@@ -142,16 +152,44 @@ impl Cluster {
     /// Replaces the member set; returns whether it changed. Every node computes the same ring
     /// from the same members.
     pub fn set_members(&self, members: impl IntoIterator<Item = Node>) -> bool {
-        self.rebuild(Some(members.into_iter().collect()))
+        self.rebuild(Some(members.into_iter().map(|m| (m, None)).collect()))
     }
 
-    /// Leaves `node` out of this node's ring for `duration`, after it could not be reached.
-    /// Returns whether the ring changed.
+    /// [`set_members`](Self::set_members), each member with its *life*: a number that
+    /// changes when the node restarts (gossip's generation). A suspicion of a member ends as
+    /// soon as gossip reports another life of it (see [`suspect`](Self::suspect)).
+    pub fn set_lives(&self, members: impl IntoIterator<Item = (Node, u64)>) -> bool {
+        self.rebuild(Some(
+            members
+                .into_iter()
+                .map(|(m, life)| (m, Some(life)))
+                .collect(),
+        ))
+    }
+
+    /// Leaves `node` out of this node's ring after it could not be reached, for `duration` or
+    /// until gossip decides about it, whichever comes first: gossip reports the member set
+    /// without it (dead: out for good, until it comes back) or with another life of it (it
+    /// restarted; the process that could not be reached is gone). Without that, a node
+    /// killed and restarted within a second (a new life under the same name, so the member
+    /// set never changes) stayed out of the suspecting node's ring for the whole `duration`,
+    /// while every other node routed to it: two owners of its streams. Returns whether the
+    /// ring changed.
     pub fn suspect(&self, node: &NodeId, duration: Duration) -> bool {
         {
+            let life = self
+                .view()
+                .reported
+                .iter()
+                .find(|(m, _)| m.id() == node)
+                .and_then(|(_, life)| *life);
             let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
-            suspects.retain(|(id, _)| id != node);
-            suspects.push((node.clone(), Instant::now() + duration));
+            suspects.retain(|s| s.id != *node);
+            suspects.push(Suspect {
+                id: node.clone(),
+                life,
+                until: Instant::now() + duration,
+            });
             self.any_suspect.store(true, Ordering::Release);
         }
         self.rebuild(None)
@@ -159,20 +197,29 @@ impl Cluster {
 
     /// Rebuilds the ring from `reported` members (or the last reported ones), leaving out
     /// current suspects; bumps the version if it changed.
-    fn rebuild(&self, reported: Option<Vec<Node>>) -> bool {
+    fn rebuild(&self, reported: Option<Vec<(Node, Option<u64>)>>) -> bool {
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
         let suspects: Vec<NodeId> = {
             let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            suspects.retain(|(_, until)| *until > now);
+            suspects.retain(|s| s.until > now);
+            if let Some(reported) = &reported {
+                // Gossip decided: the same life still reported keeps its suspicion.
+                suspects.retain(|s| {
+                    reported
+                        .iter()
+                        .any(|(m, life)| *m.id() == s.id && *life == s.life)
+                });
+            }
             self.any_suspect
                 .store(!suspects.is_empty(), Ordering::Release);
-            suspects.iter().map(|(id, _)| id.clone()).collect()
+            suspects.iter().map(|s| s.id.clone()).collect()
         };
-        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
         let reported = reported.unwrap_or_else(|| view.reported.clone());
         let ring = Ring::new(
             reported
                 .iter()
+                .map(|(m, _)| m)
                 .filter(|m| !suspects.contains(m.id()))
                 .cloned(),
             self.virtual_nodes,
@@ -206,7 +253,7 @@ impl Cluster {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .any(|(_, until)| *until <= Instant::now());
+                .any(|s| s.until <= Instant::now());
             if expired {
                 self.rebuild(None);
             }
@@ -286,6 +333,40 @@ mod tests {
             "back after expiry"
         );
         assert_eq!(cluster.members().len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn gossip_ends_a_suspicion_when_it_reports_another_life_or_none()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let me = Node::new(NodeId::new("a")?, "127.0.0.1:1".parse()?);
+        let other = Node::new(NodeId::new("b")?, "127.0.0.1:2".parse()?);
+        let cluster = Cluster::single(me.clone());
+        let both = |other_life| [(me.clone(), 1), (other.clone(), other_life)];
+        assert!(cluster.set_lives(both(7)));
+        let long = Duration::from_secs(3600);
+
+        // The same life reported again (a heartbeat, another member's change): still out.
+        assert!(cluster.suspect(other.id(), long));
+        assert!(!cluster.set_lives(both(7)));
+        assert_eq!(cluster.members(), std::slice::from_ref(&me));
+
+        // It restarted: another life under the same name and address is back at once.
+        assert!(cluster.set_lives(both(8)), "the new life is routed to");
+        assert_eq!(cluster.members().len(), 2);
+
+        // Gossip declared it dead, then alive again (a paused node woke): back too.
+        assert!(cluster.suspect(other.id(), long));
+        assert!(!cluster.set_lives([(me.clone(), 1)]), "out either way");
+        assert!(cluster.set_lives(both(8)));
+        assert_eq!(cluster.members().len(), 2);
+
+        // Without lives (set_members), only dying in gossip ends it.
+        cluster.set_members([me.clone(), other.clone()]);
+        assert_eq!(cluster.members().len(), 2);
+        assert!(cluster.suspect(other.id(), long));
+        assert!(!cluster.set_members([me.clone(), other.clone()]));
+        assert_eq!(cluster.members(), std::slice::from_ref(&me));
         Ok(())
     }
 }

@@ -165,7 +165,7 @@ impl Membership {
         let follower = tokio::spawn(async move {
             loop {
                 let members = members_of(&live.borrow_and_update());
-                if cluster.set_members(members) {
+                if cluster.set_lives(members) {
                     let view = cluster.view();
                     let ids: Vec<String> =
                         view.members().iter().map(|m| m.id().to_string()).collect();
@@ -266,12 +266,12 @@ impl Membership {
     }
 }
 
-/// The members to route to: live nodes that gossip a valid id and HTTP address and are `up`.
-/// Of two live nodes with one name, the one that started first keeps its place (chitchat
-/// orders ids by name, then generation); the other refuses to join
-/// ([`MembershipError::NameTaken`]).
-fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Node> {
-    let mut members: Vec<Node> = Vec::new();
+/// The members to route to, each with its life (its gossip generation): live nodes that
+/// gossip a valid id and HTTP address and are `up`. Of two live nodes with one name, the one
+/// that started first keeps its place (chitchat orders ids by name, then generation); the
+/// other refuses to join ([`MembershipError::NameTaken`]).
+fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<(Node, u64)> {
+    let mut members: Vec<(Node, u64)> = Vec::new();
     for (id, state) in live {
         if state.get(STATUS_KEY) != Some(UP) {
             continue;
@@ -282,8 +282,8 @@ fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Node> {
         ) else {
             continue;
         };
-        if members.last().is_none_or(|last| *last.id() != node_id) {
-            members.push(Node::new(node_id, http));
+        if members.last().is_none_or(|(last, _)| *last.id() != node_id) {
+            members.push((Node::new(node_id, http), id.generation_id));
         }
     }
     members
