@@ -71,6 +71,9 @@ pub enum ErrorCode {
     StreamMoved,
     /// 503 (`GET /ready` only): the node should not get traffic now; the message says why.
     NotReady,
+    /// 503: the log's queue of appends waiting for the store is full (`log.max_queued`,
+    /// `log.max_queued_bytes`): the message was not taken. Retry after `Retry-After`.
+    LogQueueFull,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -106,6 +109,7 @@ impl ErrorCode {
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::StreamMoved => "STREAM_MOVED",
             Self::NotReady => "NOT_READY",
+            Self::LogQueueFull => "LOG_QUEUE_FULL",
             Self::Internal => "INTERNAL",
         }
     }
@@ -138,7 +142,8 @@ impl ErrorCode {
             | Self::ShuttingDown
             | Self::StoreUnavailable
             | Self::StreamMoved
-            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NotReady
+            | Self::LogQueueFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -260,6 +265,9 @@ impl From<AppendError> for ApiError {
         match e {
             AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             AppendError::Fenced => Self::new(ErrorCode::StreamMoved, e.to_string()),
+            AppendError::QueueFull { .. } => {
+                Self::new(ErrorCode::LogQueueFull, e.to_string()).hit(Limit::LogQueue)
+            }
             AppendError::Store(cause) => Self::new(
                 ErrorCode::StoreUnavailable,
                 format!("the message was not stored: {cause}"),
@@ -342,7 +350,9 @@ mod tests {
             ErrorCode::TooManyConnections,
             ErrorCode::ShuttingDown,
             ErrorCode::StoreUnavailable,
+            ErrorCode::StreamMoved,
             ErrorCode::NotReady,
+            ErrorCode::LogQueueFull,
             ErrorCode::Internal,
         ];
         for code in codes {

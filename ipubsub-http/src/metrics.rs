@@ -46,6 +46,8 @@ pub(crate) enum Limit {
     Connections,
     /// A token's `requests_per_second`.
     TokenRate,
+    /// `storage.max_queued_appends` and `storage.max_queued_bytes`.
+    LogQueue,
 }
 
 impl Limit {
@@ -63,6 +65,7 @@ impl Limit {
             Self::Streams => "streams",
             Self::Connections => "connections",
             Self::TokenRate => "token_rate",
+            Self::LogQueue => "log_queue",
         }
     }
 }
@@ -422,6 +425,20 @@ impl Collector for State {
             "Reads that found their stream written by another node in a later epoch, and \
              acquired it again",
             ConstCounter::new(log.overtaken),
+        )?;
+        constant(
+            &mut encoder,
+            "log_queue_full",
+            "Appends refused because the log's append queue was full (log.max_queued, \
+             log.max_queued_bytes)",
+            ConstCounter::new(log.queue_full),
+        )?;
+        constant(
+            &mut encoder,
+            "log_abandoned_appends",
+            "Appends removed from the queue unwritten because their request had stopped \
+             waiting (timed out or went away)",
+            ConstCounter::new(log.abandoned),
         )?;
         constant(
             &mut encoder,

@@ -235,6 +235,10 @@ pub struct StorageSection {
     pub commit_workers: usize,
     /// Most messages written by one store call.
     pub max_batch: usize,
+    /// Most persistent sends queued for a commit worker; more answer `503 LOG_QUEUE_FULL`.
+    pub max_queued_appends: usize,
+    /// Most bytes (message ids and payloads) of the persistent sends queued that way.
+    pub max_queued_bytes: usize,
     /// How often expired messages are purged.
     pub purge_interval_seconds: u64,
     /// Most messages deleted by one purge call (purges loop in batches of this size).
@@ -262,6 +266,8 @@ impl Default for StorageSection {
             max_ttl_seconds: 30 * 86_400,
             commit_workers: 4,
             max_batch: 1024,
+            max_queued_appends: 100_000,
+            max_queued_bytes: 64 << 20,
             purge_interval_seconds: 10,
             purge_batch: 1000,
             store_timeout_seconds: 10,
@@ -550,9 +556,15 @@ impl Config {
                 storage.default_ttl_seconds, storage.max_ttl_seconds
             ));
         }
-        if storage.commit_workers == 0 || storage.max_batch == 0 || storage.purge_batch == 0 {
+        if storage.commit_workers == 0
+            || storage.max_batch == 0
+            || storage.purge_batch == 0
+            || storage.max_queued_appends == 0
+            || storage.max_queued_bytes == 0
+        {
             return invalid(
-                "storage.commit_workers, storage.max_batch and storage.purge_batch must be above 0"
+                "storage.commit_workers, storage.max_batch, storage.purge_batch, \
+                 storage.max_queued_appends and storage.max_queued_bytes must be above 0"
                     .into(),
             );
         }
@@ -683,6 +695,8 @@ impl Config {
         let mut c = ipubsub_core::LogConfig::default();
         c.max_batch = self.storage.max_batch;
         c.max_waiters = self.engine.max_waiting_requests;
+        c.max_queued = self.storage.max_queued_appends;
+        c.max_queued_bytes = self.storage.max_queued_bytes;
         c
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestResult, TestServer, code};
+use common::{Client, TestResult, TestServer, code};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -752,4 +752,83 @@ async fn a_frozen_mariadb_frees_the_commit_workers_and_the_log_recovers() -> Tes
         .map(Child::id)
         .ok_or("mariadbd is not running")?;
     frozen_and_thawed(&db, |s| signal(pid, s)).await
+}
+
+/// A store that stalls cannot make the log's append queue grow without bound: past
+/// `storage.max_queued_appends` persistent sends are refused at once (`503 LOG_QUEUE_FULL`),
+/// and those that did queue but whose requests timed out are taken out unwritten (their
+/// senders were told "may or may not be stored": they are not), so a retry cannot find its
+/// message twice. The node writes again once the database is back.
+#[tokio::test]
+async fn a_frozen_postgres_fills_the_append_queue_which_refuses_the_rest() -> TestResult {
+    let db = Postgres::new();
+    let server = TestServer::start_with(
+        &format!(
+            "storage:\n  backend: postgres\n  store_timeout_seconds: 2\n  commit_workers: 1\n  max_queued_appends: 20\n  postgres:\n    url: \"{}\"\n",
+            db.url()
+        ),
+        &[],
+    );
+    let (status, body) = server.send(persistent("flood", "before")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    db.signal_all("STOP")?;
+    // The one commit worker takes this one and waits on the frozen database.
+    let client = std::sync::Arc::new(Client::new(server.addr));
+    let during = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(persistent("flood", "during")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sends: Vec<_> = (0..60)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.send(persistent("flood", &format!("f{i}"))).await })
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for send in sends {
+        let (status, body) = send.await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        *codes.entry(code(&body).to_owned()).or_insert(0) += 1;
+    }
+    let (status, body) = during.await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        (codes.get("LOG_QUEUE_FULL"), codes.get("STORE_UNAVAILABLE")),
+        (Some(&40), Some(&20)),
+        "20 queued (and timed out), the rest refused: {codes:?}"
+    );
+    // Once the stuck call is given up, the worker finds the queued ones abandoned.
+    let freed = Instant::now();
+    let abandoned = loop {
+        let (_, bytes) = server.call_raw(Method::GET, "/metrics", "").await;
+        let exposition = String::from_utf8_lossy(&bytes);
+        let abandoned = metric(&exposition, "ipubsub_log_abandoned_appends_total");
+        if abandoned >= 20.0 || freed.elapsed() > Duration::from_secs(15) {
+            assert_eq!(metric(&exposition, "ipubsub_log_queue_full_total"), 40.0);
+            break abandoned;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    db.signal_all("CONT")?;
+    assert_eq!(abandoned, 20.0, "the queued sends whose requests timed out");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server.send(persistent("flood", "after")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery within 30 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = server
+        .receive("streamId=flood&readFromDB=true&maxMessages=100&timeoutSeconds=0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids = message_ids(&body);
+    assert!(
+        ids == ["before", "after"] || ids == ["before", "during", "after"],
+        "none of the flood may be written: {ids:?}"
+    );
+    Ok(())
 }

@@ -52,6 +52,12 @@ pub struct LogConfig {
     /// watermark): how long a node that lost a stream without seeing it can serve its old
     /// end as the end of the log.
     pub tenure_check: Duration,
+    /// Most appends accepted and not yet handed to a commit worker; beyond it an append
+    /// fails with [`AppendError::QueueFull`] (a store that stalls cannot make the queue grow
+    /// without bound while clients retry).
+    pub max_queued: usize,
+    /// Most bytes (message ids and payloads) of the appends queued that way.
+    pub max_queued_bytes: usize,
 }
 
 /// How many times an append acquires its stream before it gives up with
@@ -71,6 +77,8 @@ impl Default for LogConfig {
             max_waiters: 200_000,
             shards: 64,
             tenure_check: Duration::from_secs(1),
+            max_queued: 100_000,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -87,6 +95,18 @@ pub enum AppendError {
     /// it: the message is not in the log. Retrying (through the stream's owner) is safe.
     #[error("the stream moved to another writer; the message was not written")]
     Fenced,
+    /// The queue of appends waiting for a commit worker is full ([`LogConfig::max_queued`],
+    /// [`LogConfig::max_queued_bytes`]): the store is slower than the appends. The message was
+    /// not taken (no position was assigned); retrying later is safe.
+    #[error(
+        "the log's append queue is full ({queued} appends, {bytes} bytes waiting for the store)"
+    )]
+    QueueFull {
+        /// Appends queued when this one was refused.
+        queued: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
     /// The log is closed.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -143,7 +163,14 @@ struct Inner {
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
+    /// The bytes of `pending` ([`queued_bytes`]).
+    bytes: usize,
     idle_workers: Vec<Waker>,
+}
+
+/// What a queued record counts against [`LogConfig::max_queued_bytes`].
+fn queued_bytes(message: &Message) -> usize {
+    message.id().as_str().len() + message.payload().len()
 }
 
 struct Pending {
@@ -289,6 +316,20 @@ impl Log {
         let Some(log) = shard.get_mut(stream) else {
             return Ok(false); // released since it was loaded
         };
+        let size = message.as_ref().map_or(0, queued_bytes);
+        // Taken before a position is assigned (shard, then queue: the order everywhere), so a
+        // refused append leaves no gap.
+        let mut queue = lock(&self.inner.queue);
+        let config = &self.inner.config;
+        if queue.pending.len() >= config.max_queued
+            || queue.bytes.saturating_add(size) > config.max_queued_bytes
+        {
+            self.inner.counters.queue_full();
+            return Err(AppendError::QueueFull {
+                queued: queue.pending.len(),
+                bytes: queue.bytes,
+            });
+        }
         let Some(seq) = log.assign(now) else {
             if log.is_ready() {
                 // The epoch's counter is used up: move to the next epoch.
@@ -308,7 +349,7 @@ impl Log {
         };
         // Queued under the shard lock, so the queue holds each stream's records in position
         // order and batches are written in that order.
-        let mut queue = lock(&self.inner.queue);
+        queue.bytes += size;
         queue.pending.push_back(Pending {
             record,
             done: done.clone(),
@@ -497,25 +538,65 @@ impl Log {
         }
     }
 
-    /// Takes the next batch from the queue, or registers the worker to be woken.
+    /// Takes the next batch from the queue, or registers the worker to be woken. Appends
+    /// whose senders have stopped waiting are taken out on the way and never written (see
+    /// [`settle_abandoned`](Self::settle_abandoned)).
     fn take_batch(&self, waker: &Waker) -> Option<Option<Batch>> {
-        let mut queue = lock(&self.inner.queue);
-        if queue.pending.is_empty() {
-            if self.inner.closed.load(Ordering::SeqCst) {
-                return Some(None);
+        let mut abandoned = Vec::new();
+        let taken = {
+            let mut queue = lock(&self.inner.queue);
+            let max = self.inner.config.max_batch.max(1);
+            let (mut records, mut done) = (Vec::new(), Vec::new());
+            while records.len() < max
+                && let Some(pending) = queue.pending.pop_front()
+            {
+                queue.bytes -= queued_bytes(&pending.record.message);
+                // The queue holds the only reference: the append future was dropped.
+                if Arc::strong_count(&pending.done) == 1 {
+                    abandoned.push(pending.record);
+                } else {
+                    records.push(pending.record);
+                    done.push(pending.done);
+                }
             }
-            queue.idle_workers.push(waker.clone());
-            return None;
+            if records.is_empty() && queue.pending.is_empty() {
+                if self.inner.closed.load(Ordering::SeqCst) {
+                    Some(None)
+                } else {
+                    queue.idle_workers.push(waker.clone());
+                    None
+                }
+            } else {
+                // More left: let another idle worker start on it now.
+                if !queue.pending.is_empty()
+                    && let Some(worker) = queue.idle_workers.pop()
+                {
+                    worker.wake();
+                }
+                Some(Some(Batch { records, done }))
+            }
+        };
+        self.settle_abandoned(abandoned);
+        taken
+    }
+
+    /// Settles the positions of appends taken out of the queue unwritten, their senders gone
+    /// (a request that timed out was answered "may or may not be stored": it is not). Nothing
+    /// was written at those positions and nothing ever will be, so the watermark may pass
+    /// them like written ones; the stream needs no new acquisition.
+    fn settle_abandoned(&self, abandoned: Vec<LogRecord>) {
+        if abandoned.is_empty() {
+            return;
         }
-        let n = queue.pending.len().min(self.inner.config.max_batch.max(1));
-        let (records, done) = queue.pending.drain(..n).map(|p| (p.record, p.done)).unzip();
-        // More left: let another idle worker start on it now.
-        if !queue.pending.is_empty()
-            && let Some(worker) = queue.idle_workers.pop()
-        {
-            worker.wake();
+        self.inner.counters.abandoned(abandoned.len());
+        for record in abandoned {
+            let mut shard = lock(self.inner.shard(&record.stream));
+            if let Some(log) = shard.get_mut(&record.stream)
+                && log.epoch() == Some(record.seq.epoch())
+            {
+                log.settle(record.seq);
+            }
         }
-        Some(Some(Batch { records, done }))
     }
 
     /// Records a batch's outcome: advances watermarks, wakes tail readers, answers senders.

@@ -20,6 +20,13 @@ pub struct LogStats {
     /// Reads that found a record of another node's later epoch past this node's watermark,
     /// and acquired the stream again (this node had lost it without knowing).
     pub overtaken: u64,
+    /// Appends refused because the append queue was full ([`AppendError::QueueFull`]).
+    ///
+    /// [`AppendError::QueueFull`]: crate::AppendError::QueueFull
+    pub queue_full: u64,
+    /// Appends whose sender stopped waiting (a request timed out or went away) before a
+    /// commit worker took them: removed from the queue, never written.
+    pub abandoned: u64,
     /// Group commits that succeeded.
     pub commits: u64,
     /// Commits (successful or not) by their number of records, bucketed by
@@ -36,6 +43,8 @@ pub(super) struct Counters {
     failed: AtomicU64,
     fenced: AtomicU64,
     overtaken: AtomicU64,
+    queue_full: AtomicU64,
+    abandoned: AtomicU64,
     commits: AtomicU64,
     batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
     batch_size_sum: AtomicU64,
@@ -68,12 +77,24 @@ impl Counters {
         self.overtaken.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one append refused by a full queue.
+    pub(super) fn queue_full(&self) {
+        self.queue_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` appends removed from the queue, their senders gone.
+    pub(super) fn abandoned(&self, n: usize) {
+        self.abandoned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub(super) fn snapshot(&self) -> LogStats {
         LogStats {
             appended: self.appended.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
             overtaken: self.overtaken.load(Ordering::Relaxed),
+            queue_full: self.queue_full.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
             batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),

@@ -507,3 +507,61 @@ fn appends_queued_together_take_positions_in_their_order_and_one_store_call()
     );
     Ok(())
 }
+
+#[test]
+fn a_full_queue_refuses_appends_and_an_abandoned_append_is_never_written()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+    let config = LogConfig {
+        max_queued: 2,
+        ..LogConfig::default()
+    };
+    let log = Log::with_clock(store.clone(), config, clock.clone());
+    // No worker has run yet: what is appended waits in the queue.
+    let mut kept = Box::pin(log.append(sid("s"), msg("kept", clock.now()), TTL));
+    assert!(poll(kept.as_mut()).is_pending());
+    let mut gone = Box::pin(log.append(sid("s"), msg("gone", clock.now()), TTL));
+    assert!(poll(gone.as_mut()).is_pending());
+    let refused = ready(log.append(sid("s"), msg("refused", clock.now()), TTL));
+    assert!(
+        matches!(refused, Err(AppendError::QueueFull { queued: 2, .. })),
+        "{refused:?}"
+    );
+    // The second sender stops waiting (its request timed out): taken out, never written.
+    drop(gone);
+    let mut worker = pin!(log.run_commit_worker());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!(ready(kept)?, at(1));
+    let written: Vec<String> = lock(&store.records)
+        .values()
+        .map(|r| r.message.id().as_str().to_owned())
+        .collect();
+    assert_eq!(written, ["kept"]);
+    // The refused one took no position; the abandoned one's is passed like a written one.
+    assert_eq!(write(&log, worker.as_mut(), "s", "next")?, at(3));
+    let read = ready(log.read(&sid("s"), Seq::ZERO, 10))?;
+    assert_eq!((seqs(&read), read.watermark), (n(&[1, 3]), at(3)));
+    let stats = log.stats();
+    assert_eq!((stats.queue_full, stats.abandoned), (1, 1));
+
+    // The byte bound: each of these is 1 + 3 bytes (its id and `"x"`).
+    let config = LogConfig {
+        max_queued_bytes: 8,
+        ..LogConfig::default()
+    };
+    let log = Log::with_clock(Arc::new(TestStore::default()), config, clock.clone());
+    let mut first = Box::pin(log.append(sid("b"), msg("a", clock.now()), TTL));
+    let mut second = Box::pin(log.append(sid("b"), msg("b", clock.now()), TTL));
+    assert!(poll(first.as_mut()).is_pending() && poll(second.as_mut()).is_pending());
+    let refused = ready(log.append(sid("b"), msg("c", clock.now()), TTL));
+    assert!(
+        matches!(refused, Err(AppendError::QueueFull { bytes: 8, .. })),
+        "{refused:?}"
+    );
+    let mut worker = pin!(log.run_commit_worker());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!((ready(first)?, ready(second)?), (at(1), at(2)));
+    assert_eq!(write(&log, worker.as_mut(), "b", "d")?, at(3), "room again");
+    Ok(())
+}

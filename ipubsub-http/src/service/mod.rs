@@ -576,6 +576,7 @@ pub(crate) fn error_response(error: &ApiError) -> Response<ApiBody> {
         | ErrorCode::RateLimited
         | ErrorCode::NotReady
         | ErrorCode::StreamMoved
+        | ErrorCode::LogQueueFull
         | ErrorCode::OwnerUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
