@@ -150,6 +150,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: LogConfig,
     shards: Box<[Mutex<HashMap<StreamId, StreamLog>>]>,
+    /// Picks a stream's shard. Keyed per process, like the engine's: with a fixed hash, a
+    /// client could choose stream ids that all land on one shard's lock.
+    hasher: std::hash::RandomState,
     queue: Mutex<Queue>,
     closed: AtomicBool,
     waiters: AtomicUsize,
@@ -227,6 +230,7 @@ impl Log {
                 clock,
                 config,
                 shards,
+                hasher: std::hash::RandomState::new(),
                 queue: Mutex::new(Queue::default()),
                 closed: AtomicBool::new(false),
                 waiters: AtomicUsize::new(0),
@@ -727,9 +731,7 @@ impl Drop for LoadGuard<'_> {
 impl Inner {
     fn shard(&self, stream: &StreamId) -> &Mutex<HashMap<StreamId, StreamLog>> {
         use std::hash::BuildHasher;
-        // Any fixed hash works: this only spreads locks.
-        let hash =
-            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(stream);
+        let hash = self.hasher.hash_one(stream);
         &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 }

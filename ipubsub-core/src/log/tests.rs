@@ -565,3 +565,27 @@ fn a_full_queue_refuses_appends_and_an_abandoned_append_is_never_written()
     assert_eq!(write(&log, worker.as_mut(), "b", "d")?, at(3), "room again");
     Ok(())
 }
+
+#[test]
+fn the_shard_of_a_stream_is_keyed_per_log() {
+    let shards_of = |log: &Log| -> Vec<usize> {
+        (0..64)
+            .map(|i| {
+                let shard = log.inner.shard(&sid(&format!("s{i}")));
+                log.inner
+                    .shards
+                    .iter()
+                    .position(|s| std::ptr::eq(s, shard))
+                    .unwrap_or(usize::MAX)
+            })
+            .collect()
+    };
+    let (a, _) = setup(Arc::new(TestStore::default()));
+    let (b, _) = setup(Arc::new(TestStore::default()));
+    // Two logs agreeing on all 64 streams' shards by chance: 64^-64.
+    assert_ne!(
+        shards_of(&a),
+        shards_of(&b),
+        "ids a client picks cannot aim at one lock"
+    );
+}
