@@ -265,6 +265,9 @@ impl From<AppendError> for ApiError {
         match e {
             AppendError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             AppendError::Fenced => Self::new(ErrorCode::StreamMoved, e.to_string()),
+            AppendError::TooManyStreams { .. } => {
+                Self::new(ErrorCode::TooManyStreams, e.to_string()).hit(Limit::LogStreams)
+            }
             AppendError::QueueFull { .. } => {
                 Self::new(ErrorCode::LogQueueFull, e.to_string()).hit(Limit::LogQueue)
             }
@@ -283,6 +286,9 @@ impl From<ReadError> for ApiError {
         match e {
             ReadError::TooManyWaiters { .. } => {
                 Self::new(ErrorCode::TooManyWaiters, e.to_string()).hit(Limit::Waiters)
+            }
+            ReadError::TooManyStreams { .. } => {
+                Self::new(ErrorCode::TooManyStreams, e.to_string()).hit(Limit::LogStreams)
             }
             ReadError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             ReadError::Store(cause) => Self::new(

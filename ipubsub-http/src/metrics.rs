@@ -48,6 +48,8 @@ pub(crate) enum Limit {
     TokenRate,
     /// `storage.max_queued_appends` and `storage.max_queued_bytes`.
     LogQueue,
+    /// `storage.max_log_streams`.
+    LogStreams,
 }
 
 impl Limit {
@@ -66,6 +68,7 @@ impl Limit {
             Self::Connections => "connections",
             Self::TokenRate => "token_rate",
             Self::LogQueue => "log_queue",
+            Self::LogStreams => "log_streams",
         }
     }
 }
@@ -439,6 +442,13 @@ impl Collector for State {
             "Appends removed from the queue unwritten because their request had stopped \
              waiting (timed out or went away)",
             ConstCounter::new(log.abandoned),
+        )?;
+        constant(
+            &mut encoder,
+            "log_evicted_streams",
+            "Idle log streams forgotten to make room for another (storage.max_log_streams); \
+             each is acquired again on its next use",
+            ConstCounter::new(log.evicted),
         )?;
         constant(
             &mut encoder,

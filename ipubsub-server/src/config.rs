@@ -239,6 +239,9 @@ pub struct StorageSection {
     pub max_queued_appends: usize,
     /// Most bytes (message ids and payloads) of the persistent sends queued that way.
     pub max_queued_bytes: usize,
+    /// Most log streams whose positions a node keeps; beyond it an idle one is forgotten,
+    /// and with none idle a persistent request answers `503 TOO_MANY_STREAMS`.
+    pub max_log_streams: usize,
     /// How often expired messages are purged.
     pub purge_interval_seconds: u64,
     /// Most messages deleted by one purge call (purges loop in batches of this size).
@@ -268,6 +271,7 @@ impl Default for StorageSection {
             max_batch: 1024,
             max_queued_appends: 100_000,
             max_queued_bytes: 64 << 20,
+            max_log_streams: 1_000_000,
             purge_interval_seconds: 10,
             purge_batch: 1000,
             store_timeout_seconds: 10,
@@ -561,10 +565,12 @@ impl Config {
             || storage.purge_batch == 0
             || storage.max_queued_appends == 0
             || storage.max_queued_bytes == 0
+            || storage.max_log_streams == 0
         {
             return invalid(
                 "storage.commit_workers, storage.max_batch, storage.purge_batch, \
-                 storage.max_queued_appends and storage.max_queued_bytes must be above 0"
+                 storage.max_queued_appends, storage.max_queued_bytes and \
+                 storage.max_log_streams must be above 0"
                     .into(),
             );
         }
@@ -697,6 +703,7 @@ impl Config {
         c.max_waiters = self.engine.max_waiting_requests;
         c.max_queued = self.storage.max_queued_appends;
         c.max_queued_bytes = self.storage.max_queued_bytes;
+        c.max_streams = self.storage.max_log_streams;
         c
     }
 

@@ -22,20 +22,19 @@ mod wait;
 
 pub use stats::{BATCH_SIZE_BOUNDS, LogStats};
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
 use state::StreamLog;
-use std::collections::HashMap;
 use wait::{Completion, LoadWait, NextBatch, Tail};
 
 use crate::id::StreamId;
 use crate::message::Message;
 use crate::store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
-use crate::time::{Clock, SystemClock};
+use crate::time::{Clock, SystemClock, Timestamp};
 
 /// Tuning and limits of a [`Log`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +57,12 @@ pub struct LogConfig {
     pub max_queued: usize,
     /// Most bytes (message ids and payloads) of the appends queued that way.
     pub max_queued_bytes: usize,
+    /// Most streams whose positions this node keeps at once (about 200 bytes each, besides
+    /// the id), counted per shard (`max_streams / shards`, rounded up). A stream beyond it
+    /// takes the place of the least recently used idle one (nothing in flight, nobody
+    /// waiting), which is simply acquired again on its next use; with none idle, it fails
+    /// with [`ReadError::TooManyStreams`].
+    pub max_streams: usize,
 }
 
 /// How many times an append acquires its stream before it gives up with
@@ -79,6 +84,7 @@ impl Default for LogConfig {
             tenure_check: Duration::from_secs(1),
             max_queued: 100_000,
             max_queued_bytes: 64 << 20,
+            max_streams: 1_000_000,
         }
     }
 }
@@ -95,6 +101,13 @@ pub enum AppendError {
     /// it: the message is not in the log. Retrying (through the stream's owner) is safe.
     #[error("the stream moved to another writer; the message was not written")]
     Fenced,
+    /// The node keeps the positions of its maximum of streams, none of them idle
+    /// ([`LogConfig::max_streams`]). The message was not taken.
+    #[error("this node keeps the positions of its maximum of {max} log streams, all in use")]
+    TooManyStreams {
+        /// The limit in force.
+        max: usize,
+    },
     /// The queue of appends waiting for a commit worker is full ([`LogConfig::max_queued`],
     /// [`LogConfig::max_queued_bytes`]): the store is slower than the appends. The message was
     /// not taken (no position was assigned); retrying later is safe.
@@ -122,6 +135,13 @@ pub enum ReadError {
     /// Waiting would pass the limit on waiting reads.
     #[error("this node holds its maximum of {max} waiting reads")]
     TooManyWaiters {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The node keeps the positions of its maximum of streams, none of them idle
+    /// ([`LogConfig::max_streams`]).
+    #[error("this node keeps the positions of its maximum of {max} log streams, all in use")]
+    TooManyStreams {
         /// The limit in force.
         max: usize,
     },
@@ -294,6 +314,7 @@ impl Log {
         for _ in 0..APPEND_ATTEMPTS {
             self.ensure_loaded(stream).await.map_err(|e| match e {
                 ReadError::Store(e) => AppendError::Store(Arc::new(e)),
+                ReadError::TooManyStreams { max } => AppendError::TooManyStreams { max },
                 _ => AppendError::ShuttingDown,
             })?;
             if self.queue(stream, &mut message, ttl, done)? {
@@ -641,6 +662,41 @@ impl Log {
         }
     }
 
+    /// Makes room in `shard` for one more stream ([`LogConfig::max_streams`]): when it is
+    /// full, forgets its least recently used idle stream among the first few it finds (a
+    /// sample, so that the cost stays bounded; the whole shard when the sample has none).
+    fn make_room(
+        &self,
+        shard: &mut HashMap<StreamId, StreamLog>,
+        now: Timestamp,
+    ) -> Result<(), ReadError> {
+        const SAMPLE: usize = 16;
+        let config = &self.inner.config;
+        let per_shard = config.max_streams.div_ceil(self.inner.shards.len()).max(1);
+        if shard.len() < per_shard {
+            return Ok(());
+        }
+        let idle = |log: &StreamLog| log.is_idle(now, Duration::ZERO);
+        let mut victim: Option<(&StreamId, Timestamp)> = None;
+        for (id, log) in shard.iter().take(SAMPLE) {
+            if idle(log) && victim.is_none_or(|(_, used)| log.last_used() < used) {
+                victim = Some((id, log.last_used()));
+            }
+        }
+        let victim = victim
+            .map(|(id, _)| id)
+            .or_else(|| shard.iter().find(|(_, log)| idle(log)).map(|(id, _)| id))
+            .cloned();
+        let Some(victim) = victim else {
+            return Err(ReadError::TooManyStreams {
+                max: config.max_streams,
+            });
+        };
+        self.inner.counters.evicted();
+        forget(shard, &victim);
+        Ok(())
+    }
+
     /// Makes sure this node holds `stream` in an epoch, acquiring it from the store once
     /// (concurrent callers wait for that one acquisition).
     async fn ensure_loaded(&self, stream: &StreamId) -> Result<(), ReadError> {
@@ -658,6 +714,7 @@ impl Log {
                     }
                     Some(_) => None,
                     None => {
+                        self.make_room(&mut shard, now)?;
                         let load = self.inner.loads.fetch_add(1, Ordering::Relaxed);
                         shard.insert(stream.clone(), StreamLog::loading(load, now));
                         Some(load)

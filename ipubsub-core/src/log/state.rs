@@ -187,6 +187,11 @@ impl StreamLog {
         }
     }
 
+    /// When the stream was last used.
+    pub(super) fn last_used(&self) -> Timestamp {
+        self.last_used
+    }
+
     pub(super) fn is_idle(&self, now: Timestamp, idle: Duration) -> bool {
         let settled = match &self.state {
             LoadState::Ready { in_flight, .. } => in_flight.is_empty(),

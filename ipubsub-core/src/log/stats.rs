@@ -27,6 +27,10 @@ pub struct LogStats {
     /// Appends whose sender stopped waiting (a request timed out or went away) before a
     /// commit worker took them: removed from the queue, never written.
     pub abandoned: u64,
+    /// Streams forgotten to make room for another ([`LogConfig::max_streams`]).
+    ///
+    /// [`LogConfig::max_streams`]: crate::LogConfig::max_streams
+    pub evicted: u64,
     /// Group commits that succeeded.
     pub commits: u64,
     /// Commits (successful or not) by their number of records, bucketed by
@@ -45,6 +49,7 @@ pub(super) struct Counters {
     overtaken: AtomicU64,
     queue_full: AtomicU64,
     abandoned: AtomicU64,
+    evicted: AtomicU64,
     commits: AtomicU64,
     batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
     batch_size_sum: AtomicU64,
@@ -87,6 +92,11 @@ impl Counters {
         self.abandoned.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Counts one stream forgotten to make room.
+    pub(super) fn evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn snapshot(&self) -> LogStats {
         LogStats {
             appended: self.appended.load(Ordering::Relaxed),
@@ -95,6 +105,7 @@ impl Counters {
             overtaken: self.overtaken.load(Ordering::Relaxed),
             queue_full: self.queue_full.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
             batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),

@@ -589,3 +589,54 @@ fn the_shard_of_a_stream_is_keyed_per_log() {
         "ids a client picks cannot aim at one lock"
     );
 }
+
+#[test]
+fn past_its_maximum_of_streams_the_log_forgets_an_idle_one_or_refuses()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+    let config = LogConfig {
+        shards: 1,
+        max_streams: 2,
+        ..LogConfig::default()
+    };
+    let log = Log::with_clock(store.clone(), config, clock.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    write(&log, worker.as_mut(), "old", "o1")?;
+    clock.advance(Duration::from_secs(1));
+    write(&log, worker.as_mut(), "recent", "r1")?;
+    clock.advance(Duration::from_secs(1));
+    // A third stream takes the place of the least recently used idle one.
+    write(&log, worker.as_mut(), "third", "t1")?;
+    assert_eq!(log.stats().evicted, 1);
+    let held: Vec<bool> = ["old", "recent", "third"]
+        .iter()
+        .map(|s| lock(&log.inner.shards[0]).contains_key(&sid(s)))
+        .collect();
+    assert_eq!(held, [false, true, true]);
+    // The forgotten one is acquired again on its next use, and continues above its past.
+    let next = write(&log, worker.as_mut(), "old", "o2")?;
+    assert_eq!(next, pos(2, 1));
+    assert_eq!(
+        seqs(&ready(log.read(&sid("old"), Seq::ZERO, 10))?),
+        [at(1).get(), pos(2, 1).get()]
+    );
+
+    // Streams with readers waiting at their tail are not idle: with nothing to forget, a new
+    // stream is refused.
+    let (a, b) = (sid("third"), sid("old"));
+    let mut tail_a = pin!(log.wait_past(&a, at(1)));
+    let mut tail_b = pin!(log.wait_past(&b, pos(2, 1)));
+    assert!(poll(tail_a.as_mut()).is_pending() && poll(tail_b.as_mut()).is_pending());
+    let refused = ready(log.append(sid("fourth"), msg("f1", clock.now()), TTL));
+    assert!(
+        matches!(refused, Err(AppendError::TooManyStreams { max: 2 })),
+        "{refused:?}"
+    );
+    let refused = ready(log.read(&sid("fifth"), Seq::ZERO, 10));
+    assert!(
+        matches!(refused, Err(ReadError::TooManyStreams { max: 2 })),
+        "{refused:?}"
+    );
+    Ok(())
+}
