@@ -4,7 +4,8 @@
 //! the log and the cluster (streams, waiters, buffered messages, commits, members) is read
 //! when the metrics are scraped, so it costs the hot path nothing.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ipubsub_cluster::Cluster;
@@ -195,6 +196,8 @@ struct Inner {
     store_errors: Family<OperationLabels, Counter>,
     auth_refusals: Family<ReasonLabels, Counter>,
     connections: Gauge,
+    /// Log lines left out by the server's rate limit, once it reports them.
+    suppressed_log_lines: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -259,10 +262,12 @@ impl Metrics {
             "Client connections open now",
             connections.clone(),
         );
+        let suppressed_log_lines = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(State {
             engine,
             log,
             cluster,
+            suppressed_log_lines: suppressed_log_lines.clone(),
         }));
         Self {
             inner: Arc::new(Inner {
@@ -275,8 +280,16 @@ impl Metrics {
                 store_errors,
                 auth_refusals,
                 connections,
+                suppressed_log_lines,
             }),
         }
+    }
+
+    /// Reports `count`, a running count of log lines left out by a rate limit, as
+    /// `ipubsub_log_lines_suppressed_total` (the first source given stays).
+    pub fn count_suppressed_log_lines(&self, count: Arc<AtomicU64>) {
+        // Set once; a second source is ignored.
+        let _ = self.inner.suppressed_log_lines.set(count);
     }
 
     /// Counts a request answered with `status` after `took`.
@@ -358,6 +371,7 @@ struct State {
     engine: Engine,
     log: Option<Log>,
     cluster: Cluster,
+    suppressed_log_lines: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
 /// One sample of `metric` (a constant gauge or counter) under `name`.
@@ -374,6 +388,15 @@ fn constant(
 impl Collector for State {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(count) = self.suppressed_log_lines.get() {
+            constant(
+                &mut encoder,
+                "log_lines_suppressed",
+                "Log lines left out by the per-call-site rate limit (each window's count is \
+                 also written as one summary line)",
+                ConstCounter::new(count.load(Ordering::Relaxed)),
+            )?;
+        }
         let stats = self.engine.stats();
         constant(
             &mut encoder,

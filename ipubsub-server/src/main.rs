@@ -5,9 +5,9 @@
 //! configuration is one line on stderr and exit code 2.
 
 mod config;
+mod logging;
 mod stores;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,7 +56,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&config) {
+    let lines = logging::LineLimit::default();
+    if let Err(e) = init_logging(&config, lines.clone()) {
         eprintln!("ipubsub-server: bad configuration: log.level: {e}");
         return ExitCode::from(2);
     }
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, lines)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -80,23 +81,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+fn init_logging(config: &Config, lines: logging::LineLimit) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
         _ => EnvFilter::try_new(&config.log.level)?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    logging::install(filter, config.log.format == LogFormat::Json, lines)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     // Files named by the configuration (tokens, certificates) are read before anything starts.
     let http_config = config.http_config()?;
@@ -182,6 +175,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut http_config = http_config;
     http_config.persistence_refused = refusal;
     let app = App::new(engine.clone(), log.clone(), cluster.clone(), http_config);
+    app.metrics().count_suppressed_log_lines(lines.suppressed());
+    let summaries = tokio::spawn(lines.clone().summarize_every_window());
     #[cfg(feature = "tls")]
     let scheme = if tls.is_some() { "https" } else { "http" };
     #[cfg(not(feature = "tls"))]
@@ -300,6 +295,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(membership) = membership {
         membership.leave(Duration::ZERO).await;
     }
+    summaries.abort();
+    lines.summarize();
     tracing::info!("ipubsub-server stopped");
     Ok(())
 }

@@ -442,3 +442,67 @@ async fn a_declared_oversized_body_is_refused_before_it_is_sent() -> TestResult 
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     Ok(())
 }
+
+/// Anyone who can reach the gossip port can send it garbage, and the gossip library logs a
+/// warning per bad datagram: 428,684 of them once wrote 284,097 lines. A call site now
+/// writes 20 lines per 10 s; the rest is counted (`ipubsub_log_lines_suppressed_total`) and
+/// summed up in one line per window. The node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_gossip_port_cannot_flood_the_log() -> TestResult {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir()?;
+    let gossip = common::cluster::free_udp_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "node:\n  name: flooded\n  http_bind_addr_port: \"127.0.0.1:0\"\n  gossip_bind_addr_port: \"127.0.0.1:{gossip}\"\ncluster:\n  name: flooded-{}\nstorage:\n  backend: memory\n",
+            std::process::id()
+        ),
+    )?;
+    let stderr = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipubsub-server"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
+    let addr = line.trim().rsplit("://").next().ok_or("address")?.parse()?;
+    let client = Client::new(addr);
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut sent = 0;
+    for i in 0..20_000u32 {
+        let garbage = [0xff, 0x13, (i >> 8) as u8, i as u8, 0x42, 0x42, 0x42, 0x42];
+        if socket.send_to(&garbage, ("127.0.0.1", gossip)).is_ok() {
+            sent += 1;
+        }
+    }
+    still_serves(&client, "during-the-garbage").await;
+    // Past the window: the summary is written.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let suppressed = metric(&client, "ipubsub_log_lines_suppressed_total").await;
+    child.kill()?;
+    child.wait()?;
+    let log = std::fs::read_to_string(&stderr)?;
+    let warnings = log.matches("invalid-chitchat-payload").count();
+    println!("{sent} datagrams sent: {warnings} lines written, {suppressed} left out");
+    assert!(
+        (1..=40).contains(&warnings),
+        "{warnings} lines about garbage datagrams (at most 20 per 10 s)"
+    );
+    assert!(
+        suppressed >= 1000.0,
+        "{suppressed} lines counted as left out"
+    );
+    assert!(
+        log.contains("log lines left out by the rate limit"),
+        "no summary line: {log}"
+    );
+    Ok(())
+}
