@@ -691,9 +691,21 @@ async fn frozen_and_thawed(
         "the commit of a send to the frozen database had not ended 10 s later"
     );
 
+    let ids = recovered_log(&server, "frozen").await;
+    // The send answered 503 may or may not have been written; nothing else is missing.
+    assert!(
+        ids == ["before", "after"] || ids == ["before", "during", "after"],
+        "{ids:?}"
+    );
+    Ok(())
+}
+
+/// Sends `after` to `stream` until the node writes again (at most 30 s), then reads the
+/// stream's log from its start: its message ids.
+async fn recovered_log(server: &TestServer, stream: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = server.send(persistent("frozen", "after")).await;
+        let (status, body) = server.send(persistent(stream, "after")).await;
         if status == StatusCode::OK {
             break;
         }
@@ -701,16 +713,12 @@ async fn frozen_and_thawed(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, body) = server
-        .receive("streamId=frozen&readFromDB=true&maxMessages=10&timeoutSeconds=0")
+        .receive(&format!(
+            "streamId={stream}&readFromDB=true&maxMessages=100&timeoutSeconds=0"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let ids = message_ids(&body);
-    // The send answered 503 may or may not have been written; nothing else is missing.
-    assert!(
-        ids == ["before", "after"] || ids == ["before", "during", "after"],
-        "{ids:?}"
-    );
-    Ok(())
+    message_ids(&body).into_iter().map(str::to_owned).collect()
 }
 
 #[tokio::test]
@@ -812,20 +820,7 @@ async fn a_frozen_postgres_fills_the_append_queue_which_refuses_the_rest() -> Te
     };
     db.signal_all("CONT")?;
     assert_eq!(abandoned, 20.0, "the queued sends whose requests timed out");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = server.send(persistent("flood", "after")).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery within 30 s: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (status, body) = server
-        .receive("streamId=flood&readFromDB=true&maxMessages=100&timeoutSeconds=0")
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let ids = message_ids(&body);
+    let ids = recovered_log(&server, "flood").await;
     assert!(
         ids == ["before", "after"] || ids == ["before", "during", "after"],
         "none of the flood may be written: {ids:?}"

@@ -146,11 +146,12 @@ fn msg(id: &str, at: Timestamp) -> Message {
 }
 
 fn setup(store: Arc<TestStore>) -> (Log, Arc<ManualClock>) {
+    setup_with(store, LogConfig::default())
+}
+
+fn setup_with(store: Arc<TestStore>, config: LogConfig) -> (Log, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
-    (
-        Log::with_clock(store, LogConfig::default(), clock.clone()),
-        clock,
-    )
+    (Log::with_clock(store, config, clock.clone()), clock)
 }
 
 const TTL: Duration = Duration::from_secs(60);
@@ -512,12 +513,11 @@ fn appends_queued_together_take_positions_in_their_order_and_one_store_call()
 fn a_full_queue_refuses_appends_and_an_abandoned_append_is_never_written()
 -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(TestStore::default());
-    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
     let config = LogConfig {
         max_queued: 2,
         ..LogConfig::default()
     };
-    let log = Log::with_clock(store.clone(), config, clock.clone());
+    let (log, clock) = setup_with(store.clone(), config);
     // No worker has run yet: what is appended waits in the queue.
     let mut kept = Box::pin(log.append(sid("s"), msg("kept", clock.now()), TTL));
     assert!(poll(kept.as_mut()).is_pending());
@@ -550,7 +550,7 @@ fn a_full_queue_refuses_appends_and_an_abandoned_append_is_never_written()
         max_queued_bytes: 8,
         ..LogConfig::default()
     };
-    let log = Log::with_clock(Arc::new(TestStore::default()), config, clock.clone());
+    let (log, clock) = setup_with(Arc::new(TestStore::default()), config);
     let mut first = Box::pin(log.append(sid("b"), msg("a", clock.now()), TTL));
     let mut second = Box::pin(log.append(sid("b"), msg("b", clock.now()), TTL));
     assert!(poll(first.as_mut()).is_pending() && poll(second.as_mut()).is_pending());
@@ -593,14 +593,12 @@ fn the_shard_of_a_stream_is_keyed_per_log() {
 #[test]
 fn past_its_maximum_of_streams_the_log_forgets_an_idle_one_or_refuses()
 -> Result<(), Box<dyn std::error::Error>> {
-    let store = Arc::new(TestStore::default());
-    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
     let config = LogConfig {
         shards: 1,
         max_streams: 2,
         ..LogConfig::default()
     };
-    let log = Log::with_clock(store.clone(), config, clock.clone());
+    let (log, clock) = setup_with(Arc::new(TestStore::default()), config);
     let mut worker = pin!(log.run_commit_worker());
     write(&log, worker.as_mut(), "old", "o1")?;
     clock.advance(Duration::from_secs(1));
