@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::id::MessageId;
-use crate::store::Epoch;
+use crate::store::{Appended, Epoch};
 use crate::time::ManualClock;
 
 /// A minimal store for the log's own tests: a map and each stream's epoch, plus a gate that

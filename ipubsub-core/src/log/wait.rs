@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
-use super::{AppendError, Batch, Log, lock};
+use super::commit::Batch;
+use super::{AppendError, Log, lock};
 use crate::id::StreamId;
 use crate::store::Seq;
 
