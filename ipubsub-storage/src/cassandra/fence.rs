@@ -34,6 +34,18 @@ impl Fence {
         }
     }
 
+    /// Whether every earlier epoch that may hold records is sealed: the epoch is the first,
+    /// or the one before it (which the acquisition that moved the epoch seals, even empty)
+    /// has its seal. A fence read between a takeover's move and its seal is not whole: it
+    /// cannot tell which of the previous epoch's records count, and filtering with it would
+    /// hide acknowledged ones.
+    pub(super) fn is_whole(&self) -> bool {
+        match u64::from(self.epoch.get()).checked_sub(1) {
+            None | Some(0) => true,
+            Some(previous) => Epoch::new(previous).is_some_and(|e| self.seals.contains_key(&e)),
+        }
+    }
+
     /// What became of the records of one stream (`seqs`, of one epoch) that were written
     /// while this was the fence: `Some(true)` in the log, `Some(false)` fenced off (invisible
     /// for good), `None` unknown (the takeover has not sealed their epoch yet).
@@ -54,6 +66,9 @@ impl Fence {
         }
     }
 }
+
+/// Pauses (milliseconds) before each read of a fence that waits for a takeover's seal.
+const SEAL_WAITS: [u64; 4] = [0, 5, 20, 50];
 
 /// Entries of `Inner::fences` kept before the map is cleared (it refills on demand).
 const FENCE_ENTRIES: usize = 1 << 20;
@@ -191,26 +206,63 @@ impl Inner {
         Ok(Some(fence))
     }
 
+    /// Keeps `fence` for later reads if it is whole. A fence caught half-way through a
+    /// takeover is not kept, and the one kept before it is dropped (the epoch moved on): the
+    /// next read reads the fence again.
     pub(super) fn remember(&self, stream: &StreamId, fence: &Fence) {
         let mut fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        if !fence.is_whole() {
+            fences.remove(stream);
+            return;
+        }
         if fences.len() > FENCE_ENTRIES {
             fences.clear();
         }
         fences.insert(stream.clone(), fence.clone());
     }
 
-    /// The fence to filter reads with: the one this store last saw, or a fresh read.
-    pub(super) async fn fence(&self, stream: &StreamId) -> Result<Fence, StoreError> {
-        let cached = self
-            .fences
+    /// The fence this store last saw for `stream` (always whole), if any.
+    fn cached(&self, stream: &StreamId) -> Option<Fence> {
+        self.fences
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(stream)
-            .cloned();
-        match cached {
+            .cloned()
+    }
+
+    /// The fence to filter reads with: the one this store last saw, or a fresh whole one.
+    pub(super) async fn fence(&self, stream: &StreamId) -> Result<Fence, StoreError> {
+        match self.cached(stream) {
             Some(fence) => Ok(fence),
-            None => Ok(self.read_fence(stream).await?.unwrap_or_default()),
+            None => self.whole_fence(stream).await,
         }
+    }
+
+    /// The stream's epoch as this store last saw it, or as stored now (`ZERO` if never
+    /// acquired): what an append checks its records' epoch against before writing.
+    pub(super) async fn epoch(&self, stream: &StreamId) -> Result<Epoch, StoreError> {
+        match self.cached(stream) {
+            Some(fence) => Ok(fence.epoch),
+            None => Ok(self.read_fence(stream).await?.unwrap_or_default().epoch),
+        }
+    }
+
+    /// A fresh read of the stream's fence that is whole ([`Fence::is_whole`]). A takeover
+    /// under way seals within a few round trips, so a fence caught half-way is read again a
+    /// few times; one still not whole belongs to an acquisition that stopped half-way (its
+    /// node died), and the read fails as unavailable until the next acquisition seals.
+    pub(super) async fn whole_fence(&self, stream: &StreamId) -> Result<Fence, StoreError> {
+        for pause in SEAL_WAITS {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let fence = self.read_fence(stream).await?.unwrap_or_default();
+            if fence.is_whole() {
+                return Ok(fence);
+            }
+        }
+        Err(StoreError::Unavailable(
+            format!("stream {stream} is being taken over: its previous epoch is not sealed yet")
+                .into(),
+        ))
     }
 
     /// The highest stored position of `bucket`, if any.
@@ -338,7 +390,7 @@ pub(super) async fn confirm(
         let (inner, stream) = (inner.clone(), stream.clone());
         checks.spawn(async move {
             // A takeover under way seals within a few round trips: wait for it a little.
-            for pause in [0, 5, 20, 50] {
+            for pause in SEAL_WAITS {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 let fence = inner.read_fence(&stream).await?.unwrap_or_default();
                 if let Some(counted) = fence.settled(&seqs) {
@@ -366,4 +418,143 @@ pub(super) async fn confirm(
         ));
     }
     Ok(fenced)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use ipubsub_core::{LogRecord, Message, MessageId, MessageStore, Seq, StoreError, Timestamp};
+
+    use super::{BTreeMap, Epoch, Fence};
+    use crate::{CassandraConfig, CassandraStore};
+
+    fn epoch(n: u64) -> Epoch {
+        Epoch::new(n).expect("epoch in range")
+    }
+
+    fn sealed(current: u64, seals: &[(u64, u64)]) -> Fence {
+        Fence {
+            epoch: epoch(current),
+            seals: seals
+                .iter()
+                .map(|&(e, counter)| (epoch(e), Seq::at(epoch(e), counter).expect("position")))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn a_fence_is_whole_once_the_epoch_before_its_own_is_sealed() {
+        assert!(Fence::default().is_whole(), "a stream never acquired");
+        assert!(sealed(1, &[]).is_whole(), "the first epoch");
+        assert!(!sealed(2, &[]).is_whole(), "moved, not sealed yet");
+        assert!(sealed(2, &[(1, 7)]).is_whole());
+        assert!(
+            !sealed(4, &[(1, 7), (2, 3)]).is_whole(),
+            "epoch 3 not sealed"
+        );
+        assert!(sealed(4, &[(1, 7), (3, 0)]).is_whole());
+    }
+
+    /// An acquisition that stops between moving the epoch and sealing the one before (its
+    /// node died): no store filters reads with that half-way fence, which hides every record
+    /// of the previous epoch, acknowledged ones too. Reads fail as unavailable (or show all
+    /// that was acknowledged) until the next acquisition seals; then every store shows the
+    /// whole log, including the one whose writer saw the half-way fence. (The store kept that
+    /// fence and showed none of the records before this test's fix.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_filter_with_a_fence_caught_half_way_through_a_takeover() {
+        let node = std::env::var("IPUBSUB_TEST_CASSANDRA_NODE")
+            .unwrap_or_else(|_| "127.0.0.1:9042".into());
+        let mut config = CassandraConfig::new(node);
+        config.keyspace = "ipubsub_suite".into();
+        let connect = || async {
+            CassandraStore::connect(&config)
+                .await
+                .expect("Cassandra is not reachable: run scripts/services.sh")
+        };
+        let (writer, other) = (connect().await, connect().await);
+        let now = Timestamp::now();
+        let stream: ipubsub_core::StreamId =
+            format!("half-way-{}-{}", std::process::id(), now.as_micros())
+                .parse()
+                .expect("stream id");
+        let first = writer.acquire(&stream).await.expect("acquire").epoch;
+        let record = |counter: u64| LogRecord {
+            stream: stream.clone(),
+            seq: Seq::at(first, counter).expect("position"),
+            message: Message::new(
+                MessageId::new(format!("m{counter}")).expect("id"),
+                Bytes::from_static(b"{}"),
+                now,
+            ),
+            expires_at: now.saturating_add(Duration::from_secs(3600)),
+        };
+        let acked = writer
+            .append(&[record(1), record(2), record(3)])
+            .await
+            .expect("append");
+        assert!(acked.fenced.is_empty());
+        let positions = |records: Vec<LogRecord>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        let acked: Vec<Seq> = (1..=3).map(|c| record(c).seq).collect();
+
+        // Half an acquisition: the epoch moves, nothing is sealed.
+        let inner = &other.inner;
+        let moved = inner
+            .session
+            .execute_unpaged(
+                &inner.move_epoch,
+                (
+                    i64::from(first.get()) + 1,
+                    stream.as_str(),
+                    i64::from(first.get()),
+                ),
+            )
+            .await
+            .expect("move the epoch");
+        assert!(super::applied(moved).expect("answer"), "the epoch moved");
+        let unknown = writer.append(&[record(4)]).await;
+        assert!(
+            matches!(unknown, Err(StoreError::Unavailable(_))),
+            "an append racing an unsealed takeover has no known outcome: {unknown:?}"
+        );
+        for (name, store) in [("the writer", &writer), ("another store", &other)] {
+            match store.read_after(&stream, Seq::ZERO, 100, now).await {
+                Err(StoreError::Unavailable(_)) => {}
+                Ok(records) => {
+                    let shown = positions(records);
+                    assert!(
+                        acked.iter().all(|seq| shown.contains(seq)),
+                        "{name} hid acknowledged records mid-takeover: shown {shown:?}"
+                    );
+                }
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+
+        // The next acquisition seals both earlier epochs; the fourth record was stored
+        // before it looked, so it counts.
+        let tenure = other.acquire(&stream).await.expect("acquire again");
+        // Its last position is the empty epoch's seal (above every record of the first).
+        assert!(tenure.last >= record(4).seq, "{tenure:?}");
+        for (name, store) in [("the writer", &writer), ("another store", &other)] {
+            let shown = positions(
+                store
+                    .read_after(&stream, Seq::ZERO, 100, now)
+                    .await
+                    .expect("read"),
+            );
+            assert_eq!(
+                shown,
+                (1..=4).map(|c| record(c).seq).collect::<Vec<_>>(),
+                "{name} after the takeover sealed"
+            );
+            assert_eq!(
+                store.last_seq(&stream).await.expect("last"),
+                tenure.last,
+                "{name}"
+            );
+        }
+    }
 }

@@ -31,6 +31,11 @@
 //!   them: they are acknowledged. If it moved and the seal is known, records at or below it
 //!   are in the log and the rest are fenced; a seal not yet written makes the outcome unknown,
 //!   and the append fails as ambiguous.
+//! - A read filters records with a fence that is whole: its previous epoch is sealed. One
+//!   caught between a takeover's two steps cannot tell which of that epoch's records count
+//!   (it would hide them all, acknowledged ones too), so it is never kept nor used: the read
+//!   waits a little for the seal, then fails as unavailable (an acquisition whose node died
+//!   half-way leaves the stream unreadable until the next one seals).
 //!
 //! The cost is one `SERIAL` read per stream per group commit, and two lightweight
 //! transactions per takeover.
@@ -467,7 +472,7 @@ impl MessageStore for CassandraStore {
         let mut checked: HashSet<&StreamId> = HashSet::new();
         for record in batch {
             if checked.insert(&record.stream)
-                && inner.fence(&record.stream).await?.epoch != record.seq.epoch()
+                && inner.epoch(&record.stream).await? != record.seq.epoch()
             {
                 fenced.push(record.stream.clone());
             }
@@ -577,7 +582,7 @@ impl MessageStore for CassandraStore {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         let inner = &*self.inner;
-        let fence = inner.read_fence(stream).await?.unwrap_or_default();
+        let fence = inner.whole_fence(stream).await?;
         inner.last_counted(stream, &fence).await
     }
 
