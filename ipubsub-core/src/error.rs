@@ -22,6 +22,14 @@ pub enum SendError {
         /// The limit in force.
         max: usize,
     },
+    /// Taking the message would pass the node's memory budget for held messages
+    /// ([`EngineConfig::max_buffered_bytes`](crate::EngineConfig::max_buffered_bytes)): it
+    /// was not accepted, and may be sent again once receivers have taken some.
+    #[error("this node holds its budget of {max} bytes of messages: the message was not accepted")]
+    MemoryLimit {
+        /// The budget in force.
+        max: usize,
+    },
     /// The engine is shutting down and takes no new messages.
     #[error("the node is shutting down")]
     ShuttingDown,

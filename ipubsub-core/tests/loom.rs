@@ -39,8 +39,15 @@ const CIRCULAR: SendOptions = SendOptions {
     wait: false,
 };
 
+/// Takes every message left; then the memory budget must count nothing.
 fn drain(e: &Engine) -> usize {
-    std::iter::from_fn(|| e.try_receive(&sid())).count()
+    let left = std::iter::from_fn(|| e.try_receive(&sid())).count();
+    assert_eq!(
+        e.stats().buffered_bytes,
+        0,
+        "the budget counts what nobody holds"
+    );
+    left
 }
 
 #[test]
@@ -153,6 +160,11 @@ fn an_abandoned_blocking_send_is_delivered_if_and_only_if_it_was_accepted() {
         ids.extend(std::iter::from_fn(|| e.try_receive(&sid())).map(|m| m.id().to_string()));
         let expected: &[&str] = if accepted { &["a", "b"] } else { &["a"] };
         assert_eq!(ids, expected);
+        assert_eq!(
+            e.stats().buffered_bytes,
+            0,
+            "the budget counts what nobody holds"
+        );
     });
 }
 

@@ -211,6 +211,11 @@ fn every_accepted_message_is_received_exactly_once() {
         );
     }
     assert_eq!(engine.stats().waiters, 0);
+    assert_eq!(
+        engine.stats().buffered_bytes,
+        0,
+        "seed {seed}: the memory budget still counts messages nobody holds"
+    );
     println!(
         "{total} messages, {} dropped receives, {} abandoned receives that got a message, {:?}",
         requeued_drops.load(Ordering::Relaxed),

@@ -74,6 +74,10 @@ pub enum ErrorCode {
     /// 503: the log's queue of appends waiting for the store is full (`log.max_queued`,
     /// `log.max_queued_bytes`): the message was not taken. Retry after `Retry-After`.
     LogQueueFull,
+    /// 503: the node's in-memory messages fill its memory budget
+    /// (`engine.max_buffered_bytes`): the message was not accepted. Retry after
+    /// `Retry-After`, once receivers have taken some.
+    MemoryLimit,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -110,6 +114,7 @@ impl ErrorCode {
             Self::StreamMoved => "STREAM_MOVED",
             Self::NotReady => "NOT_READY",
             Self::LogQueueFull => "LOG_QUEUE_FULL",
+            Self::MemoryLimit => "MEMORY_LIMIT",
             Self::Internal => "INTERNAL",
         }
     }
@@ -143,7 +148,8 @@ impl ErrorCode {
             | Self::StoreUnavailable
             | Self::StreamMoved
             | Self::NotReady
-            | Self::LogQueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::LogQueueFull
+            | Self::MemoryLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +211,7 @@ impl From<SendError> for ApiError {
             SendError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
             SendError::ShuttingDown => ErrorCode::ShuttingDown,
             SendError::Moved => ErrorCode::StreamMoved,
+            SendError::MemoryLimit { .. } => ErrorCode::MemoryLimit,
             _ => ErrorCode::Internal,
         };
         Self::new(code, e.to_string()).with_limit_of_code()
@@ -233,6 +240,7 @@ impl ApiError {
         match self.code {
             ErrorCode::TooManyStreams => self.hit(Limit::Streams),
             ErrorCode::TooManyWaiters => self.hit(Limit::Waiters),
+            ErrorCode::MemoryLimit => self.hit(Limit::Memory),
             _ => self,
         }
     }
@@ -359,6 +367,7 @@ mod tests {
             ErrorCode::StreamMoved,
             ErrorCode::NotReady,
             ErrorCode::LogQueueFull,
+            ErrorCode::MemoryLimit,
             ErrorCode::Internal,
         ];
         for code in codes {

@@ -51,6 +51,8 @@ pub(crate) enum Limit {
     LogQueue,
     /// `storage.max_log_streams`.
     LogStreams,
+    /// `engine.max_buffered_bytes`.
+    Memory,
 }
 
 impl Limit {
@@ -70,6 +72,7 @@ impl Limit {
             Self::TokenRate => "token_rate",
             Self::LogQueue => "log_queue",
             Self::LogStreams => "log_streams",
+            Self::Memory => "memory",
         }
     }
 }
@@ -415,6 +418,25 @@ impl Collector for State {
             "buffered_messages",
             "Messages buffered in memory, as counted by the last idle sweep",
             ConstGauge::new(as_i64(stats.buffered_at_last_sweep)),
+        )?;
+        constant(
+            &mut encoder,
+            "buffered_bytes",
+            "Bytes of in-memory messages (buffered, and held by waiting senders) counted \
+             against engine.max_buffered_bytes",
+            ConstGauge::new(as_i64(stats.buffered_bytes)),
+        )?;
+        constant(
+            &mut encoder,
+            "buffered_bytes_limit",
+            "engine.max_buffered_bytes: the memory budget of in-memory messages",
+            ConstGauge::new(as_i64(self.engine.config().max_buffered_bytes)),
+        )?;
+        constant(
+            &mut encoder,
+            "memory_refusals",
+            "Sends and hand-offs refused because they did not fit engine.max_buffered_bytes",
+            ConstCounter::new(stats.memory_refusals),
         )?;
         constant(
             &mut encoder,

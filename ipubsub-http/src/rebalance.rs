@@ -3,10 +3,12 @@
 //! A stream's in-memory messages live on one node. When the ring changes, the streams this
 //! node no longer owns are drained ([`Engine::drain_streams`]: only accepted messages leave,
 //! waiting requests are answered as moved) and their messages handed to the new owner, which
-//! takes them over as accepted ([`Engine::adopt`]). Each stream's messages go one at a time,
+//! takes them over as accepted ([`Engine::adopt`]; refused only when they do not fit its
+//! memory budget, like any failed hand-off). Each stream's messages go one at a time,
 //! in order; a hand-off that fails is tried again, with a growing pause, for as long as the
 //! stream's owner stays the node it was meant for, and the messages stay on this node if the
-//! stream comes back. Every attempt names the copy it moves (`adoptions`), so an owner that
+//! stream comes back (put back with [`Engine::restore`], never refused: they were counted
+//! in this node's budget before they left). Every attempt names the copy it moves (`adoptions`), so an owner that
 //! took a copy whose answer was lost does not take it again. Only a node that is leaving gives up, at its deadline: what it could
 //! not hand over is counted and logged as lost.
 //!
@@ -354,7 +356,7 @@ impl Rebalancer {
             let Some(owner) = self.destination(&stream, leaving) else {
                 // The stream is this node's again: keep the rest here, in order.
                 for (_, message) in messages.by_ref() {
-                    match self.engine.adopt(&stream, size, message) {
+                    match self.engine.restore(&stream, size, message) {
                         Ok(()) => counts.kept += 1,
                         Err(_) => counts.lost += 1,
                     }
@@ -385,7 +387,7 @@ impl Rebalancer {
                     if until.is_none() && failures >= ATTEMPTS {
                         tracing::warn!(%stream, owner = %owner.id(), error = %e, "hand-off failed {ATTEMPTS} times: keeping the messages here, to try again");
                         for (_, message) in messages.by_ref() {
-                            match self.engine.adopt(&stream, size, message) {
+                            match self.engine.restore(&stream, size, message) {
                                 Ok(()) => counts.deferred += 1,
                                 Err(_) => counts.lost += 1,
                             }

@@ -10,6 +10,7 @@ use ipubsub_core::EngineConfig;
 use ipubsub_http::{Cors, HttpConfig};
 use serde::{Deserialize, Serialize};
 
+mod memory;
 mod security;
 mod transport;
 
@@ -190,6 +191,9 @@ pub struct EngineSection {
     pub max_streams: usize,
     /// Most receives and blocking sends waiting at once; more get a 503.
     pub max_waiting_requests: usize,
+    /// The memory budget of in-memory messages (buffered, and held by waiting senders); a
+    /// send past it gets a 503. Unset: a quarter of the memory this process may use.
+    pub max_buffered_bytes: Option<u64>,
     /// An empty stream nobody waits on is dropped after this long.
     pub stream_idle_timeout_seconds: u64,
     /// How often idle streams are looked for.
@@ -203,6 +207,7 @@ impl Default for EngineSection {
             shards: d.shards,
             max_streams: d.max_streams,
             max_waiting_requests: d.max_waiters,
+            max_buffered_bytes: None,
             stream_idle_timeout_seconds: d.stream_idle_timeout.as_secs(),
             sweep_interval_seconds: 5,
         }
@@ -638,6 +643,9 @@ impl Config {
         if self.engine.sweep_interval_seconds == 0 {
             return invalid("engine.sweep_interval_seconds must be above 0".into());
         }
+        if self.engine.max_buffered_bytes == Some(0) {
+            return invalid("engine.max_buffered_bytes must be above 0 (or unset)".into());
+        }
         if let Err(e) = ipubsub_cluster::NodeId::new(&self.node.name) {
             return invalid(format!("node.name {:?}: {e}", self.node.name));
         }
@@ -713,6 +721,11 @@ impl Config {
         c.shards = self.engine.shards;
         c.max_streams = self.engine.max_streams;
         c.max_waiters = self.engine.max_waiting_requests;
+        let budget = self
+            .engine
+            .max_buffered_bytes
+            .unwrap_or_else(memory::default_budget);
+        c.max_buffered_bytes = usize::try_from(budget).unwrap_or(usize::MAX);
         c.stream_idle_timeout = Duration::from_secs(self.engine.stream_idle_timeout_seconds);
         c
     }

@@ -148,6 +148,11 @@ async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
     // node whose clock is off neither stamps nor judges TTLs by it (ipubsub_http::sync_clock).
     let clock = Arc::new(OffsetClock::new(SystemClock));
     let engine = Engine::with_clock(config.engine_config(), clock.clone());
+    tracing::info!(
+        max_buffered_bytes = engine.config().max_buffered_bytes,
+        set = config.engine.max_buffered_bytes.is_some(),
+        "memory budget of in-memory messages"
+    );
     let refusal = config.node_local_refusal();
     let store = match &refusal {
         Some(why) => {

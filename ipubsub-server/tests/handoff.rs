@@ -199,3 +199,99 @@ async fn no_acknowledged_message_is_lost_across_a_graceful_leave_under_load() ->
     assert_eq!(received.len(), unique.len(), "duplicates");
     Ok(())
 }
+
+/// A leaving node hands its messages to a node whose memory budget is full: the hand-offs
+/// are refused (503 MEMORY_LIMIT), kept by the leaving node and tried again, and every
+/// message either node accepted is received once receivers make room. None is dropped
+/// because the destination was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_into_a_full_node_waits_for_room_and_loses_nothing() -> TestResult {
+    const BUDGET: usize = 1 << 20;
+    let mut cluster = Cluster::start_configured(
+        2,
+        2,
+        &format!("engine:\n  max_buffered_bytes: {BUDGET}\nhttp:\n  max_body_bytes: 100000\n"),
+        &[],
+    );
+    cluster.converge(2, Duration::from_secs(15)).await;
+    // Twice the two budgets, one 20 KiB message per stream, through both nodes: each node
+    // ends up full of its own streams' messages.
+    let payload = "y".repeat(20 << 10);
+    let mut accepted = Vec::new();
+    for i in 0..200 {
+        let (status, body) = cluster
+            .node(i % 2)
+            .send(json!({"streamId": format!("full-{i}"), "messageUuid": format!("m{i}"), "message": payload}))
+            .await;
+        match status {
+            StatusCode::OK => accepted.push(i),
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(common::code(&body), "MEMORY_LIMIT"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let stays = common::Client::new(cluster.node(1).addr);
+    let held = stays.metric("ipubsub_buffered_bytes ").await.unwrap_or(0.0);
+    println!(
+        "{} of 200 accepted; node-1 holds {held} bytes of {BUDGET}",
+        accepted.len()
+    );
+    assert!(held > (BUDGET - (40 << 10)) as f64, "node-1 is not full");
+    let refusals_before = stays
+        .metric("ipubsub_memory_refusals_total")
+        .await
+        .unwrap_or(0.0);
+
+    // Node 0 leaves while node 1 is full; node 1's receivers catch up a second later.
+    let mut leaving = cluster.nodes[0].take().ok_or("node 0")?;
+    let left = std::thread::spawn(move || leaving.terminate(Duration::from_secs(20)).success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused_hand_offs = stays
+        .metric("ipubsub_memory_refusals_total")
+        .await
+        .unwrap_or(0.0)
+        - refusals_before;
+    let mut received = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.len() < accepted.len() && Instant::now() < deadline {
+        for &i in &accepted {
+            if received.contains_key(&i) {
+                continue;
+            }
+            let (status, body) = stays
+                .receive(&format!("streamId=full-{i}&timeoutSeconds=0"))
+                .await;
+            if status == StatusCode::OK {
+                assert_eq!(body["messageUuid"], json!(format!("m{i}")));
+                *received.entry(i).or_insert(0) += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left.join().map_err(|_| "leave")?,
+        "the leaving node exits 0"
+    );
+    let lost: Vec<_> = accepted
+        .iter()
+        .filter(|i| !received.contains_key(i))
+        .collect();
+    println!(
+        "hand-offs refused for memory while node-1 was full: {refused_hand_offs}; received {} of {}, lost {lost:?}",
+        received.len(),
+        accepted.len()
+    );
+    assert!(refused_hand_offs > 0.0, "no hand-off met a full node");
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    // Nothing twice: a second pass finds every stream empty.
+    for &i in &accepted {
+        let (status, _) = stays
+            .receive(&format!("streamId=full-{i}&timeoutSeconds=0"))
+            .await;
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "stream full-{i} gave a second message"
+        );
+    }
+    Ok(())
+}

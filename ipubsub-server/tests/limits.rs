@@ -506,3 +506,98 @@ async fn garbage_on_the_gossip_port_cannot_flood_the_log() -> TestResult {
     );
     Ok(())
 }
+
+/// Five times `engine.max_buffered_bytes` (16 MiB) of in-memory sends from four clients:
+/// the node takes what fits and refuses the rest with 503 MEMORY_LIMIT, its memory grows by
+/// the budget plus a stated overhead at most (well under what was offered), it keeps serving,
+/// and receives make room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sends_past_the_memory_budget_are_503_and_memory_stays_bounded() -> TestResult {
+    const BUDGET: u64 = 16 << 20;
+    const PAYLOAD: usize = 200 << 10;
+    /// What the node may hold beyond the budget: allocator slack and the buffers of the
+    /// requests in flight.
+    const OVERHEAD: u64 = 24 << 20;
+    let server = TestServer::start_with(
+        &format!(
+            "http:\n  max_body_bytes: 300000\n  max_stream_size: 1000\nengine:\n  max_buffered_bytes: {BUDGET}\nstorage:\n  backend: none\n"
+        ),
+        &[],
+    );
+    let client = Client::new(server.addr);
+    still_serves(&client, "warm-up").await;
+    let before = server.rss_bytes();
+    let payload = "x".repeat(PAYLOAD);
+    let senders: Vec<_> = (0..4)
+        .map(|task| {
+            let (client, payload) = (client.clone(), payload.clone());
+            tokio::spawn(async move {
+                let (mut taken, mut refused) = (0u64, 0u64);
+                for i in 0..100 {
+                    let body = json!({
+                        "streamId": format!("big-{task}-{}", i % 10),
+                        "messageUuid": format!("m{i}"),
+                        "message": payload,
+                        "inMemoryStreamSize": 1000,
+                    });
+                    match send(&client, body).await {
+                        (StatusCode::OK, _) => taken += 1,
+                        (StatusCode::SERVICE_UNAVAILABLE, body)
+                            if code(&body) == "MEMORY_LIMIT" =>
+                        {
+                            refused += 1
+                        }
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                }
+                (taken, refused)
+            })
+        })
+        .collect();
+    let (mut taken, mut refused) = (0, 0);
+    for sender in senders {
+        let (t, r) = sender.await?;
+        taken += t;
+        refused += r;
+    }
+    let grown = server.rss_bytes().saturating_sub(before);
+    let held = metric(&client, "ipubsub_buffered_bytes").await;
+    println!(
+        "offered {} MiB: {taken} sends taken, {refused} refused; {held} bytes held, RSS grew {} MiB",
+        (400 * PAYLOAD) >> 20,
+        grown >> 20
+    );
+    assert!(
+        held <= BUDGET as f64 && held >= (BUDGET as f64) * 0.9,
+        "{held} bytes held"
+    );
+    // Each taken message counts its payload (the JSON string, quotes included), its id
+    // and its record.
+    assert!(
+        (taken * PAYLOAD as u64..=taken * (PAYLOAD as u64 + 200)).contains(&(held as u64)),
+        "{taken} messages taken, {held} bytes counted"
+    );
+    assert_eq!(taken + refused, 400);
+    assert!(
+        grown <= BUDGET + OVERHEAD,
+        "RSS grew {} MiB for a budget of {} MiB",
+        grown >> 20,
+        BUDGET >> 20
+    );
+    assert_eq!(
+        metric(&client, r#"ipubsub_limit_hits_total{limit="memory"}"#).await,
+        refused as f64
+    );
+    assert!(metric(&client, "ipubsub_memory_refusals_total").await >= refused as f64);
+    still_serves(&client, "during-the-limit").await;
+    // Receives free room: a big send fits again.
+    let (status, body) = receive(&client, "streamId=big-0-0&timeoutSeconds=0&maxMessages=5").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        &client,
+        json!({"streamId": "after", "messageUuid": "a", "message": payload}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(())
+}

@@ -11,13 +11,21 @@ use crate::message::Message;
 /// Slots a drained queue keeps allocated; a larger one is freed.
 const RETAINED: usize = 16;
 
-/// A FIFO of messages: empty, one inline message, or a heap queue.
+/// What one message held by the engine counts against its memory budget
+/// ([`EngineConfig::max_buffered_bytes`](super::EngineConfig::max_buffered_bytes)): its
+/// payload and id, and the record that holds them.
+pub(super) fn charge(message: &Message) -> usize {
+    std::mem::size_of::<Message>() + message.id().as_str().len() + message.payload().len()
+}
+
+/// A FIFO of messages: empty, one inline message, or a heap queue with the sum of its
+/// messages' [`charge`]s.
 #[derive(Debug, Default)]
 pub(super) enum Buffer {
     #[default]
     Empty,
     One(Message),
-    Many(VecDeque<Message>),
+    Many(VecDeque<Message>, usize),
 }
 
 impl Buffer {
@@ -25,7 +33,31 @@ impl Buffer {
         match self {
             Buffer::Empty => 0,
             Buffer::One(_) => 1,
-            Buffer::Many(queue) => queue.len(),
+            Buffer::Many(queue, _) => queue.len(),
+        }
+    }
+
+    /// The sum of the buffered messages' [`charge`]s.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Buffer::Empty => 0,
+            Buffer::One(message) => charge(message),
+            Buffer::Many(_, bytes) => *bytes,
+        }
+    }
+
+    /// The sum of the [`charge`]s of the `n` oldest messages.
+    pub(super) fn oldest_bytes(&self, n: usize) -> usize {
+        match self {
+            Buffer::Empty => 0,
+            Buffer::One(message) => {
+                if n > 0 {
+                    charge(message)
+                } else {
+                    0
+                }
+            }
+            Buffer::Many(queue, _) => queue.iter().take(n).map(charge).sum(),
         }
     }
 
@@ -38,7 +70,7 @@ impl Buffer {
         match self {
             Buffer::Empty => false,
             Buffer::One(message) => message.id() == id,
-            Buffer::Many(queue) => queue.iter().any(|m| m.id() == id),
+            Buffer::Many(queue, _) => queue.iter().any(|m| m.id() == id),
         }
     }
 
@@ -49,9 +81,13 @@ impl Buffer {
                 let Buffer::One(first) = std::mem::take(self) else {
                     unreachable!("matched One")
                 };
-                *self = Buffer::Many(VecDeque::from([first, message]));
+                let bytes = charge(&first) + charge(&message);
+                *self = Buffer::Many(VecDeque::from([first, message]), bytes);
             }
-            Buffer::Many(queue) => queue.push_back(message),
+            Buffer::Many(queue, bytes) => {
+                *bytes += charge(&message);
+                queue.push_back(message);
+            }
         }
     }
 
@@ -62,9 +98,13 @@ impl Buffer {
                 let Buffer::One(second) = std::mem::take(self) else {
                     unreachable!("matched One")
                 };
-                *self = Buffer::Many(VecDeque::from([message, second]));
+                let bytes = charge(&message) + charge(&second);
+                *self = Buffer::Many(VecDeque::from([message, second]), bytes);
             }
-            Buffer::Many(queue) => queue.push_front(message),
+            Buffer::Many(queue, bytes) => {
+                *bytes += charge(&message);
+                queue.push_front(message);
+            }
         }
     }
 
@@ -75,8 +115,11 @@ impl Buffer {
                 Buffer::One(message) => Some(message),
                 _ => unreachable!("matched One"),
             },
-            Buffer::Many(queue) => {
+            Buffer::Many(queue, bytes) => {
                 let message = queue.pop_front();
+                if let Some(message) = &message {
+                    *bytes -= charge(message);
+                }
                 if queue.is_empty() && queue.capacity() > RETAINED {
                     // A burst is over: give its memory back.
                     *self = Buffer::Empty;
@@ -92,7 +135,7 @@ impl Buffer {
         match self {
             Buffer::Empty => 0,
             Buffer::One(_) => 1,
-            Buffer::Many(queue) => queue.capacity(),
+            Buffer::Many(queue, _) => queue.capacity(),
         }
     }
 }
@@ -148,7 +191,29 @@ mod tests {
         b.push_back(msg(1));
         b.push_back(msg(2));
         assert_eq!(ids(&mut b).len(), 2);
-        assert!(matches!(b, Buffer::Many(_)));
+        assert!(matches!(b, Buffer::Many(..)));
+    }
+
+    #[test]
+    fn counts_the_bytes_it_holds_in_every_shape() {
+        let mut b = Buffer::default();
+        let one = charge(&msg(1));
+        assert!(one > std::mem::size_of::<Message>());
+        for n in 1..=20 {
+            b.push_back(msg(1));
+            assert_eq!(b.bytes(), n * one);
+        }
+        b.push_front(msg(1));
+        assert_eq!(b.oldest_bytes(3), 3 * one);
+        while b.pop_front().is_some() {
+            assert_eq!(b.bytes(), b.len() * one);
+        }
+        assert_eq!(b.bytes(), 0);
+        b.push_front(msg(1));
+        assert_eq!(
+            (b.bytes(), b.oldest_bytes(1), b.oldest_bytes(0)),
+            (one, one, 0)
+        );
     }
 
     #[test]

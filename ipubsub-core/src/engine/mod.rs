@@ -17,9 +17,10 @@ pub use receive::ReceiveFuture;
 pub use send::{SendFuture, SendOptions, SendOutcome};
 use stream::Stream;
 
+use crate::error::SendError;
 use crate::id::StreamId;
 use crate::message::Message;
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::time::{Clock, SystemClock, Timestamp};
 
@@ -33,6 +34,15 @@ pub struct EngineConfig {
     pub max_streams: usize,
     /// Most receives and blocking sends waiting at once.
     pub max_waiters: usize,
+    /// The memory budget of the messages the engine holds: buffered ones and those of
+    /// waiting senders, each counted as its payload, its id and its record
+    /// (`size_of::<Message>()`). A send that would pass it is refused with
+    /// [`SendError::MemoryLimit`](crate::SendError::MemoryLimit), and so is a hand-off
+    /// ([`Engine::adopt`]); nothing already accepted is dropped for it, and messages put back
+    /// ([`Engine::restore`], a receive given up after it was handed one) count but are never
+    /// refused. Checked without a lock across streams: concurrent sends may pass it by up to
+    /// one message each.
+    pub max_buffered_bytes: usize,
     /// How long an empty stream nobody waits on survives before [`Engine::sweep_idle`] drops it
     /// (idle time is kept in whole seconds: up to a second more, never less).
     pub stream_idle_timeout: Duration,
@@ -44,6 +54,7 @@ impl Default for EngineConfig {
             shards: 256,
             max_streams: 10_000_000,
             max_waiters: 200_000,
+            max_buffered_bytes: 1 << 30,
             stream_idle_timeout: Duration::from_secs(60),
         }
     }
@@ -70,9 +81,13 @@ pub struct EngineStats {
     /// Receives and blocking sends waiting.
     pub waiters: usize,
     /// Messages buffered in all streams, as counted by the last [`Engine::sweep_idle`] (which
-    /// visits every stream anyway; counting on every send and receive would put a shared
-    /// counter on the hot path).
+    /// visits every stream anyway).
     pub buffered_at_last_sweep: usize,
+    /// What the held messages count against
+    /// [`EngineConfig::max_buffered_bytes`], now.
+    pub buffered_bytes: usize,
+    /// Sends and hand-offs refused for the memory budget.
+    pub memory_refusals: u64,
 }
 
 /// The in-memory streaming engine: streams created on first use, three delivery modes, FIFO
@@ -95,6 +110,11 @@ struct Inner {
     waiters: AtomicUsize,
     /// [`EngineStats::buffered_at_last_sweep`].
     buffered: AtomicUsize,
+    /// [`EngineStats::buffered_bytes`]: the sum of every stream's [`Stream::bytes`], kept
+    /// by [`Inner::account`] around each change.
+    bytes: AtomicUsize,
+    /// [`EngineStats::memory_refusals`].
+    memory_refusals: AtomicU64,
     /// Set once by [`Engine::close`], before it visits the shards. Every registration checks it
     /// under its shard lock, so no waiter can slip in behind the close.
     closed: AtomicBool,
@@ -158,6 +178,8 @@ impl Engine {
                 streams: AtomicUsize::new(0),
                 waiters: AtomicUsize::new(0),
                 buffered: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+                memory_refusals: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -179,6 +201,8 @@ impl Engine {
             streams: self.inner.streams.load(Ordering::Relaxed),
             waiters: self.inner.waiters.load(Ordering::Relaxed),
             buffered_at_last_sweep: self.inner.buffered.load(Ordering::Relaxed),
+            buffered_bytes: self.inner.bytes.load(Ordering::Relaxed),
+            memory_refusals: self.inner.memory_refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -209,7 +233,7 @@ impl Engine {
         let mut table = shard.0.lock();
         let entry = Inner::find_mut(&mut table, hash, stream)?;
         entry.touch(now);
-        entry.take()
+        self.inner.metered(entry, Stream::take)
     }
 
     /// Takes up to `max` messages of `stream` that are there now, oldest first, without
@@ -222,7 +246,9 @@ impl Engine {
             return Vec::new();
         };
         entry.touch(now);
-        std::iter::from_fn(|| entry.take()).take(max).collect()
+        self.inner.metered(entry, |entry| {
+            std::iter::from_fn(|| entry.take()).take(max).collect()
+        })
     }
 
     /// Drops every stream that is empty, has no waiters and has been idle for the configured
@@ -240,7 +266,7 @@ impl Engine {
             let before = table.len();
             table.retain(|stream| {
                 buffered += stream.len();
-                !stream.is_idle(now, idle)
+                !self.inner.metered(stream, |s| s.is_idle(now, idle))
             });
             let gone = before - table.len();
             if gone > 0 {
@@ -265,7 +291,7 @@ impl Engine {
         self.inner.closed.store(true, Ordering::SeqCst);
         for shard in self.inner.shards.iter() {
             for stream in shard.0.lock().iter_mut() {
-                stream.close_waiters();
+                self.inner.metered(stream, Stream::close_waiters);
             }
         }
     }
@@ -296,7 +322,7 @@ impl Engine {
         for shard in self.inner.shards.iter() {
             let mut table = shard.0.lock();
             let moved = table.iter_mut().filter(|s| moved(s.id()));
-            out.extend(moved.filter_map(|stream| drain_one(stream)));
+            out.extend(moved.filter_map(|stream| self.inner.metered(stream, drain_one)));
         }
         out
     }
@@ -307,28 +333,58 @@ impl Engine {
     pub fn drain_stream(&self, id: &StreamId) -> Option<Drained> {
         let (hash, shard) = self.inner.locate(id);
         let mut table = shard.0.lock();
-        drain_one(Inner::find_mut(&mut table, hash, id)?)
+        let stream = Inner::find_mut(&mut table, hash, id)?;
+        self.inner.metered(stream, drain_one)
     }
 
     /// Takes over a message another node had accepted into `stream` (a hand-off): to the
     /// oldest waiting receiver, or else to the back of the buffer, whatever its room. An
-    /// accepted message is never refused, evicted or made to wait here; the stream is
-    /// created if missing (whatever the stream limit), sized `size` if no send has sized it.
-    /// A message whose id is already in the buffer is not added twice (a hand-off retried
-    /// after its answer, not its request, was lost).
+    /// accepted message is never evicted or made to wait here, and refused only when it does
+    /// not fit the memory budget ([`SendError::MemoryLimit`]: the node handing it over keeps
+    /// it and tries again); the stream is created if missing (whatever the stream limit),
+    /// sized `size` if no send has sized it. A message whose id is already in the buffer is
+    /// not added twice (a hand-off retried after its answer, not its request, was lost).
     pub fn adopt(
         &self,
         id: &StreamId,
         size: Option<u32>,
         message: Message,
-    ) -> Result<(), crate::SendError> {
-        self.with_stream_as(id, Create::Always, |stream, _| {
+    ) -> Result<(), SendError> {
+        self.take_in(id, size, message, true)
+    }
+
+    /// Puts back messages this engine had accepted and then drained to move
+    /// ([`Engine::drain_streams`]) when they stay after all: like [`Engine::adopt`], but never
+    /// refused for the memory budget (they were counted in it before they left).
+    pub fn restore(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        message: Message,
+    ) -> Result<(), SendError> {
+        self.take_in(id, size, message, false)
+    }
+
+    fn take_in(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        message: Message,
+        budgeted: bool,
+    ) -> Result<(), SendError> {
+        self.with_stream_as(id, Create::Always, |stream, inner| {
             if let Some(size) = size {
                 stream.capacity_or_set(size);
             }
-            stream.adopt(message);
-        })
-        .map_err(Into::into)
+            let taken = stream.adopt(message, |message| {
+                !budgeted || inner.fits(buffer::charge(message), 0)
+            });
+            if taken {
+                Ok(())
+            } else {
+                Err(inner.over_budget())
+            }
+        })?
     }
 
     /// Runs `f` on `stream` under its shard lock, creating the stream within the limits.
@@ -357,7 +413,10 @@ impl Engine {
             return Err(Refusal::ShuttingDown);
         }
         let stream = inner.stream_mut(&mut table, hash, id, now, create)?;
-        Ok(f(stream, inner))
+        let before = stream.bytes();
+        let result = f(stream, inner);
+        inner.account(before, stream.bytes());
+        Ok(result)
     }
 }
 
@@ -429,6 +488,42 @@ impl Inner {
         id: &StreamId,
     ) -> Option<&'t mut Stream> {
         table.find_mut(hash, |s| s.id() == id).map(|s| &mut **s)
+    }
+
+    /// Runs `f` on `stream` (under its shard lock) and accounts for the bytes it added or
+    /// removed.
+    fn metered<R>(&self, stream: &mut Stream, f: impl FnOnce(&mut Stream) -> R) -> R {
+        let before = stream.bytes();
+        let result = f(stream);
+        self.account(before, stream.bytes());
+        result
+    }
+
+    /// Moves [`Inner::bytes`] by a stream's change from `before` to `after`.
+    fn account(&self, before: usize, after: usize) {
+        if after > before {
+            self.bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether taking in `adding` bytes while letting go of `freeing` stays within the
+    /// memory budget; a refusal is counted.
+    fn fits(&self, adding: usize, freeing: usize) -> bool {
+        let held = self.bytes.load(Ordering::Relaxed).saturating_sub(freeing);
+        let fits = held.saturating_add(adding) <= self.config.max_buffered_bytes;
+        if !fits {
+            self.memory_refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    /// The refusal of a message that does not fit the memory budget.
+    fn over_budget(&self) -> SendError {
+        SendError::MemoryLimit {
+            max: self.config.max_buffered_bytes,
+        }
     }
 
     /// Reserves a waiting place, or refuses at the limit.

@@ -153,7 +153,7 @@ impl Engine {
             }
             Cancel::WasServed(message) if requeue => {
                 if let Ok(s) = inner.stream_mut(&mut table, hash, stream, now, Create::Always) {
-                    s.requeue(message);
+                    inner.metered(s, |s| s.requeue(message));
                 }
                 None
             }

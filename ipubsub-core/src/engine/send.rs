@@ -5,8 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::buffer::charge;
 use super::slot::{Cancel, Slot};
-use super::stream::SenderSlot;
+use super::stream::{SenderSlot, Stream};
 use super::{Engine, Inner, Refusal, WaitPermit};
 use crate::error::SendError;
 use crate::id::StreamId;
@@ -129,14 +130,22 @@ impl SendFuture {
                 Ok(()) => return Ok(First::Sent(SendOutcome::Delivered)),
                 Err(message) => message,
             };
+            let charge = charge(&message);
             if !options.wait {
                 if capacity == 0 {
                     // Nothing to evict into and nobody to hand to: refusing is the only
                     // answer that does not silently drop the message.
                     return Err(SendError::NoReceiver);
                 }
+                if !inner.fits(charge, s.eviction_bytes(capacity)) {
+                    return Err(inner.over_budget());
+                }
                 let evicted = s.push_evicting(message, capacity);
                 return Ok(First::Sent(SendOutcome::Buffered { evicted }));
+            }
+            // Buffered or waiting, the message is held from here on.
+            if !inner.fits(charge, 0) {
+                return Err(inner.over_budget());
             }
             let message = match s.try_push(message, capacity) {
                 Ok(()) => return Ok(First::Sent(SendOutcome::Buffered { evicted: 0 })),
@@ -234,7 +243,7 @@ impl Engine {
         match slot.cancel() {
             Cancel::WasWaiting => {
                 if let Some(s) = Inner::find_mut(&mut table, hash, stream) {
-                    s.sender_gave_up();
+                    self.inner.metered(s, Stream::sender_gave_up);
                 }
                 Err(give_up)
             }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use super::SendOutcome;
-use super::buffer::Buffer;
+use super::buffer::{Buffer, charge};
 use super::slot::Slot;
 use crate::id::StreamId;
 use crate::message::Message;
@@ -36,6 +36,9 @@ struct Waiting {
     dead_receivers: usize,
     /// The same for `senders`.
     dead_senders: usize,
+    /// The [`charge`]s of the messages in `senders`, dead entries' included (their messages
+    /// are held until swept out).
+    sender_bytes: usize,
 }
 
 impl Waiting {
@@ -45,7 +48,15 @@ impl Waiting {
             self.dead_receivers = 0;
         }
         if self.dead_senders > 0 {
-            self.senders.retain(|(slot, _)| slot.is_waiting());
+            let mut bytes = self.sender_bytes;
+            self.senders.retain(|(slot, message)| {
+                let keep = slot.is_waiting();
+                if !keep {
+                    bytes -= charge(message);
+                }
+                keep
+            });
+            self.sender_bytes = bytes;
             self.dead_senders = 0;
         }
     }
@@ -108,6 +119,19 @@ impl Stream {
 
     pub(super) fn len(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// What the stream's messages count against the engine's memory budget: the buffered
+    /// ones and those of waiting senders.
+    pub(super) fn bytes(&self) -> usize {
+        self.buffer.bytes() + self.waiting.as_ref().map_or(0, |w| w.sender_bytes)
+    }
+
+    /// The [`charge`]s of the messages [`push_evicting`](Self::push_evicting) would evict to
+    /// make room for one more at `capacity`.
+    pub(super) fn eviction_bytes(&self, capacity: usize) -> usize {
+        let over = (self.buffer.len() + 1).saturating_sub(capacity);
+        self.buffer.oldest_bytes(over)
     }
 
     fn waiting_mut(&mut self) -> &mut Waiting {
@@ -173,7 +197,9 @@ impl Stream {
     }
 
     pub(super) fn enqueue_sender(&mut self, slot: SenderSlot, message: Message) {
-        self.waiting_mut().senders.push_back((slot, message));
+        let waiting = self.waiting_mut();
+        waiting.sender_bytes += charge(&message);
+        waiting.senders.push_back((slot, message));
     }
 
     pub(super) fn enqueue_receiver(&mut self, slot: ReceiverSlot) {
@@ -211,6 +237,7 @@ impl Stream {
         let waiting = self.waiting.as_mut()?;
         let mut taken = None;
         while let Some((slot, message)) = waiting.senders.pop_front() {
+            waiting.sender_bytes -= charge(&message);
             if slot.fill(outcome).is_ok() {
                 taken = Some(message);
                 break;
@@ -223,14 +250,19 @@ impl Stream {
     }
 
     /// Takes over a message accepted elsewhere: to the next live receiver, else to the back
-    /// of the buffer, above its capacity if need be; a message of an id already buffered is
-    /// dropped as the duplicate it is.
-    pub(super) fn adopt(&mut self, message: Message) {
+    /// of the buffer, above its capacity if need be, if `room` allows it (false: refused, not
+    /// taken); a message of an id already buffered is dropped as the duplicate it is.
+    pub(super) fn adopt(&mut self, message: Message, room: impl FnOnce(&Message) -> bool) -> bool {
         if self.buffer.holds(message.id()) {
-            return;
+            return true;
         }
-        if let Err(message) = self.hand_to_receiver(message) {
-            self.buffer.push_back(message);
+        match self.hand_to_receiver(message) {
+            Ok(()) => true,
+            Err(message) if room(&message) => {
+                self.buffer.push_back(message);
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -489,3 +489,114 @@ fn an_adopted_message_goes_to_a_waiting_receiver_or_past_the_buffers_room_never_
     assert_eq!(e.drain_stream(&sid("s")).map(|d| d.size), Some(Some(2)));
     assert_eq!(ready(third), Err(SendError::Moved));
 }
+
+/// The bytes one `msg(id)` counts against the memory budget.
+fn cost(id: &str) -> usize {
+    super::buffer::charge(&msg(id))
+}
+
+#[test]
+fn the_memory_budget_refuses_what_would_pass_it_and_frees_what_leaves() {
+    // Room for exactly three one-letter messages.
+    let (e, _) = engine_with(EngineConfig {
+        max_buffered_bytes: 3 * cost("a"),
+        ..EngineConfig::default()
+    });
+    let over = SendError::MemoryLimit { max: 3 * cost("a") };
+    for id in ["a", "b", "c"] {
+        ready(e.send(sid("s"), msg(id), circular(3))).expect("within the budget");
+    }
+    assert_eq!(e.stats().buffered_bytes, 3 * cost("a"));
+    assert_eq!(
+        ready(e.send(sid("t"), msg("d"), waiting(10))),
+        Err(over.clone())
+    );
+    assert_eq!(
+        ready(e.send(sid("t"), msg("d"), circular(10))),
+        Err(over.clone())
+    );
+    // A full circular stream that evicts as much as it takes in still takes it.
+    assert_eq!(
+        ready(e.send(sid("s"), msg("d"), circular(3))),
+        Ok(SendOutcome::Buffered { evicted: 1 })
+    );
+    // A sync-match send handed straight to a receiver holds nothing.
+    let mut receiver = e.receive(sid("u"));
+    assert!(poll(&mut receiver).is_pending());
+    assert_eq!(
+        ready(e.send(sid("u"), msg("x"), waiting(0))),
+        Ok(SendOutcome::Delivered)
+    );
+    assert_eq!(
+        ready(receiver).map(|m| id_of(&m).to_owned()),
+        Ok("x".into())
+    );
+    // A hand-off is refused like a send; what this node drained is restored regardless.
+    assert_eq!(e.adopt(&sid("v"), Some(5), msg("h")), Err(over));
+    let drained = e.drain_stream(&sid("s")).expect("three messages");
+    assert_eq!(e.stats().buffered_bytes, 0);
+    for message in drained.messages {
+        e.restore(&sid("s"), drained.size, message)
+            .expect("restored");
+    }
+    e.restore(&sid("s"), None, msg("r"))
+        .expect("past the budget");
+    assert_eq!(e.stats().buffered_bytes, 4 * cost("a"));
+    assert_eq!(e.stats().memory_refusals, 3);
+    // Receives free the room.
+    assert_eq!(e.try_receive_many(&sid("s"), 2).len(), 2);
+    ready(e.send(sid("t"), msg("d"), waiting(10))).expect("room again");
+    assert_eq!(e.try_receive_many(&sid("s"), 10).len(), 2);
+    assert_eq!(e.try_receive_many(&sid("t"), 10).len(), 1);
+    assert_eq!(e.stats().buffered_bytes, 0);
+}
+
+#[test]
+fn waiting_senders_count_against_the_budget_until_they_leave() {
+    let (e, _) = engine_with(EngineConfig {
+        max_buffered_bytes: 2 * cost("a"),
+        ..EngineConfig::default()
+    });
+    // A sync-match sender waits holding its message.
+    let mut first = e.send(sid("s"), msg("a"), waiting(0));
+    assert!(poll(&mut first).is_pending());
+    let mut second = e.send(sid("s"), msg("b"), waiting(0));
+    assert!(poll(&mut second).is_pending());
+    assert_eq!(e.stats().buffered_bytes, 2 * cost("a"));
+    assert_eq!(
+        ready(e.send(sid("s"), msg("c"), waiting(0))),
+        Err(SendError::MemoryLimit { max: 2 * cost("a") })
+    );
+    // One gives up: its message is held (and counted) until its dead entry is reached or
+    // swept out, which happens once dead entries are half of the queue.
+    assert_eq!(first.abandon(), Err(SendError::NoReceiver));
+    assert_eq!(e.stats().buffered_bytes, 2 * cost("a"));
+    // A receiver takes the other's.
+    assert_eq!(
+        ready(e.receive(sid("s"))).map(|m| id_of(&m).to_owned()),
+        Ok("b".into())
+    );
+    assert_eq!(ready(second), Ok(SendOutcome::Delivered));
+    assert_eq!(e.stats().buffered_bytes, 0);
+    // A receive given up after it was handed a message puts it back, counted.
+    let mut receiver = e.receive(sid("s"));
+    assert!(poll(&mut receiver).is_pending());
+    ready(e.send(sid("s"), msg("d"), waiting(0))).expect("delivered");
+    drop(receiver);
+    assert_eq!(e.stats().buffered_bytes, cost("a"));
+    // A blocking queue's waiting sender, then shutdown: the unaccepted message is let go.
+    assert!(e.try_receive(&sid("s")).is_some());
+    ready(e.send(sid("q"), msg("e"), waiting(1))).expect("buffered");
+    let mut blocked = e.send(sid("q"), msg("f"), waiting(1));
+    assert!(poll(&mut blocked).is_pending());
+    assert_eq!(e.stats().buffered_bytes, 2 * cost("a"));
+    e.close();
+    assert_eq!(ready(blocked), Err(SendError::ShuttingDown));
+    assert_eq!(
+        e.stats().buffered_bytes,
+        cost("a"),
+        "the accepted one stays"
+    );
+    assert_eq!(e.drain().len(), 1);
+    assert_eq!(e.stats().buffered_bytes, 0);
+}

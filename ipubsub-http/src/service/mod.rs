@@ -577,6 +577,7 @@ pub(crate) fn error_response(error: &ApiError) -> Response<ApiBody> {
         | ErrorCode::NotReady
         | ErrorCode::StreamMoved
         | ErrorCode::LogQueueFull
+        | ErrorCode::MemoryLimit
         | ErrorCode::OwnerUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

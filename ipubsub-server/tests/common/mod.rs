@@ -174,6 +174,7 @@ impl Drop for TestServer {
 }
 
 /// A client of one server address, without owning the server.
+#[derive(Clone)]
 pub struct Client {
     addr: SocketAddr,
     client: HttpClient<HttpConnector, Full<Bytes>>,
