@@ -78,6 +78,12 @@ pub enum ErrorCode {
     /// (`engine.max_buffered_bytes`): the message was not accepted. Retry after
     /// `Retry-After`, once receivers have taken some.
     MemoryLimit,
+    /// 400: the request is not valid HTTP/1.1 (a bad request line or header); the
+    /// connection is closed after this answer.
+    MalformedRequest,
+    /// 431: the request line and headers are larger than the node reads (or have too many
+    /// fields); the connection is closed after this answer.
+    HeadersTooLarge,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -115,6 +121,8 @@ impl ErrorCode {
             Self::NotReady => "NOT_READY",
             Self::LogQueueFull => "LOG_QUEUE_FULL",
             Self::MemoryLimit => "MEMORY_LIMIT",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
+            Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::Internal => "INTERNAL",
         }
     }
@@ -130,7 +138,9 @@ impl ErrorCode {
             | Self::UnknownParameter
             | Self::InvalidParameter
             | Self::PersistenceNotConfigured
-            | Self::PersistenceNotShared => StatusCode::BAD_REQUEST,
+            | Self::PersistenceNotShared
+            | Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -368,6 +378,8 @@ mod tests {
             ErrorCode::NotReady,
             ErrorCode::LogQueueFull,
             ErrorCode::MemoryLimit,
+            ErrorCode::MalformedRequest,
+            ErrorCode::HeadersTooLarge,
             ErrorCode::Internal,
         ];
         for code in codes {

@@ -48,6 +48,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod malformed;
 mod metrics;
 mod ownership;
 mod readiness;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::malformed::{self, Progress, Tracked, Watched};
 use crate::metrics::Limit;
 use crate::service::{App, error_response};
 
@@ -224,28 +226,41 @@ impl Connection {
         let idle_timeout = config.idle_timeout;
         let h2 = (protocol == Protocol::Http2).then(|| http2_builder(&config.http2));
         let app = self.app;
-        let service = service_fn(move |request| {
-            // Routed now: the future hyper keeps holds the answer's future only.
-            let answer = app.handle(request);
-            async move { Ok::<_, Infallible>(answer.await) }
-        });
         let ended = match h2 {
             // Boxed: an HTTP/2 connection's state is kilobytes, and every HTTP/1.1 connection's
             // task would be that large too. Its writes are gathered: the answers of the streams
             // that finish in one turn of the scheduler leave in one write.
             Some(h2) => {
+                let service = service_fn(move |request| {
+                    // Routed now: the future hyper keeps holds the answer's future only.
+                    let answer = app.handle(request);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
                 let io = TokioIo::new(Coalesce::new(io));
                 Box::pin(self.watcher.watch(h2.serve_connection(io, service))).await
             }
             None => {
-                let io = TokioIo::new(io);
+                // Driven by `malformed::drive`, which answers a request hyper cannot parse;
+                // it needs the answer's future to be `Unpin` (one box per request).
+                let progress = Arc::new(Progress::default());
+                let closing = app.closing();
+                let dispatched = Arc::clone(&progress);
+                let service = service_fn(move |request: hyper::Request<Incoming>| {
+                    dispatched.dispatched();
+                    let progress = Arc::clone(&dispatched);
+                    let answer = app.handle(request.map(|body| Watched::new(body, progress)));
+                    Box::pin(async move { Ok::<_, Infallible>(answer.await) })
+                });
+                let io = TokioIo::new(Tracked::new(io, progress));
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     // Answers to pipelined requests go out in one write, not one each.
                     .pipeline_flush(true)
                     .header_read_timeout(idle_timeout)
                     .serve_connection(io, service);
-                self.watcher.watch(connection).await
+                // The graceful shutdown waits for the watcher to be dropped, at the end.
+                let _watching = &self.watcher;
+                malformed::drive(connection, closing).await
             }
         };
         if let Err(e) = ended {

@@ -601,3 +601,83 @@ async fn in_memory_sends_past_the_memory_budget_are_503_and_memory_stays_bounded
     assert_eq!(status, StatusCode::OK, "{body}");
     Ok(())
 }
+
+/// What the server answers on a fresh connection to `request` (written whole; a write the
+/// server cut short by answering and closing is fine), read until it closes or 5 s pass.
+async fn answer_to(server: &TestServer, request: &[u8]) -> std::io::Result<String> {
+    let mut socket = TcpStream::connect(server.addr).await?;
+    let _ = socket.write_all(request).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut socket)).await;
+    answer.unwrap_or_else(|_| Ok("<no answer in 5 s>".into()))
+}
+
+/// Malformed HTTP/1.1 gets the proper status and the JSON error, then the connection is
+/// closed: a 1 MB header line and 20,000 headers 431, random bytes, a bad request line and
+/// a bad chunk size 400; also after a good request on the same connection. (Before: the
+/// connection was closed with no answer at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_is_answered_with_its_status_and_a_json_error() -> TestResult {
+    let server = small_server();
+    let big_line = [
+        b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: ".as_slice(),
+        &vec![b'a'; 1 << 20],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let many: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("x-h{i}: v\r\n").into_bytes())
+        .collect();
+    let many_headers = [
+        b"GET /health HTTP/1.1\r\nhost: x\r\n".as_slice(),
+        &many,
+        b"\r\n",
+    ]
+    .concat();
+    let bad_chunk = format!(
+        "POST /api/v1/streams/send HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    );
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("a 1 MB header line", &big_line, "431 HEADERS_TOO_LARGE"),
+        ("20,000 headers", &many_headers, "431 HEADERS_TOO_LARGE"),
+        (
+            "random bytes",
+            b"\x16\x03\x01\x02\x00\xff\xfe garbage\r\n\r\n",
+            "400 MALFORMED_REQUEST",
+        ),
+        (
+            "a bad request line",
+            b"GET /health HTTP/9.9\r\n\r\n",
+            "400 MALFORMED_REQUEST",
+        ),
+        (
+            "a bad chunk size",
+            bad_chunk.as_bytes(),
+            "400 MALFORMED_REQUEST",
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let answer = answer_to(&server, request).await?;
+        let (status, code) = expected.split_once(' ').ok_or("expected")?;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {answer:.300}"
+        );
+        assert!(head.contains("connection: close"), "{what}: {head}");
+        let json: Value = serde_json::from_str(body)?;
+        assert_eq!(json["error"]["code"], code, "{what}: {body}");
+    }
+    // A keep-alive connection: a good request, then a malformed one.
+    let mut socket = TcpStream::connect(server.addr).await?;
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let first = read_response(&mut socket).await?;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    socket.write_all(b"\x00\x01 not http\r\n\r\n").await?;
+    let second = read_response(&mut socket).await?;
+    assert!(second.starts_with("HTTP/1.1 400 "), "{second}");
+    assert!(second.contains("MALFORMED_REQUEST"), "{second}");
+    still_serves(&Client::new(server.addr), "after-malformed").await;
+    Ok(())
+}

@@ -157,6 +157,12 @@ impl App {
         }
     }
 
+    /// Completes once [`close`](Self::close) was called: when connections start their
+    /// graceful shutdown.
+    pub(crate) fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.closing.fired()
+    }
+
     /// `work`, or `SHUTTING_DOWN` with `what` if [`cut_in_flight`](Self::cut_in_flight) comes
     /// first. Work that finishes at once never registers with the signal.
     async fn unless_cut<T>(
