@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::coalesce::Coalesce;
+use crate::in_flight::{InFlight, Permit, Relayed};
 use crate::node::{Node, NodeId};
 use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
 
@@ -87,10 +88,23 @@ pub enum ForwardError {
         /// How long this node waited.
         waited: Duration,
     },
+    /// This node already has its maximum of requests in flight to the owner
+    /// ([`Forwarder::with_max_in_flight`]): the request was not delivered.
+    #[error("this node has its maximum of {max} requests in flight to node {node}")]
+    Busy {
+        /// The owner.
+        node: NodeId,
+        /// The cap in force.
+        max: usize,
+    },
     /// The request could not be built (a bug).
     #[error("cannot build the forwarded request")]
     Request(#[source] hyper::http::Error),
 }
+
+/// Requests in flight to one member at most, by default: the default number of requests an
+/// ipubsub node takes on one HTTP/2 connection (`http.http2.max_concurrent_streams`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16_384;
 
 /// Which HTTP version the forwarder speaks to members.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,6 +157,8 @@ pub struct Forwarder {
     /// Sent on every forwarded request, when the cluster has one.
     secret: Option<ClusterSecret>,
     http: PeerHttp,
+    /// Requests in flight per member, capped.
+    in_flight: InFlight,
     /// What [`with_tls`](Self::with_tls) was given, kept to build the client again when the
     /// HTTP version changes.
     #[cfg(feature = "tls")]
@@ -164,9 +180,18 @@ impl Forwarder {
             local,
             secret: None,
             http,
+            in_flight: InFlight::new(DEFAULT_MAX_IN_FLIGHT),
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// This forwarder, with at most `max` requests in flight to each member (at least 1):
+    /// past it a forward fails at once with [`ForwardError::Busy`]. A request's place is
+    /// given back once its answer was read, an event stream's when the stream ends.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.in_flight = InFlight::new(max.max(1));
+        self
     }
 
     /// This forwarder, speaking `http` to members.
@@ -244,7 +269,8 @@ impl Forwarder {
         wait: Duration,
         request_id: &str,
         last_event_id: Option<&hyper::header::HeaderValue>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<Relayed>, ForwardError> {
+        let permit = self.enter(owner)?;
         let mut request = self.request(
             owner,
             Method::GET,
@@ -264,12 +290,22 @@ impl Forwarder {
         // The head comes at once: an owner answers an event stream before it has any event.
         let limit = SLACK;
         match tokio::time::timeout(limit, self.send(owner, request)).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|answer| answer.map(|body| Relayed::new(body, permit))),
             Err(_elapsed) => Err(ForwardError::Timeout {
                 node: owner.id().clone(),
                 waited: limit,
             }),
         }
+    }
+
+    /// A place among the requests in flight to `owner`, or [`ForwardError::Busy`].
+    fn enter(&self, owner: &Node) -> Result<Permit, ForwardError> {
+        self.in_flight
+            .enter(owner.id())
+            .ok_or_else(|| ForwardError::Busy {
+                node: owner.id().clone(),
+                max: self.in_flight.max(),
+            })
     }
 
     /// Hands a message over to `owner`: `body` is a send (to `path`) of a message this node
@@ -308,6 +344,7 @@ impl Forwarder {
         request_id: &str,
         handoff: Option<&str>,
     ) -> Result<Response<Bytes>, ForwardError> {
+        let _permit = self.enter(owner)?;
         let mut request = self.request(owner, method, path_and_query, body, wait, request_id)?;
         if let Some(copy) = handoff {
             let value = hyper::header::HeaderValue::from_str(copy)
@@ -604,6 +641,67 @@ mod tests {
             assert_eq!(answer.body().as_ref(), b"fwd");
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    /// Past its cap of requests in flight to a member, a forward fails at once as busy (not
+    /// queued behind the member's stream limit); answered requests give their places back.
+    #[tokio::test]
+    async fn past_its_cap_a_forward_to_a_member_is_refused_at_once()
+    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use std::sync::Arc;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        // The owner holds every request until it is told to answer.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let released = Arc::new(released);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let released = Arc::clone(&released);
+                let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                    let mut released = (*released).clone();
+                    async move {
+                        let _ = released.wait_for(|&answer| answer).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+        let forwarder = Forwarder::new(NodeId::new("n1")?).with_max_in_flight(2);
+        let to = Node::new(NodeId::new("n2")?, addr);
+        let forward = |forwarder: Forwarder, to: Node| async move {
+            let wait = Duration::from_secs(5);
+            forwarder
+                .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
+                .await
+        };
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(forward(forwarder.clone(), to.clone())))
+            .collect();
+        while forwarder.in_flight.count(to.id()) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(
+            Duration::from_secs(1),
+            forward(forwarder.clone(), to.clone()),
+        )
+        .await?;
+        assert!(
+            matches!(refused, Err(ForwardError::Busy { max: 2, .. })),
+            "{refused:?}"
+        );
+        release.send(true)?;
+        for request in held {
+            assert_eq!(request.await??.status(), 200);
+        }
+        assert_eq!(forwarder.in_flight.count(to.id()), 0);
+        let again = forward(forwarder.clone(), to.clone()).await?;
+        assert_eq!(again.status(), 200);
         Ok(())
     }
 

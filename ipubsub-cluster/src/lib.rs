@@ -28,6 +28,7 @@
 
 pub mod coalesce;
 pub mod forward;
+pub mod in_flight;
 pub mod membership;
 pub mod node;
 pub mod ring;
@@ -39,9 +40,10 @@ use std::time::{Duration, Instant};
 
 pub use coalesce::Coalesce;
 pub use forward::{
-    DEADLINE_HEADER, FORWARDED_HEADER, ForwardError, Forwarder, HANDOFF_HEADER, PeerHttp,
-    REQUEST_ID_HEADER,
+    DEADLINE_HEADER, DEFAULT_MAX_IN_FLIGHT, FORWARDED_HEADER, ForwardError, Forwarder,
+    HANDOFF_HEADER, PeerHttp, REQUEST_ID_HEADER,
 };
+pub use in_flight::Relayed;
 use ipubsub_core::StreamId;
 pub use membership::{Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};

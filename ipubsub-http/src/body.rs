@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+use ipubsub_cluster::Relayed;
 
 use crate::sse::EventStream;
 
@@ -23,7 +24,9 @@ enum Kind {
     /// Served here.
     Events(Box<EventStream>),
     /// Served by the stream's owner and passed through as it arrives.
-    Relayed(Incoming),
+    /// Boxed: it holds its request's place in flight to the member, and most answers are
+    /// not relayed streams.
+    Relayed(Box<Relayed>),
 }
 
 /// Why a body ended early: the owner whose events were passed through broke the exchange.
@@ -34,8 +37,8 @@ impl ApiBody {
         Self(Kind::Events(Box::new(events)))
     }
 
-    pub(crate) fn relayed(body: Incoming) -> Self {
-        Self(Kind::Relayed(body))
+    pub(crate) fn relayed(body: Relayed) -> Self {
+        Self(Kind::Relayed(Box::new(body)))
     }
 }
 
@@ -64,7 +67,7 @@ impl Body for ApiBody {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
             Kind::Events(events) => events.poll_frame(cx).map(|f| f.map(Ok)),
-            Kind::Relayed(body) => Pin::new(body)
+            Kind::Relayed(body) => Pin::new(&mut **body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
         }

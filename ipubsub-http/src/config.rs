@@ -67,6 +67,9 @@ pub struct HttpConfig {
     /// Which HTTP version this node speaks to members when it forwards a request or hands a
     /// message over.
     pub peer_http: PeerHttp,
+    /// Requests this node has in flight to one member at most (forwarded requests, event
+    /// streams and hand-offs); one more is answered 503 `TOO_MANY_WAITERS`.
+    pub max_forwarded_per_member: usize,
 }
 
 /// The limits of one HTTP/2 connection. Every other limit (body size and read time, waiters,
@@ -132,6 +135,7 @@ impl Default for HttpConfig {
             sse_heartbeat: Duration::from_secs(15),
             http2: Http2Config::default(),
             peer_http: PeerHttp::default(),
+            max_forwarded_per_member: ipubsub_cluster::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }

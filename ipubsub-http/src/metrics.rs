@@ -53,6 +53,8 @@ pub(crate) enum Limit {
     LogStreams,
     /// `engine.max_buffered_bytes`.
     Memory,
+    /// `cluster.max_forwarded_per_member`.
+    Forwarded,
 }
 
 impl Limit {
@@ -73,6 +75,7 @@ impl Limit {
             Self::LogQueue => "log_queue",
             Self::LogStreams => "log_streams",
             Self::Memory => "memory",
+            Self::Forwarded => "forwarded",
         }
     }
 }
@@ -135,6 +138,8 @@ pub(crate) enum ForwardOutcome {
     TlsFailed,
     /// The exchange failed; the client got a 424.
     Failed,
+    /// This node had its maximum of requests in flight to the owner; the client got a 503.
+    Busy,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -334,6 +339,7 @@ impl Metrics {
             ForwardOutcome::Unreachable => "unreachable",
             ForwardOutcome::TlsFailed => "tls_failed",
             ForwardOutcome::Failed => "failed",
+            ForwardOutcome::Busy => "busy",
         };
         self.inner
             .forwards

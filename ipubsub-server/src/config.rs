@@ -100,6 +100,8 @@ pub struct ClusterSection {
     pub join_timeout_seconds: u64,
     /// Shared by every member: proves forwarded requests. Needed in a cluster with auth on.
     pub secret: Option<Secret>,
+    /// Requests this node has in flight to one member at most; more get a 503.
+    pub max_forwarded_per_member: usize,
 }
 
 impl Default for ClusterSection {
@@ -111,6 +113,7 @@ impl Default for ClusterSection {
             gossip_interval_ms: 500,
             join_timeout_seconds: 5,
             secret: None,
+            max_forwarded_per_member: ipubsub_cluster::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -643,6 +646,9 @@ impl Config {
         if self.engine.sweep_interval_seconds == 0 {
             return invalid("engine.sweep_interval_seconds must be above 0".into());
         }
+        if self.cluster.max_forwarded_per_member == 0 {
+            return invalid("cluster.max_forwarded_per_member must be above 0".into());
+        }
         if self.engine.max_buffered_bytes == Some(0) {
             return invalid("engine.max_buffered_bytes must be above 0 (or unset)".into());
         }
@@ -657,6 +663,7 @@ impl Config {
     pub fn http_config(&self) -> Result<HttpConfig, ConfigError> {
         let mut c = HttpConfig::default();
         c.max_body_bytes = self.http.max_body_bytes;
+        c.max_forwarded_per_member = self.cluster.max_forwarded_per_member;
         c.max_stream_id_bytes = self.http.max_stream_id_bytes;
         c.default_receive_timeout = Duration::from_secs(self.http.receive_default_timeout_seconds);
         c.max_timeout = Duration::from_secs(self.http.max_timeout_seconds);

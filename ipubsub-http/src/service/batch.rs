@@ -403,12 +403,17 @@ impl App {
                 Forwarded::Again(items)
             }
             Err(e) => {
-                metrics.forward(ForwardOutcome::Failed);
-                tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "forwarding a batch failed");
-                let failed = ApiError::new(
-                    ErrorCode::OwnerUnavailable,
-                    format!("the node that owns this stream did not answer: {e}"),
-                );
+                let failed = if let ForwardError::Busy { .. } = e {
+                    metrics.forward(ForwardOutcome::Busy);
+                    ApiError::new(ErrorCode::TooManyWaiters, e.to_string()).hit(Limit::Forwarded)
+                } else {
+                    metrics.forward(ForwardOutcome::Failed);
+                    tracing::warn!(request_id = %id, owner = %owner.id(), error = chain(&e), "forwarding a batch failed");
+                    ApiError::new(
+                        ErrorCode::OwnerUnavailable,
+                        format!("the node that owns this stream did not answer: {e}"),
+                    )
+                };
                 Forwarded::Answers(
                     items
                         .into_iter()

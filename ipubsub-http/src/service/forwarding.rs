@@ -12,7 +12,7 @@ use ipubsub_core::StreamId;
 use super::{App, Hop};
 use crate::body::ApiBody;
 use crate::error::{ApiError, ErrorCode, chain};
-use crate::metrics::ForwardOutcome;
+use crate::metrics::{ForwardOutcome, Limit};
 
 impl App {
     /// The owner of `stream` when it is another node and the request may still be forwarded:
@@ -95,6 +95,11 @@ impl App {
                     }
                     self.inner.cluster.suspect(owner.id(), SUSPICION);
                     retried = true;
+                }
+                Err(e @ ForwardError::Busy { .. }) => {
+                    metrics.forward(ForwardOutcome::Busy);
+                    return Err(ApiError::new(ErrorCode::TooManyWaiters, e.to_string())
+                        .hit(Limit::Forwarded));
                 }
                 Err(e) => {
                     metrics.forward(ForwardOutcome::Failed);

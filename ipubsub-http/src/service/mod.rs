@@ -93,7 +93,8 @@ impl App {
         let metrics = Metrics::new(engine.clone(), log.clone(), cluster.clone());
         let forwarder = Forwarder::new(cluster.local().id().clone())
             .with_http(config.peer_http)
-            .with_secret(config.cluster_secret.clone());
+            .with_secret(config.cluster_secret.clone())
+            .with_max_in_flight(config.max_forwarded_per_member);
         #[cfg(feature = "tls")]
         let forwarder = match &config.peer_tls {
             Some(peer) => forwarder.with_tls((*peer.config).clone(), peer.server_name.clone()),
