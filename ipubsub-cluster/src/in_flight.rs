@@ -1,4 +1,4 @@
-//! [`InFlight`]: how many forwarded requests a node has in flight to each member, capped.
+//! How many forwarded requests a node has in flight to each member, capped.
 //!
 //! Without a cap, a node's requests to one member are bounded by nothing it controls: over
 //! HTTP/2 the client queues those past the member's stream limit in memory, over HTTP/1.1 each

@@ -37,7 +37,7 @@ pub struct EngineConfig {
     /// The memory budget of the messages the engine holds: buffered ones and those of
     /// waiting senders, each counted as its payload, its id and its record
     /// (`size_of::<Message>()`). A send that would pass it is refused with
-    /// [`SendError::MemoryLimit`](crate::SendError::MemoryLimit), and so is a hand-off
+    /// [`SendError::MemoryLimit`], and so is a hand-off
     /// ([`Engine::adopt`]); nothing already accepted is dropped for it, and messages put back
     /// ([`Engine::restore`], a receive given up after it was handed one) count but are never
     /// refused. Checked without a lock across streams: concurrent sends may pass it by up to
@@ -284,7 +284,7 @@ impl Engine {
 
     /// Shuts the engine down: every waiting receive completes with
     /// [`ReceiveError::ShuttingDown`](crate::ReceiveError::ShuttingDown), every waiting send with
-    /// [`SendError::ShuttingDown`](crate::SendError::ShuttingDown) (its message not accepted),
+    /// [`SendError::ShuttingDown`] (its message not accepted),
     /// and new sends and receives are refused. Buffered messages stay readable by
     /// [`Engine::try_receive`] and [`Engine::drain`].
     pub fn close(&self) {
@@ -312,7 +312,7 @@ impl Engine {
     ///
     /// Only messages already accepted (buffered, their senders answered) leave. Requests
     /// still waiting on a drained stream are answered at once, without taking anything from
-    /// them: a waiting sender with [`SendError::Moved`](crate::SendError::Moved) (its message
+    /// them: a waiting sender with [`SendError::Moved`] (its message
     /// was not accepted, so a sync-match or blocking send is never told "delivered" for a
     /// message no receiver got), a waiting receiver with
     /// [`ReceiveError::Moved`](crate::ReceiveError::Moved). Each may try again where the
