@@ -10,6 +10,7 @@
 
 use std::error::Error;
 use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -154,8 +155,9 @@ impl Transport {
 pub struct Forwarder {
     transport: Transport,
     local: NodeId,
-    /// Sent on every forwarded request, when the cluster has one.
-    secret: Option<ClusterSecret>,
+    /// Sent on every forwarded request, when the cluster has one; replaceable
+    /// ([`set_secret`](Self::set_secret)) and shared by clones.
+    secret: Arc<RwLock<Option<ClusterSecret>>>,
     http: PeerHttp,
     /// Requests in flight per member, capped.
     in_flight: InFlight,
@@ -178,7 +180,7 @@ impl Forwarder {
         Self {
             transport: Transport::Plain(pooled(tcp_connector(), http)),
             local,
-            secret: None,
+            secret: Arc::new(RwLock::new(None)),
             http,
             in_flight: InFlight::new(DEFAULT_MAX_IN_FLIGHT),
             #[cfg(feature = "tls")]
@@ -235,9 +237,14 @@ impl Forwarder {
     }
 
     /// This forwarder, proving its requests with `secret` ([`CLUSTER_SECRET_HEADER`]).
-    pub fn with_secret(mut self, secret: Option<ClusterSecret>) -> Self {
-        self.secret = secret;
+    pub fn with_secret(self, secret: Option<ClusterSecret>) -> Self {
+        self.set_secret(secret);
         self
+    }
+
+    /// From now on, proves requests with `secret` (a reload); this forwarder's clones too.
+    pub fn set_secret(&self, secret: Option<ClusterSecret>) {
+        *self.secret.write().unwrap_or_else(PoisonError::into_inner) = secret;
     }
 
     /// Sends `method path_and_query` with `body` to `owner` and returns its answer as is.
@@ -398,7 +405,8 @@ impl Forwarder {
             .map_err(|e| ForwardError::Request(e.into()))?;
         id.set_sensitive(true);
         request.headers_mut().insert(REQUEST_ID_HEADER, id);
-        if let Some(secret) = &self.secret {
+        let secret = self.secret.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(secret) = &*secret {
             request
                 .headers_mut()
                 .insert(CLUSTER_SECRET_HEADER, secret.header().clone());

@@ -107,7 +107,7 @@ pub(crate) enum Permission {
 /// The configured tokens. Cheap to clone; clones share the rate limits.
 #[derive(Clone)]
 pub struct Auth {
-    grants: Arc<[Grant]>,
+    grants: Arc<[Arc<Grant>]>,
 }
 
 /// One token as it is kept: its digest, never the token.
@@ -124,7 +124,7 @@ pub(crate) struct Grant {
 impl Auth {
     /// Checks `grants` and keeps their digests.
     pub fn new(grants: impl IntoIterator<Item = TokenGrant>) -> Result<Self, AuthError> {
-        let mut kept: Vec<Grant> = Vec::new();
+        let mut kept: Vec<Arc<Grant>> = Vec::new();
         for grant in grants {
             let name_ok = (1..=64).contains(&grant.name.len())
                 && grant
@@ -158,14 +158,14 @@ impl Auth {
                 };
                 RateLimit::new(grant.requests_per_second, burst)
             });
-            kept.push(Grant {
+            kept.push(Arc::new(Grant {
                 digest,
                 name: grant.name,
                 publish: grant.publish,
                 subscribe: grant.subscribe,
                 prefix: grant.stream_prefix,
                 limit,
-            });
+            }));
         }
         if kept.is_empty() {
             return Err(AuthError::NoTokens);
@@ -175,12 +175,23 @@ impl Auth {
         })
     }
 
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Whether there are no tokens (never: [`Auth::new`] refuses none).
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
     /// The grant of the bearer token in `authorization`, within its rate: 401 without a
-    /// known token, 429 over its rate.
+    /// known token, 429 over its rate. The request keeps it: tokens reloaded while it runs
+    /// do not change what it may do.
     pub(crate) fn authenticate(
         &self,
         authorization: Option<&HeaderValue>,
-    ) -> Result<&Grant, ApiError> {
+    ) -> Result<Arc<Grant>, ApiError> {
         let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
         let Some(value) = authorization else {
             return Err(unauthorized(
@@ -219,7 +230,7 @@ impl Auth {
             )
             .hit(Limit::TokenRate));
         }
-        Ok(grant)
+        Ok(Arc::clone(grant))
     }
 }
 

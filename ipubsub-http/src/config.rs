@@ -49,6 +49,8 @@ pub struct HttpConfig {
     /// carries the secret (else a 403) and this node's forwards carry it. Without it, a
     /// forwarded request is trusted unless auth is on, in which case it is refused.
     pub cluster_secret: Option<ClusterSecret>,
+    /// Also accepted on forwarded requests, never sent: the other secrets of a rotation.
+    pub accepted_cluster_secrets: Vec<ClusterSecret>,
     /// How to reach members that listen with TLS; `None`: members are reached over plain
     /// HTTP. Every member of a cluster listens the same way.
     #[cfg(feature = "tls")]
@@ -128,6 +130,7 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(75),
             auth: None,
             cluster_secret: None,
+            accepted_cluster_secrets: Vec::new(),
             #[cfg(feature = "tls")]
             peer_tls: None,
             persistence_refused: None,

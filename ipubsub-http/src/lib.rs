@@ -44,6 +44,7 @@ mod auth;
 mod body;
 mod config;
 mod cors;
+mod credentials;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -67,6 +68,7 @@ pub use auth::{Auth, AuthError, MIN_TOKEN_LEN, TokenGrant};
 pub use body::{ApiBody, BodyError};
 pub use config::{Http2Config, HttpConfig};
 pub use cors::{BadOrigin, Cors};
+pub use credentials::Credentials;
 pub use error::{ApiError, ErrorCode};
 pub use ipubsub_cluster::PeerHttp;
 pub use metrics::Metrics;

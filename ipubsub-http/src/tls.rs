@@ -4,10 +4,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Why TLS could not be set up.
@@ -53,33 +55,69 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certificates)
 }
 
-/// The listener's certificate and key. Cheap to clone.
+/// The listener's certificate and key. Cheap to clone; clones share the certificate, which
+/// [`reload_pem_files`](Self::reload_pem_files) replaces for the handshakes that follow.
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
+    certificate: Arc<Reloadable>,
 }
 
 impl ServerTls {
     /// Reads the certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1
     /// or SEC1). TLS 1.2 and 1.3; HTTP/1.1 is offered by ALPN.
     pub fn from_pem_files(certificate_chain: &Path, key: &Path) -> Result<Self, TlsError> {
-        let chain = certificates(certificate_chain)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
-            path: key.to_owned(),
-            source,
-        })?;
+        let certificate = Arc::new(Reloadable(RwLock::new(certified_key(
+            certificate_chain,
+            key,
+        )?)));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+            .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),
+            certificate,
         })
+    }
+
+    /// Reads the certificate chain and key again (a reload): handshakes from now on present
+    /// them, connections already open keep theirs. On an error nothing changes.
+    pub fn reload_pem_files(&self, certificate_chain: &Path, key: &Path) -> Result<(), TlsError> {
+        let loaded = certified_key(certificate_chain, key)?;
+        *self
+            .certificate
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = loaded;
+        Ok(())
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+    }
+}
+
+/// A certificate chain with its key, checked to match (rustls refuses a mismatch).
+fn certified_key(certificate_chain: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = certificates(certificate_chain)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        path: key.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+/// The listener's one certificate, replaceable.
+#[derive(Debug)]
+struct Reloadable(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Reloadable {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.0.read().unwrap_or_else(PoisonError::into_inner),
+        ))
     }
 }
 

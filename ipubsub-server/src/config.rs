@@ -100,6 +100,8 @@ pub struct ClusterSection {
     pub join_timeout_seconds: u64,
     /// Shared by every member: proves forwarded requests. Needed in a cluster with auth on.
     pub secret: Option<Secret>,
+    /// Also accepted on forwarded requests, not sent: for rotating `secret` with reloads.
+    pub accepted_secrets: Vec<Secret>,
     /// Requests this node has in flight to one member at most; more get a 503.
     pub max_forwarded_per_member: usize,
 }
@@ -113,6 +115,7 @@ impl Default for ClusterSection {
             gossip_interval_ms: 500,
             join_timeout_seconds: 5,
             secret: None,
+            accepted_secrets: Vec::new(),
             max_forwarded_per_member: ipubsub_cluster::DEFAULT_MAX_IN_FLIGHT,
         }
     }

@@ -6,6 +6,7 @@
 
 mod config;
 mod logging;
+mod reload;
 mod stores;
 
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, lines)) {
+    match runtime.block_on(run(config, args.config, lines)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -89,8 +90,13 @@ fn init_logging(config: &Config, lines: logging::LineLimit) -> anyhow::Result<()
     logging::install(filter, config.log.format == LogFormat::Json, lines)
 }
 
-async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    config_file: Option<PathBuf>,
+    lines: logging::LineLimit,
+) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
+    let hangups = reload::hangups().context("cannot listen for SIGHUP")?;
     // Files named by the configuration (tokens, certificates) are read before anything starts.
     let http_config = config.http_config()?;
     #[cfg(feature = "tls")]
@@ -109,6 +115,12 @@ async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
     let membership = match config.node.gossip_bind_addr_port {
         None => None,
         Some(listen) => {
+            if !listen.ip().is_loopback() {
+                tracing::warn!(
+                    gossip = %listen,
+                    "gossip is not authenticated: anyone who can send a datagram to this address can join the cluster or change its member list; keep it on a private network (ARCHITECTURE.md, \"Gossip is restricted to the cluster name, not authenticated\")"
+                );
+            }
             let mut gossip = MembershipConfig::new(
                 &config.cluster.name,
                 listen,
@@ -247,6 +259,15 @@ async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
                 .await;
         })
     });
+    let reloads = tokio::spawn(
+        reload::Reloadable {
+            config_file,
+            app: app.clone(),
+            #[cfg(feature = "tls")]
+            tls: tls.clone(),
+        }
+        .run(hangups),
+    );
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let shutdown = {
         let membership = &membership;
@@ -279,6 +300,7 @@ async fn run(config: Config, lines: logging::LineLimit) -> anyhow::Result<()> {
         rebalancer.leave(grace).await;
     }
     sweeper.abort();
+    reloads.abort();
     if let Some(clock_follower) = clock_follower {
         clock_follower.abort();
     }

@@ -174,7 +174,7 @@ impl App {
         let mut pending = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             let checked = send::parse(text.get().as_bytes(), &inner.config, inner.log.is_some())
-                .and_then(|send| match grant {
+                .and_then(|send| match &grant {
                     Some(grant) => grant
                         .allow(Permission::Publish, send.stream.as_str())
                         .map(|()| send),

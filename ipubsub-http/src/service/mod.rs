@@ -21,6 +21,7 @@ use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
 use crate::body::ApiBody;
 use crate::config::HttpConfig;
+use crate::credentials::{self, Credentials};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{Limit, Metrics, Route as MetricRoute};
 use crate::readiness::Readiness;
@@ -59,6 +60,9 @@ struct Inner {
     log: Option<Log>,
     cluster: Cluster,
     config: HttpConfig,
+    /// Tokens and cluster secrets, replaceable while the node runs (the config's are the
+    /// first ones).
+    credentials: credentials::Current,
     /// What `GET /ready` answers.
     readiness: Readiness,
     /// What `GET /metrics` answers.
@@ -100,6 +104,11 @@ impl App {
             Some(peer) => forwarder.with_tls((*peer.config).clone(), peer.server_name.clone()),
             None => forwarder,
         };
+        let credentials = credentials::Current::new(Credentials::new(
+            config.auth.clone(),
+            config.cluster_secret.clone(),
+            config.accepted_cluster_secrets.clone(),
+        ));
         Self {
             inner: Arc::new(Inner {
                 forwarder,
@@ -107,6 +116,7 @@ impl App {
                 log,
                 cluster,
                 config,
+                credentials,
                 readiness: Readiness::new(),
                 metrics,
                 strays: Strays::default(),
@@ -156,6 +166,16 @@ impl App {
         if let Some(log) = &self.inner.log {
             log.close();
         }
+    }
+
+    /// Replaces the bearer tokens and the cluster secrets (a reload: SIGHUP in the server).
+    /// Requests already admitted keep the grants they were admitted with; connections and
+    /// waiting requests are untouched; forwards made from now on carry the new secret.
+    pub fn reload_credentials(&self, credentials: Credentials) {
+        self.inner
+            .forwarder
+            .set_secret(credentials.cluster_secret.clone());
+        self.inner.credentials.set(credentials);
     }
 
     /// Completes once [`close`](Self::close) was called: when connections start their
@@ -375,7 +395,7 @@ impl App {
         &self,
         request: Request<B>,
         id: &HeaderValue,
-    ) -> Result<(Hop, Option<&Grant>, Bytes), ApiError>
+    ) -> Result<(Hop, Option<Arc<Grant>>, Bytes), ApiError>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -391,25 +411,27 @@ impl App {
     /// forwarded must prove it comes from a member ([`HttpConfig::cluster_secret`]); it was
     /// checked by the node that forwarded it, so it has no grant here. Otherwise, with auth
     /// on, the caller's bearer token must be known and within its rate.
-    fn admit<B>(&self, request: &Request<B>, hop: &Hop) -> Result<Option<&Grant>, ApiError> {
-        let config = &self.inner.config;
+    fn admit<B>(&self, request: &Request<B>, hop: &Hop) -> Result<Option<Arc<Grant>>, ApiError> {
+        let credentials = self.inner.credentials.get();
         if hop.forwarded {
-            return match &config.cluster_secret {
-                Some(secret) if secret.verify(request.headers().get(CLUSTER_SECRET_HEADER)) => {
-                    Ok(None)
-                }
-                Some(_) => Err(ApiError::new(
+            let presented = request.headers().get(CLUSTER_SECRET_HEADER);
+            return if credentials.accepts(presented) {
+                Ok(None)
+            } else if credentials.has_secret() {
+                Err(ApiError::new(
                     ErrorCode::Forbidden,
                     "a forwarded request must carry the cluster secret",
-                )),
-                None if config.auth.is_some() => Err(ApiError::new(
+                ))
+            } else if credentials.auth.is_some() {
+                Err(ApiError::new(
                     ErrorCode::Forbidden,
                     "this node takes no forwarded requests: auth is on and no cluster secret is configured",
-                )),
-                None => Ok(None),
+                ))
+            } else {
+                Ok(None)
             };
         }
-        match &config.auth {
+        match &credentials.auth {
             Some(auth) => auth
                 .authenticate(request.headers().get(header::AUTHORIZATION))
                 .map(Some),

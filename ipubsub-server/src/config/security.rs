@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use figment::Figment;
 use figment::providers::{Format, Yaml};
 use ipubsub_cluster::ClusterSecret;
-use ipubsub_http::{Auth, HttpConfig, TokenGrant};
+use ipubsub_http::{Auth, Credentials, HttpConfig, TokenGrant};
 use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, one_line};
@@ -116,19 +116,24 @@ impl Config {
         {
             return invalid(format!("cluster.secret: {e}"));
         }
+        if let Some(Err(e)) = self
+            .cluster
+            .accepted_secrets
+            .iter()
+            .map(|s| ClusterSecret::new(&s.0))
+            .find(Result::is_err)
+        {
+            return invalid(format!("cluster.accepted_secrets: {e}"));
+        }
         Ok(())
     }
 
-    /// Sets `c`'s tokens, cluster secret and members' TLS.
+    /// Sets `c`'s tokens, cluster secrets and members' TLS.
     pub(super) fn apply_security(&self, c: &mut HttpConfig) -> Result<(), ConfigError> {
-        c.auth = self.auth()?;
-        c.cluster_secret = self
-            .cluster
-            .secret
-            .as_ref()
-            .map(|s| ClusterSecret::new(&s.0))
-            .transpose()
-            .map_err(|e| ConfigError::Invalid(format!("cluster.secret: {e}")))?;
+        let credentials = self.credentials()?;
+        c.auth = credentials.auth;
+        c.cluster_secret = credentials.cluster_secret;
+        c.accepted_cluster_secrets = credentials.accepted_cluster_secrets;
         #[cfg(feature = "tls")]
         if let Some(cert) = &self.tls.cert_file {
             let roots = self.tls.peer_ca_file.as_ref().unwrap_or(cert);
@@ -140,6 +145,28 @@ impl Config {
             c.peer_tls = Some(peer);
         }
         Ok(())
+    }
+
+    /// The tokens (`auth.tokens` and `auth.tokens_file`, read now) and the cluster secrets:
+    /// what a reload replaces.
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        let secret = |s: &Secret, key: &str| {
+            ClusterSecret::new(&s.0).map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
+        };
+        let cluster = &self.cluster;
+        Ok(Credentials::new(
+            self.auth()?,
+            cluster
+                .secret
+                .as_ref()
+                .map(|s| secret(s, "cluster.secret"))
+                .transpose()?,
+            cluster
+                .accepted_secrets
+                .iter()
+                .map(|s| secret(s, "cluster.accepted_secrets"))
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
     /// The listener's certificate and key, when TLS is on.
