@@ -32,6 +32,7 @@ pub mod in_flight;
 pub mod membership;
 pub mod node;
 pub mod ring;
+pub mod sealed;
 pub mod secret;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +46,7 @@ pub use forward::{
 };
 pub use in_flight::Relayed;
 use ipubsub_core::StreamId;
-pub use membership::{Membership, MembershipConfig, MembershipError};
+pub use membership::{GossipSecrets, Membership, MembershipConfig, MembershipError};
 pub use node::{Node, NodeId, NodeIdError};
 pub use ring::{DEFAULT_VIRTUAL_NODES, Ring};
 pub use secret::{CLUSTER_SECRET_HEADER, ClusterSecret, SecretError};
@@ -72,6 +73,8 @@ pub struct Cluster {
     suspects: Arc<Mutex<Vec<Suspect>>>,
     /// Whether `suspects` is non-empty: keeps `route` from taking that lock on the hot path.
     any_suspect: Arc<AtomicBool>,
+    /// Gossip datagrams rejected by the sealed transport ([`sealed`]).
+    gossip_rejected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A member this node could not reach.
@@ -130,7 +133,15 @@ impl Cluster {
             view: Arc::new(RwLock::new(Arc::new(view))),
             suspects: Arc::new(Mutex::new(Vec::new())),
             any_suspect: Arc::new(AtomicBool::new(false)),
+            gossip_rejected: Arc::default(),
         }
+    }
+
+    /// Gossip datagrams this node rejected: not sealed with the cluster secret, altered,
+    /// replayed or too old (with `cluster.secret` set).
+    pub fn gossip_rejected(&self) -> u64 {
+        self.gossip_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node.

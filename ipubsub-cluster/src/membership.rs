@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::{Transport, UdpTransport};
@@ -22,6 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::Cluster;
 use crate::node::{Node, NodeId};
+use crate::sealed::{GossipKeys, SealedTransport, Sealer};
+use crate::secret::ClusterSecret;
 
 const HTTP_KEY: &str = "http";
 const STATUS_KEY: &str = "status";
@@ -44,6 +47,9 @@ pub struct MembershipConfig {
     pub interval: Duration,
     /// How long a dead node is remembered before it is forgotten.
     pub dead_node_grace: Duration,
+    /// The cluster secrets: with any, every gossip datagram is sealed with the first and
+    /// opened with any ([`sealed`](crate::sealed)); without, gossip is plain chitchat.
+    pub secrets: Vec<ClusterSecret>,
 }
 
 impl MembershipConfig {
@@ -56,6 +62,7 @@ impl MembershipConfig {
             seeds,
             interval: Duration::from_millis(500),
             dead_node_grace: Duration::from_secs(60),
+            secrets: Vec::new(),
         }
     }
 }
@@ -96,6 +103,37 @@ pub struct Membership {
     follower: JoinHandle<()>,
     /// The gossip interval.
     interval: Duration,
+    /// Seals the gossip, when the cluster has a secret.
+    sealer: Option<Arc<Sealer>>,
+    cluster_name: String,
+}
+
+/// Replaces the cluster secrets a running node's gossip is sealed with (a reload). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct GossipSecrets {
+    sealer: Arc<Sealer>,
+    cluster_name: String,
+}
+
+impl GossipSecrets {
+    /// Seals with the first of `secrets` from now on, opens with any; `false` (nothing
+    /// changes) without any secret.
+    pub fn set(&self, secrets: &[ClusterSecret]) -> bool {
+        match GossipKeys::new(secrets, &self.cluster_name) {
+            Some(keys) => {
+                self.sealer.set_keys(keys);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for GossipSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipSecrets").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Membership {
@@ -113,7 +151,27 @@ impl Membership {
         cluster: Cluster,
         config: MembershipConfig,
     ) -> Result<Self, MembershipError> {
-        Self::start_with_transport(cluster, config, &UdpTransport).await
+        match GossipKeys::new(&config.secrets, &config.cluster_name) {
+            Some(keys) => {
+                let sealer = Arc::new(Sealer::new(keys));
+                let transport =
+                    SealedTransport::new(Arc::clone(&sealer), Arc::clone(&cluster.gossip_rejected));
+                let mut membership =
+                    Self::start_with_transport(cluster, config, &transport).await?;
+                membership.sealer = Some(sealer);
+                Ok(membership)
+            }
+            None => Self::start_with_transport(cluster, config, &UdpTransport).await,
+        }
+    }
+
+    /// What replaces the secrets gossip is sealed with, for a node that started with some
+    /// (sealing cannot be turned on or off while it runs).
+    pub fn gossip_secrets(&self) -> Option<GossipSecrets> {
+        self.sealer.as_ref().map(|sealer| GossipSecrets {
+            sealer: Arc::clone(sealer),
+            cluster_name: self.cluster_name.clone(),
+        })
     }
 
     /// [`Membership::start`] over another chitchat transport (tests use an in-process one that
@@ -180,6 +238,8 @@ impl Membership {
             handle,
             follower,
             interval: config.interval,
+            sealer: None,
+            cluster_name: config.cluster_name,
         })
     }
 

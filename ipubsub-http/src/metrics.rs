@@ -446,6 +446,13 @@ impl Collector for State {
         )?;
         constant(
             &mut encoder,
+            "gossip_rejected",
+            "Gossip datagrams rejected: not sealed with the cluster secret, altered, replayed or \
+             too old (with cluster.secret set)",
+            ConstCounter::new(self.cluster.gossip_rejected()),
+        )?;
+        constant(
+            &mut encoder,
             "cluster_members",
             "Live members in this node's ring, itself included",
             ConstGauge::new(as_i64(self.cluster.view().members().len())),

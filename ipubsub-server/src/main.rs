@@ -115,10 +115,16 @@ async fn run(
     let membership = match config.node.gossip_bind_addr_port {
         None => None,
         Some(listen) => {
-            if !listen.ip().is_loopback() {
+            let secrets: Vec<_> = http_config
+                .cluster_secret
+                .iter()
+                .chain(&http_config.accepted_cluster_secrets)
+                .cloned()
+                .collect();
+            if secrets.is_empty() && !listen.ip().is_loopback() {
                 tracing::warn!(
                     gossip = %listen,
-                    "gossip is not authenticated: anyone who can send a datagram to this address can join the cluster or change its member list; keep it on a private network (ARCHITECTURE.md, \"Gossip is restricted to the cluster name, not authenticated\")"
+                    "gossip is not authenticated without cluster.secret: anyone who can send a datagram to this address can join the cluster or change its member list"
                 );
             }
             let mut gossip = MembershipConfig::new(
@@ -128,6 +134,7 @@ async fn run(
             );
             gossip.advertise = config.node.gossip_advertise_addr_port.unwrap_or(listen);
             gossip.interval = gossip_interval;
+            gossip.secrets = secrets;
             let own = gossip.advertise;
             let membership = Membership::start(cluster.clone(), gossip).await?;
             tracing::info!(gossip = %listen, seeds = ?config.cluster.static_bootstrap_node_addr_ports, "gossip started");
@@ -263,6 +270,7 @@ async fn run(
         reload::Reloadable {
             config_file,
             app: app.clone(),
+            gossip: membership.as_ref().map(Membership::gossip_secrets),
             #[cfg(feature = "tls")]
             tls: tls.clone(),
         }

@@ -1,11 +1,13 @@
 //! SIGHUP: the configuration is read again (file and environment, as at start) and its
 //! credentials replace the running ones: `auth.tokens` and `auth.tokens_file`, the cluster
-//! secrets, and the listener's TLS certificate and key. Connections and waiting requests are
+//! secrets (for forwarded requests and for sealed gossip), and the listener's TLS certificate
+//! and key. Connections and waiting requests are
 //! untouched. A reload that fails (a bad file, a key that does not match its certificate)
 //! changes nothing and logs why; other settings apply at the next start.
 
 use std::path::PathBuf;
 
+use ipubsub_cluster::GossipSecrets;
 use ipubsub_http::App;
 
 use crate::config::Config;
@@ -15,6 +17,9 @@ pub(crate) struct Reloadable {
     /// The configuration file, as given at start.
     pub(crate) config_file: Option<PathBuf>,
     pub(crate) app: App,
+    /// `None`: no gossip (a single node); `Some(None)`: gossip without a secret;
+    /// `Some(Some(_))`: sealed gossip, whose secrets a reload replaces.
+    pub(crate) gossip: Option<Option<GossipSecrets>>,
     /// The listener's certificate, when it speaks HTTPS.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<ipubsub_http::tls::ServerTls>,
@@ -49,6 +54,23 @@ impl Reloadable {
             (None, None, _) => None,
             _ => return Err("turning TLS on or off needs a restart".into()),
         };
+        let secrets: Vec<_> = credentials
+            .cluster_secret
+            .iter()
+            .chain(&credentials.accepted_cluster_secrets)
+            .cloned()
+            .collect();
+        match (&self.gossip, secrets.is_empty()) {
+            (Some(Some(_)), true) => {
+                return Err(
+                    "taking the cluster secret away from sealed gossip needs a restart".into(),
+                );
+            }
+            (Some(None), false) => {
+                return Err("sealing the gossip of a running cluster (a first cluster.secret) needs a restart of every node".into());
+            }
+            _ => {}
+        }
         // Every file was read and checked: nothing below can fail half-way but the
         // certificate, which goes first.
         #[cfg(feature = "tls")]
@@ -67,6 +89,9 @@ impl Reloadable {
                 ""
             }
         );
+        if let Some(Some(gossip)) = &self.gossip {
+            gossip.set(&secrets);
+        }
         self.app.reload_credentials(credentials);
         Ok(summary)
     }
