@@ -1,0 +1,254 @@
+//! The budgets that bound what outside requests can make a node hold, each pushed past on real
+//! server processes with small limits: the node answers 503 for what does not fit, its memory
+//! stays within the budget plus a stated overhead, and it keeps serving. (The in-memory byte
+//! budget has its test in `limits.rs`, the log's append queue on a frozen database in
+//! `database_outage.rs`.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{Client, TestResult, TestServer, code};
+use hyper::StatusCode;
+use serde_json::json;
+
+/// A send and its receive on `stream` answered at once.
+async fn still_serves(client: &Client, stream: &str) {
+    let started = Instant::now();
+    let body = json!({"streamId": stream, "messageUuid": "ok", "message": 1});
+    let (status, answer) = client.send(body).await;
+    assert_eq!(status, StatusCode::OK, "send: {answer}");
+    let (status, answer) = client
+        .receive(&format!("streamId={stream}&timeoutSeconds=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "receive: {answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A stream node `client` owns itself: a send to it is not forwarded.
+async fn local_stream(client: &Client, prefix: &str) -> String {
+    let forwarded = async || client.metric("ipubsub_forwards_total").await.unwrap_or(0.0);
+    for i in 0.. {
+        let stream = format!("{prefix}-{i}");
+        let before = forwarded().await;
+        let body = json!({"streamId": stream, "messageUuid": "probe", "message": 0});
+        assert_eq!(client.send(body).await.0, StatusCode::OK);
+        if forwarded().await == before {
+            let (status, _) = client
+                .receive(&format!("streamId={stream}&timeoutSeconds=0"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "the probe taken back");
+            return stream;
+        }
+    }
+    unreachable!("some stream is local")
+}
+
+/// Runs `requests` on `concurrency` tasks; each answer's status and error code, counted.
+async fn run_all(
+    client: &Client,
+    concurrency: usize,
+    paths: Vec<String>,
+) -> Result<
+    std::collections::BTreeMap<(u16, String), usize>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let paths = std::sync::Arc::new(std::sync::Mutex::new(paths));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, paths) = (client.clone(), std::sync::Arc::clone(&paths));
+            tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::new();
+                loop {
+                    let next = paths.lock().map(|mut p| p.pop()).ok().flatten();
+                    let Some(path) = next else { break seen };
+                    let (status, body) = client.receive(&path).await;
+                    *seen
+                        .entry((status.as_u16(), code(&body).to_owned()))
+                        .or_insert(0) += 1;
+                }
+            })
+        })
+        .collect();
+    let mut total = std::collections::BTreeMap::new();
+    for task in tasks {
+        for (key, n) in task.await? {
+            *total.entry(key).or_insert(0) += n;
+        }
+    }
+    Ok(total)
+}
+
+/// `storage.max_log_streams`: 20,000 log reads on streams nobody wrote (each costs the node a
+/// stream's positions) leave at most 1,000 of them held, the idle ones forgotten to make room,
+/// and memory flat; then 1,200 readers waiting on as many streams (a waiting stream is not
+/// idle) get the room there is, the rest 503 TOO_MANY_STREAMS at once, and the node serves
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_reads_on_random_streams_stay_within_max_log_streams() -> TestResult {
+    const MAX: usize = 1_000;
+    const READS: usize = 20_000;
+    const WAITING: usize = 1_200;
+    /// What the node may grow by: the 1,000 streams' positions (~500 B each), the buffers of
+    /// the requests in flight, allocator slack, and the embedded store's own caches, which
+    /// grow with the epoch record each first read of a stream writes (its per-stream cache
+    /// is cleared past 2^20 entries). Measured here: +12.0 MB after 20,000 reads and +16.4 MB
+    /// after 40,000 with the bound; +23.5 MB and +33.2 MB without it.
+    const OVERHEAD: u64 = 24 << 20;
+    let server = TestServer::start_with(&format!("storage:\n  max_log_streams: {MAX}\n"), &[]);
+    let client = server.client().clone();
+    still_serves(&client, "warm-up").await;
+    let before = server.rss_bytes();
+    let reads = (0..READS)
+        .map(|i| format!("streamId=random-{i:05}&readFromDB=true&timeoutSeconds=0"))
+        .collect();
+    let answers = run_all(&client, 32, reads).await?;
+    let empty = answers
+        .get(&(
+            StatusCode::FAILED_DEPENDENCY.as_u16(),
+            "NO_MESSAGE".to_owned(),
+        ))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(empty, READS, "every read finds nothing: {answers:?}");
+    let evicted = client
+        .metric("ipubsub_log_evicted_streams_total")
+        .await
+        .unwrap_or(0.0);
+    let grown = server.rss_bytes().saturating_sub(before);
+    println!(
+        "{READS} log reads on new streams: {evicted} streams forgotten to make room, RSS +{:.1} MB",
+        grown as f64 / 1e6
+    );
+    // Each of the log's shards holds its share of MAX, rounded up.
+    assert!(
+        evicted >= (READS - 2 * MAX) as f64,
+        "{evicted} streams forgotten"
+    );
+    assert!(grown < OVERHEAD, "RSS grew by {grown} bytes");
+
+    let started = Instant::now();
+    let waiting = (0..WAITING)
+        .map(|i| format!("streamId=waiting-{i:05}&readFromDB=true&timeoutSeconds=3"))
+        .collect();
+    // Over one HTTP/2 connection: what grows is the readers' state, not 1,200 connections'
+    // buffers (those are bounded by `http.max_connections`, tested in limits.rs).
+    let waiters = tokio::spawn({
+        let client = common::h2_client(server.addr);
+        async move { run_all(&client, WAITING, waiting).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    still_serves(&client, "while-readers-wait").await;
+    let answers = waiters.await??;
+    let refused = answers
+        .get(&(503, "TOO_MANY_STREAMS".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    let timed_out = answers
+        .get(&(
+            StatusCode::FAILED_DEPENDENCY.as_u16(),
+            "NO_MESSAGE".to_owned(),
+        ))
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "{WAITING} waiting log readers: {timed_out} waited their 3 s, {refused} refused at once ({:?} in all)",
+        started.elapsed()
+    );
+    assert_eq!(refused + timed_out, WAITING, "{answers:?}");
+    assert!(refused >= WAITING - MAX, "{refused} refused");
+    assert!(timed_out <= MAX, "{timed_out} streams held at once");
+    assert!(timed_out >= MAX / 2, "only {timed_out} readers waited");
+    let grown = server.rss_bytes().saturating_sub(before);
+    println!(
+        "RSS +{:.1} MB after the waiting readers",
+        grown as f64 / 1e6
+    );
+    assert!(grown < OVERHEAD, "RSS grew by {grown} bytes");
+    still_serves(&client, "after").await;
+    Ok(())
+}
+
+/// `cluster.max_forwarded_per_member`: 400 long-polls through node 0, about half of them for
+/// streams node 1 owns. Node 0 forwards 50 of those at a time; the others are refused at once
+/// with 503 TOO_MANY_WAITERS and counted, the ones it owns itself wait as usual, and node 0
+/// serves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_past_max_forwarded_per_member_are_refused_at_once() -> TestResult {
+    const CAP: usize = 50;
+    const POLLS: usize = 400;
+    let cluster = Cluster::start_configured(
+        2,
+        2,
+        "http:\n  max_connections: 5000\n",
+        &[(
+            "IPUBSUB_CLUSTER__MAX_FORWARDED_PER_MEMBER",
+            &CAP.to_string(),
+        )],
+    );
+    cluster.converge(2, Duration::from_secs(15)).await;
+    let node = cluster.node(0);
+    let client = node.client().clone();
+    let (during, after) = (
+        local_stream(&client, "during").await,
+        local_stream(&client, "after").await,
+    );
+    let forwarded_before = client
+        .metric(r#"ipubsub_forwards_total{outcome="answered"}"#)
+        .await
+        .unwrap_or(0.0);
+    let before = node.rss_bytes();
+    let polls = (0..POLLS)
+        .map(|i| format!("streamId=poll-{i:04}&timeoutSeconds=3"))
+        .collect();
+    let started = Instant::now();
+    let answers = tokio::spawn({
+        let client = client.clone();
+        async move { run_all(&client, POLLS, polls).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let busy = client
+        .metric(r#"ipubsub_forwards_total{outcome="busy"}"#)
+        .await
+        .unwrap_or(0.0);
+    still_serves(&client, &during).await;
+    let answers = answers.await??;
+    let refused = answers
+        .get(&(503, "TOO_MANY_WAITERS".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    let timed_out = answers
+        .get(&(
+            StatusCode::FAILED_DEPENDENCY.as_u16(),
+            "NO_MESSAGE".to_owned(),
+        ))
+        .copied()
+        .unwrap_or(0);
+    let forwarded = client
+        .metric(r#"ipubsub_forwards_total{outcome="answered"}"#)
+        .await
+        .unwrap_or(0.0)
+        - forwarded_before;
+    println!(
+        "{POLLS} long-polls through node 0 in {:?}: {timed_out} waited (of which {forwarded} forwarded), {refused} refused; {busy} busy within 1.5 s; RSS +{:.1} MB",
+        started.elapsed(),
+        node.rss_bytes().saturating_sub(before) as f64 / 1e6
+    );
+    assert_eq!(refused + timed_out, POLLS, "{answers:?}");
+    assert!(refused >= POLLS / 4, "{refused} refused");
+    assert_eq!(busy, refused as f64, "every refusal came at once");
+    assert_eq!(forwarded, CAP as f64, "forwarded");
+    assert_eq!(
+        client
+            .metric(r#"ipubsub_limit_hits_total{limit="forwarded"}"#)
+            .await,
+        Some(refused as f64)
+    );
+    still_serves(&client, &after).await;
+    Ok(())
+}
