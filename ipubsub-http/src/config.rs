@@ -14,6 +14,10 @@ use crate::cors::Cors;
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes; a larger one is a 413.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all connections together: a body that does not
+    /// fit is refused with 503 `MEMORY_LIMIT` (each chunk is taken as it arrives), and its
+    /// bytes are given back when its request is answered.
+    pub max_body_bytes_in_flight: usize,
     /// Longest stream id accepted, in bytes (at most 256).
     pub max_stream_id_bytes: usize,
     /// Wait of a receive that gives no `timeoutSeconds`.
@@ -113,6 +117,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_body_bytes_in_flight: 256 << 20,
             max_stream_id_bytes: ipubsub_core::MAX_ID_LEN,
             default_receive_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),

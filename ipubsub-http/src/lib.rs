@@ -42,6 +42,7 @@
 mod adoptions;
 mod auth;
 mod body;
+mod body_budget;
 mod config;
 mod cors;
 mod credentials;

@@ -20,6 +20,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::body_budget::BodyBudget;
+
 /// A limit whose hit is counted in `ipubsub_limit_hits_total{limit}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
@@ -55,6 +57,8 @@ pub(crate) enum Limit {
     Memory,
     /// `cluster.max_forwarded_per_member`.
     Forwarded,
+    /// `http.max_body_bytes_in_flight`.
+    Bodies,
 }
 
 impl Limit {
@@ -76,6 +80,7 @@ impl Limit {
             Self::LogStreams => "log_streams",
             Self::Memory => "memory",
             Self::Forwarded => "forwarded",
+            Self::Bodies => "bodies",
         }
     }
 }
@@ -215,8 +220,14 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics of a node serving `engine` (and `log`), member of `cluster`.
-    pub(crate) fn new(engine: Engine, log: Option<Log>, cluster: Cluster) -> Self {
+    /// Metrics of a node serving `engine` (and `log`), member of `cluster`, receiving
+    /// request bodies within `bodies`.
+    pub(crate) fn new(
+        engine: Engine,
+        log: Option<Log>,
+        cluster: Cluster,
+        bodies: Arc<BodyBudget>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("ipubsub");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -275,6 +286,7 @@ impl Metrics {
             engine,
             log,
             cluster,
+            bodies,
             suppressed_log_lines: suppressed_log_lines.clone(),
         }));
         Self {
@@ -380,6 +392,7 @@ struct State {
     engine: Engine,
     log: Option<Log>,
     cluster: Cluster,
+    bodies: Arc<BodyBudget>,
     suppressed_log_lines: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
@@ -406,6 +419,18 @@ impl Collector for State {
                 ConstCounter::new(count.load(Ordering::Relaxed)),
             )?;
         }
+        constant(
+            &mut encoder,
+            "body_bytes_in_flight",
+            "Bytes of request bodies held now, counted against http.max_body_bytes_in_flight",
+            ConstGauge::new(as_i64(self.bodies.used())),
+        )?;
+        constant(
+            &mut encoder,
+            "body_bytes_in_flight_limit",
+            "http.max_body_bytes_in_flight: the memory budget of request bodies",
+            ConstGauge::new(as_i64(self.bodies.max())),
+        )?;
         let stats = self.engine.stats();
         constant(
             &mut encoder,

@@ -131,6 +131,9 @@ pub struct HttpSection {
     pub max_timeout_seconds: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all connections together; unset: an eighth of
+    /// the memory this process may use, at most 256 MiB.
+    pub max_body_bytes_in_flight: Option<u64>,
     /// Longest stream id, in bytes (1 to 256).
     pub max_stream_id_bytes: usize,
     /// `inMemoryStreamSize` of a send without one.
@@ -172,6 +175,7 @@ impl Default for HttpSection {
             receive_default_timeout_seconds: d.default_receive_timeout.as_secs(),
             max_timeout_seconds: d.max_timeout.as_secs(),
             max_body_bytes: d.max_body_bytes,
+            max_body_bytes_in_flight: None,
             max_stream_id_bytes: d.max_stream_id_bytes,
             default_stream_size: d.default_stream_size,
             max_stream_size: d.max_stream_size,
@@ -547,6 +551,14 @@ impl Config {
                 http.default_stream_size, http.max_stream_size
             ));
         }
+        if let Some(in_flight) = http.max_body_bytes_in_flight
+            && in_flight < http.max_body_bytes as u64
+        {
+            return invalid(format!(
+                "http.max_body_bytes_in_flight ({in_flight}) is below http.max_body_bytes ({}): no body of the largest size could be received",
+                http.max_body_bytes
+            ));
+        }
         if http.max_body_bytes == 0
             || http.body_read_timeout_seconds == 0
             || http.idle_timeout_seconds == 0
@@ -666,6 +678,12 @@ impl Config {
     pub fn http_config(&self) -> Result<HttpConfig, ConfigError> {
         let mut c = HttpConfig::default();
         c.max_body_bytes = self.http.max_body_bytes;
+        let in_flight = self
+            .http
+            .max_body_bytes_in_flight
+            .unwrap_or_else(memory::default_body_budget)
+            .max(self.http.max_body_bytes as u64);
+        c.max_body_bytes_in_flight = usize::try_from(in_flight).unwrap_or(usize::MAX);
         c.max_forwarded_per_member = self.cluster.max_forwarded_per_member;
         c.max_stream_id_bytes = self.http.max_stream_id_bytes;
         c.default_receive_timeout = Duration::from_secs(self.http.receive_default_timeout_seconds);

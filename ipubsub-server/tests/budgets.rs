@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::databases::Database;
 use common::{Client, TestResult, TestServer, code};
 use hyper::StatusCode;
 use serde_json::json;
@@ -250,5 +251,205 @@ async fn forwards_past_max_forwarded_per_member_are_refused_at_once() -> TestRes
         Some(refused as f64)
     );
     still_serves(&client, &after).await;
+    Ok(())
+}
+
+/// `storage.max_queued_bytes`: with the database frozen, 800 persistent sends of 256 KiB
+/// (200 MiB), 48 at a time, meet an append queue of 8 MiB. What fits waits and times out
+/// (503 STORE_UNAVAILABLE; it stays queued while the worker is stuck on the database), the
+/// rest is refused at once (503 LOG_QUEUE_FULL); memory grows by the queue's budget plus the
+/// bodies in flight, in-memory streams are served throughout, and persistent sends go
+/// through again after the thaw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sends_past_max_queued_bytes_are_503_and_memory_stays_bounded() -> TestResult {
+    const BUDGET: u64 = 8 << 20;
+    const PAYLOAD: usize = 256 << 10;
+    const SENDS: usize = 800;
+    const CONCURRENT: usize = 48;
+    /// The requests in flight, ~1 MB each at this size (hyper's read buffer, the body and the
+    /// parsed message: measured +53 to +57 MB in all with 48 at once), and allocator slack.
+    const OVERHEAD: u64 = CONCURRENT as u64 * (1 << 20) + (8 << 20);
+    let db = common::databases::Postgres::new();
+    let server = TestServer::start_with(
+        &format!(
+            "storage:\n  backend: postgres\n  store_timeout_seconds: 5\n  commit_workers: 1\n  max_queued_appends: 100000\n  max_queued_bytes: {BUDGET}\n  postgres:\n    url: \"{}\"\n",
+            db.url()
+        ),
+        &[],
+    );
+    let client = server.client().clone();
+    let persistent = |id: String, payload: &str| json!({"streamId": "big", "messageUuid": id, "message": payload, "writeToDB": true});
+    let (status, body) = client.send(persistent("before".into(), "x")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = server.rss_bytes();
+    db.signal_all("STOP")?;
+
+    let payload = std::sync::Arc::new("p".repeat(PAYLOAD));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let (client, payload, next) = (client.clone(), payload.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= SENDS {
+                        break seen;
+                    }
+                    let body = persistent(format!("m{i}"), &payload);
+                    let (status, answer) = client.send(body).await;
+                    *seen
+                        .entry((status.as_u16(), code(&answer).to_owned()))
+                        .or_insert(0usize) += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    still_serves(&client, "in-memory-while-frozen").await;
+    let mut answers = std::collections::BTreeMap::new();
+    for task in tasks {
+        for (key, n) in task.await? {
+            *answers.entry(key).or_insert(0) += n;
+        }
+    }
+    let grown = server.rss_bytes().saturating_sub(before);
+    let full = answers
+        .get(&(503, "LOG_QUEUE_FULL".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    let queued = answers
+        .get(&(503, "STORE_UNAVAILABLE".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "{SENDS} sends of {} KiB into a {} MiB queue, the database frozen: {queued} queued and timed out, {full} refused at once; RSS +{:.1} MB",
+        PAYLOAD >> 10,
+        BUDGET >> 20,
+        grown as f64 / 1e6
+    );
+    assert_eq!(full + queued, SENDS, "{answers:?}");
+    let fits = (BUDGET / PAYLOAD as u64) as usize;
+    assert!(
+        (fits - 2..=fits).contains(&queued),
+        "{queued} queued, about {fits} fit"
+    );
+    assert!(grown < BUDGET + OVERHEAD, "RSS grew by {grown} bytes");
+    still_serves(&client, "in-memory-after").await;
+
+    db.signal_all("CONT")?;
+    let thawed = Instant::now();
+    loop {
+        let (status, body) = client.send(persistent("after".into(), "y")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            thawed.elapsed() < Duration::from_secs(30),
+            "no persistent send accepted 30 s after the thaw: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// `http.max_body_bytes_in_flight`: 40 clients each start a 512 KiB body, send 100 KiB of it
+/// and stall. The node holds what arrived up to its 2 MiB budget and answers the others 503
+/// MEMORY_LIMIT at once; a small send still fits, and when the stalled clients go the budget
+/// is whole again. Declared lengths hold nothing: 40 bodies declared and never sent do not
+/// keep a send out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_max_body_bytes_in_flight_are_503_and_given_back() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const BUDGET: usize = 2 << 20;
+    const CLIENTS: usize = 40;
+    const SENT: usize = 100 << 10;
+    let server = TestServer::start_with(
+        &format!("http:\n  max_body_bytes_in_flight: {BUDGET}\n"),
+        &[],
+    );
+    let client = server.client().clone();
+    let head = format!(
+        "POST /api/v1/streams/send HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        512 << 10
+    );
+    let start = |sent: usize| {
+        let head = head.clone();
+        let addr = server.addr;
+        tokio::spawn(async move {
+            let mut socket = tokio::net::TcpStream::connect(addr).await?;
+            socket.write_all(head.as_bytes()).await?;
+            let mut body = br#"{"streamId":"big","messageUuid":"m","message":""#.to_vec();
+            body.resize(sent, b'x');
+            socket.write_all(&body[..sent]).await?;
+            Ok::<_, std::io::Error>(socket)
+        })
+    };
+
+    // Declared and never sent: nothing held.
+    let mut silent = Vec::new();
+    for _ in 0..CLIENTS {
+        silent.push(start(0).await??);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        client.metric("ipubsub_body_bytes_in_flight ").await,
+        Some(0.0)
+    );
+    still_serves(&client, "past-silent-bodies").await;
+    drop(silent);
+
+    let mut stalled = Vec::new();
+    for _ in 0..CLIENTS {
+        stalled.push(start(SENT).await??);
+    }
+    // The refused are answered at once; the others wait for the rest of their body.
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for mut socket in stalled {
+        let mut answer = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut answer)).await {
+            Ok(Ok(n)) if n > 0 => {
+                let text = String::from_utf8_lossy(&answer[..n]);
+                assert!(
+                    text.starts_with("HTTP/1.1 503") && text.contains("MEMORY_LIMIT"),
+                    "{text}"
+                );
+                refused += 1;
+            }
+            _ => waiting.push(socket),
+        }
+    }
+    let held = client
+        .metric("ipubsub_body_bytes_in_flight ")
+        .await
+        .unwrap_or(0.0);
+    println!(
+        "{CLIENTS} bodies stalled after {} KiB: {} held ({held} bytes of {BUDGET}), {refused} refused",
+        SENT >> 10,
+        waiting.len()
+    );
+    assert_eq!(refused + waiting.len(), CLIENTS);
+    assert!(held <= BUDGET as f64, "{held} bytes held");
+    assert!(
+        (BUDGET / SENT - 2..=BUDGET / SENT).contains(&waiting.len()),
+        "{} bodies held",
+        waiting.len()
+    );
+    assert_eq!(
+        client
+            .metric(r#"ipubsub_limit_hits_total{limit="bodies"}"#)
+            .await,
+        Some(refused as f64)
+    );
+    still_serves(&client, "beside-stalled-bodies").await;
+    drop(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.metric("ipubsub_body_bytes_in_flight ").await,
+        Some(0.0),
+        "given back when the clients went"
+    );
     Ok(())
 }

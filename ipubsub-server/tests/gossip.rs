@@ -1,6 +1,6 @@
-//! Sealed gossip between real server processes: with `cluster.secret` set, a node with
-//! another secret or none cannot join, and captured datagrams sent again, altered or not,
-//! change nothing.
+//! Sealed gossip between real server processes: with `cluster.secret` set, a cluster with
+//! another secret or a node with none cannot join, captured datagrams sent again, altered or
+//! not, change nothing, garbage costs nothing lasting, and the secret rotates by reloads.
 
 mod common;
 
@@ -20,15 +20,16 @@ async fn members(node: &TestServer) -> usize {
     view["members"].as_array().map_or(0, Vec::len)
 }
 
-/// Nodes 0 and 1 share the secret; node 2 has another and node 3 none, with the same cluster
-/// name and seeds: for several seconds neither joins, and the two members count what they
-/// rejected.
+/// Two clusters on one machine with the same name and the same seeds, one sealed with one
+/// secret (nodes 0 and 1), the other with another (nodes 2 and 3), and a node with none
+/// (node 4): for several seconds each cluster keeps its own two members, the node without a
+/// secret stays alone, and what the members rejected is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_with_another_secret_or_none_never_join() -> TestResult {
-    let mut cluster = Cluster::start_configured(4, 2, "", &[("IPUBSUB_CLUSTER__SECRET", SECRET)]);
+async fn clusters_with_another_secret_or_none_never_merge() -> TestResult {
+    let mut cluster = Cluster::start_configured(5, 2, "", &[("IPUBSUB_CLUSTER__SECRET", SECRET)]);
     let took = cluster.converge(2, Duration::from_secs(15)).await;
     println!("2 sealed nodes converged in {took:?}");
-    let intruder = |i: usize, secret: Option<&str>| {
+    let outsider = |i: usize, secret: Option<&str>| {
         let name = format!("node-{i}");
         let gossip = format!("127.0.0.1:{}", cluster.ports[i]);
         let mut env = vec![
@@ -41,22 +42,37 @@ async fn nodes_with_another_secret_or_none_never_join() -> TestResult {
         }
         TestServer::start_with(&cluster.yaml, &env)
     };
-    let other = intruder(2, Some(OTHER));
-    let none = intruder(3, None);
+    let (other_a, other_b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| outsider(2, Some(OTHER)));
+        let b = scope.spawn(|| outsider(3, Some(OTHER)));
+        (a.join(), b.join())
+    });
+    let (other_a, other_b) = (
+        other_a.map_err(|_| "node 2")?,
+        other_b.map_err(|_| "node 3")?,
+    );
+    let none = outsider(4, None);
     tokio::time::sleep(Duration::from_secs(4)).await;
     for (name, node, expected) in [
         ("node-0", cluster.node(0), 2),
         ("node-1", cluster.node(1), 2),
-        ("another secret", &other, 1),
-        ("no secret", &none, 1),
+        ("node-2 (another secret)", &other_a, 2),
+        ("node-3 (another secret)", &other_b, 2),
+        ("node-4 (no secret)", &none, 1),
     ] {
         assert_eq!(members(node).await, expected, "{name}'s members");
     }
+    let (_, view): (_, Value) = other_a.call(Method::GET, "/api/v1/cluster", "").await;
+    let names: Vec<&str> = view["members"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["node-2", "node-3"], "the other cluster's ring");
     let rejected = Client::new(cluster.node(0).addr)
         .metric("ipubsub_gossip_rejected_total")
         .await
         .unwrap_or(0.0);
-    println!("node-0 rejected {rejected} gossip datagrams from the intruders");
+    println!("node-0 rejected {rejected} gossip datagrams from the other cluster and node 4");
     assert!(rejected > 0.0, "no datagram was rejected");
     // The members still see each other as before.
     cluster.nodes[1] = None;

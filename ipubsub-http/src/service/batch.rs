@@ -168,7 +168,8 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let inner = &*self.inner;
-        let (hop, grant, body) = self.admitted_body(request, id).await?;
+        // The body's bytes stay held until the answer.
+        let (hop, grant, body, _held) = self.admitted_body(request, id).await?;
         let texts = parse(&body, &inner.config)?;
         let mut outcomes: Vec<Option<Outcome>> = texts.iter().map(|_| None).collect();
         let mut pending = Vec::with_capacity(texts.len());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,6 +20,7 @@ use ipubsub_core::{Engine, Log, Message};
 use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
 use crate::body::ApiBody;
+use crate::body_budget::{BodyBudget, HeldBody};
 use crate::config::HttpConfig;
 use crate::credentials::{self, Credentials};
 use crate::error::{ApiError, ErrorCode};
@@ -60,6 +61,8 @@ struct Inner {
     log: Option<Log>,
     cluster: Cluster,
     config: HttpConfig,
+    /// Request bodies held at once ([`HttpConfig::max_body_bytes_in_flight`]).
+    bodies: Arc<BodyBudget>,
     /// Tokens and cluster secrets, replaceable while the node runs (the config's are the
     /// first ones).
     credentials: credentials::Current,
@@ -94,7 +97,13 @@ impl App {
     /// The API over `engine` (and `log`, when persistence is configured), routing streams by
     /// `cluster`, with `config`'s limits.
     pub fn new(engine: Engine, log: Option<Log>, cluster: Cluster, config: HttpConfig) -> Self {
-        let metrics = Metrics::new(engine.clone(), log.clone(), cluster.clone());
+        let bodies = BodyBudget::new(config.max_body_bytes_in_flight);
+        let metrics = Metrics::new(
+            engine.clone(),
+            log.clone(),
+            cluster.clone(),
+            Arc::clone(&bodies),
+        );
         let forwarder = Forwarder::new(cluster.local().id().clone())
             .with_http(config.peer_http)
             .with_secret(config.cluster_secret.clone())
@@ -116,6 +125,7 @@ impl App {
                 log,
                 cluster,
                 config,
+                bodies,
                 credentials,
                 readiness: Readiness::new(),
                 metrics,
@@ -326,7 +336,8 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let inner = &*self.inner;
-        let (hop, grant, body) = self.admitted_body(request, id).await?;
+        // The body's bytes stay held until the answer.
+        let (hop, grant, body, _held) = self.admitted_body(request, id).await?;
         // Validated here, so bad input is answered without a hop.
         let send = send::parse(&body, &inner.config, inner.log.is_some())?;
         if let Some(grant) = grant {
@@ -395,7 +406,7 @@ impl App {
         &self,
         request: Request<B>,
         id: &HeaderValue,
-    ) -> Result<(Hop, Option<Arc<Grant>>, Bytes), ApiError>
+    ) -> Result<(Hop, Option<Arc<Grant>>, Bytes, HeldBody), ApiError>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -403,8 +414,8 @@ impl App {
         self.refuse_when_closed()?;
         let hop = Hop::of(&request, id);
         let grant = self.admit(&request, &hop)?;
-        let body = read_body(request, &self.inner.config).await?;
-        Ok((hop, grant, body))
+        let (body, held) = read_body(request, &self.inner.config, &self.inner.bodies).await?;
+        Ok((hop, grant, body, held))
     }
 
     /// Who may make this request: checked before anything else is read. A request marked
@@ -511,8 +522,13 @@ impl Hop {
     }
 }
 
-/// The request's body, within `config`'s size and time limits.
-async fn read_body<B>(request: Request<B>, config: &HttpConfig) -> Result<Bytes, ApiError>
+/// The request's body, within `config`'s size and time limits, and its bytes held from
+/// `bodies` (given back when the hold is dropped, once the request is answered).
+async fn read_body<B>(
+    request: Request<B>,
+    config: &HttpConfig,
+    bodies: &Arc<BodyBudget>,
+) -> Result<(Bytes, HeldBody), ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -523,6 +539,17 @@ where
             ErrorCode::BodyTooLarge,
             format!("the body is larger than {limit} bytes"),
         )
+        .hit(Limit::BodySize)
+    };
+    let no_room = || {
+        ApiError::new(
+            ErrorCode::MemoryLimit,
+            format!(
+                "the request bodies this node is receiving fill http.max_body_bytes_in_flight ({} bytes)",
+                bodies.max()
+            ),
+        )
+        .hit(Limit::Bodies)
     };
     let declared = request
         .headers()
@@ -530,10 +557,47 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large().hit(Limit::BodySize));
+        return Err(too_large());
     }
-    let collect = Limited::new(request.into_body(), limit).collect();
-    let Ok(collected) = tokio::time::timeout(config.body_read_timeout, collect).await else {
+    // Each chunk is held as it arrives: a declared length that never comes holds nothing,
+    // so a client cannot take the budget without sending the bytes.
+    let mut held = bodies.hold(0).ok_or_else(no_room)?;
+    let mut body = std::pin::pin!(request.into_body());
+    let read = async {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("could not read the body: {e}"),
+                )
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers
+            };
+            total += chunk.len();
+            if total > limit {
+                return Err(too_large());
+            }
+            if !held.grow(chunk.len()) {
+                return Err(no_room());
+            }
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => {
+                let mut all = Vec::with_capacity(total);
+                for chunk in &chunks {
+                    all.extend_from_slice(chunk);
+                }
+                Bytes::from(all)
+            }
+        })
+    };
+    let Ok(read) = tokio::time::timeout(config.body_read_timeout, read).await else {
         return Err(ApiError::new(
             ErrorCode::BodyTimeout,
             format!(
@@ -543,16 +607,7 @@ where
         )
         .hit(Limit::BodyTime));
     };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(too_large().hit(Limit::BodySize))
-        }
-        Err(e) => Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("could not read the body: {e}"),
-        )),
-    }
+    Ok((read?, held))
 }
 
 fn not_allowed(allow: &'static str) -> ApiError {

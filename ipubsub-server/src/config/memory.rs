@@ -1,4 +1,5 @@
-//! The memory this process may use, for the default of `engine.max_buffered_bytes`.
+//! The memory this process may use, for the defaults of `engine.max_buffered_bytes` and
+//! `http.max_body_bytes_in_flight`.
 
 /// Share of the memory this process may use that in-memory messages get by default.
 const DEFAULT_SHARE: u64 = 4;
@@ -10,6 +11,20 @@ const FALLBACK: u64 = 1 << 30;
 /// ([`memory_limit`]), or 1 GiB when that cannot be read.
 pub(crate) fn default_budget() -> u64 {
     memory_limit().map_or(FALLBACK, |limit| limit / DEFAULT_SHARE)
+}
+
+/// Share of the memory this process may use that request bodies in flight get by default.
+const BODY_SHARE: u64 = 8;
+
+/// The most request bodies in flight get by default: plenty for a busy node (10,000
+/// publishers with 16 KB bodies at once), small enough that their copies while parsing stay
+/// well within the memory a node leaves to requests.
+const BODY_CAP: u64 = 256 << 20;
+
+/// `http.max_body_bytes_in_flight` when unset: an eighth of the memory this process may use,
+/// at most 256 MiB (256 MiB when that memory cannot be read).
+pub(crate) fn default_body_budget() -> u64 {
+    memory_limit().map_or(BODY_CAP, |limit| (limit / BODY_SHARE).min(BODY_CAP))
 }
 
 /// The memory this process may use: the machine's (`MemTotal`), or its cgroup's

@@ -137,6 +137,16 @@ fn unknown_keys_and_bad_values_are_errors() -> Result<(), Box<dyn std::error::Er
         .ok_or("accepted default > max")?;
     assert!(err.to_string().contains("exceeds"), "{err}");
 
+    let mut file = tempfile::NamedTempFile::new()?;
+    writeln!(
+        file,
+        "http:\n  max_body_bytes: 1000000\n  max_body_bytes_in_flight: 999999"
+    )?;
+    let err = Config::load(Some(file.path()))
+        .err()
+        .ok_or("accepted a body budget below one body")?;
+    assert!(err.to_string().contains("max_body_bytes_in_flight"), "{err}");
+
     assert!(Config::load(Some(Path::new("/nonexistent.yaml"))).is_err());
     Ok(())
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses its own part of the helpers
 
 pub mod cluster;
+pub mod databases;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
