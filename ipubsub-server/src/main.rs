@@ -115,12 +115,10 @@ async fn run(
     let membership = match config.node.gossip_bind_addr_port {
         None => None,
         Some(listen) => {
-            let secrets: Vec<_> = http_config
-                .cluster_secret
-                .iter()
-                .chain(&http_config.accepted_cluster_secrets)
-                .cloned()
-                .collect();
+            let secrets = reload::cluster_secrets(
+                http_config.cluster_secret.as_ref(),
+                &http_config.accepted_cluster_secrets,
+            );
             if secrets.is_empty() && !listen.ip().is_loopback() {
                 tracing::warn!(
                     gossip = %listen,

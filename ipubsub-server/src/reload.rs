@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use ipubsub_cluster::GossipSecrets;
+use ipubsub_cluster::{ClusterSecret, GossipSecrets};
 use ipubsub_http::App;
 
 use crate::config::Config;
@@ -29,6 +29,14 @@ pub(crate) struct Reloadable {
 /// of `run`, before the node says it listens.
 pub(crate) fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Every cluster secret, the one sent first: gossip seals with the first and opens with all.
+pub(crate) fn cluster_secrets(
+    sent: Option<&ClusterSecret>,
+    accepted: &[ClusterSecret],
+) -> Vec<ClusterSecret> {
+    sent.into_iter().chain(accepted).cloned().collect()
 }
 
 impl Reloadable {
@@ -54,12 +62,10 @@ impl Reloadable {
             (None, None, _) => None,
             _ => return Err("turning TLS on or off needs a restart".into()),
         };
-        let secrets: Vec<_> = credentials
-            .cluster_secret
-            .iter()
-            .chain(&credentials.accepted_cluster_secrets)
-            .cloned()
-            .collect();
+        let secrets = cluster_secrets(
+            credentials.cluster_secret.as_ref(),
+            &credentials.accepted_cluster_secrets,
+        );
         match (&self.gossip, secrets.is_empty()) {
             (Some(Some(_)), true) => {
                 return Err(

@@ -50,6 +50,18 @@ async fn local_stream(client: &Client, prefix: &str) -> String {
     unreachable!("some stream is local")
 }
 
+/// How many of `answers` had `status` and the error `code`.
+fn count(
+    answers: &std::collections::BTreeMap<(u16, String), usize>,
+    status: u16,
+    code: &str,
+) -> usize {
+    answers
+        .get(&(status, code.to_owned()))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Runs `requests` on `concurrency` tasks; each answer's status and error code, counted.
 async fn run_all(
     client: &Client,
@@ -109,13 +121,7 @@ async fn log_reads_on_random_streams_stay_within_max_log_streams() -> TestResult
         .map(|i| format!("streamId=random-{i:05}&readFromDB=true&timeoutSeconds=0"))
         .collect();
     let answers = run_all(&client, 32, reads).await?;
-    let empty = answers
-        .get(&(
-            StatusCode::FAILED_DEPENDENCY.as_u16(),
-            "NO_MESSAGE".to_owned(),
-        ))
-        .copied()
-        .unwrap_or(0);
+    let empty = count(&answers, 424, "NO_MESSAGE");
     assert_eq!(empty, READS, "every read finds nothing: {answers:?}");
     let evicted = client
         .metric("ipubsub_log_evicted_streams_total")
@@ -146,17 +152,8 @@ async fn log_reads_on_random_streams_stay_within_max_log_streams() -> TestResult
     tokio::time::sleep(Duration::from_millis(1500)).await;
     still_serves(&client, "while-readers-wait").await;
     let answers = waiters.await??;
-    let refused = answers
-        .get(&(503, "TOO_MANY_STREAMS".to_owned()))
-        .copied()
-        .unwrap_or(0);
-    let timed_out = answers
-        .get(&(
-            StatusCode::FAILED_DEPENDENCY.as_u16(),
-            "NO_MESSAGE".to_owned(),
-        ))
-        .copied()
-        .unwrap_or(0);
+    let refused = count(&answers, 503, "TOO_MANY_STREAMS");
+    let timed_out = count(&answers, 424, "NO_MESSAGE");
     println!(
         "{WAITING} waiting log readers: {timed_out} waited their 3 s, {refused} refused at once ({:?} in all)",
         started.elapsed()
@@ -219,17 +216,8 @@ async fn forwards_past_max_forwarded_per_member_are_refused_at_once() -> TestRes
         .unwrap_or(0.0);
     still_serves(&client, &during).await;
     let answers = answers.await??;
-    let refused = answers
-        .get(&(503, "TOO_MANY_WAITERS".to_owned()))
-        .copied()
-        .unwrap_or(0);
-    let timed_out = answers
-        .get(&(
-            StatusCode::FAILED_DEPENDENCY.as_u16(),
-            "NO_MESSAGE".to_owned(),
-        ))
-        .copied()
-        .unwrap_or(0);
+    let refused = count(&answers, 503, "TOO_MANY_WAITERS");
+    let timed_out = count(&answers, 424, "NO_MESSAGE");
     let forwarded = client
         .metric(r#"ipubsub_forwards_total{outcome="answered"}"#)
         .await
@@ -314,14 +302,8 @@ async fn persistent_sends_past_max_queued_bytes_are_503_and_memory_stays_bounded
         }
     }
     let grown = server.rss_bytes().saturating_sub(before);
-    let full = answers
-        .get(&(503, "LOG_QUEUE_FULL".to_owned()))
-        .copied()
-        .unwrap_or(0);
-    let queued = answers
-        .get(&(503, "STORE_UNAVAILABLE".to_owned()))
-        .copied()
-        .unwrap_or(0);
+    let full = count(&answers, 503, "LOG_QUEUE_FULL");
+    let queued = count(&answers, 503, "STORE_UNAVAILABLE");
     println!(
         "{SENDS} sends of {} KiB into a {} MiB queue, the database frozen: {queued} queued and timed out, {full} refused at once; RSS +{:.1} MB",
         PAYLOAD >> 10,

@@ -145,7 +145,10 @@ fn unknown_keys_and_bad_values_are_errors() -> Result<(), Box<dyn std::error::Er
     let err = Config::load(Some(file.path()))
         .err()
         .ok_or("accepted a body budget below one body")?;
-    assert!(err.to_string().contains("max_body_bytes_in_flight"), "{err}");
+    assert!(
+        err.to_string().contains("max_body_bytes_in_flight"),
+        "{err}"
+    );
 
     assert!(Config::load(Some(Path::new("/nonexistent.yaml"))).is_err());
     Ok(())
