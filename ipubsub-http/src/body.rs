@@ -5,11 +5,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use ipubsub_cluster::Relayed;
 
+use crate::body_budget::{BodyBudget, HeldBody};
 use crate::sse::EventStream;
+
+/// Answers larger than this are counted in the body budget until sent
+/// ([`ApiBody::held_in`]).
+const HELD_ABOVE: usize = 64 << 10;
 
 /// The body of an answer of [`App::handle`](crate::App::handle): almost always a whole JSON
 /// body; for a receive asked as Server-Sent Events, an event stream that ends when the
@@ -20,7 +24,8 @@ pub struct ApiBody(Kind);
 
 #[derive(Debug)]
 enum Kind {
-    Whole(Full<Bytes>),
+    /// A whole answer, taken at the first poll.
+    Whole(Option<Bytes>),
     /// Served here.
     Events(Box<EventStream>),
     /// Served by the stream's owner and passed through as it arrives.
@@ -40,17 +45,42 @@ impl ApiBody {
     pub(crate) fn relayed(body: Relayed) -> Self {
         Self(Kind::Relayed(Box::new(body)))
     }
+
+    /// A whole answer larger than [`HELD_ABOVE`], counted in `budget` (whatever room is
+    /// left: it was made already) until its bytes are freed, that is until the connection
+    /// wrote them (hyper and h2 queue the bytes they are given without copying them; a
+    /// client that stops reading keeps them queued); any other answer as it is. Answers
+    /// nobody reads then fill the budget, and the request bodies that come next are refused,
+    /// instead of memory growing with every such answer.
+    pub(crate) fn held_in(self, budget: &std::sync::Arc<BodyBudget>) -> Self {
+        match self.0 {
+            Kind::Whole(Some(bytes)) if bytes.len() > HELD_ABOVE => {
+                let held = budget.hold_anyway(bytes.len());
+                Self(Kind::Whole(Some(Bytes::from_owner(HeldBytes {
+                    bytes,
+                    _held: held,
+                }))))
+            }
+            other => Self(other),
+        }
+    }
 }
 
-impl From<Full<Bytes>> for ApiBody {
-    fn from(body: Full<Bytes>) -> Self {
-        Self(Kind::Whole(body))
+/// Bytes that keep their hold on the body budget for as long as any part of them lives.
+struct HeldBytes {
+    bytes: Bytes,
+    _held: HeldBody,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
 impl From<Bytes> for ApiBody {
     fn from(body: Bytes) -> Self {
-        Self(Kind::Whole(Full::new(body)))
+        Self(Kind::Whole(Some(body)))
     }
 }
 
@@ -63,9 +93,12 @@ impl Body for ApiBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
-            Kind::Whole(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
+            // An empty body ends without a frame, as `Full`'s does.
+            Kind::Whole(body) => Poll::Ready(
+                body.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Kind::Events(events) => events.poll_frame(cx).map(|f| f.map(Ok)),
             Kind::Relayed(body) => Pin::new(&mut **body)
                 .poll_frame(cx)
@@ -75,7 +108,7 @@ impl Body for ApiBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
-            Kind::Whole(body) => body.is_end_stream(),
+            Kind::Whole(body) => body.as_ref().is_none_or(Bytes::is_empty),
             Kind::Events(events) => events.is_done(),
             Kind::Relayed(body) => body.is_end_stream(),
         }
@@ -83,7 +116,7 @@ impl Body for ApiBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
-            Kind::Whole(body) => body.size_hint(),
+            Kind::Whole(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Events(_) => SizeHint::default(),
             Kind::Relayed(body) => body.size_hint(),
         }

@@ -1,5 +1,5 @@
-//! [`BodyBudget`]: the bytes of request bodies a node holds at once
-//! (`http.max_body_bytes_in_flight`).
+//! [`BodyBudget`]: the bytes of request bodies, and of large answers not yet sent, a node
+//! holds at once (`http.max_body_bytes_in_flight`).
 //!
 //! `http.max_body_bytes` bounds one body; without a bound on all of them, memory would grow
 //! with the number of senders: every connection, and every stream of an HTTP/2 connection,
@@ -7,6 +7,12 @@
 //! its declared length, which a client could announce and never send) and gives all back
 //! when its request is answered. A body that does not fit is refused with 503
 //! `MEMORY_LIMIT`; the client retries, as with the other memory budgets.
+//!
+//! A large answer (more than 64 KiB: a `maxMessages` receive of big messages) counts too,
+//! until the client has read it: its messages left the engine's budget when they were
+//! taken, and a client that stops reading would otherwise keep them in memory uncounted,
+//! answer after answer. It is counted whatever the room (it is made already); what it fills
+//! refuses the request bodies that come next.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +50,16 @@ impl BodyBudget {
             bytes: 0,
         };
         held.grow(bytes).then_some(held)
+    }
+
+    /// `bytes` held until the returned hold is dropped, whether they fit or not: for memory
+    /// already taken (an answer made), so that what comes next sees it.
+    pub(crate) fn hold_anyway(self: &Arc<Self>, bytes: usize) -> HeldBody {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        HeldBody {
+            budget: Arc::clone(self),
+            bytes,
+        }
     }
 
     fn take(&self, bytes: usize) -> bool {
@@ -101,6 +117,11 @@ mod tests {
         drop(second);
         assert_eq!(budget.used(), 0);
         assert!(budget.hold(101).is_none(), "larger than the whole budget");
+        assert_eq!(budget.used(), 0);
+        let answer = budget.hold_anyway(150);
+        assert_eq!(budget.used(), 150, "counted past the budget");
+        assert!(budget.hold(1).is_none(), "and it refuses what comes next");
+        drop(answer);
         assert_eq!(budget.used(), 0);
     }
 }

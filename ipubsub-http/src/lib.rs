@@ -53,6 +53,7 @@ pub mod fuzzing;
 mod malformed;
 mod metrics;
 mod ownership;
+mod pacing;
 mod readiness;
 mod rebalance;
 mod receive;

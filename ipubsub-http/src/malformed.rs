@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::pacing::Pacing;
 
 /// How long the unread rest of a malformed request is read and dropped after the answer.
 const LINGER: Duration = Duration::from_secs(1);
@@ -49,6 +50,8 @@ pub(crate) struct Progress {
     dispatched: AtomicU64,
     written_after: AtomicU64,
     body_failed: AtomicBool,
+    /// What the connection's answers handed out and its socket wrote.
+    pub(crate) pacing: Arc<Pacing>,
 }
 
 impl Progress {
@@ -84,11 +87,14 @@ impl<I> Tracked<I> {
     }
 
     fn wrote(&self, result: &Poll<io::Result<usize>>) {
-        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+        if let Poll::Ready(Ok(n)) = result
+            && *n > 0
+        {
             let dispatched = self.progress.dispatched.load(Ordering::Relaxed);
             self.progress
                 .written_after
                 .store(dispatched, Ordering::Relaxed);
+            self.progress.pacing.wrote(*n);
         }
     }
 }

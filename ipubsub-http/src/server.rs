@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::error::{ApiError, ErrorCode};
 use crate::malformed::{self, Progress, Tracked, Watched};
 use crate::metrics::Limit;
+use crate::pacing::Paced;
 use crate::service::{App, error_response};
 
 /// How long a connection over the limit has to send its request before it is closed unanswered.
@@ -248,8 +249,13 @@ impl Connection {
                 let service = service_fn(move |request: hyper::Request<Incoming>| {
                     dispatched.dispatched();
                     let progress = Arc::clone(&dispatched);
+                    let pacing = Arc::clone(&dispatched.pacing);
                     let answer = app.handle(request.map(|body| Watched::new(body, progress)));
-                    Box::pin(async move { Ok::<_, Infallible>(answer.await) })
+                    // Handed to hyper no faster than the socket takes it (`pacing`).
+                    Box::pin(async move {
+                        let answer = answer.await;
+                        Ok::<_, Infallible>(answer.map(|body| Paced::new(body, pacing)))
+                    })
                 });
                 let io = TokioIo::new(Tracked::new(io, progress));
                 let connection = http1::Builder::new()

@@ -435,3 +435,70 @@ async fn bodies_past_max_body_bytes_in_flight_are_503_and_given_back() -> TestRe
     );
     Ok(())
 }
+
+/// Large answers count in `http.max_body_bytes_in_flight` until they are read: two receivers
+/// take 32 messages of 256 KiB each (8 MiB answers) and stop reading. Their answers stay
+/// counted (16 MiB against a budget of 8 MiB), so the next request body is refused with 503
+/// MEMORY_LIMIT instead of the node taking in more while it cannot get rid of what it holds;
+/// when the stalled clients go, the budget is whole again and sends go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_count_in_the_body_budget() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+
+    const BUDGET: usize = 8 << 20;
+    const PAYLOAD: usize = 256 << 10;
+    let server = TestServer::start_with(
+        &format!("http:\n  max_body_bytes_in_flight: {BUDGET}\n  default_stream_size: 100\n"),
+        &[],
+    );
+    let client = server.client().clone();
+    let payload = "a".repeat(PAYLOAD);
+    for i in 0..64 {
+        let body = json!({"streamId": "big", "messageUuid": format!("m{i}"), "message": payload});
+        let (status, answer) = client.send(body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await?;
+        socket
+            .write_all(
+                b"GET /api/v1/streams/receive?streamId=big&maxMessages=32&timeoutSeconds=1 HTTP/1.1\r\nhost: x\r\n\r\n",
+            )
+            .await?;
+        stalled.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = client
+        .metric("ipubsub_body_bytes_in_flight ")
+        .await
+        .unwrap_or(0.0);
+    let small = json!({"streamId": "small", "messageUuid": "s", "message": 1});
+    let (status, answer) = client.send(small.clone()).await;
+    println!("two unread answers of 8 MiB: {held} bytes held; a send meanwhile: {status}");
+    assert!(held >= (2 * 32 * PAYLOAD) as f64, "{held} bytes held");
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::SERVICE_UNAVAILABLE, "MEMORY_LIMIT"),
+        "{answer}"
+    );
+    drop(stalled);
+    let started = Instant::now();
+    loop {
+        let held = client
+            .metric("ipubsub_body_bytes_in_flight ")
+            .await
+            .unwrap_or(-1.0);
+        if held == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{held} bytes still held after the clients went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = client.send(small).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    Ok(())
+}

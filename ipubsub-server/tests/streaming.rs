@@ -277,3 +277,59 @@ async fn a_shutdown_ends_open_event_streams() -> TestResult {
     );
     Ok(())
 }
+
+/// An event stream over HTTP/1.1 whose client stops reading takes no more messages than its
+/// connection can write: the rest stay buffered in the stream, counted in the memory budget,
+/// for the next receiver. Before, hyper buffered every event the stream made (it copies what
+/// a body yields without limit with `pipeline_flush`): 300 messages of 64 KiB were all taken
+/// by a client that read nothing, and the node's memory grew with each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_nobody_reads_takes_no_more_than_its_socket_holds() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+
+    const MESSAGES: usize = 300;
+    const PAYLOAD: usize = 64 << 10;
+    let server = TestServer::start();
+    let client = server.client().clone();
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stalled = socket.connect(server.addr).await?;
+    stalled
+        .write_all(
+            format!(
+                "GET {RECEIVE}?streamId=unread&timeoutSeconds=60 HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let payload = "x".repeat(PAYLOAD);
+    for i in 0..MESSAGES {
+        let send = json!({"streamId": "unread", "messageUuid": format!("m{i}"), "message": payload, "inMemoryStreamSize": 1000});
+        assert_eq!(client.send(send).await.0, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let buffered = client
+        .metric("ipubsub_buffered_bytes ")
+        .await
+        .unwrap_or(0.0);
+    let left = (buffered / (PAYLOAD as f64)).round() as usize;
+    println!(
+        "{MESSAGES} messages of 64 KiB to an event stream nobody reads: {left} left in the stream"
+    );
+    // The connection's window (256 KiB) and the kernel's socket buffers hold the rest.
+    assert!(
+        left >= MESSAGES - 100,
+        "only {left} messages left in the stream"
+    );
+    // The next receiver gets them, in order, from where the stalled stream stopped.
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = client
+        .receive("streamId=unread&maxMessages=1000&timeoutSeconds=1")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = body["messages"].as_array().map_or(0, Vec::len);
+    assert_eq!(got, left, "what was left, for the next receiver");
+    Ok(())
+}

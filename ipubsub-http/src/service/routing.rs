@@ -179,7 +179,7 @@ impl App {
         let metrics = &self.inner.metrics;
         metrics.request(route, response.status().as_u16(), started.elapsed());
         response.headers_mut().insert(REQUEST_ID.clone(), id_value);
-        response
+        response.map(|body| body.held_in(&self.inner.bodies))
     }
 }
 
