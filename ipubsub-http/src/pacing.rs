@@ -50,7 +50,11 @@ pub(crate) struct Pacing {
 impl Pacing {
     /// Called by the socket for every write: `n` bytes went out.
     pub(crate) fn wrote(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::AcqRel);
+        let written = self.written.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        // The socket also writes what no body yielded (heads, chunk sizes): never credit that
+        // to later bodies, or a long keep-alive connection would earn a window as large as
+        // all the heads it ever wrote.
+        self.yielded.fetch_max(written, Ordering::AcqRel);
         let waiting = self
             .waiting
             .lock()
@@ -192,12 +196,31 @@ mod tests {
         let frame = body.frame().await.expect("a frame").expect("data");
         handed += frame.into_data().expect("data").len();
         assert_eq!(handed, 6 * PIECE);
-        pacing.wrote(1 << 20);
+        // The socket keeps up from here: each piece is written as it is handed out.
         while let Some(frame) = body.frame().await {
-            handed += frame.expect("data").into_data().expect("data").len();
+            let piece = frame.expect("data").into_data().expect("data").len();
+            handed += piece;
+            pacing.wrote(piece);
         }
         assert_eq!(handed, 1 << 20, "all of it, in pieces");
         assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_wrote_besides_bodies_earns_no_window() {
+        let pacing = Arc::new(Pacing::default());
+        // A long keep-alive connection: many heads written, no body yielded.
+        pacing.wrote(10 << 20);
+        let answer = Bytes::from(vec![b'x'; 1 << 20]);
+        let mut body = Paced::new(ApiBody::from(answer), Arc::clone(&pacing));
+        for _ in 0..5 {
+            body.frame().await.expect("a frame").expect("data");
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            Pin::new(&mut body).poll_frame(&mut cx).is_pending(),
+            "a window ahead, whatever was written before"
+        );
     }
 
     #[tokio::test(start_paused = true)]
