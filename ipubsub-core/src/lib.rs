@@ -47,7 +47,9 @@ pub mod time;
 pub mod token;
 
 pub use engine::{
-    Drained, Engine, EngineConfig, EngineStats, ReceiveFuture, SendFuture, SendOptions, SendOutcome,
+    DeadLetter, Drained, Engine, EngineConfig, EngineStats, Expired, HandleError, LeaseError,
+    Leased, LeasedReceiveFuture, ReceiptHandle, ReceiveFuture, Redrive, SendFuture, SendOptions,
+    SendOutcome,
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};

@@ -2,6 +2,11 @@
 //! give-ups and retries, receivers that time out, abandon or simply drop their receive. Every
 //! accepted message must be received exactly once.
 //!
+//! The second test does the same with acknowledged receives: receivers that acknowledge,
+//! return (now or after a delay), forget or drop what they took, on a clock that a third
+//! party moves and expires leases on. Every message must be acknowledged exactly once, and
+//! delivered again only after its lease ended.
+//!
 //! The seed is printed; rerun one with `IPUBSUB_STRESS_SEED=<seed>`.
 #![cfg(not(loom))]
 
@@ -15,7 +20,9 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ipubsub_core::{Engine, Message, MessageId, SendOptions, StreamId};
+use ipubsub_core::{
+    Clock, Engine, EngineConfig, ManualClock, Message, MessageId, SendOptions, StreamId, Timestamp,
+};
 
 const SENDERS: usize = 4;
 const RECEIVERS: usize = 4;
@@ -85,8 +92,8 @@ fn stream_id(i: usize) -> StreamId {
     StreamId::new(format!("stress-{i}")).expect("valid id")
 }
 
-#[test]
-fn every_accepted_message_is_received_exactly_once() {
+/// The seed of this run: `IPUBSUB_STRESS_SEED`, else made up and printed.
+fn seed() -> u64 {
     let seed = std::env::var("IPUBSUB_STRESS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -97,6 +104,39 @@ fn every_accepted_message_is_received_exactly_once() {
             t.as_nanos() as u64 ^ u64::from(std::process::id())
         });
     println!("stress seed: {seed} (rerun with IPUBSUB_STRESS_SEED={seed})");
+    seed
+}
+
+/// Sends `count` messages from sender `p`, ids `{p}-{n}`, to random streams, retrying each
+/// until it is accepted.
+fn send_all(engine: &Engine, p: usize, count: usize, rng: &mut Rng, started: Instant) {
+    for n in 0..count {
+        let stream = rng.below(STREAMS as u64) as usize;
+        let id = format!("{p}-{n}");
+        // Retry until accepted: a give-up is definitive, so a retry never duplicates.
+        loop {
+            assert!(started.elapsed() < TIME_LIMIT, "senders stuck");
+            let message = Message::new(
+                MessageId::new(id.clone()).expect("id"),
+                Bytes::from_static(b"0"),
+                engine.now(),
+            );
+            let mut send = engine.send(stream_id(stream), message, options(stream));
+            let deadline = Instant::now() + Duration::from_micros(rng.below(2_000));
+            let result = match run_until(&mut send, deadline) {
+                Some(result) => result,
+                None => send.abandon(),
+            };
+            if result.is_ok() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn every_accepted_message_is_received_exactly_once() {
+    let seed = seed();
 
     let engine = Engine::default();
     let received = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
@@ -111,30 +151,7 @@ fn every_accepted_message_is_received_exactly_once() {
         .map(|p| {
             let engine = engine.clone();
             let mut rng = Rng(seed.wrapping_add(p as u64 + 1) | 1);
-            thread::spawn(move || {
-                for n in 0..MESSAGES_PER_SENDER {
-                    let stream = rng.below(STREAMS as u64) as usize;
-                    let id = format!("{p}-{n}");
-                    // Retry until accepted: a give-up is definitive, so a retry never duplicates.
-                    loop {
-                        assert!(started.elapsed() < TIME_LIMIT, "senders stuck");
-                        let message = Message::new(
-                            MessageId::new(id.clone()).expect("id"),
-                            Bytes::from_static(b"0"),
-                            engine.now(),
-                        );
-                        let mut send = engine.send(stream_id(stream), message, options(stream));
-                        let deadline = Instant::now() + Duration::from_micros(rng.below(2_000));
-                        let result = match run_until(&mut send, deadline) {
-                            Some(result) => result,
-                            None => send.abandon(),
-                        };
-                        if result.is_ok() {
-                            break;
-                        }
-                    }
-                }
-            })
+            thread::spawn(move || send_all(&engine, p, MESSAGES_PER_SENDER, &mut rng, started))
         })
         .collect();
 
@@ -220,6 +237,170 @@ fn every_accepted_message_is_received_exactly_once() {
         "{total} messages, {} dropped receives, {} abandoned receives that got a message, {:?}",
         requeued_drops.load(Ordering::Relaxed),
         abandoned_with_message.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+}
+
+/// What a receiver of the acknowledged stress test did with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Acknowledged: whether the acknowledgement was taken.
+    Acked(bool),
+    Returned,
+    Forgotten,
+}
+
+/// One delivery, as its receiver saw it.
+#[derive(Debug)]
+struct Delivery {
+    deliveries: u32,
+    /// The clock before the receive was made, and after it returned.
+    before: Timestamp,
+    after: Timestamp,
+    outcome: Outcome,
+}
+
+/// The lease of the acknowledged stress test, on its manual clock.
+const LEASE: Duration = Duration::from_millis(50);
+
+#[test]
+fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lease() {
+    let seed = seed();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+    let engine = Engine::with_clock(EngineConfig::default(), clock.clone());
+    let log = Arc::new(Mutex::new(HashMap::<String, Vec<Delivery>>::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let total = SENDERS * MESSAGES_PER_SENDER / 4;
+
+    // Time moves in 1 ms steps, and every step ends the leases that are due.
+    let ticker = {
+        let (engine, clock, stop) = (engine.clone(), clock.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut redelivered = 0;
+            while !stop.load(Ordering::SeqCst) {
+                clock.advance(Duration::from_millis(1));
+                redelivered += engine.expire_leases().redelivered;
+                thread::sleep(Duration::from_micros(100));
+            }
+            redelivered
+        })
+    };
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|p| {
+            let engine = engine.clone();
+            let mut rng = Rng(seed.wrapping_add(p as u64 + 7) | 1);
+            thread::spawn(move || send_all(&engine, p, total / SENDERS, &mut rng, started))
+        })
+        .collect();
+    let receivers: Vec<_> = (0..RECEIVERS)
+        .map(|r| {
+            let (engine, clock, log, acked) =
+                (engine.clone(), clock.clone(), log.clone(), acked.clone());
+            let mut rng = Rng(seed.wrapping_mul(17).wrapping_add(r as u64 + 3) | 1);
+            thread::spawn(move || {
+                while acked.load(Ordering::SeqCst) < total {
+                    assert!(
+                        started.elapsed() < TIME_LIMIT,
+                        "seed {seed}: receivers stuck"
+                    );
+                    let stream = stream_id(rng.below(STREAMS as u64) as usize);
+                    let before = clock.now();
+                    let mut receive = engine.receive_leased(stream.clone(), LEASE);
+                    let deadline = Instant::now() + Duration::from_micros(rng.below(3_000));
+                    let got = match run_until(&mut receive, deadline) {
+                        Some(result) => Some(result.expect("receive")),
+                        None if rng.below(2) == 0 => receive.abandon(),
+                        None => None, // dropped: a message handed to it goes back
+                    };
+                    drop(receive);
+                    let Some(got) = got else { continue };
+                    let after = clock.now();
+                    let outcome = match rng.below(10) {
+                        0 => Outcome::Forgotten,
+                        1 => {
+                            let delay = Duration::from_millis(rng.below(3) * 10);
+                            let back = engine.nack(&stream, &[got.handle], delay);
+                            // Refused only when the lease ended first (a slow receiver).
+                            if back[0].is_ok() {
+                                Outcome::Returned
+                            } else {
+                                Outcome::Forgotten
+                            }
+                        }
+                        _ => {
+                            let taken = engine.ack(&stream, &[got.handle])[0].is_ok();
+                            if taken {
+                                acked.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Outcome::Acked(taken)
+                        }
+                    };
+                    let delivery = Delivery {
+                        deliveries: got.deliveries,
+                        before,
+                        after,
+                        outcome,
+                    };
+                    let mut log = log.lock().expect("lock");
+                    log.entry(got.message.id().to_string())
+                        .or_default()
+                        .push(delivery);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender thread");
+    }
+    for r in receivers {
+        r.join().expect("receiver thread");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let redelivered = ticker.join().expect("ticker");
+
+    let mut log = log.lock().expect("lock");
+    assert_eq!(log.len(), total, "seed {seed}: lost messages");
+    for (id, deliveries) in log.iter_mut() {
+        deliveries.sort_by_key(|d| d.deliveries);
+        let numbers: Vec<_> = deliveries.iter().map(|d| d.deliveries).collect();
+        let expected: Vec<_> = (1..=deliveries.len() as u32).collect();
+        assert_eq!(numbers, expected, "seed {seed}: {id}'s delivery counts");
+        let acks: Vec<_> = deliveries
+            .iter()
+            .map(|d| d.outcome == Outcome::Acked(true))
+            .collect();
+        assert_eq!(
+            acks.iter().filter(|a| **a).count(),
+            1,
+            "seed {seed}: {id}: {deliveries:?}"
+        );
+        assert!(
+            acks[acks.len() - 1],
+            "seed {seed}: {id} delivered after its ack"
+        );
+        for pair in deliveries.windows(2) {
+            if pair[0].outcome != Outcome::Returned {
+                let gap = pair[1].after.saturating_since(pair[0].before);
+                assert!(gap >= LEASE, "seed {seed}: {id} redelivered after {gap:?}");
+            }
+        }
+    }
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.in_flight, stats.buffered_bytes),
+        (0, 0),
+        "seed {seed}"
+    );
+    assert!(
+        redelivered > 0 && stats.nacked > 0,
+        "seed {seed}: no lease ever ended"
+    );
+    let again = log.values().filter(|d| d.len() > 1).count();
+    println!(
+        "{total} messages acknowledged once each; {again} delivered more than once ({redelivered} leases ended, {} returned), {:?}",
+        stats.nacked,
         started.elapsed()
     );
 }

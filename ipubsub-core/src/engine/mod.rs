@@ -1,7 +1,9 @@
 //! The [`Engine`]: a sharded registry of in-memory streams and the matching of senders with
 //! receivers.
 
+mod acking;
 mod buffer;
+mod lease;
 mod receive;
 mod send;
 mod slot;
@@ -13,7 +15,10 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-pub use receive::ReceiveFuture;
+pub use acking::Expired;
+use lease::{Change, Ctx, Deadlines, LeaseIds};
+pub use lease::{DeadLetter, HandleError, LeaseError, LeaseId, Leased, ReceiptHandle, Redrive};
+pub use receive::{LeasedReceiveFuture, ReceiveFuture};
 pub use send::{SendFuture, SendOptions, SendOutcome};
 use stream::Stream;
 
@@ -88,6 +93,23 @@ pub struct EngineStats {
     pub buffered_bytes: usize,
     /// Sends and hand-offs refused for the memory budget.
     pub memory_refusals: u64,
+    /// Messages delivered under a lease and not yet acknowledged, now.
+    pub in_flight: usize,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+    /// Deliveries returned by their receivers ([`Engine::nack`]).
+    pub nacked: u64,
+    /// Leases extended.
+    pub extended: u64,
+    /// Acknowledgements, returns and extensions refused: the handle named another stream
+    /// or a delivery no longer in flight.
+    pub lease_refusals: u64,
+    /// Messages whose lease ended unacknowledged and went back to their stream.
+    pub redelivered: u64,
+    /// Messages taken off their stream after `maxDeliveries`, for a dead-letter stream.
+    pub dead_lettered: u64,
+    /// Messages dropped after `maxDeliveries`: their stream has no dead-letter stream.
+    pub dropped_after_max_deliveries: u64,
 }
 
 /// The in-memory streaming engine: streams created on first use, three delivery modes, FIFO
@@ -118,12 +140,32 @@ struct Inner {
     /// Set once by [`Engine::close`], before it visits the shards. Every registration checks it
     /// under its shard lock, so no waiter can slip in behind the close.
     closed: AtomicBool,
+    lease_ids: LeaseIds,
+    /// [`EngineStats::in_flight`].
+    in_flight: AtomicUsize,
+    counts: LeaseCounts,
+}
+
+/// The lease counters of [`EngineStats`].
+#[derive(Default)]
+struct LeaseCounts {
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    extended: AtomicU64,
+    refusals: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// One lock and its part of the registry, padded to its own cache lines so that shards that
-/// are hit from different cores do not share a line.
+/// are hit from different cores do not share a line. The deadlines of its streams' leases
+/// have a lock of their own, taken inside the table's and only by streams that lease.
 #[repr(align(128))]
-struct Shard(Mutex<HashTable<Box<Stream>>>);
+struct Shard {
+    table: Mutex<HashTable<Box<Stream>>>,
+    deadlines: Mutex<Deadlines>,
+}
 
 /// A reservation of one waiting place, given back on drop.
 struct WaitPermit(Arc<Inner>);
@@ -167,7 +209,10 @@ impl Engine {
     pub fn with_clock(config: EngineConfig, clock: std::sync::Arc<dyn Clock>) -> Self {
         let shards = config.shards.max(1).next_power_of_two();
         let shards = (0..shards)
-            .map(|_| Shard(Mutex::new(HashTable::new())))
+            .map(|_| Shard {
+                table: Mutex::new(HashTable::new()),
+                deadlines: Mutex::new(Deadlines::new()),
+            })
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -181,6 +226,9 @@ impl Engine {
                 bytes: AtomicUsize::new(0),
                 memory_refusals: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
+                lease_ids: LeaseIds::new(),
+                in_flight: AtomicUsize::new(0),
+                counts: LeaseCounts::default(),
             }),
         }
     }
@@ -197,19 +245,28 @@ impl Engine {
 
     /// Counts of streams and waiters.
     pub fn stats(&self) -> EngineStats {
+        let counts = &self.inner.counts;
         EngineStats {
             streams: self.inner.streams.load(Ordering::Relaxed),
             waiters: self.inner.waiters.load(Ordering::Relaxed),
             buffered_at_last_sweep: self.inner.buffered.load(Ordering::Relaxed),
             buffered_bytes: self.inner.bytes.load(Ordering::Relaxed),
             memory_refusals: self.inner.memory_refusals.load(Ordering::Relaxed),
+            in_flight: self.inner.in_flight.load(Ordering::Relaxed),
+            acked: counts.acked.load(Ordering::Relaxed),
+            nacked: counts.nacked.load(Ordering::Relaxed),
+            extended: counts.extended.load(Ordering::Relaxed),
+            lease_refusals: counts.refusals.load(Ordering::Relaxed),
+            redelivered: counts.redelivered.load(Ordering::Relaxed),
+            dead_lettered: counts.dead_lettered.load(Ordering::Relaxed),
+            dropped_after_max_deliveries: counts.dropped.load(Ordering::Relaxed),
         }
     }
 
     /// Messages buffered in `stream`, or `None` if the engine holds no such stream.
     pub fn buffered(&self, stream: &StreamId) -> Option<usize> {
         let (hash, shard) = self.inner.locate(stream);
-        let table = shard.0.lock();
+        let table = shard.table.lock();
         table.find(hash, |s| s.id() == stream).map(|s| s.len())
     }
 
@@ -230,10 +287,13 @@ impl Engine {
     pub fn try_receive(&self, stream: &StreamId) -> Option<Message> {
         let now = self.now();
         let (hash, shard) = self.inner.locate(stream);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         let entry = Inner::find_mut(&mut table, hash, stream)?;
         entry.touch(now);
-        self.inner.metered(entry, Stream::take)
+        let ctx = self.inner.ctx_at(now);
+        self.inner
+            .metered(shard, entry, |s| s.take(None, &ctx))
+            .map(|handed| handed.message)
     }
 
     /// Takes up to `max` messages of `stream` that are there now, oldest first, without
@@ -241,13 +301,17 @@ impl Engine {
     pub fn try_receive_many(&self, stream: &StreamId, max: usize) -> Vec<Message> {
         let now = self.now();
         let (hash, shard) = self.inner.locate(stream);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         let Some(entry) = Inner::find_mut(&mut table, hash, stream) else {
             return Vec::new();
         };
         entry.touch(now);
-        self.inner.metered(entry, |entry| {
-            std::iter::from_fn(|| entry.take()).take(max).collect()
+        let ctx = self.inner.ctx_at(now);
+        self.inner.metered(shard, entry, |entry| {
+            std::iter::from_fn(|| entry.take(None, &ctx))
+                .take(max)
+                .map(|handed| handed.message)
+                .collect()
         })
     }
 
@@ -262,11 +326,11 @@ impl Engine {
         let mut dropped = 0;
         let mut buffered = 0;
         for shard in self.inner.shards.iter() {
-            let mut table = shard.0.lock();
+            let mut table = shard.table.lock();
             let before = table.len();
             table.retain(|stream| {
                 buffered += stream.len();
-                !self.inner.metered(stream, |s| s.is_idle(now, idle))
+                !self.inner.metered(shard, stream, |s| s.is_idle(now, idle))
             });
             let gone = before - table.len();
             if gone > 0 {
@@ -290,8 +354,8 @@ impl Engine {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         for shard in self.inner.shards.iter() {
-            for stream in shard.0.lock().iter_mut() {
-                self.inner.metered(stream, Stream::close_waiters);
+            for stream in shard.table.lock().iter_mut() {
+                self.inner.metered(shard, stream, Stream::close_waiters);
             }
         }
     }
@@ -320,9 +384,9 @@ impl Engine {
     pub fn drain_streams(&self, mut moved: impl FnMut(&StreamId) -> bool) -> Vec<Drained> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
-            let mut table = shard.0.lock();
+            let mut table = shard.table.lock();
             let moved = table.iter_mut().filter(|s| moved(s.id()));
-            out.extend(moved.filter_map(|stream| self.inner.metered(stream, drain_one)));
+            out.extend(moved.filter_map(|stream| self.inner.metered(shard, stream, drain_one)));
         }
         out
     }
@@ -332,9 +396,9 @@ impl Engine {
     /// moved. For streams known by id, without visiting the others.
     pub fn drain_stream(&self, id: &StreamId) -> Option<Drained> {
         let (hash, shard) = self.inner.locate(id);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         let stream = Inner::find_mut(&mut table, hash, id)?;
-        self.inner.metered(stream, drain_one)
+        self.inner.metered(shard, stream, drain_one)
     }
 
     /// Takes over a message another node had accepted into `stream` (a hand-off): to the
@@ -376,9 +440,12 @@ impl Engine {
             if let Some(size) = size {
                 stream.capacity_or_set(size);
             }
-            let taken = stream.adopt(message, |message| {
-                !budgeted || inner.fits(buffer::charge(message), 0)
-            });
+            let ctx = inner.ctx();
+            let taken = stream.adopt(
+                message,
+                |message| !budgeted || inner.fits(buffer::charge(message), 0),
+                &ctx,
+            );
             if taken {
                 Ok(())
             } else {
@@ -407,16 +474,13 @@ impl Engine {
         let inner = &self.inner;
         let now = inner.clock.now();
         let (hash, shard) = inner.locate(id);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         // Checked under the shard lock: this is what makes [`Engine::close`] race-free.
         if inner.closed.load(Ordering::SeqCst) {
             return Err(Refusal::ShuttingDown);
         }
         let stream = inner.stream_mut(&mut table, hash, id, now, create)?;
-        let before = stream.bytes();
-        let result = f(stream, inner);
-        inner.account(before, stream.bytes());
-        Ok(result)
+        Ok(inner.metered(shard, stream, |stream| f(stream, inner)))
     }
 }
 
@@ -490,13 +554,56 @@ impl Inner {
         table.find_mut(hash, |s| s.id() == id).map(|s| &mut **s)
     }
 
-    /// Runs `f` on `stream` (under its shard lock) and accounts for the bytes it added or
-    /// removed.
-    fn metered<R>(&self, stream: &mut Stream, f: impl FnOnce(&mut Stream) -> R) -> R {
-        let before = stream.bytes();
+    /// Runs `f` on `stream` (under the lock of `shard`, its shard) and accounts for what it
+    /// changed: the bytes it added or removed, the deliveries it put in flight or ended, the
+    /// lease deadlines it set.
+    fn metered<R>(
+        &self,
+        shard: &Shard,
+        stream: &mut Stream,
+        f: impl FnOnce(&mut Stream) -> R,
+    ) -> R {
+        let (before, flying) = (stream.bytes(), stream.in_flight());
         let result = f(stream);
         self.account(before, stream.bytes());
+        let now_flying = stream.in_flight();
+        if now_flying != flying {
+            if now_flying > flying {
+                self.in_flight
+                    .fetch_add(now_flying - flying, Ordering::Relaxed);
+            } else {
+                self.in_flight
+                    .fetch_sub(flying - now_flying, Ordering::Relaxed);
+            }
+        }
+        let changes = stream.take_changes();
+        if !changes.is_empty() {
+            let mut deadlines = shard.deadlines.lock();
+            for change in changes {
+                match change {
+                    Change::Add(at, id) => {
+                        deadlines.insert((at, id), stream.id().clone());
+                    }
+                    Change::Remove(at, id) => {
+                        deadlines.remove(&(at, id));
+                    }
+                }
+            }
+        }
         result
+    }
+
+    /// What stream code needs to lease, now.
+    fn ctx(&self) -> Ctx<'_> {
+        self.ctx_at(self.clock.now())
+    }
+
+    /// What stream code needs to lease, at `now`.
+    fn ctx_at(&self, now: Timestamp) -> Ctx<'_> {
+        Ctx {
+            now,
+            ids: &self.lease_ids,
+        }
     }
 
     /// Moves [`Inner::bytes`] by a stream's change from `before` to `after`.

@@ -1,11 +1,14 @@
-//! [`ReceiveFuture`]: one receive, from the first poll to a message, a shutdown or giving up.
+//! [`ReceiveFuture`] and [`LeasedReceiveFuture`]: one receive, from the first poll to a
+//! message, a shutdown or giving up.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use super::lease::Leased;
 use super::slot::{Cancel, Slot};
-use super::stream::ReceiverSlot;
+use super::stream::{Handed, ReceiverSlot};
 use super::{Create, Engine, Inner, Refusal, WaitPermit};
 use crate::error::ReceiveError;
 use crate::id::StreamId;
@@ -21,9 +24,83 @@ use crate::message::Message;
 ///   if one was handed over in the meantime, else leaves the queue;
 /// - if the future is simply dropped (the client went away), a message it was handed but never
 ///   returned goes back to the front of the stream, to the next receiver.
-pub struct ReceiveFuture {
+pub struct ReceiveFuture(Receiving);
+
+/// An acknowledged receive of the next message of one stream, returned by
+/// [`Engine::receive_leased`]: as [`ReceiveFuture`], but the message it takes stays in flight
+/// under a lease until it is acknowledged ([`Engine::ack`]), returned ([`Engine::nack`]) or the
+/// lease ends, when it goes back to the head of its stream.
+///
+/// **Cancellation safety.** [`abandon`](Self::abandon) returns the leased message if one was
+/// handed over (the caller must deliver it, or [`Engine::nack`] it); if the future is dropped
+/// after being handed one, the lease ends at once and the message goes back, its delivery
+/// not counted.
+pub struct LeasedReceiveFuture(Receiving);
+
+impl ReceiveFuture {
+    pub(super) fn new(engine: Engine, stream: StreamId) -> Self {
+        Self(Receiving::new(engine, stream, None))
+    }
+
+    /// Gives up the receive, typically because the caller's timeout fired. Returns the message
+    /// it was handed if there was one (the caller must deliver it), else `None`, and the
+    /// receive leaves the stream's queue. After this the future must not be polled again.
+    pub fn abandon(&mut self) -> Option<Message> {
+        self.0.abandon().map(|handed| handed.message)
+    }
+}
+
+impl Future for ReceiveFuture {
+    type Output = Result<Message, ReceiveError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.get_mut().0)
+            .poll(cx)
+            .map_ok(|handed| handed.message)
+    }
+}
+
+impl LeasedReceiveFuture {
+    pub(super) fn new(engine: Engine, stream: StreamId, lease: Duration) -> Self {
+        Self(Receiving::new(engine, stream, Some(lease)))
+    }
+
+    /// Gives up the receive, as [`ReceiveFuture::abandon`]: the message it was handed, still
+    /// leased, if there was one.
+    pub fn abandon(&mut self) -> Option<Leased> {
+        self.0.abandon().and_then(Handed::leased)
+    }
+}
+
+impl Future for LeasedReceiveFuture {
+    type Output = Result<Leased, ReceiveError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(|result| {
+            // A leased receive is always handed a lease.
+            result.and_then(|handed| handed.leased().ok_or(ReceiveError::ShuttingDown))
+        })
+    }
+}
+
+impl Handed {
+    /// The leased delivery this is, if it is one.
+    pub(super) fn leased(self) -> Option<Leased> {
+        let handle = self.handle?;
+        Some(Leased {
+            message: self.message,
+            handle,
+            deliveries: self.before + 1,
+        })
+    }
+}
+
+/// The receive behind both futures.
+struct Receiving {
     engine: Engine,
     state: State,
+    /// The lease asked for, if any.
+    lease: Option<Duration>,
 }
 
 enum State {
@@ -38,22 +115,20 @@ enum State {
 
 /// What the first poll found.
 enum First {
-    Got(Message),
+    Got(Handed),
     Queued(ReceiverSlot, WaitPermit),
 }
 
-impl ReceiveFuture {
-    pub(super) fn new(engine: Engine, stream: StreamId) -> Self {
+impl Receiving {
+    fn new(engine: Engine, stream: StreamId, lease: Option<Duration>) -> Self {
         Self {
             engine,
             state: State::Start(stream),
+            lease,
         }
     }
 
-    /// Gives up the receive, typically because the caller's timeout fired. Returns the message
-    /// it was handed if there was one (the caller must deliver it), else `None`, and the
-    /// receive leaves the stream's queue. After this the future must not be polled again.
-    pub fn abandon(&mut self) -> Option<Message> {
+    fn abandon(&mut self) -> Option<Handed> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Waiting { stream, slot, .. } => {
                 self.engine.cancel_receive(&stream, &slot, false)
@@ -63,21 +138,22 @@ impl ReceiveFuture {
     }
 
     fn start(&mut self, stream: &StreamId, cx: &mut Context<'_>) -> Result<First, ReceiveError> {
+        let lease = self.lease;
         let first = self.engine.with_stream(stream, |s, inner| {
-            if let Some(message) = s.take() {
-                return Ok::<_, Refusal>(First::Got(message));
+            if let Some(handed) = s.take(lease, &inner.ctx()) {
+                return Ok::<_, Refusal>(First::Got(handed));
             }
             let permit = Inner::try_wait(inner)?;
             let slot = Slot::new(cx.waker());
-            s.enqueue_receiver(slot.clone());
+            s.enqueue_receiver(slot.clone(), lease);
             Ok(First::Queued(slot, permit))
         });
         Ok(first??)
     }
 }
 
-impl Future for ReceiveFuture {
-    type Output = Result<Message, ReceiveError>;
+impl Future for Receiving {
+    type Output = Result<Handed, ReceiveError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -118,7 +194,7 @@ impl Future for ReceiveFuture {
     }
 }
 
-impl Drop for ReceiveFuture {
+impl Drop for Receiving {
     fn drop(&mut self) {
         if let State::Waiting { stream, slot, .. } = std::mem::replace(&mut self.state, State::Done)
         {
@@ -130,17 +206,18 @@ impl Drop for ReceiveFuture {
 
 impl Engine {
     /// Takes a waiting receive out of its stream's queue. A message it had been handed is
-    /// returned, or with `requeue` put back at the front of the stream.
+    /// returned, or with `requeue` put back at the front of the stream (its lease, if it had
+    /// one, ended without counting).
     fn cancel_receive(
         &self,
         stream: &StreamId,
         slot: &ReceiverSlot,
         requeue: bool,
-    ) -> Option<Message> {
+    ) -> Option<Handed> {
         let inner = &self.inner;
         let now = inner.clock.now();
         let (hash, shard) = inner.locate(stream);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         // The slot is settled under the shard lock, like every hand-over, so nothing can be
         // handed to it after this point.
         match slot.cancel() {
@@ -151,13 +228,17 @@ impl Engine {
                 }
                 None
             }
-            Cancel::WasServed(message) if requeue => {
+            Cancel::WasServed(handed) if requeue => {
                 if let Ok(s) = inner.stream_mut(&mut table, hash, stream, now, Create::Always) {
-                    inner.metered(s, |s| s.requeue(message));
+                    let ctx = inner.ctx_at(now);
+                    inner.metered(shard, s, |s| match &handed.handle {
+                        Some(handle) => s.release(handle, &ctx),
+                        None => s.requeue(handed.message, handed.before, &ctx),
+                    });
                 }
                 None
             }
-            Cancel::WasServed(message) => Some(message),
+            Cancel::WasServed(handed) => Some(handed),
             Cancel::Nothing => None,
         }
     }

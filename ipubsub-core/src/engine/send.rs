@@ -126,7 +126,7 @@ impl SendFuture {
     ) -> Result<First, SendError> {
         let first = self.engine.with_stream(stream, |s, inner| {
             let capacity = s.capacity_or_set(options.stream_size);
-            let message = match s.hand_to_receiver(message) {
+            let message = match s.hand_to_receiver(message, 0, &inner.ctx()) {
                 Ok(()) => return Ok(First::Sent(SendOutcome::Delivered)),
                 Err(message) => message,
             };
@@ -239,11 +239,11 @@ impl Engine {
         give_up: SendError,
     ) -> Result<SendOutcome, SendError> {
         let (hash, shard) = self.inner.locate(stream);
-        let mut table = shard.0.lock();
+        let mut table = shard.table.lock();
         match slot.cancel() {
             Cancel::WasWaiting => {
                 if let Some(s) = Inner::find_mut(&mut table, hash, stream) {
-                    self.inner.metered(s, Stream::sender_gave_up);
+                    self.inner.metered(shard, s, Stream::sender_gave_up);
                 }
                 Err(give_up)
             }

@@ -5,9 +5,13 @@
 //! capacity (fixed by the first send) and whether a send may wait.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
+use super::lease::{
+    Acks, Change, Ctx, DeadLetter, Lease, LeaseError, ReceiptHandle, Redrive, State,
+};
 use super::slot::Slot;
 use crate::id::StreamId;
 use crate::message::Message;
@@ -22,14 +26,38 @@ fn ceil_secs(now: Timestamp) -> u32 {
     u32::try_from(now.as_micros().div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
-pub(super) type ReceiverSlot = Arc<Slot<Message>>;
+pub(super) type ReceiverSlot = Arc<Slot<Handed>>;
 pub(super) type SenderSlot = Arc<Slot<SendOutcome>>;
+
+/// What a receiver is given: a message, and its lease if the receive asked for one.
+#[derive(Debug)]
+pub(super) struct Handed {
+    pub(super) message: Message,
+    /// How many times the message was delivered under a lease before this delivery.
+    pub(super) before: u32,
+    /// The lease's handle, if the receive asked for one.
+    pub(super) handle: Option<ReceiptHandle>,
+}
+
+/// A queued receiver: its slot, and how long a lease it asks for (`None`: a plain receive).
+pub(super) type Receiver = (ReceiverSlot, Option<Duration>);
+
+/// What became of a message whose lease ended or that was returned.
+#[derive(Debug)]
+pub(super) enum Back {
+    /// Back at the head of its stream (or with a waiting receiver).
+    Requeued,
+    /// Delivered `maxDeliveries` times: for the dead-letter stream.
+    DeadLetter(DeadLetter),
+    /// Delivered `maxDeliveries` times, with no dead-letter stream: dropped.
+    Dropped,
+}
 
 /// Waiters of one stream. Boxed and allocated only while someone waits, so that an idle
 /// stream pays one pointer for it.
 #[derive(Default)]
 struct Waiting {
-    receivers: VecDeque<ReceiverSlot>,
+    receivers: VecDeque<Receiver>,
     senders: VecDeque<(SenderSlot, Message)>,
     /// Entries of `receivers` whose future gave up. They are skipped when reached and swept
     /// out once they are half of the queue, which keeps cancellation O(1) amortised.
@@ -39,12 +67,14 @@ struct Waiting {
     /// The [`charge`]s of the messages in `senders`, dead entries' included (their messages
     /// are held until swept out).
     sender_bytes: usize,
+    /// Leases and returned messages' delivery counts, while there are any.
+    acks: Option<Box<Acks>>,
 }
 
 impl Waiting {
     fn compact(&mut self) {
         if self.dead_receivers > 0 {
-            self.receivers.retain(|slot| slot.is_waiting());
+            self.receivers.retain(|(slot, _)| slot.is_waiting());
             self.dead_receivers = 0;
         }
         if self.dead_senders > 0 {
@@ -62,7 +92,9 @@ impl Waiting {
     }
 
     fn is_empty(&self) -> bool {
-        self.receivers.len() == self.dead_receivers && self.senders.len() == self.dead_senders
+        self.receivers.len() == self.dead_receivers
+            && self.senders.len() == self.dead_senders
+            && self.acks.is_none()
     }
 }
 
@@ -122,9 +154,45 @@ impl Stream {
     }
 
     /// What the stream's messages count against the engine's memory budget: the buffered
-    /// ones and those of waiting senders.
+    /// ones, those of waiting senders and those in flight.
     pub(super) fn bytes(&self) -> usize {
-        self.buffer.bytes() + self.waiting.as_ref().map_or(0, |w| w.sender_bytes)
+        self.buffer.bytes()
+            + self.waiting.as_ref().map_or(0, |w| {
+                w.sender_bytes + w.acks.as_ref().map_or(0, |a| a.bytes)
+            })
+    }
+
+    /// Messages delivered under a lease and not acknowledged yet (returned ones waiting for
+    /// their delay included).
+    pub(super) fn in_flight(&self) -> usize {
+        self.acks().map_or(0, |a| a.leases.len())
+    }
+
+    fn acks(&self) -> Option<&Acks> {
+        self.waiting.as_ref()?.acks.as_deref()
+    }
+
+    fn acks_mut(&mut self) -> &mut Acks {
+        self.waiting_mut().acks.get_or_insert_with(Box::default)
+    }
+
+    /// The changes to lease deadlines made since the last call, for the shard's index.
+    pub(super) fn take_changes(&mut self) -> Vec<Change> {
+        let changes = match self.waiting.as_mut().and_then(|w| w.acks.as_mut()) {
+            Some(acks) if !acks.changes.is_empty() => std::mem::take(&mut acks.changes),
+            _ => return Vec::new(),
+        };
+        self.tidy();
+        changes
+    }
+
+    /// Fixes the stream's redrive policy if none is fixed yet.
+    pub(super) fn set_redrive(&mut self, redrive: Redrive) {
+        if redrive != Redrive::default()
+            && self.acks().is_none_or(|a| a.redrive == Redrive::default())
+        {
+            self.acks_mut().redrive = redrive;
+        }
     }
 
     /// The [`charge`]s of the messages [`push_evicting`](Self::push_evicting) would evict to
@@ -138,28 +206,66 @@ impl Stream {
         self.waiting.get_or_insert_with(Box::default)
     }
 
-    /// Frees the waiter queues once nobody waits.
-    fn tidy(&mut self) {
-        if self.waiting.as_ref().is_some_and(|w| w.is_empty()) {
-            self.waiting = None;
+    /// Frees the waiter queues once nobody waits, and the acknowledgement state once it
+    /// holds nothing.
+    pub(super) fn tidy(&mut self) {
+        if let Some(waiting) = self.waiting.as_mut() {
+            if waiting.acks.as_ref().is_some_and(|a| a.is_empty()) {
+                waiting.acks = None;
+            }
+            if waiting.is_empty() {
+                self.waiting = None;
+            }
         }
     }
 
-    /// Hands `message` to the oldest live receiver, or gives it back if none waits.
-    pub(super) fn hand_to_receiver(&mut self, mut message: Message) -> Result<(), Message> {
+    /// Hands `message`, delivered `deliveries` times before, to the oldest live receiver
+    /// (under a lease if it asked for one), or gives it back if none waits.
+    pub(super) fn hand_to_receiver(
+        &mut self,
+        mut message: Message,
+        deliveries: u32,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), Message> {
         let Some(waiting) = self.waiting.as_mut() else {
             return Err(message);
         };
         let result = loop {
-            let Some(slot) = waiting.receivers.pop_front() else {
+            let Some((slot, lease)) = waiting.receivers.pop_front() else {
                 break Err(message);
             };
-            match slot.fill(message) {
+            let handed = match lease {
+                None => Handed {
+                    message,
+                    before: deliveries,
+                    handle: None,
+                },
+                // A slot leaves `Waiting` only under the shard lock, which is held here: a
+                // live slot takes what it is given below, so the lease is never made for
+                // nobody.
+                Some(_) if !slot.is_waiting() => {
+                    waiting.dead_receivers -= 1;
+                    continue;
+                }
+                Some(timeout) => {
+                    let acks = waiting.acks.get_or_insert_with(Box::default);
+                    let handle = acks.lease(&self.id, &message, deliveries + 1, timeout, ctx);
+                    Handed {
+                        message,
+                        before: deliveries,
+                        handle: Some(handle),
+                    }
+                }
+            };
+            match slot.fill(handed) {
                 Ok(()) => break Ok(()),
                 Err(back) => {
                     // That receiver gave up; its entry was dead.
                     waiting.dead_receivers -= 1;
-                    message = back;
+                    if let (Some(handle), Some(acks)) = (back.handle, waiting.acks.as_mut()) {
+                        acks.remove(&handle.lease());
+                    }
+                    message = back.message;
                 }
             }
         };
@@ -171,11 +277,30 @@ impl Stream {
     /// many were evicted. `capacity` must be above zero.
     pub(super) fn push_evicting(&mut self, message: Message, capacity: usize) -> usize {
         let mut evicted = 0;
-        while self.buffer.len() >= capacity && self.buffer.pop_front().is_some() {
+        while self.buffer.len() >= capacity && self.pop_front().is_some() {
             evicted += 1;
         }
         self.push_back(message);
         evicted
+    }
+
+    /// The oldest buffered message and how many times it was delivered before.
+    fn pop_front(&mut self) -> Option<(Message, u32)> {
+        let message = self.buffer.pop_front()?;
+        let deliveries = match self.waiting.as_mut().and_then(|w| w.acks.as_mut()) {
+            Some(acks) => acks.returned.pop_front().unwrap_or(0),
+            None => 0,
+        };
+        Some((message, deliveries))
+    }
+
+    /// Puts `message`, delivered `deliveries` times before, at the head of the buffer.
+    fn push_front(&mut self, message: Message, deliveries: u32) {
+        let counted = self.acks().is_some_and(|a| !a.returned.is_empty());
+        if deliveries > 0 || counted {
+            self.acks_mut().returned.push_front(deliveries);
+        }
+        self.buffer.push_front(message);
     }
 
     /// Buffers `message` if the stream has room and no earlier sender is waiting for it.
@@ -184,7 +309,7 @@ impl Stream {
             .waiting
             .as_ref()
             .is_some_and(|w| w.senders.len() > w.dead_senders);
-        if self.buffer.len() < capacity && !senders_wait {
+        if self.buffer.len() + self.in_flight() < capacity && !senders_wait {
             self.push_back(message);
             Ok(())
         } else {
@@ -202,34 +327,186 @@ impl Stream {
         waiting.senders.push_back((slot, message));
     }
 
-    pub(super) fn enqueue_receiver(&mut self, slot: ReceiverSlot) {
-        self.waiting_mut().receivers.push_back(slot);
+    pub(super) fn enqueue_receiver(&mut self, slot: ReceiverSlot, lease: Option<Duration>) {
+        self.waiting_mut().receivers.push_back((slot, lease));
     }
 
-    /// Takes the next message for a receiver: the oldest buffered one (letting the oldest
-    /// waiting sender into the room it leaves), else straight from the oldest waiting sender.
-    pub(super) fn take(&mut self) -> Option<Message> {
-        if let Some(message) = self.buffer.pop_front() {
-            let capacity = self.capacity().unwrap_or(0) as usize;
-            while self.buffer.len() < capacity {
-                match self.pop_sender(SendOutcome::Buffered { evicted: 0 }) {
-                    Some(admitted) => self.buffer.push_back(admitted),
-                    None => break,
+    /// Takes the next message for a receiver, under a lease of `lease` if given: the oldest
+    /// buffered one (letting the oldest waiting senders into the room it leaves), else
+    /// straight from the oldest waiting sender.
+    pub(super) fn take(&mut self, lease: Option<Duration>, ctx: &Ctx<'_>) -> Option<Handed> {
+        let (message, deliveries) = match self.pop_front() {
+            Some(taken) => taken,
+            None => (self.pop_sender(SendOutcome::Delivered)?, 0),
+        };
+        let handed = match lease {
+            None => Handed {
+                message,
+                before: deliveries,
+                handle: None,
+            },
+            Some(timeout) => {
+                let waiting = self.waiting.get_or_insert_with(Box::default);
+                let acks = waiting.acks.get_or_insert_with(Box::default);
+                let handle = acks.lease(&self.id, &message, deliveries + 1, timeout, ctx);
+                Handed {
+                    message,
+                    before: deliveries,
+                    handle: Some(handle),
                 }
             }
-            return Some(message);
-        }
-        self.pop_sender(SendOutcome::Delivered)
+        };
+        self.admit_senders();
+        Some(handed)
     }
 
-    /// Removes every buffered message, oldest first, leaving waiting senders waiting (none is
-    /// admitted into the room this makes: the stream is being handed over).
+    /// Lets waiting senders into the room a blocking queue has: its size less what it
+    /// buffers and what is in flight.
+    fn admit_senders(&mut self) {
+        let capacity = self.capacity().unwrap_or(0) as usize;
+        while self.buffer.len() + self.in_flight() < capacity {
+            match self.pop_sender(SendOutcome::Buffered { evicted: 0 }) {
+                Some(admitted) => self.buffer.push_back(admitted),
+                None => break,
+            }
+        }
+    }
+
+    /// Removes every message the stream holds, oldest first: those in flight (in the order
+    /// they were delivered; their leases end, their handles no longer act), then the buffered
+    /// ones. Waiting senders stay waiting (none is admitted into the room this makes: the
+    /// stream is being handed over).
     pub(super) fn take_buffered(&mut self) -> Vec<Message> {
-        let mut out = Vec::with_capacity(self.buffer.len());
+        let mut out = Vec::with_capacity(self.buffer.len() + self.in_flight());
+        if let Some(acks) = self.waiting.as_mut().and_then(|w| w.acks.as_mut()) {
+            let mut ids: Vec<_> = acks.leases.keys().copied().collect();
+            ids.sort_unstable();
+            out.extend(
+                ids.iter()
+                    .filter_map(|id| acks.remove(id))
+                    .map(|l| l.message),
+            );
+            acks.returned.clear();
+        }
         while let Some(message) = self.buffer.pop_front() {
             out.push(message);
         }
+        self.tidy();
         out
+    }
+
+    /// Acknowledges the delivery of `handle`: its message is done.
+    pub(super) fn ack(&mut self, handle: &ReceiptHandle) -> Result<(), LeaseError> {
+        self.check(handle)?;
+        let acks = self.acks_mut();
+        acks.live(&handle.lease())?;
+        acks.remove(&handle.lease());
+        self.admit_senders();
+        self.tidy();
+        Ok(())
+    }
+
+    /// Gives the lease of `handle` more time: `timeout` from now.
+    pub(super) fn extend(
+        &mut self,
+        handle: &ReceiptHandle,
+        timeout: Duration,
+        now: Timestamp,
+    ) -> Result<(), LeaseError> {
+        self.check(handle)?;
+        let acks = self.acks_mut();
+        acks.live(&handle.lease())?;
+        acks.reschedule(handle.lease(), timeout, State::Leased, now);
+        Ok(())
+    }
+
+    /// Returns the delivery of `handle` to the stream: now, or after `delay` (its message
+    /// stays in flight until then).
+    pub(super) fn nack(
+        &mut self,
+        handle: &ReceiptHandle,
+        delay: Duration,
+        ctx: &Ctx<'_>,
+    ) -> Result<Back, LeaseError> {
+        self.check(handle)?;
+        let acks = self.acks_mut();
+        acks.live(&handle.lease())?;
+        if !delay.is_zero() {
+            acks.reschedule(handle.lease(), delay, State::Delayed, ctx.now);
+            return Ok(Back::Requeued);
+        }
+        let lease = acks
+            .remove(&handle.lease())
+            .ok_or(LeaseError::NotInFlight)?;
+        Ok(self.give_back(lease, ctx))
+    }
+
+    /// Ends the lease `id` if it is still due at `deadline` (an index entry may be older than
+    /// an extension), returning its message to the stream.
+    pub(super) fn expire(
+        &mut self,
+        id: &super::lease::LeaseId,
+        deadline: super::lease::Deadline,
+        ctx: &Ctx<'_>,
+    ) -> Option<Back> {
+        let acks = self.waiting.as_mut()?.acks.as_mut()?;
+        if acks.leases.get(id)?.deadline != deadline {
+            return None;
+        }
+        let lease = acks.remove(id)?;
+        Some(self.give_back(lease, ctx))
+    }
+
+    /// Gives back a delivery its receive never answered (it gave up after being handed the
+    /// message): the lease ends without counting as a delivery.
+    pub(super) fn release(&mut self, handle: &ReceiptHandle, ctx: &Ctx<'_>) {
+        let Some(acks) = self.waiting.as_mut().and_then(|w| w.acks.as_mut()) else {
+            return;
+        };
+        if let Some(lease) = acks.remove(&handle.lease()) {
+            self.requeue(lease.message, lease.deliveries.saturating_sub(1), ctx);
+        }
+        self.tidy();
+    }
+
+    /// A delivery's message back on its stream, or off it for good after its stream's
+    /// `maxDeliveries`.
+    fn give_back(&mut self, lease: Lease, ctx: &Ctx<'_>) -> Back {
+        let Lease {
+            message,
+            deliveries,
+            ..
+        } = lease;
+        let redrive = self.acks().map(|a| a.redrive.clone()).unwrap_or_default();
+        let back = if redrive.max_deliveries > 0 && deliveries >= redrive.max_deliveries {
+            match redrive.dead_letter {
+                Some(dead_letter) => Back::DeadLetter(DeadLetter {
+                    stream: self.id.clone(),
+                    dead_letter,
+                    message,
+                    deliveries,
+                }),
+                None => Back::Dropped,
+            }
+        } else {
+            self.requeue(message, deliveries, ctx);
+            Back::Requeued
+        };
+        if !matches!(back, Back::Requeued) {
+            // Its place in flight is free.
+            self.admit_senders();
+        }
+        self.tidy();
+        back
+    }
+
+    /// Whether `handle` names this stream.
+    fn check(&self, handle: &ReceiptHandle) -> Result<(), LeaseError> {
+        if handle.is_for(&self.id) {
+            Ok(())
+        } else {
+            Err(LeaseError::OtherStream)
+        }
     }
 
     /// Accepts the oldest live waiting sender's message, answering it with `outcome`.
@@ -252,11 +529,16 @@ impl Stream {
     /// Takes over a message accepted elsewhere: to the next live receiver, else to the back
     /// of the buffer, above its capacity if need be, if `room` allows it (false: refused, not
     /// taken); a message of an id already buffered is dropped as the duplicate it is.
-    pub(super) fn adopt(&mut self, message: Message, room: impl FnOnce(&Message) -> bool) -> bool {
+    pub(super) fn adopt(
+        &mut self,
+        message: Message,
+        room: impl FnOnce(&Message) -> bool,
+        ctx: &Ctx<'_>,
+    ) -> bool {
         if self.buffer.holds(message.id()) {
             return true;
         }
-        match self.hand_to_receiver(message) {
+        match self.hand_to_receiver(message, 0, ctx) {
             Ok(()) => true,
             Err(message) if room(&message) => {
                 self.buffer.push_back(message);
@@ -270,9 +552,9 @@ impl Stream {
     /// next live receiver if one waits, else to the front of the buffer, where it is the next
     /// message any receiver gets. This may leave the buffer above its capacity for a while;
     /// losing an acknowledged message would be worse.
-    pub(super) fn requeue(&mut self, message: Message) {
-        if let Err(message) = self.hand_to_receiver(message) {
-            self.buffer.push_front(message);
+    pub(super) fn requeue(&mut self, message: Message, deliveries: u32, ctx: &Ctx<'_>) {
+        if let Err(message) = self.hand_to_receiver(message, deliveries, ctx) {
+            self.push_front(message, deliveries);
         }
     }
 
@@ -305,8 +587,16 @@ impl Stream {
             waiting.compact();
         }
         self.tidy();
+        // A redrive policy alone does not keep a stream: it goes with it, as its size does.
+        let holds_nothing = self.waiting.as_ref().is_none_or(|w| {
+            w.receivers.is_empty()
+                && w.senders.is_empty()
+                && w.acks.as_ref().is_none_or(|a| {
+                    a.leases.is_empty() && a.returned.is_empty() && a.changes.is_empty()
+                })
+        });
         self.buffer.is_empty()
-            && self.waiting.is_none()
+            && holds_nothing
             && now.as_micros()
                 >= (u64::from(self.last_active_secs) * 1_000_000).saturating_add(idle_micros)
     }
@@ -314,14 +604,19 @@ impl Stream {
     /// Answers every waiter for shutdown. Waiting senders' messages were never accepted and
     /// are dropped; buffered messages stay.
     pub(super) fn close_waiters(&mut self) {
-        if let Some(waiting) = self.waiting.take() {
-            for slot in &waiting.receivers {
+        if let Some(waiting) = self.waiting.as_mut() {
+            for (slot, _) in waiting.receivers.drain(..) {
                 slot.close();
             }
-            for (slot, _) in &waiting.senders {
+            for (slot, _) in waiting.senders.drain(..) {
                 slot.close();
             }
+            // What is in flight stays, as buffered messages do.
+            waiting.dead_receivers = 0;
+            waiting.dead_senders = 0;
+            waiting.sender_bytes = 0;
         }
+        self.tidy();
     }
 }
 

@@ -1,3 +1,5 @@
+mod leases;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -222,7 +224,7 @@ fn abandoned_receivers_leave_no_trace() {
     drop(held);
     assert_eq!(e.stats().waiters, 0);
     let (hash, shard) = e.inner.locate(&sid("s"));
-    let mut table = shard.0.lock();
+    let mut table = shard.table.lock();
     let stream = Inner::find_mut(&mut table, hash, &sid("s")).expect("stream");
     assert!(!stream.has_waiting_queues(), "waiter queues freed");
 }
@@ -232,7 +234,7 @@ fn buffer_grows_with_content_not_with_declared_size() {
     let e = engine();
     ready(e.send(sid("s"), msg("1"), circular(1_000_000))).expect("send");
     let (hash, shard) = e.inner.locate(&sid("s"));
-    let mut table = shard.0.lock();
+    let mut table = shard.table.lock();
     let stream = Inner::find_mut(&mut table, hash, &sid("s")).expect("stream");
     assert_eq!(stream.buffer_capacity(), 1);
 }
