@@ -1,5 +1,5 @@
-//! The request parsers: a send body, a batch send body, a receive query string and the
-//! event-stream headers (with the event writer read back by a client's parser), from
+//! The request parsers: a send body, a batch send body, a receive query string, the body of
+//! an ack, nack or extend, and the event-stream headers (with the event writer read back by a client's parser), from
 //! arbitrary bytes, and the same built from arbitrary field values (so that numbers at and past every limit are tried
 //! as often as malformed text is).
 #![no_main]
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 7 {
+    match selector % 9 {
         0 => ipubsub_http::fuzzing::send_body(rest),
         1 => {
             if let Ok(query) = std::str::from_utf8(rest) {
@@ -30,6 +30,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 => ipubsub_http::fuzzing::batch_body(rest),
+        7 => ipubsub_http::fuzzing::lease_body(rest),
+        8 => {
+            if let Ok(body) = lease_from_fields(&mut Unstructured::new(rest)) {
+                ipubsub_http::fuzzing::lease_body(body.as_bytes());
+            }
+        }
         5 => {
             // Split in three at the first two zero bytes: Accept, Last-Event-ID, data.
             let mut parts = rest.splitn(3, |&b| b == 0);
@@ -96,6 +102,7 @@ fn send_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
         "inMemoryStreamSize",
         "blockingSendTimeoutSeconds",
         "dbTTLSeconds",
+        "maxDeliveries",
     ] {
         if u.arbitrary()? {
             field(name, number(u)?.to_string());
@@ -103,6 +110,37 @@ fn send_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
     }
     if u.arbitrary()? {
         field("writeToDB", u.arbitrary::<bool>()?.to_string());
+    }
+    if u.arbitrary()? {
+        field("deadLetterStreamId", text(u)?);
+    }
+    Ok(format!("{{{}}}", fields.join(",")))
+}
+
+/// An ack, nack or extend body with each field present or not: handles well formed (40 hex
+/// digits), near it, or any text.
+fn lease_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
+    let mut fields = Vec::new();
+    if u.arbitrary()? {
+        let s: String = u.arbitrary()?;
+        fields.push(format!("\"streamId\":{s:?}"));
+    }
+    if u.arbitrary()? {
+        let mut handles = Vec::new();
+        for _ in 0..u.int_in_range(0..=3)? {
+            let handle = match u.int_in_range(0..=2)? {
+                0 => format!("{:016x}{:016x}{:08x}", u.arbitrary::<u64>()?, u.arbitrary::<u64>()?, u.arbitrary::<u32>()?),
+                1 => format!("{:x}", u.arbitrary::<u128>()?),
+                _ => u.arbitrary()?,
+            };
+            handles.push(format!("{handle:?}"));
+        }
+        fields.push(format!("\"receiptHandles\":[{}]", handles.join(",")));
+    }
+    for name in ["delaySeconds", "ackTimeoutSeconds"] {
+        if u.arbitrary()? {
+            fields.push(format!("\"{name}\":{}", number(u)?));
+        }
     }
     Ok(format!("{{{}}}", fields.join(",")))
 }
@@ -114,7 +152,7 @@ fn receive_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
         let stream: String = u.arbitrary()?;
         query.push(format!("streamId={}", percent_encode(&stream)));
     }
-    for name in ["timeoutSeconds", "maxMessages"] {
+    for name in ["timeoutSeconds", "maxMessages", "ackTimeoutSeconds"] {
         if u.arbitrary()? {
             query.push(format!("{name}={}", number(u)?));
         }

@@ -36,6 +36,11 @@ pub struct HttpConfig {
     pub max_messages: usize,
     /// Most sends one `sendBatch` may hold; more is a 400.
     pub max_batch_items: usize,
+    /// Longest lease an acknowledged receive (`ackTimeoutSeconds`) or an extension may ask
+    /// for; more is a 400.
+    pub max_ack_timeout: Duration,
+    /// Most receipt handles one `ack`, `nack` or `extend` may hold; more is a 400.
+    pub max_receipt_handles: usize,
     /// How long a persistent send or read may wait for the store before a 503.
     pub store_timeout: Duration,
     /// How long a client may take to send a request's body once its headers arrived; then a
@@ -127,6 +132,8 @@ impl Default for HttpConfig {
             max_ttl: Duration::from_secs(30 * 86_400),
             max_messages: 1000,
             max_batch_items: 1000,
+            max_ack_timeout: Duration::from_secs(12 * 3600),
+            max_receipt_handles: 1000,
             store_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 100_000,

@@ -84,6 +84,15 @@ pub enum ErrorCode {
     /// 431: the request line and headers are larger than the node reads (or have too many
     /// fields); the connection is closed after this answer.
     HeadersTooLarge,
+    /// 400, for one receipt handle of an `ack`, `nack` or `extend`: not a handle a receive
+    /// gave.
+    InvalidReceiptHandle,
+    /// 400, for one receipt handle: it was given for another stream.
+    ReceiptHandleOfOtherStream,
+    /// 410, for one receipt handle: its delivery is no longer in flight (its lease ended and
+    /// the message went back to its stream, or it was acknowledged or returned already, or
+    /// its stream moved to another node, which delivers it again).
+    NotInFlight,
     /// 500: a bug; the message says what.
     Internal,
 }
@@ -123,6 +132,9 @@ impl ErrorCode {
             Self::MemoryLimit => "MEMORY_LIMIT",
             Self::MalformedRequest => "MALFORMED_REQUEST",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            Self::InvalidReceiptHandle => "INVALID_RECEIPT_HANDLE",
+            Self::ReceiptHandleOfOtherStream => "RECEIPT_HANDLE_OF_OTHER_STREAM",
+            Self::NotInFlight => "NOT_IN_FLIGHT",
             Self::Internal => "INTERNAL",
         }
     }
@@ -139,7 +151,10 @@ impl ErrorCode {
             | Self::InvalidParameter
             | Self::PersistenceNotConfigured
             | Self::PersistenceNotShared
-            | Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            | Self::MalformedRequest
+            | Self::InvalidReceiptHandle
+            | Self::ReceiptHandleOfOtherStream => StatusCode::BAD_REQUEST,
+            Self::NotInFlight => StatusCode::GONE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
@@ -349,6 +364,9 @@ mod tests {
     fn every_code_is_in_the_openapi_file() {
         let spec = include_str!("../openapi.yaml");
         let codes = [
+            ErrorCode::InvalidReceiptHandle,
+            ErrorCode::ReceiptHandleOfOtherStream,
+            ErrorCode::NotInFlight,
             ErrorCode::InvalidJson,
             ErrorCode::MissingField,
             ErrorCode::UnknownField,

@@ -30,9 +30,18 @@ pub fn send_body(body: &[u8]) {
             "the kept message is not the posted text"
         );
         match send.kind {
-            SendKind::Memory { options, wait } => {
+            SendKind::Memory {
+                options,
+                wait,
+                redrive,
+            } => {
                 assert!(wait <= config.max_timeout);
                 assert!(options.stream_size <= config.max_stream_size);
+                assert!(
+                    redrive.dead_letter.is_none() || redrive.max_deliveries > 0,
+                    "a dead-letter stream without maxDeliveries"
+                );
+                assert!(redrive.dead_letter.as_ref() != Some(&send.stream));
             }
             SendKind::Log { ttl } => {
                 assert!(persistence, "a log send accepted without persistence");
@@ -58,6 +67,45 @@ pub fn receive_query(query: &str) {
                 .is_none_or(|n| (1..=config.max_messages).contains(&n))
         );
         assert!(receive.log_after.is_none() || persistence);
+        assert!(
+            receive
+                .ack_timeout
+                .is_none_or(|t| !t.is_zero() && t <= config.max_ack_timeout)
+        );
+        assert!(receive.ack_timeout.is_none() || receive.log_after.is_none());
+    }
+}
+
+/// Parses `body` as an `ack`, a `nack` and an `extend`, and checks what each accepted, and
+/// that its answer lists every handle sent, in order.
+pub fn lease_body(body: &[u8]) {
+    use crate::acks::{self, Verb};
+    let config = HttpConfig::default();
+    for verb in [Verb::Ack, Verb::Nack, Verb::Extend] {
+        let Ok(request) = acks::parse(body, verb, &config) else {
+            continue;
+        };
+        assert!(!request.stream.as_str().is_empty());
+        assert!((1..=config.max_receipt_handles).contains(&request.handles.len()));
+        assert!(request.duration <= config.max_ack_timeout);
+        match verb {
+            Verb::Ack => assert!(request.duration.is_zero()),
+            Verb::Extend => assert!(!request.duration.is_zero()),
+            Verb::Nack => {}
+        }
+        for (text, handle) in &request.handles {
+            if let Some(handle) = handle {
+                assert_eq!(&handle.to_string(), text, "a handle reads back differently");
+            }
+        }
+        let outcomes = vec![Ok(()); request.parsed().len()];
+        let answer: serde_json::Value =
+            serde_json::from_slice(&acks::answer(&request, outcomes)).expect("the answer is JSON");
+        let results = answer["results"].as_array().expect("results");
+        assert_eq!(results.len(), request.handles.len());
+        for ((text, _), result) in request.handles.iter().zip(results) {
+            assert_eq!(result["receiptHandle"].as_str(), Some(text.as_str()));
+        }
     }
 }
 

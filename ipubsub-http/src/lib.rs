@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+mod acks;
 mod adoptions;
 mod auth;
 mod body;
@@ -80,5 +81,5 @@ pub use rebalance::{ATTEMPTS, HandOff, HandOffCounts, Rebalancer, STRAY_GRACE, S
 pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;
-pub use service::App;
+pub use service::{App, LEASE_TICK};
 pub use store_clock::{ServerClock, follow_store_clock, sync_clock};

@@ -91,6 +91,8 @@ pub(crate) enum Route {
     Send,
     SendBatch,
     Receive,
+    /// `ack`, `nack` and `extend`.
+    Lease,
     Cluster,
     Health,
     Ready,
@@ -102,10 +104,11 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Send,
         Self::SendBatch,
         Self::Receive,
+        Self::Lease,
         Self::Cluster,
         Self::Health,
         Self::Ready,
@@ -120,6 +123,7 @@ impl Route {
             Self::Send => "send",
             Self::SendBatch => "send_batch",
             Self::Receive => "receive",
+            Self::Lease => "lease",
             Self::Cluster => "cluster",
             Self::Health => "health",
             Self::Ready => "ready",
@@ -468,6 +472,52 @@ impl Collector for State {
             "memory_refusals",
             "Sends and hand-offs refused because they did not fit engine.max_buffered_bytes",
             ConstCounter::new(stats.memory_refusals),
+        )?;
+        let leases: [(&str, &str, u64); 7] = [
+            (
+                "acked",
+                "Deliveries acknowledged (POST /api/v1/streams/ack)",
+                stats.acked,
+            ),
+            (
+                "nacked",
+                "Deliveries returned by their receivers (POST /api/v1/streams/nack)",
+                stats.nacked,
+            ),
+            (
+                "lease_extensions",
+                "Leases extended (POST /api/v1/streams/extend)",
+                stats.extended,
+            ),
+            (
+                "lease_refusals",
+                "Receipt handles refused by ack, nack or extend: of another stream, or of a delivery no longer in flight",
+                stats.lease_refusals,
+            ),
+            (
+                "redelivered",
+                "Messages whose lease ended unacknowledged, put back at the head of their stream",
+                stats.redelivered,
+            ),
+            (
+                "dead_lettered",
+                "Messages taken off their stream after maxDeliveries, for its dead-letter stream",
+                stats.dead_lettered,
+            ),
+            (
+                "dropped_after_max_deliveries",
+                "Messages dropped after maxDeliveries: their stream has no dead-letter stream",
+                stats.dropped_after_max_deliveries,
+            ),
+        ];
+        for (name, help, value) in leases {
+            constant(&mut encoder, name, help, ConstCounter::new(value))?;
+        }
+        constant(
+            &mut encoder,
+            "in_flight_messages",
+            "Messages delivered by acknowledged receives and not acknowledged yet",
+            ConstGauge::new(as_i64(stats.in_flight)),
         )?;
         constant(
             &mut encoder,

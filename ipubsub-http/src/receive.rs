@@ -4,7 +4,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ipubsub_core::{Engine, Log, LogRecord, Message, ResumeToken, Seq, StreamId};
+use ipubsub_core::{Engine, Leased, Log, LogRecord, Message, ResumeToken, Seq, StreamId};
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ErrorCode, stream_id_error};
@@ -19,6 +19,8 @@ pub(crate) struct ReceiveRequest {
     pub(crate) max_messages: Option<usize>,
     /// `Some(position)` to read the persistent log after `position`; `None` for the queue.
     pub(crate) log_after: Option<Seq>,
+    /// `ackTimeoutSeconds`: messages are taken under a lease this long.
+    pub(crate) ack_timeout: Option<Duration>,
 }
 
 /// Parses and validates the receive query string. `persistence` tells whether this node has
@@ -33,6 +35,7 @@ pub(crate) fn parse(
     let mut read_from_db = None;
     let mut token = None;
     let mut max_messages = None;
+    let mut ack_timeout = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match key.as_ref() {
             "streamId" => &mut stream_id,
@@ -40,6 +43,7 @@ pub(crate) fn parse(
             "readFromDB" => &mut read_from_db,
             "dbResumeToken" => &mut token,
             "maxMessages" => &mut max_messages,
+            "ackTimeoutSeconds" => &mut ack_timeout,
             other => {
                 return Err(ApiError::new(
                     ErrorCode::UnknownParameter,
@@ -137,16 +141,106 @@ pub(crate) fn parse(
             }
         },
     };
+    let ack_timeout = match ack_timeout {
+        None => None,
+        Some(text) => {
+            let max = config.max_ack_timeout.as_secs();
+            match text.parse::<u64>() {
+                Ok(secs) if (1..=max).contains(&secs) => Some(Duration::from_secs(secs)),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidParameter,
+                        format!("ackTimeoutSeconds must be 1 to {max}, got `{text}`"),
+                    ));
+                }
+            }
+        }
+    };
+    if ack_timeout.is_some() && log_after.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "ackTimeoutSeconds applies to in-memory streams; a log reader keeps its own place with dbResumeToken",
+        ));
+    }
     Ok(ReceiveRequest {
         stream,
         timeout,
         max_messages,
         log_after,
+        ack_timeout,
     })
 }
 
 /// Receives from the in-memory queue: the next message (then up to `max - 1` more that are
 /// already there), or `NO_MESSAGE` after the timeout.
+/// The answer of an in-memory receive served here: its messages, each with its receipt
+/// handle when the receive asked for acknowledgements.
+pub(crate) async fn memory_body(
+    engine: &Engine,
+    request: &ReceiveRequest,
+) -> Result<Bytes, ApiError> {
+    let batch = request.max_messages.is_some();
+    let Some(lease) = request.ack_timeout else {
+        let messages = run_memory(engine, request).await?;
+        return Ok(body(batch, messages.iter().map(|m| (m, None))));
+    };
+    let leased = run_leased(engine, request, lease).await?;
+    let mut out = Vec::with_capacity(192 * leased.len());
+    if batch {
+        out.extend_from_slice(b"{\"messages\":[");
+    }
+    for (i, item) in leased.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_message(&mut out, &item.message, None, Some(item));
+    }
+    if batch {
+        out.extend_from_slice(b"]}");
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Runs an acknowledged in-memory receive: the first message waited for, more taken if
+/// there are (`maxMessages`), every one under a lease of `lease`.
+async fn run_leased(
+    engine: &Engine,
+    request: &ReceiveRequest,
+    lease: Duration,
+) -> Result<Vec<Leased>, ApiError> {
+    let no_message = || {
+        ApiError::new(
+            ErrorCode::NoMessage,
+            format!("no message arrived within {} s", request.timeout.as_secs()),
+        )
+    };
+    let max = request.max_messages.unwrap_or(1);
+    if request.timeout.is_zero() {
+        if engine.is_closed() {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the node is shutting down",
+            ));
+        }
+        let taken = engine.try_receive_leased(&request.stream, lease, max);
+        return if taken.is_empty() {
+            Err(no_message())
+        } else {
+            Ok(taken)
+        };
+    }
+    let mut receive = pin!(engine.receive_leased(request.stream.clone(), lease));
+    let first = match tokio::time::timeout(request.timeout, receive.as_mut()).await {
+        Ok(result) => result?,
+        Err(_elapsed) => receive.abandon().ok_or_else(no_message)?,
+    };
+    let mut taken = vec![first];
+    if max > 1 {
+        taken.extend(engine.try_receive_leased(&request.stream, lease, max - 1));
+    }
+    Ok(taken)
+}
+
 pub(crate) async fn run_memory(
     engine: &Engine,
     request: &ReceiveRequest,
@@ -257,7 +351,7 @@ pub(crate) fn body<'a>(
         if i > 0 {
             out.push(b',');
         }
-        push_message(&mut out, message, token.as_deref());
+        push_message(&mut out, message, token.as_deref(), None);
     }
     if batch {
         out.extend_from_slice(b"]}");
@@ -265,7 +359,7 @@ pub(crate) fn body<'a>(
     Bytes::from(out)
 }
 
-fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>) {
+fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>, lease: Option<&Leased>) {
     out.extend_from_slice(b"{\"messageUuid\":");
     push_json_string(out, message.id().as_str());
     out.extend_from_slice(b",\"message\":");
@@ -278,6 +372,13 @@ fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>) {
         out.extend_from_slice(b",\"dbResumeToken\":\"");
         out.extend_from_slice(token.as_bytes());
         out.push(b'"');
+    }
+    if let Some(lease) = lease {
+        // 40 hex digits: no escaping needed.
+        out.extend_from_slice(b",\"receiptHandle\":\"");
+        out.extend_from_slice(lease.handle.to_string().as_bytes());
+        out.extend_from_slice(b"\",\"deliveryCount\":");
+        out.extend_from_slice(lease.deliveries.to_string().as_bytes());
     }
     out.push(b'}');
 }
@@ -311,6 +412,28 @@ mod tests {
         assert_eq!(r.timeout, Duration::from_secs(30));
         let r = parse_q("streamId=s&timeoutSeconds=0&readFromDB=false")?;
         assert_eq!(r.timeout, Duration::ZERO);
+        Ok(())
+    }
+
+    #[test]
+    fn an_acknowledged_receive_asks_for_a_lease_within_the_limit() -> Result<(), ApiError> {
+        let r = parse_q("streamId=s&ackTimeoutSeconds=30&maxMessages=10")?;
+        assert_eq!(r.ack_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(parse_q("streamId=s")?.ack_timeout, None);
+        assert!(parse_q("streamId=s&ackTimeoutSeconds=43200").is_ok());
+        for bad in ["0", "43201", "-1", "1.5", ""] {
+            refused(
+                &format!("streamId=s&ackTimeoutSeconds={bad}"),
+                ErrorCode::InvalidParameter,
+                "1 to 43200",
+            );
+        }
+        let log = parse(
+            Some("streamId=s&readFromDB=true&ackTimeoutSeconds=5"),
+            &HttpConfig::default(),
+            true,
+        );
+        crate::error::assert_refused(log, "log", ErrorCode::InvalidParameter, "in-memory");
         Ok(())
     }
 
@@ -429,6 +552,7 @@ mod tests {
             timeout: Duration::from_secs(20),
             max_messages: None,
             log_after: Some(a1),
+            ack_timeout: None,
         };
         let reader = tokio::spawn({
             let a = a.clone();

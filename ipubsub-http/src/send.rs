@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ipubsub_core::{
-    Engine, Log, Message, MessageId, ResumeToken, SendOptions, SendOutcome, StreamId,
+    Engine, Log, Message, MessageId, Redrive, ResumeToken, SendOptions, SendOutcome, StreamId,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -33,6 +33,9 @@ struct Body<'a> {
     write_to_db: Option<bool>,
     #[serde(rename = "dbTTLSeconds")]
     db_ttl_seconds: Option<u64>,
+    max_deliveries: Option<u32>,
+    #[serde(borrow)]
+    dead_letter_stream_id: Option<Cow<'a, str>>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -56,6 +59,8 @@ pub(crate) enum SendKind {
     Memory {
         options: SendOptions,
         wait: Duration,
+        /// `maxDeliveries` and `deadLetterStreamId`, for the stream if it has none yet.
+        redrive: Redrive,
     },
     /// The persistent log only, to expire after `ttl`.
     Log { ttl: Duration },
@@ -89,6 +94,12 @@ pub(crate) fn parse(
         return Err(ApiError::new(
             ErrorCode::InvalidField,
             "dbTTLSeconds applies only with writeToDB: true",
+        ));
+    }
+    if persistent && (parsed.max_deliveries.is_some() || parsed.dead_letter_stream_id.is_some()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "maxDeliveries and deadLetterStreamId apply to in-memory streams, not with writeToDB: true",
         ));
     }
     if persistent {
@@ -151,6 +162,7 @@ pub(crate) fn parse(
             "inMemoryStreamSize 0 needs blockingSendTimeoutSeconds > 0 (a sync match waits for a receiver)",
         ));
     }
+    let redrive = redrive(&parsed, &stream, config)?;
     Ok(SendRequest {
         stream,
         id,
@@ -161,12 +173,48 @@ pub(crate) fn parse(
                 wait: wait_secs > 0,
             },
             wait,
+            redrive,
         },
     })
 }
 
 /// `body` as a `T`, which must be a JSON object and nothing after it; an error in the API's
 /// words otherwise.
+/// The redrive policy a send asks for: `maxDeliveries` (at least 1), then
+/// `deadLetterStreamId` (another stream) or nothing.
+fn redrive(parsed: &Body<'_>, stream: &StreamId, config: &HttpConfig) -> Result<Redrive, ApiError> {
+    let dead_letter = match &parsed.dead_letter_stream_id {
+        None => None,
+        Some(_) if parsed.max_deliveries.is_none() => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "deadLetterStreamId needs maxDeliveries",
+            ));
+        }
+        Some(id) => {
+            let id =
+                StreamId::with_max_len(id.as_ref(), config.max_stream_id_bytes).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidField, format!("deadLetterStreamId: {e}"))
+                })?;
+            if &id == stream {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "deadLetterStreamId must name another stream",
+                ));
+            }
+            Some(id)
+        }
+    };
+    match parsed.max_deliveries {
+        None => Ok(Redrive::default()),
+        Some(0) => Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "maxDeliveries must be at least 1",
+        )),
+        Some(n) => Ok(Redrive::new(n, dead_letter)),
+    }
+}
+
 pub(crate) fn from_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // serde would also read a struct from a JSON array; the API takes objects only.
     if body
@@ -296,7 +344,8 @@ mod tests {
                     stream_size: 100,
                     wait: false
                 },
-                wait: Duration::ZERO
+                wait: Duration::ZERO,
+                redrive: Redrive::default(),
             }
         );
         Ok(())
@@ -410,6 +459,48 @@ mod tests {
     }
 
     #[test]
+    fn a_send_may_fix_its_streams_redrive_policy() -> Result<(), Box<dyn std::error::Error>> {
+        let r = parse_str(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"maxDeliveries":3,"deadLetterStreamId":"s-dlq"}"#,
+        )?;
+        let SendKind::Memory { redrive, .. } = r.kind else {
+            return Err("an in-memory send".into());
+        };
+        assert_eq!(redrive, Redrive::new(3, Some(StreamId::new("s-dlq")?)));
+        let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":1,"maxDeliveries":1}"#)?;
+        assert!(
+            matches!(r.kind, SendKind::Memory { redrive, .. } if redrive == Redrive::new(1, None))
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"maxDeliveries":0}"#,
+            ErrorCode::InvalidField,
+            "at least 1",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"deadLetterStreamId":"d"}"#,
+            ErrorCode::InvalidField,
+            "needs maxDeliveries",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"maxDeliveries":2,"deadLetterStreamId":"s"}"#,
+            ErrorCode::InvalidField,
+            "another stream",
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"maxDeliveries":2,"deadLetterStreamId":""}"#,
+            ErrorCode::InvalidField,
+            "deadLetterStreamId",
+        );
+        let error = parse(
+            br#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,"maxDeliveries":2}"#,
+            &HttpConfig::default(),
+            true,
+        );
+        assert!(matches!(error, Err(e) if e.message.contains("in-memory")));
+        Ok(())
+    }
+
+    #[test]
     fn sync_match_and_blocking_modes() -> Result<(), ApiError> {
         let r = parse_str(
             r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":0,"blockingSendTimeoutSeconds":2}"#,
@@ -421,7 +512,8 @@ mod tests {
                     stream_size: 0,
                     wait: true
                 },
-                wait: Duration::from_secs(2)
+                wait: Duration::from_secs(2),
+                redrive: Redrive::default(),
             }
         );
         let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":false}"#)?;

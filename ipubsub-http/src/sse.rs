@@ -125,8 +125,7 @@ impl Source {
         let batch = request.max_messages.is_some();
         match (request.log_after, &self.log) {
             (None, _) => {
-                let messages = receive::run_memory(&self.engine, request).await?;
-                let data = receive::body(batch, messages.iter().map(|m| (m, None)));
+                let data = receive::memory_body(&self.engine, request).await?;
                 Ok(Answer { data, id: None })
             }
             (Some(after), Some(log)) => {

@@ -151,6 +151,11 @@ pub struct HttpSection {
     pub max_connections: usize,
     /// Most sends one `POST /api/v1/streams/sendBatch` may hold.
     pub max_batch_items: usize,
+    /// Longest lease an acknowledged receive (`ackTimeoutSeconds`) or an extension may ask
+    /// for, and longest `delaySeconds` of a return.
+    pub max_ack_timeout_seconds: u64,
+    /// Most receipt handles one `ack`, `nack` or `extend` may hold.
+    pub max_receipt_handles: usize,
     /// Browsers: which pages of other origins may call the API.
     pub cors: CorsSection,
     /// HTTP/2 connections, and forwarding to members over HTTP/2.
@@ -184,6 +189,8 @@ impl Default for HttpSection {
             idle_timeout_seconds: d.idle_timeout.as_secs(),
             max_connections: d.max_connections,
             max_batch_items: d.max_batch_items,
+            max_ack_timeout_seconds: d.max_ack_timeout.as_secs(),
+            max_receipt_handles: d.max_receipt_handles,
             cors: CorsSection::default(),
             http2: Http2Section::default(),
             sse: SseSection::default(),
@@ -564,9 +571,11 @@ impl Config {
             || http.idle_timeout_seconds == 0
             || http.max_connections == 0
             || http.max_batch_items == 0
+            || http.max_ack_timeout_seconds == 0
+            || http.max_receipt_handles == 0
         {
             return invalid(
-                "http.max_body_bytes, http.body_read_timeout_seconds, http.idle_timeout_seconds, http.max_connections and http.max_batch_items must be above 0"
+                "http.max_body_bytes, http.body_read_timeout_seconds, http.idle_timeout_seconds, http.max_connections, http.max_batch_items, http.max_ack_timeout_seconds and http.max_receipt_handles must be above 0"
                     .into(),
             );
         }
@@ -697,6 +706,8 @@ impl Config {
         c.idle_timeout = Duration::from_secs(self.http.idle_timeout_seconds);
         c.max_connections = self.http.max_connections;
         c.max_batch_items = self.http.max_batch_items;
+        c.max_ack_timeout = Duration::from_secs(self.http.max_ack_timeout_seconds);
+        c.max_receipt_handles = self.http.max_receipt_handles;
         c.cors = Cors::new(&self.http.cors.allowed_origins)
             .map_err(|e| ConfigError::Invalid(format!("http.cors.allowed_origins: {e}")))?;
         self.http.apply_transport(&mut c);

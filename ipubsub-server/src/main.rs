@@ -264,6 +264,16 @@ async fn run(
                 .await;
         })
     });
+    // Leases end on time whether or not anyone acknowledges: the message goes back to its
+    // stream (or its dead-letter stream) within a tick of its deadline.
+    let (_stop_leases, leases_stopped) = tokio::sync::watch::channel(false);
+    let lease_expiry = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.run_lease_expiry(ipubsub_http::LEASE_TICK, leases_stopped)
+                .await;
+        }
+    });
     let reloads = tokio::spawn(
         reload::Reloadable {
             config_file,
@@ -295,6 +305,8 @@ async fn run(
     }
     #[cfg(not(feature = "tls"))]
     ipubsub_http::serve(listener, app.clone(), shutdown, grace).await;
+    // What is still in flight is handed over with its stream (and delivered again there).
+    lease_expiry.abort();
     if let Some(rebalancing) = rebalancing {
         // Let a hand-off in progress finish: its messages exist nowhere else.
         let _ = stop_rebalancing.send(true);

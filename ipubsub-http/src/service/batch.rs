@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use ipubsub_cluster::{ForwardError, Node};
-use ipubsub_core::{Message, ResumeToken, SendOptions, StreamId};
+use ipubsub_core::{Message, Redrive, ResumeToken, SendOptions, StreamId};
 
 use super::{App, Hop, SEND_PATH, SUSPICION, json};
 use crate::auth::Permission;
@@ -140,8 +140,8 @@ fn results(outcomes: &[Outcome]) -> Bytes {
 /// A send of the batch: its place in the request and what it asks.
 type Item = (usize, SendRequest);
 
-/// An in-memory send to run here: its place, message, mode and wait.
-type MemorySend = (usize, Message, SendOptions, Duration);
+/// An in-memory send to run here: its place, message, mode, wait and redrive policy.
+type MemorySend = (usize, Message, SendOptions, Duration, Redrive);
 
 /// The sends bound for one other owner.
 struct Group {
@@ -261,21 +261,32 @@ impl App {
         for (i, send) in items {
             let message = Message::new(send.id, send.payload, inner.engine.now());
             match send.kind {
-                SendKind::Memory { options, wait } => {
+                SendKind::Memory {
+                    options,
+                    wait,
+                    redrive,
+                } => {
                     let at = *index.entry(send.stream.clone()).or_insert_with(|| {
                         streams.push((send.stream.clone(), Vec::new()));
                         streams.len() - 1
                     });
-                    streams[at].1.push((i, message, options, hop.cap(wait)));
+                    streams[at]
+                        .1
+                        .push((i, message, options, hop.cap(wait), redrive));
                 }
                 SendKind::Log { ttl } => logged.push((i, send.stream, message, ttl)),
             }
         }
         let memory = join_all(streams.into_iter().map(|(stream, sends)| async move {
             let mut answers = Vec::with_capacity(sends.len());
-            for (i, message, options, wait) in sends {
-                let sent =
-                    send::run_memory(&inner.engine, stream.clone(), message, options, wait).await;
+            for (i, message, options, wait, redrive) in sends {
+                let sent = match inner.engine.set_redrive(&stream, redrive) {
+                    Ok(()) => {
+                        send::run_memory(&inner.engine, stream.clone(), message, options, wait)
+                            .await
+                    }
+                    Err(e) => Err(e.into()),
+                };
                 answers.push((i, sent.map_or_else(Outcome::Failed, |_| Outcome::Sent)));
             }
             answers

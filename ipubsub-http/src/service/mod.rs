@@ -31,7 +31,10 @@ use crate::send;
 use crate::send::SendKind;
 use crate::signal::Signal;
 
+mod acking;
 pub(crate) mod batch;
+
+pub use acking::LEASE_TICK;
 mod forwarding;
 mod receiving;
 mod routing;
@@ -381,8 +384,16 @@ impl App {
                 }
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
-            (SendKind::Memory { options, wait }, _) => {
+            (
+                SendKind::Memory {
+                    options,
+                    wait,
+                    redrive,
+                },
+                _,
+            ) => {
                 let wait = hop.cap(wait);
+                inner.engine.set_redrive(&send.stream, redrive)?;
                 send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
@@ -467,6 +478,9 @@ const CUT_SEND: &str = "the node shut down before this send was answered: it may
 
 /// What a batch cut by the end of a shutdown's grace is told.
 const CUT_SEND_BATCH: &str = "the node shut down before this batch was answered: each of its sends may or may not have been accepted";
+
+/// What an `ack`, `nack` or `extend` cut by the end of a shutdown's grace is told.
+const CUT_LEASE: &str = "the node shut down before this request was answered: it may or may not have taken effect (the stream's owner may have served it)";
 
 /// What a receive cut by the end of a shutdown's grace is told.
 const CUT_RECEIVE: &str =

@@ -133,9 +133,7 @@ impl App {
         &self,
         receive: &receive::ReceiveRequest,
     ) -> Result<Response<ApiBody>, ApiError> {
-        let messages = receive::run_memory(&self.inner.engine, receive).await?;
-        let batch = receive.max_messages.is_some();
-        let body = receive::body(batch, messages.iter().map(|m| (m, None)));
+        let body = receive::memory_body(&self.inner.engine, receive).await?;
         Ok(json(StatusCode::OK, body))
     }
 

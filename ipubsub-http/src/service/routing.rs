@@ -12,9 +12,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{
-    App, CLUSTER_PATH, CUT_SEND, CUT_SEND_BATCH, Hop, METRICS_PATH, RECEIVE_PATH, REQUEST_ID,
-    SEND_PATH, batch, error_response, json, not_allowed,
+    App, CLUSTER_PATH, CUT_LEASE, CUT_SEND, CUT_SEND_BATCH, Hop, METRICS_PATH, RECEIVE_PATH,
+    REQUEST_ID, SEND_PATH, batch, error_response, json, not_allowed,
 };
+use crate::acks;
 use crate::body::ApiBody;
 use crate::cors::Cors;
 use crate::error::{ApiError, ErrorCode};
@@ -71,6 +72,9 @@ impl App {
             (
                 SEND_PATH
                 | batch::SEND_BATCH_PATH
+                | acks::ACK_PATH
+                | acks::NACK_PATH
+                | acks::EXTEND_PATH
                 | RECEIVE_PATH
                 | CLUSTER_PATH
                 | "/health"
@@ -99,6 +103,12 @@ impl App {
                     MetricRoute::SendBatch,
                     Work::Pending(Box::pin(work), CUT_SEND_BATCH),
                 )
+            }
+            (acks::ACK_PATH | acks::NACK_PATH | acks::EXTEND_PATH, &Method::POST) => {
+                let verb = acks::Verb::of(path).unwrap_or(acks::Verb::Ack);
+                let (app, id) = (self.clone(), id_value.clone());
+                let work = async move { app.lease_verb(request, &id, verb).await };
+                (MetricRoute::Lease, Work::Pending(Box::pin(work), CUT_LEASE))
             }
             (RECEIVE_PATH, &Method::GET) => (MetricRoute::Receive, self.receive(request, id_value)),
             ("/health", &Method::GET) => (
@@ -137,6 +147,9 @@ impl App {
                 (MetricRoute::SendBatch, Work::Done(Err(not_allowed("POST"))))
             }
             (RECEIVE_PATH, _) => (MetricRoute::Receive, Work::Done(Err(not_allowed("GET")))),
+            (acks::ACK_PATH | acks::NACK_PATH | acks::EXTEND_PATH, _) => {
+                (MetricRoute::Lease, Work::Done(Err(not_allowed("POST"))))
+            }
             (CLUSTER_PATH | "/health" | "/ready" | METRICS_PATH | "/", _) => {
                 (MetricRoute::Unknown, Work::Done(Err(not_allowed("GET"))))
             }
