@@ -3,14 +3,17 @@
 # stable where wall-clock figures are not (a shared 2-core machine). Needs valgrind
 # (apt-get install valgrind) and a release build of ipubsub-server and ipubsub-loadgen.
 #
-#   bash benches/instructions.sh [SERVER_BINARY] [SENDS]     # default: target/release, 20000
+#   bash benches/instructions.sh [SERVER_BINARY] [SENDS] [RECEIVERS]
+#                                 # default: target/release, 20000, 0
 #
 # Runs the server under callgrind on one worker thread, sends SENDS messages (8 publishers,
-# 100 streams), then the same with none, and prints the difference per send.
+# 100 streams; with RECEIVERS long-polling receivers taking every one of them), then the same
+# with none, and prints the difference per message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=$(realpath "${1:-target/release/ipubsub-server}")
 sends=${2:-20000}
+receivers=${3:-0}
 port=16689
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -27,7 +30,7 @@ count() { # count SENDS -> total Ir
     done
     if [ "$1" -gt 0 ]; then
         target/release/ipubsub-loadgen --url "http://127.0.0.1:$port" --publishers 8 \
-            --receivers 0 --streams 100 --count "$1" >/dev/null
+            --receivers "$receivers" --streams 100 --count "$1" >/dev/null
     fi
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
@@ -37,4 +40,6 @@ count() { # count SENDS -> total Ir
 
 base=$(count 0)
 total=$(count "$sends")
-echo "$server: $(( (total - base) / sends )) instructions per send (callgrind, user space, $sends sends)"
+what="send"
+[ "$receivers" -gt 0 ] && what="message sent and received ($receivers receivers)"
+echo "$server: $(( (total - base) / sends )) instructions per $what (callgrind, user space, $sends sends)"

@@ -47,9 +47,9 @@ pub mod time;
 pub mod token;
 
 pub use engine::{
-    DeadLetter, Drained, Engine, EngineConfig, EngineStats, Expired, HandleError, LeaseError,
-    Leased, LeasedReceiveFuture, ReceiptHandle, ReceiveFuture, Redrive, SendFuture, SendOptions,
-    SendOutcome,
+    DeadLetter, Drained, Engine, EngineConfig, EngineStats, Expired, HandleError, InFlight,
+    LeaseError, LeaseId, Leased, LeasedReceiveFuture, ReceiptHandle, ReceiveFuture, Redrive,
+    SendFuture, SendOptions, SendOutcome,
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use ipubsub_core::{StreamId, Timestamp};
+use ipubsub_core::{InFlight, LeaseId, Message, StreamId, Timestamp};
 
 /// How long a taken-over copy is remembered. A hand-off is tried again within seconds (a
 /// staying node's attempts span about 7 s, then it keeps the message and tries again at its
@@ -52,8 +52,38 @@ impl HandOffCopy<'_> {
     /// The acceptance time a hand-off header names; `None` for a header without one (a
     /// node of an older version marks its hand-offs `1`).
     pub fn parse_header(value: &[u8]) -> Option<Timestamp> {
-        let micros = std::str::from_utf8(value.strip_prefix(b"at=")?).ok()?;
+        let first = value.split(|&b| b == b';').next()?;
+        let micros = std::str::from_utf8(first.strip_prefix(b"at=")?).ok()?;
         micros.parse().ok().map(Timestamp::from_micros)
+    }
+
+    /// What a hand-off header adds for a delivery in flight:
+    /// `;lease=<id>;left=<ms>;n=<deliveries>;delayed=<0|1>`.
+    pub fn lease_suffix(in_flight: &InFlight) -> String {
+        format!(
+            ";lease={};left={};n={};delayed={}",
+            in_flight.lease,
+            in_flight.remaining.as_millis(),
+            in_flight.deliveries,
+            u8::from(in_flight.delayed)
+        )
+    }
+
+    /// The lease a hand-off header carries (`message` is the delivery's message), if any.
+    pub fn parse_lease(value: &[u8], message: Message) -> Option<InFlight> {
+        let text = std::str::from_utf8(value).ok()?;
+        let (mut lease, mut left, mut n, mut delayed) = (None, None, None, None);
+        for part in text.split(';').skip(1) {
+            let (key, value) = part.split_once('=')?;
+            match key {
+                "lease" => lease = LeaseId::parse(value),
+                "left" => left = value.parse().ok().map(Duration::from_millis),
+                "n" => n = value.parse().ok(),
+                "delayed" => delayed = Some(value == "1"),
+                _ => {}
+            }
+        }
+        Some(InFlight::new(message, lease?, n?, left?, delayed?))
     }
 }
 
@@ -224,6 +254,26 @@ mod tests {
         assert_eq!(value, "at=1764000000123456");
         assert_eq!(HandOffCopy::parse_header(value.as_bytes()), Some(at));
         assert_eq!(HandOffCopy::parse_header(b"1"), None);
+        // A delivery in flight adds its lease; the time still reads, and the lease reads back.
+        let message = Message::new(
+            ipubsub_core::MessageId::new("m").expect("id"),
+            bytes::Bytes::from_static(b"1"),
+            at,
+        );
+        let lease = LeaseId::parse("00000000000000070000000000000009").expect("lease id");
+        let moving = InFlight::new(message.clone(), lease, 3, Duration::from_millis(1500), true);
+        let header = format!("{value}{}", HandOffCopy::lease_suffix(&moving));
+        assert_eq!(HandOffCopy::parse_header(header.as_bytes()), Some(at));
+        assert_eq!(
+            HandOffCopy::parse_lease(header.as_bytes(), message.clone()),
+            Some(moving)
+        );
+        assert_eq!(
+            HandOffCopy::parse_lease(value.as_bytes(), message.clone()),
+            None
+        );
+        let cut = header.replace(";n=3", "");
+        assert_eq!(HandOffCopy::parse_lease(cut.as_bytes(), message), None);
         assert_eq!(HandOffCopy::parse_header(b"at=x"), None);
     }
 }

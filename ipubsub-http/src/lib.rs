@@ -77,7 +77,9 @@ pub use ipubsub_cluster::PeerHttp;
 pub use metrics::Metrics;
 pub use ownership::{follow_ownership, release_moved};
 pub use readiness::Readiness;
-pub use rebalance::{ATTEMPTS, HandOff, HandOffCounts, Rebalancer, STRAY_GRACE, Strays};
+pub use rebalance::{
+    ATTEMPTS, HandOff, HandOffCounts, Item, Moving, Rebalancer, STRAY_GRACE, Strays,
+};
 pub use server::serve;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ipubsub_cluster::{Cluster, Forwarder, Node, Route};
-use ipubsub_core::{Drained, Engine, Message, StreamId};
+use ipubsub_core::{Drained, Engine, InFlight, Message, Redrive, StreamId};
 
 use crate::adoptions::HandOffCopy;
 
@@ -32,16 +32,59 @@ use crate::adoptions::HandOffCopy;
 /// use their own.
 #[async_trait]
 pub trait HandOff: Send + Sync + 'static {
-    /// Hands `message`, accepted into `stream` (sized `size`) on this node, to `owner`.
-    /// `Ok` once the owner holds it; an error if it may not.
+    /// Hands `moving`, accepted on this node, to `owner`. `Ok` once the owner holds it; an
+    /// error if it may not.
     async fn hand_off(
         &self,
         owner: &Node,
-        stream: &StreamId,
-        size: Option<u32>,
-        message: &Message,
+        moving: &Moving<'_>,
         request_id: &str,
     ) -> Result<(), String>;
+}
+
+/// One thing a hand-off moves to a stream's owner.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Moving<'a> {
+    /// The stream.
+    pub stream: &'a StreamId,
+    /// Its size, if a send fixed it.
+    pub size: Option<u32>,
+    /// Its redrive policy.
+    pub redrive: &'a Redrive,
+    /// A buffered message, or a delivery in flight with its lease.
+    pub item: &'a Item,
+    /// How long ago the stream was drained: what a lease in flight lost meanwhile.
+    pub since_drained: Duration,
+}
+
+/// What a drained stream holds: a buffered message, or a delivery in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A buffered message.
+    Message(Message),
+    /// A delivery in flight, with its lease.
+    InFlight(InFlight),
+}
+
+impl Item {
+    /// The message.
+    pub fn message(&self) -> &Message {
+        match self {
+            Item::Message(message) => message,
+            Item::InFlight(in_flight) => &in_flight.message,
+        }
+    }
+
+    /// The delivery in flight with what is left of its lease `elapsed` after it was drained.
+    fn in_flight_after(&self, elapsed: Duration) -> Option<InFlight> {
+        let Item::InFlight(in_flight) = self else {
+            return None;
+        };
+        let mut later = in_flight.clone();
+        later.remaining = in_flight.remaining.saturating_sub(elapsed);
+        Some(later)
+    }
 }
 
 #[async_trait]
@@ -49,12 +92,15 @@ impl HandOff for Forwarder {
     async fn hand_off(
         &self,
         owner: &Node,
-        stream: &StreamId,
-        size: Option<u32>,
-        message: &Message,
+        moving: &Moving<'_>,
         request_id: &str,
     ) -> Result<(), String> {
-        let body = handoff_body(stream, size, message);
+        let message = moving.item.message();
+        let body = handoff_body(moving.stream, moving.size, moving.redrive, message);
+        let mut copy = HandOffCopy::header_value(message.timestamp());
+        if let Some(in_flight) = moving.item.in_flight_after(moving.since_drained) {
+            copy.push_str(&HandOffCopy::lease_suffix(&in_flight));
+        }
         match Forwarder::hand_off(
             self,
             owner,
@@ -62,7 +108,7 @@ impl HandOff for Forwarder {
             body,
             Duration::from_secs(5),
             request_id,
-            &HandOffCopy::header_value(message.timestamp()),
+            &copy,
         )
         .await
         {
@@ -74,8 +120,13 @@ impl HandOff for Forwarder {
 }
 
 /// A send body that re-creates `message` (its id and bytes as sent) on `stream`, with the
-/// stream's size.
-fn handoff_body(stream: &StreamId, size: Option<u32>, message: &Message) -> Bytes {
+/// stream's size and redrive policy.
+fn handoff_body(
+    stream: &StreamId,
+    size: Option<u32>,
+    redrive: &Redrive,
+    message: &Message,
+) -> Bytes {
     let mut out = Vec::with_capacity(96 + message.payload().len());
     out.extend_from_slice(b"{\"streamId\":");
     out.extend_from_slice(quoted(stream.as_str()).as_bytes());
@@ -83,6 +134,13 @@ fn handoff_body(stream: &StreamId, size: Option<u32>, message: &Message) -> Byte
     out.extend_from_slice(quoted(message.id().as_str()).as_bytes());
     if let Some(size) = size {
         out.extend_from_slice(format!(",\"inMemoryStreamSize\":{size}").as_bytes());
+    }
+    if redrive.max_deliveries > 0 {
+        out.extend_from_slice(format!(",\"maxDeliveries\":{}", redrive.max_deliveries).as_bytes());
+        if let Some(dead_letter) = &redrive.dead_letter {
+            out.extend_from_slice(b",\"deadLetterStreamId\":");
+            out.extend_from_slice(quoted(dead_letter.as_str()).as_bytes());
+        }
     }
     out.extend_from_slice(b",\"message\":");
     out.extend_from_slice(message.payload());
@@ -341,37 +399,52 @@ impl Rebalancer {
         drained: Drained,
         until: Option<tokio::time::Instant>,
     ) -> HandOffCounts {
+        let drained_at = tokio::time::Instant::now();
         let Drained {
             stream,
             size,
             messages,
+            in_flight,
+            redrive,
             ..
         } = drained;
         let leaving = until.is_some();
         let mut counts = HandOffCounts::default();
-        let mut messages = messages.into_iter().enumerate().peekable();
+        // Deliveries in flight first: they left the buffer before anything still in it.
+        let items: Vec<Item> = in_flight
+            .into_iter()
+            .map(Item::InFlight)
+            .chain(messages.into_iter().map(Item::Message))
+            .collect();
+        let mut items = items.into_iter().enumerate().peekable();
         let mut pause = FIRST_PAUSE;
         let mut failures = 0;
-        while let Some((i, message)) = messages.peek() {
+        while let Some((i, item)) = items.peek() {
             let Some(owner) = self.destination(&stream, leaving) else {
                 // The stream is this node's again: keep the rest here, in order.
-                for (_, message) in messages.by_ref() {
-                    match self.engine.restore(&stream, size, message) {
-                        Ok(()) => counts.kept += 1,
-                        Err(_) => counts.lost += 1,
-                    }
-                }
+                self.keep(
+                    &stream,
+                    size,
+                    &redrive,
+                    items.by_ref().map(|(_, item)| item),
+                    drained_at,
+                    &mut counts.kept,
+                    &mut counts.lost,
+                );
                 break;
             };
             let request_id = format!("handoff-{}-{i}", self.cluster.local().id());
-            match self
-                .hand_off
-                .hand_off(&owner, &stream, size, message, &request_id)
-                .await
-            {
+            let moving = Moving {
+                stream: &stream,
+                size,
+                redrive: &redrive,
+                item,
+                since_drained: drained_at.elapsed(),
+            };
+            match self.hand_off.hand_off(&owner, &moving, &request_id).await {
                 Ok(()) => {
                     counts.handed += 1;
-                    messages.next();
+                    items.next();
                     pause = FIRST_PAUSE;
                     failures = 0;
                 }
@@ -379,19 +452,22 @@ impl Rebalancer {
                     failures += 1;
                     let now = tokio::time::Instant::now();
                     if until.is_some_and(|until| now + pause >= until) {
-                        let left = messages.len();
+                        let left = items.len();
                         tracing::error!(%stream, owner = %owner.id(), error = %e, lost = left, "hand-off gave up at the leaving deadline");
                         counts.lost += left;
                         break;
                     }
                     if until.is_none() && failures >= ATTEMPTS {
                         tracing::warn!(%stream, owner = %owner.id(), error = %e, "hand-off failed {ATTEMPTS} times: keeping the messages here, to try again");
-                        for (_, message) in messages.by_ref() {
-                            match self.engine.restore(&stream, size, message) {
-                                Ok(()) => counts.deferred += 1,
-                                Err(_) => counts.lost += 1,
-                            }
-                        }
+                        self.keep(
+                            &stream,
+                            size,
+                            &redrive,
+                            items.by_ref().map(|(_, item)| item),
+                            drained_at,
+                            &mut counts.deferred,
+                            &mut counts.lost,
+                        );
                         self.strays.note(&stream);
                         break;
                     }
@@ -402,6 +478,36 @@ impl Rebalancer {
             }
         }
         counts
+    }
+
+    /// Puts `items` back here, counting each as `kept` or, if the engine refuses it, `lost`.
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        stream: &StreamId,
+        size: Option<u32>,
+        redrive: &Redrive,
+        items: impl Iterator<Item = Item>,
+        drained_at: tokio::time::Instant,
+        kept: &mut usize,
+        lost: &mut usize,
+    ) {
+        if let Err(e) = self.engine.set_redrive(stream, redrive.clone()) {
+            tracing::warn!(%stream, error = %e, "a stream kept here lost its redrive policy");
+        }
+        for item in items {
+            let restored = match item.in_flight_after(drained_at.elapsed()) {
+                Some(in_flight) => self.engine.restore_in_flight(stream, size, in_flight),
+                None => match item {
+                    Item::Message(message) => self.engine.restore(stream, size, message),
+                    Item::InFlight(_) => continue,
+                },
+            };
+            match restored {
+                Ok(()) => *kept += 1,
+                Err(_) => *lost += 1,
+            }
+        }
     }
 }
 
@@ -435,11 +541,10 @@ mod tests {
         async fn hand_off(
             &self,
             owner: &Node,
-            stream: &StreamId,
-            size: Option<u32>,
-            message: &Message,
+            moving: &Moving<'_>,
             _request_id: &str,
         ) -> Result<(), String> {
+            let (stream, size, message) = (moving.stream, moving.size, moving.item.message());
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             if call < self.failures {
                 if let Some(cluster) = self.give_back.lock().expect("lock").take() {
@@ -447,9 +552,13 @@ mod tests {
                 }
                 return Err("refused".into());
             }
+            let leased = match moving.item {
+                Item::InFlight(f) => format!(" leased {}", f.deliveries),
+                Item::Message(_) => String::new(),
+            };
             self.taken.lock().expect("lock").push((
                 owner.id().to_string(),
-                format!("{stream}/{}", message.id().as_str()),
+                format!("{stream}/{}{leased}", message.id().as_str()),
                 size,
             ));
             Ok(())
@@ -577,6 +686,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn deliveries_in_flight_move_first_with_their_leases_or_stay_with_them() {
+        let s = setup(Target::default());
+        fill(&s.engine, &s.moved, &["m1", "m2", "m3"]).await;
+        let lease = Duration::from_secs(30);
+        let leased = s.engine.try_receive_leased(&s.moved, lease, 1);
+        let drained = s.engine.drain_streams(|_| true);
+        let counts = s.rebalancer.hand_over(drained, None).await;
+        assert_eq!(counts.handed, 3);
+        let moved = s.moved.as_str();
+        assert_eq!(
+            taken(&s.target),
+            [
+                format!("{moved}/m1 leased 1"),
+                format!("{moved}/m2"),
+                format!("{moved}/m3")
+            ]
+        );
+
+        // A stream that comes back keeps its lease here: the handle still acts.
+        let s = setup(Target {
+            failures: usize::MAX,
+            ..Target::default()
+        });
+        *s.target.give_back.lock().expect("lock") = Some(s.cluster.clone());
+        fill(&s.engine, &s.moved, &["m1", "m2"]).await;
+        let leased = [leased, s.engine.try_receive_leased(&s.moved, lease, 1)].concat();
+        let drained = s.engine.drain_streams(|_| true);
+        let counts = s.rebalancer.hand_over(drained, None).await;
+        assert_eq!(counts.kept, 2);
+        assert_eq!(s.engine.stats().in_flight, 1);
+        let outcomes = s.engine.ack(&s.moved, &[leased[1].handle]);
+        assert_eq!(outcomes, [Ok(())]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_owner_that_keeps_failing_gets_the_messages_later_and_none_is_dropped() {
         let s = setup(Target {
             failures: ATTEMPTS as usize,
@@ -643,7 +787,12 @@ mod tests {
             Bytes::from_static(b"{\"n\":1}"),
             Timestamp::from_micros(1),
         );
-        let body = handoff_body(&StreamId::new("s").expect("id"), Some(0), &message);
+        let body = handoff_body(
+            &StreamId::new("s").expect("id"),
+            Some(0),
+            &Redrive::default(),
+            &message,
+        );
         let parsed: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             parsed,

@@ -452,17 +452,14 @@ impl ipubsub_http::HandOff for AnswerLost {
     async fn hand_off(
         &self,
         owner: &Node,
-        stream: &StreamId,
-        size: Option<u32>,
-        message: &ipubsub_core::Message,
+        moving: &ipubsub_http::Moving<'_>,
         request_id: &str,
     ) -> Result<(), String> {
+        let (stream, message) = (moving.stream, moving.item.message());
         let handed = <ipubsub_cluster::Forwarder as ipubsub_http::HandOff>::hand_off(
             &self.forwarder,
             owner,
-            stream,
-            size,
-            message,
+            moving,
             request_id,
         )
         .await;

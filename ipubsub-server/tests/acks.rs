@@ -453,3 +453,61 @@ async fn every_step_works_through_any_node() -> TestResult {
     );
     Ok(())
 }
+
+/// A graceful leave hands the leaving node's deliveries in flight over with their leases:
+/// their receipt handles act on the new owners, their delivery counts and the streams'
+/// redrive policies go along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_hands_leases_over_and_their_handles_act_on_the_new_owner() -> TestResult {
+    const STREAMS: usize = 12;
+    let mut cluster = Cluster::start(3);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    let mut leases = Vec::new();
+    for i in 0..STREAMS {
+        let stream = format!("moving-{i}");
+        let redrive = json!({"maxDeliveries": 2, "deadLetterStreamId": format!("moving-dlq-{i}")});
+        send(cluster.node(0), &stream, "a", redrive.clone()).await;
+        send(cluster.node(0), &stream, "b", redrive).await;
+        let (_, a, _) = take(cluster.node(2), &stream, 60).await;
+        let (_, b, _) = take(cluster.node(2), &stream, 60).await;
+        leases.push((stream, a, b));
+    }
+    let leaving_held = metric(cluster.node(1), "ipubsub_in_flight_messages").await;
+    assert!(
+        leaving_held >= 2.0,
+        "node 1 holds no lease: the test proves nothing"
+    );
+    let mut leaving = cluster.nodes[1].take().ok_or("node 1")?;
+    assert!(leaving.terminate(Duration::from_secs(15)).success());
+    cluster.converge(2, Duration::from_secs(10)).await;
+    for (stream, a, b) in &leases {
+        let ack = json!({"streamId": stream, "receiptHandles": [a]});
+        assert_eq!(
+            outcomes(&settle(cluster.node(0), "ack", ack).await.1),
+            [(200, "")],
+            "{stream}"
+        );
+        let nack = json!({"streamId": stream, "receiptHandles": [b]});
+        assert_eq!(
+            outcomes(&settle(cluster.node(2), "nack", nack).await.1),
+            [(200, "")],
+            "{stream}"
+        );
+        let (id, again, count) = take(cluster.node(0), stream, 60).await;
+        assert_eq!(
+            (id.as_str(), count),
+            ("b", 2),
+            "{stream}: its count went along"
+        );
+        let nack = json!({"streamId": stream, "receiptHandles": [again]});
+        settle(cluster.node(2), "nack", nack).await;
+    }
+    for i in 0..STREAMS {
+        let query = format!("streamId=moving-dlq-{i}&timeoutSeconds=5");
+        let (status, letter) = cluster.node(0).receive(&query).await;
+        assert_eq!(status, StatusCode::OK, "{i}: the redrive policy went along");
+        assert_eq!(letter["message"]["deliveryCount"], 2);
+    }
+    println!("{leaving_held} deliveries in flight handed over by the leaving node");
+    Ok(())
+}

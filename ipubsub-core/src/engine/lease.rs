@@ -29,6 +29,63 @@ pub struct LeaseId {
 impl LeaseId {
     /// The least id, to bound ranges.
     pub(super) const MIN: Self = Self { issuer: 0, seq: 0 };
+
+    /// Reads an id as [`Display`](fmt::Display) writes it (32 lowercase hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 32 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        Some(Self {
+            issuer: u64::from_str_radix(&text[..16], 16).ok()?,
+            seq: u64::from_str_radix(&text[16..], 16).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.issuer, self.seq)
+    }
+}
+
+/// A delivery in flight, taken out of its stream to move with it
+/// ([`Engine::drain_streams`](super::Engine::drain_streams)): its lease goes along, with the
+/// time it had left, so that its receipt handle acts on the stream's next owner
+/// ([`Engine::adopt_in_flight`](super::Engine::adopt_in_flight)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InFlight {
+    /// The message.
+    pub message: Message,
+    /// Its lease.
+    pub lease: LeaseId,
+    /// Its deliveries so far.
+    pub deliveries: u32,
+    /// What was left of its lease when it was taken out.
+    pub remaining: Duration,
+    /// Returned with a delay ([`Engine::nack`](super::Engine::nack)): it goes back to its
+    /// stream when `remaining` has passed, and its handle no longer acts.
+    pub delayed: bool,
+}
+
+impl InFlight {
+    /// A delivery of `message` in flight under `lease`.
+    pub fn new(
+        message: Message,
+        lease: LeaseId,
+        deliveries: u32,
+        remaining: Duration,
+        delayed: bool,
+    ) -> Self {
+        Self {
+            message,
+            lease,
+            deliveries,
+            remaining,
+            delayed,
+        }
+    }
 }
 
 /// What a client holds to acknowledge, return or extend one delivery: its lease and a tag of
@@ -202,10 +259,17 @@ impl LeaseIds {
     }
 }
 
-/// What stream code needs to lease: the time and the id issuer.
+/// What stream code needs to lease: the clock (read only when a lease is made, so that the
+/// paths that make none pay nothing) and the id issuer.
 pub(super) struct Ctx<'a> {
-    pub(super) now: Timestamp,
+    pub(super) clock: &'a dyn crate::time::Clock,
     pub(super) ids: &'a LeaseIds,
+}
+
+impl Ctx<'_> {
+    pub(super) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
 }
 
 /// A lease's whole-microsecond deadline on the engine's clock.
@@ -271,7 +335,7 @@ impl Acks {
         ctx: &Ctx<'_>,
     ) -> ReceiptHandle {
         let id = ctx.ids.next();
-        let deadline = deadline(ctx.now, timeout);
+        let deadline = deadline(ctx.now(), timeout);
         self.bytes += super::buffer::charge(message);
         self.leases.insert(
             id,
@@ -300,6 +364,50 @@ impl Acks {
             Some(lease) if lease.state == State::Leased => Ok(lease),
             _ => Err(LeaseError::NotInFlight),
         }
+    }
+
+    /// Takes every lease out, in the order they were made, for a move: each with what is left
+    /// of it at `now`.
+    pub(super) fn take_all(&mut self, now: Timestamp) -> Vec<InFlight> {
+        let mut ids: Vec<_> = self.leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter()
+            .filter_map(|id| {
+                let lease = self.remove(id)?;
+                let left = lease.deadline.saturating_sub(now.as_micros());
+                Some(InFlight {
+                    message: lease.message,
+                    lease: *id,
+                    deliveries: lease.deliveries,
+                    remaining: Duration::from_micros(left),
+                    delayed: lease.state == State::Delayed,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over a delivery in flight that moved here, unless its lease is here already.
+    pub(super) fn take_over(&mut self, in_flight: InFlight, now: Timestamp) {
+        if self.leases.contains_key(&in_flight.lease) {
+            return;
+        }
+        let deadline = deadline(now, in_flight.remaining);
+        self.bytes += super::buffer::charge(&in_flight.message);
+        let state = if in_flight.delayed {
+            State::Delayed
+        } else {
+            State::Leased
+        };
+        self.leases.insert(
+            in_flight.lease,
+            Lease {
+                message: in_flight.message,
+                deliveries: in_flight.deliveries,
+                deadline,
+                state,
+            },
+        );
+        self.changes.push(Change::Add(deadline, in_flight.lease));
     }
 
     /// Moves a lease's deadline to `now + after`, in `state`.

@@ -17,7 +17,9 @@ use hashbrown::hash_table::Entry;
 
 pub use acking::Expired;
 use lease::{Change, Ctx, Deadlines, LeaseIds};
-pub use lease::{DeadLetter, HandleError, LeaseError, LeaseId, Leased, ReceiptHandle, Redrive};
+pub use lease::{
+    DeadLetter, HandleError, InFlight, LeaseError, LeaseId, Leased, ReceiptHandle, Redrive,
+};
 pub use receive::{LeasedReceiveFuture, ReceiveFuture};
 pub use send::{SendFuture, SendOptions, SendOutcome};
 use stream::Stream;
@@ -73,8 +75,12 @@ pub struct Drained {
     pub stream: StreamId,
     /// Its `inMemoryStreamSize`, to re-create it alike; `None` if no send fixed it.
     pub size: Option<u32>,
-    /// Its messages, oldest first.
+    /// Its buffered messages, oldest first.
     pub messages: Vec<Message>,
+    /// Its messages in flight, with their leases ([`Engine::adopt_in_flight`]).
+    pub in_flight: Vec<InFlight>,
+    /// Its redrive policy ([`Engine::set_redrive`]).
+    pub redrive: Redrive,
 }
 
 /// Counts an [`Engine`] keeps as it runs.
@@ -290,7 +296,7 @@ impl Engine {
         let mut table = shard.table.lock();
         let entry = Inner::find_mut(&mut table, hash, stream)?;
         entry.touch(now);
-        let ctx = self.inner.ctx_at(now);
+        let ctx = self.inner.ctx();
         self.inner
             .metered(shard, entry, |s| s.take(None, &ctx))
             .map(|handed| handed.message)
@@ -306,7 +312,7 @@ impl Engine {
             return Vec::new();
         };
         entry.touch(now);
-        let ctx = self.inner.ctx_at(now);
+        let ctx = self.inner.ctx();
         self.inner.metered(shard, entry, |entry| {
             std::iter::from_fn(|| entry.take(None, &ctx))
                 .take(max)
@@ -386,7 +392,10 @@ impl Engine {
         for shard in self.inner.shards.iter() {
             let mut table = shard.table.lock();
             let moved = table.iter_mut().filter(|s| moved(s.id()));
-            out.extend(moved.filter_map(|stream| self.inner.metered(shard, stream, drain_one)));
+            let now = self.now();
+            out.extend(
+                moved.filter_map(|stream| self.inner.metered(shard, stream, |s| drain_one(s, now))),
+            );
         }
         out
     }
@@ -398,7 +407,8 @@ impl Engine {
         let (hash, shard) = self.inner.locate(id);
         let mut table = shard.table.lock();
         let stream = Inner::find_mut(&mut table, hash, id)?;
-        self.inner.metered(shard, stream, drain_one)
+        let now = self.now();
+        self.inner.metered(shard, stream, |s| drain_one(s, now))
     }
 
     /// Takes over a message another node had accepted into `stream` (a hand-off): to the
@@ -427,6 +437,51 @@ impl Engine {
         message: Message,
     ) -> Result<(), SendError> {
         self.take_in(id, size, message, false)
+    }
+
+    /// Takes over a delivery in flight that another node drained with its stream (a
+    /// hand-off): its lease goes on here with the time it had left, so its receipt handle
+    /// acts here. Refused only when it does not fit the memory budget; taken once however
+    /// often it comes (by its lease).
+    pub fn adopt_in_flight(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        in_flight: InFlight,
+    ) -> Result<(), SendError> {
+        self.take_in_flight(id, size, in_flight, true)
+    }
+
+    /// Puts back a delivery in flight this engine drained to move, when it stays after all:
+    /// like [`Engine::adopt_in_flight`], never refused for the memory budget.
+    pub fn restore_in_flight(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        in_flight: InFlight,
+    ) -> Result<(), SendError> {
+        self.take_in_flight(id, size, in_flight, false)
+    }
+
+    fn take_in_flight(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        in_flight: InFlight,
+        budgeted: bool,
+    ) -> Result<(), SendError> {
+        let now = self.now();
+        self.with_stream_as(id, Create::Always, |stream, inner| {
+            if let Some(size) = size {
+                stream.capacity_or_set(size);
+            }
+            let room = |message: &Message| !budgeted || inner.fits(buffer::charge(message), 0);
+            if stream.adopt_in_flight(in_flight, room, now) {
+                Ok(())
+            } else {
+                Err(inner.over_budget())
+            }
+        })?
     }
 
     fn take_in(
@@ -485,13 +540,16 @@ impl Engine {
 }
 
 /// Takes `stream`'s accepted messages and answers its waiting requests as moved.
-fn drain_one(stream: &mut Stream) -> Option<Drained> {
-    let messages = stream.take_buffered();
+fn drain_one(stream: &mut Stream, now: Timestamp) -> Option<Drained> {
+    let redrive = stream.redrive();
+    let (in_flight, messages) = stream.take_buffered(now);
     stream.close_waiters();
-    (!messages.is_empty()).then(|| Drained {
+    (!messages.is_empty() || !in_flight.is_empty()).then(|| Drained {
         stream: stream.id().clone(),
         size: stream.capacity(),
         messages,
+        in_flight,
+        redrive,
     })
 }
 
@@ -593,15 +651,10 @@ impl Inner {
         result
     }
 
-    /// What stream code needs to lease, now.
+    /// What stream code needs to lease.
     fn ctx(&self) -> Ctx<'_> {
-        self.ctx_at(self.clock.now())
-    }
-
-    /// What stream code needs to lease, at `now`.
-    fn ctx_at(&self, now: Timestamp) -> Ctx<'_> {
         Ctx {
-            now,
+            clock: &*self.clock,
             ids: &self.lease_ids,
         }
     }

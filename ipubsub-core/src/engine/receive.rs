@@ -230,7 +230,7 @@ impl Engine {
             }
             Cancel::WasServed(handed) if requeue => {
                 if let Ok(s) = inner.stream_mut(&mut table, hash, stream, now, Create::Always) {
-                    let ctx = inner.ctx_at(now);
+                    let ctx = inner.ctx();
                     inner.metered(shard, s, |s| match &handed.handle {
                         Some(handle) => s.release(handle, &ctx),
                         None => s.requeue(handed.message, handed.before, &ctx),

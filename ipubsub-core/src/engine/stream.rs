@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
 use super::lease::{
-    Acks, Change, Ctx, DeadLetter, Lease, LeaseError, ReceiptHandle, Redrive, State,
+    Acks, Change, Ctx, DeadLetter, InFlight, Lease, LeaseError, ReceiptHandle, Redrive, State,
 };
 use super::slot::Slot;
 use crate::id::StreamId;
@@ -372,27 +372,41 @@ impl Stream {
         }
     }
 
-    /// Removes every message the stream holds, oldest first: those in flight (in the order
-    /// they were delivered; their leases end, their handles no longer act), then the buffered
-    /// ones. Waiting senders stay waiting (none is admitted into the room this makes: the
-    /// stream is being handed over).
-    pub(super) fn take_buffered(&mut self) -> Vec<Message> {
-        let mut out = Vec::with_capacity(self.buffer.len() + self.in_flight());
+    /// Removes every message the stream holds: those in flight with their leases (in the
+    /// order they were delivered, each with what is left of its lease at `now`), and the
+    /// buffered ones, oldest first. Waiting senders stay waiting (none is admitted into the
+    /// room this makes: the stream is being handed over).
+    pub(super) fn take_buffered(&mut self, now: Timestamp) -> (Vec<InFlight>, Vec<Message>) {
+        let mut in_flight = Vec::new();
         if let Some(acks) = self.waiting.as_mut().and_then(|w| w.acks.as_mut()) {
-            let mut ids: Vec<_> = acks.leases.keys().copied().collect();
-            ids.sort_unstable();
-            out.extend(
-                ids.iter()
-                    .filter_map(|id| acks.remove(id))
-                    .map(|l| l.message),
-            );
+            in_flight = acks.take_all(now);
             acks.returned.clear();
         }
+        let mut out = Vec::with_capacity(self.buffer.len());
         while let Some(message) = self.buffer.pop_front() {
             out.push(message);
         }
         self.tidy();
-        out
+        (in_flight, out)
+    }
+
+    /// The redrive policy fixed for the stream (the default if none is).
+    pub(super) fn redrive(&self) -> Redrive {
+        self.acks().map(|a| a.redrive.clone()).unwrap_or_default()
+    }
+
+    /// Takes over a delivery in flight that moved here, if `room` allows it (false: refused).
+    pub(super) fn adopt_in_flight(
+        &mut self,
+        in_flight: InFlight,
+        room: impl FnOnce(&Message) -> bool,
+        now: Timestamp,
+    ) -> bool {
+        if !room(&in_flight.message) {
+            return false;
+        }
+        self.acks_mut().take_over(in_flight, now);
+        true
     }
 
     /// Acknowledges the delivery of `handle`: its message is done.
@@ -432,7 +446,7 @@ impl Stream {
         let acks = self.acks_mut();
         acks.live(&handle.lease())?;
         if !delay.is_zero() {
-            acks.reschedule(handle.lease(), delay, State::Delayed, ctx.now);
+            acks.reschedule(handle.lease(), delay, State::Delayed, ctx.now());
             return Ok(Back::Requeued);
         }
         let lease = acks
@@ -477,7 +491,7 @@ impl Stream {
             deliveries,
             ..
         } = lease;
-        let redrive = self.acks().map(|a| a.redrive.clone()).unwrap_or_default();
+        let redrive = self.redrive();
         let back = if redrive.max_deliveries > 0 && deliveries >= redrive.max_deliveries {
             match redrive.dead_letter {
                 Some(dead_letter) => Back::DeadLetter(DeadLetter {

@@ -358,12 +358,25 @@ impl App {
         }
         let message = Message::new(send.id, send.payload, inner.engine.now());
         match (send.kind, &inner.log) {
-            (SendKind::Memory { options, .. }, _) if hop.handoff => {
+            (
+                SendKind::Memory {
+                    options, redrive, ..
+                },
+                _,
+            ) if hop.handoff => {
                 // Accepted on the node that handed it over: taken over, never refused, and
                 // taken once however often that node tries (it cannot tell a lost answer
-                // from a lost request).
+                // from a lost request). A delivery in flight comes with its lease.
                 let stream = &send.stream;
                 let size = Some(options.stream_size);
+                inner.engine.set_redrive(stream, redrive)?;
+                let take_over = |message: Message| match &hop.lease_header {
+                    Some(header) => match HandOffCopy::parse_lease(header.as_bytes(), message) {
+                        Some(in_flight) => inner.engine.adopt_in_flight(stream, size, in_flight),
+                        None => Err(ipubsub_core::SendError::Moved),
+                    },
+                    None => inner.engine.adopt(stream, size, message),
+                };
                 match (&hop.from, hop.handoff_copy) {
                     (Some(from), Some(accepted)) => {
                         let id = message.id().clone();
@@ -373,14 +386,12 @@ impl App {
                             message: id.as_str(),
                             accepted,
                         };
-                        let adopted = inner
-                            .adoptions
-                            .adopt_once(copy, || inner.engine.adopt(stream, size, message))?;
+                        let adopted = inner.adoptions.adopt_once(copy, || take_over(message))?;
                         if !adopted {
                             tracing::debug!(%stream, message = %id, from, "a hand-off taken over already");
                         }
                     }
-                    _ => inner.engine.adopt(stream, size, message)?,
+                    _ => take_over(message)?,
                 }
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
@@ -496,6 +507,9 @@ struct Hop {
     handoff: bool,
     /// When the forwarding node accepted the copy it hands over ([`HandOffCopy`]).
     handoff_copy: Option<ipubsub_core::Timestamp>,
+    /// A hand-off header that carries a delivery in flight's lease
+    /// ([`HandOffCopy::lease_suffix`]).
+    lease_header: Option<HeaderValue>,
     /// The time its original caller has left.
     deadline: Option<Duration>,
     /// The request's id ([`App::handle`]): owned (a shared buffer), so that what a waiting
@@ -516,6 +530,10 @@ impl Hop {
             handoff_copy: headers
                 .get(HANDOFF_HEADER)
                 .and_then(|v| HandOffCopy::parse_header(v.as_bytes())),
+            lease_header: headers
+                .get(HANDOFF_HEADER)
+                .filter(|v| v.as_bytes().windows(7).any(|w| w == b";lease="))
+                .cloned(),
             deadline: headers
                 .get(DEADLINE_HEADER)
                 .and_then(|v| v.to_str().ok())

@@ -109,6 +109,7 @@ impl Client {
         stream: &str,
         seq: u64,
         message: &[u8],
+        acked: bool,
     ) -> anyhow::Result<Option<String>> {
         match self {
             Client::Http(conn, out) if target == Target::Nchan => {
@@ -136,6 +137,15 @@ impl Client {
                 Ok((status != 200).then(|| format!("send {status}")))
             }
             Client::Events(..) => anyhow::bail!("an event-stream client does not send"),
+            Client::Redis(conn) if acked => {
+                match conn
+                    .command(&[b"XADD", stream.as_bytes(), b"*", b"p", message])
+                    .await?
+                {
+                    Reply::Bulk(Some(_)) => Ok(None),
+                    other => Ok(Some(format!("XADD {other:?}"))),
+                }
+            }
             Client::Redis(conn) => {
                 match conn
                     .command(&[b"RPUSH", stream.as_bytes(), message])
@@ -211,6 +221,7 @@ impl Client {
         target: Target,
         stream: &str,
         max: usize,
+        acked: bool,
         token: &mut Option<String>,
         got: &mut Vec<(u64, u64)>,
     ) -> anyhow::Result<Option<String>> {
@@ -223,6 +234,9 @@ impl Client {
                 let mut uri = format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=1");
                 if max > 1 {
                     let _ = write!(uri, "&maxMessages={max}");
+                }
+                if acked {
+                    uri.push_str("&ackTimeoutSeconds=30");
                 }
                 if target == Target::Persistent {
                     uri.push_str("&readFromDB=true");
@@ -243,6 +257,25 @@ impl Client {
                     && let Some(t) = last_token(body)
                 {
                     *token = Some(t);
+                }
+                if !acked {
+                    return Ok(None);
+                }
+                // Acknowledged before they count as delivered: one ack for the answer.
+                let ack = ack_body(stream, body);
+                out.clear();
+                push_post(out, "/api/v1/streams/ack", &ack);
+                conn.write(out).await?;
+                let response = conn.read_response().await?;
+                let status = response.status;
+                let acked = conn
+                    .body(response)
+                    .windows(13)
+                    .filter(|w| *w == b"\"status\":200}")
+                    .count();
+                if status != 200 || acked != got.len() {
+                    got.clear();
+                    return Ok(Some(format!("ack {status}")));
                 }
                 Ok(None)
             }
@@ -265,6 +298,7 @@ impl Client {
                 scan_payloads(data, got);
                 Ok(nothing)
             }
+            Client::Redis(conn) if acked => redis_group_receive(conn, stream, max, got).await,
             Client::Redis(conn) => {
                 let reply = if max > 1 {
                     let count = max.to_string();
@@ -300,6 +334,104 @@ impl Client {
                 }
                 Ok(None)
             }
+        }
+    }
+}
+
+/// The `ack` of every receipt handle in a receive's answer `body`, on `stream`.
+fn ack_body(stream: &str, body: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"receiptHandle\":\"";
+    let mut out = Vec::with_capacity(64 + body.len() / 4);
+    out.extend_from_slice(b"{\"streamId\":\"");
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(b"\",\"receiptHandles\":[");
+    let mut at = 0;
+    let mut first = true;
+    while let Some(found) = find(&body[at..], KEY) {
+        let start = at + found + KEY.len();
+        let len = body[start..].iter().position(|&b| b == b'"').unwrap_or(0);
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(&body[start..start + len]);
+        out.push(b'"');
+        at = start + len;
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Redis Streams as a work queue: up to `max` entries for consumer group `g` (made on first
+/// use), blocking a second, then one `XACK` for them.
+async fn redis_group_receive(
+    conn: &mut RedisConn,
+    stream: &str,
+    max: usize,
+    got: &mut Vec<(u64, u64)>,
+) -> anyhow::Result<Option<String>> {
+    let count = max.to_string();
+    let read = [
+        &b"XREADGROUP"[..],
+        b"GROUP",
+        b"g",
+        b"c",
+        b"COUNT",
+        count.as_bytes(),
+        b"BLOCK",
+        b"1000",
+        b"STREAMS",
+        stream.as_bytes(),
+        b">",
+    ];
+    let reply = match conn.command(&read).await {
+        Err(e) if e.to_string().contains("NOGROUP") => {
+            conn.command(&[
+                b"XGROUP",
+                b"CREATE",
+                stream.as_bytes(),
+                b"g",
+                b"0",
+                b"MKSTREAM",
+            ])
+            .await?;
+            conn.command(&read).await?
+        }
+        reply => reply?,
+    };
+    // [[stream, [[id, [field, value]], …]]], or nil when the block timed out.
+    let Reply::Array(Some(mut streams)) = reply else {
+        return Ok(Some("receive timeout".into()));
+    };
+    let Some(Reply::Array(Some(mut pair))) = streams.pop() else {
+        anyhow::bail!("unexpected XREADGROUP reply");
+    };
+    let Some(Reply::Array(Some(entries))) = pair.pop() else {
+        anyhow::bail!("unexpected XREADGROUP entries");
+    };
+    let mut ack: Vec<Vec<u8>> = vec![b"XACK".to_vec(), stream.as_bytes().to_vec(), b"g".to_vec()];
+    for entry in entries {
+        let Reply::Array(Some(mut parts)) = entry else {
+            continue;
+        };
+        if let Some(Reply::Array(Some(fields))) = parts.pop() {
+            for field in fields {
+                if let Reply::Bulk(Some(value)) = field {
+                    scan_payloads(&value, got);
+                }
+            }
+        }
+        if let Some(Reply::Bulk(Some(id))) = parts.pop() {
+            ack.push(id);
+        }
+    }
+    let args: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
+    match conn.command(&args).await? {
+        Reply::Simple(n) if n == (ack.len() - 3).to_string().as_bytes() => Ok(None),
+        other => {
+            got.clear();
+            Ok(Some(format!("XACK {other:?}")))
         }
     }
 }

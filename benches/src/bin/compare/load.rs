@@ -57,6 +57,10 @@ pub struct Pattern {
     /// Whether ipubsub's publishers send over HTTP/2, [`H2_SEND_CONNECTIONS`] connections
     /// shared by all of them (else each over an HTTP/1.1 connection of its own).
     pub h2_sends: bool,
+    /// Acknowledged receives: ipubsub's receives take leases (`ackTimeoutSeconds`) and each
+    /// answer's messages are acknowledged in one `ack`; Redis uses a stream with a consumer
+    /// group (`XADD`, `XREADGROUP`, `XACK`) instead of a list.
+    pub acked: bool,
 }
 
 /// HTTP/2 connections the publishers of a run share when they send over HTTP/2.
@@ -322,7 +326,13 @@ async fn publish(
         let message = payload(seq, pattern.message_size);
         let started = Instant::now();
         let refused = client
-            .send(target, &stream_name(&prefix, stream), seq, &message)
+            .send(
+                target,
+                &stream_name(&prefix, stream),
+                seq,
+                &message,
+                pattern.acked,
+            )
             .await
             .context("send")?;
         latency.saturating_record(started.elapsed().as_micros() as u64);
@@ -398,7 +408,14 @@ async fn poll(
             }
             got.clear();
             let nothing = client
-                .receive(target, &name, pattern.max_messages, &mut token, &mut got)
+                .receive(
+                    target,
+                    &name,
+                    pattern.max_messages,
+                    pattern.acked,
+                    &mut token,
+                    &mut got,
+                )
                 .await
                 .context("receive")?;
             if let Some(status) = nothing {

@@ -18,7 +18,10 @@
 //! `sendBatch`, Redis `RPUSH` of 100 values), `3` (one hot stream), `4` (100,000 streams, one
 //! message each), `half` (pattern 1 paced at half of what the same target delivered in
 //! pattern 1 of the same round: the latency at half load), `fill` (1,000,000 streams that each
-//! keep one message, nobody receiving: the peak memory of holding them).
+//! keep one message, nobody receiving: the peak memory of holding them), `1a` (pattern 1 with
+//! acknowledged receives: a receive with `ackTimeoutSeconds` and an `ack` per message; Redis
+//! Streams with a consumer group: `XADD`, `XREADGROUP … BLOCK`, `XACK`), `2a` (the same, 100
+//! messages per receive and one `ack` / `XACK` for them).
 //!
 //! Nchan runs the patterns in which every stream has one receiver taking one message at a
 //! time (`send`, `1`, `1e`, `1e2`, `4`, `half`): it broadcasts, has no batched publish, and
@@ -122,6 +125,7 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         message_size: 100,
         via: Via::LongPoll,
         h2_sends: false,
+        acked: false,
     };
     Ok(match name {
         "send" => spread(0, 1),
@@ -144,6 +148,14 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
             ..spread(64, 1)
         },
         "2" => spread(64, 100),
+        "1a" => Pattern {
+            acked: true,
+            ..spread(64, 1)
+        },
+        "2a" => Pattern {
+            acked: true,
+            ..spread(64, 100)
+        },
         "2b" => Pattern {
             send_batch: 100,
             ..spread(64, 100)
@@ -162,7 +174,7 @@ fn pattern(name: &str, args: &Args, rate: Option<f64>) -> anyhow::Result<Pattern
         },
         other => {
             anyhow::bail!(
-                "unknown pattern {other:?} (send, 1, 1e, 1e2, 1h2, 2, 2b, 3, 4, half, fill)"
+                "unknown pattern {other:?} (send, 1, 1e, 1e2, 1h2, 1a, 2, 2a, 2b, 3, 4, half, fill)"
             )
         }
     })
@@ -281,7 +293,8 @@ fn main() -> anyhow::Result<()> {
                 // Only sends are comparable with a server that does nothing, and only what
                 // stays in memory with memory.
                 if (target == Target::BareHyper && name != "send")
-                    || (target == Target::Persistent && name == "fill")
+                    || (target == Target::Persistent
+                        && matches!(name.as_str(), "fill" | "1a" | "2a"))
                     || (target == Target::Nchan
                         && !matches!(name.as_str(), "send" | "1" | "1e" | "1e2" | "4" | "half"))
                 {

@@ -140,6 +140,12 @@ struct Args {
     /// long-polls; each is checked to end with its `end` event after the timeout.
     #[arg(long)]
     sse: bool,
+    /// Acknowledged receives: each receive takes its messages under leases of this many
+    /// seconds (`ackTimeoutSeconds`), and the receiver acknowledges them in one `ack` before
+    /// its next receive (with `--max-messages 1`: a receive and an ack per message). A message
+    /// counts as delivered once its ack is answered.
+    #[arg(long)]
+    ack_timeout: Option<u64>,
 }
 
 #[derive(Default)]
@@ -166,6 +172,9 @@ struct ReceiverReport {
     ids: Vec<u64>,
     statuses: BTreeMap<u16, u64>,
     transport_errors: u64,
+    /// With `--ack-timeout`: the status of each handle's acknowledgement (0: the ack
+    /// request itself failed).
+    acks: BTreeMap<u16, u64>,
 }
 
 fn stream_name(prefix: &str, index: usize) -> String {
@@ -266,6 +275,7 @@ async fn receiver(
         ids: Vec::new(),
         statuses: BTreeMap::new(),
         transport_errors: 0,
+        acks: BTreeMap::new(),
     };
     let persistent = args.mode != Mode::Memory;
     let mut owned: Vec<usize> = (0..args.streams)
@@ -305,6 +315,9 @@ async fn receiver(
         );
         if args.max_messages > 1 {
             uri.push_str(&format!("&maxMessages={}", args.max_messages));
+        }
+        if let Some(lease) = args.ack_timeout {
+            uri.push_str(&format!("&ackTimeoutSeconds={lease}"));
         }
         if persistent {
             uri.push_str("&readFromDB=true");
@@ -351,6 +364,33 @@ async fn receiver(
             report.ids.push(id);
             if let Some(token) = message["dbResumeToken"].as_str() {
                 tokens[slot] = Some(token.to_owned());
+            }
+        }
+        if args.ack_timeout.is_some() {
+            let handles: Vec<_> = messages
+                .iter()
+                .map(|m| m["receiptHandle"].clone())
+                .collect();
+            let body = serde_json::json!({"streamId": stream, "receiptHandles": handles});
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(format!("{url}/api/v1/streams/ack"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))?;
+            let answer = match client.request(request).await {
+                Ok(answer) if answer.status() == 200 => answer.into_body().collect().await.ok(),
+                _ => None,
+            };
+            let answer: Option<serde_json::Value> =
+                answer.and_then(|body| serde_json::from_slice(&body.to_bytes()).ok());
+            match answer.as_ref().and_then(|a| a["results"].as_array()) {
+                Some(results) => {
+                    for result in results {
+                        let status = result["status"].as_u64().unwrap_or(0) as u16;
+                        *report.acks.entry(status).or_default() += 1;
+                    }
+                }
+                None => *report.acks.entry(0).or_default() += messages.len() as u64,
             }
         }
         shared
@@ -514,6 +554,9 @@ async fn main() -> anyhow::Result<()> {
             *statuses
                 .entry("receive transport-error".into())
                 .or_default() += report.transport_errors;
+        }
+        for (status, n) in report.acks {
+            *statuses.entry(format!("ack {status}")).or_default() += n;
         }
     }
     let sent_ok = shared.sent_ok.load(Ordering::Acquire);

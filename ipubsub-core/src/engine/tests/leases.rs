@@ -259,26 +259,64 @@ fn in_flight_messages_count_against_the_memory_budget() {
 }
 
 #[test]
-fn a_drained_stream_takes_its_messages_in_flight_first() {
-    let e = engine();
+fn a_drained_stream_takes_its_leases_along_and_they_act_where_it_lands() {
+    let (e, clock) = engine_with(EngineConfig::default());
+    let (there, there_clock) = engine_with(EngineConfig::default());
+    e.set_redrive(&sid("s"), Redrive::new(5, Some(sid("dlq"))))
+        .expect("redrive");
     for id in ["a", "b", "c"] {
         ready(e.send(sid("s"), msg(id), circular(10))).expect("send");
     }
     let a = leased(&e, "s");
     let b = leased(&e, "s");
+    assert_eq!(
+        e.nack(&sid("s"), &[b.handle], Duration::from_secs(5)),
+        [Ok(None)]
+    );
+    clock.advance(Duration::from_secs(10));
     let drained = e.drain_stream(&sid("s")).expect("drained");
     let ids: Vec<_> = drained.messages.iter().map(id_of).collect();
-    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(ids, ["c"]);
+    assert_eq!(drained.redrive, Redrive::new(5, Some(sid("dlq"))));
+    let moving: Vec<_> = drained
+        .in_flight
+        .iter()
+        .map(|f| (id_of(&f.message), f.remaining, f.delayed, f.deliveries))
+        .collect();
     assert_eq!(
-        e.ack(&sid("s"), &[a.handle, b.handle]),
-        [Err(LeaseError::NotInFlight), Err(LeaseError::NotInFlight)]
+        moving,
+        [
+            ("a", LEASE - Duration::from_secs(10), false, 1),
+            ("b", Duration::ZERO, true, 1)
+        ]
+    );
+    // Gone from here: nothing in flight, no deadline left behind.
+    assert_eq!(
+        e.ack(&sid("s"), &[a.handle]),
+        [Err(LeaseError::NotInFlight)]
     );
     assert_eq!((e.stats().in_flight, e.stats().buffered_bytes), (0, 0));
+    assert_eq!(e.expire_leases(), Expired::default());
+
+    // Where it lands, a's handle acts, taken once however often it comes.
+    for f in &drained.in_flight {
+        there
+            .adopt_in_flight(&sid("s"), drained.size, f.clone())
+            .expect("adopted");
+        there
+            .adopt_in_flight(&sid("s"), drained.size, f.clone())
+            .expect("adopted again");
+    }
+    assert_eq!(there.stats().in_flight, 2);
+    assert_eq!(there.expire_leases().redelivered, 1, "b's delay was over");
+    let b = leased(&there, "s");
+    assert_eq!((id_of(&b.message), b.deliveries), ("b", 2));
+    there_clock.advance(LEASE - Duration::from_secs(10));
     assert_eq!(
-        e.expire_leases(),
-        Expired::default(),
-        "no deadline left behind"
+        there.ack(&sid("s"), &[a.handle, b.handle]),
+        [Ok(()), Ok(())]
     );
+    assert_eq!(there.expire_leases(), Expired::default());
 }
 
 #[test]
