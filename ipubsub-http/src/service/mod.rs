@@ -49,6 +49,12 @@ const METRICS_PATH: &str = "/metrics";
 
 /// [`REQUEST_ID_HEADER`], parsed once.
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// [`FORWARDED_HEADER`], parsed once.
+static FORWARDED: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
+/// [`HANDOFF_HEADER`], parsed once.
+static HANDOFF: HeaderName = HeaderName::from_static(HANDOFF_HEADER);
+/// [`DEADLINE_HEADER`], parsed once.
+static DEADLINE: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
 
 /// The HTTP API over an engine: what every connection serves. Cheap to clone.
 #[derive(Clone)]
@@ -519,23 +525,20 @@ struct Hop {
 
 impl Hop {
     fn of<B>(request: &Request<B>, request_id: &HeaderValue) -> Self {
+        // One lookup per header, by names parsed once: every request pays for these.
         let headers = request.headers();
+        let forwarded = headers.get(&FORWARDED);
+        let handoff = headers.get(&HANDOFF);
         Self {
-            forwarded: headers.contains_key(FORWARDED_HEADER),
-            from: headers
-                .get(FORWARDED_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            handoff: headers.contains_key(FORWARDED_HEADER) && headers.contains_key(HANDOFF_HEADER),
-            handoff_copy: headers
-                .get(HANDOFF_HEADER)
-                .and_then(|v| HandOffCopy::parse_header(v.as_bytes())),
-            lease_header: headers
-                .get(HANDOFF_HEADER)
+            forwarded: forwarded.is_some(),
+            from: forwarded.and_then(|v| v.to_str().ok()).map(str::to_owned),
+            handoff: forwarded.is_some() && handoff.is_some(),
+            handoff_copy: handoff.and_then(|v| HandOffCopy::parse_header(v.as_bytes())),
+            lease_header: handoff
                 .filter(|v| v.as_bytes().windows(7).any(|w| w == b";lease="))
                 .cloned(),
             deadline: headers
-                .get(DEADLINE_HEADER)
+                .get(&DEADLINE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
