@@ -67,8 +67,8 @@ struct Body<'a> {
 #[derive(Debug)]
 pub(crate) struct LeaseRequest {
     pub(crate) stream: StreamId,
-    /// Each handle as sent, and what it reads as.
-    pub(crate) handles: Vec<(String, Option<ReceiptHandle>)>,
+    /// Each handle as it reads, or as sent when it reads as none.
+    pub(crate) handles: Vec<Result<ReceiptHandle, String>>,
     /// `nack`: how long the messages stay in flight before they go back (0: now). `extend`:
     /// the new lease, from now.
     pub(crate) duration: Duration,
@@ -77,7 +77,10 @@ pub(crate) struct LeaseRequest {
 impl LeaseRequest {
     /// The handles that read as handles.
     pub(crate) fn parsed(&self) -> Vec<ReceiptHandle> {
-        self.handles.iter().filter_map(|(_, h)| *h).collect()
+        self.handles
+            .iter()
+            .filter_map(|h| h.as_ref().ok().copied())
+            .collect()
     }
 }
 
@@ -145,10 +148,7 @@ pub(crate) fn parse(
     let handles = parsed
         .receipt_handles
         .into_iter()
-        .map(|text| {
-            let handle = ReceiptHandle::parse(&text).ok();
-            (text.into_owned(), handle)
-        })
+        .map(|text| ReceiptHandle::parse(&text).map_err(|_| text.into_owned()))
         .collect();
     Ok(LeaseRequest {
         stream,
@@ -162,41 +162,58 @@ fn verb_name(verb: Verb) -> &'static str {
 }
 
 /// The answer: one result per handle sent, in order. `outcomes` holds the engine's outcome of
-/// each handle that read as one, in order.
+/// each handle that read as one, in order. Written by hand: an acknowledgement is as frequent
+/// as a receive.
 pub(crate) fn answer(
     request: &LeaseRequest,
     outcomes: impl IntoIterator<Item = Result<(), LeaseError>>,
 ) -> Bytes {
     let mut outcomes = outcomes.into_iter();
-    let results: Vec<_> = request
-        .handles
-        .iter()
-        .map(|(text, handle)| {
-            let outcome = match handle {
-                None => Err(ApiError::new(
-                    ErrorCode::InvalidReceiptHandle,
-                    "not a receipt handle: it is 40 hex digits as a receive answered it",
-                )),
-                Some(_) => match outcomes.next() {
+    let mut out = Vec::with_capacity(16 + 72 * request.handles.len());
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, handle) in request.handles.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"receiptHandle\":");
+        let outcome = match handle {
+            Ok(handle) => {
+                out.push(b'"');
+                out.extend_from_slice(&handle.encode());
+                out.push(b'"');
+                match outcomes.next() {
                     Some(Ok(())) => Ok(()),
                     Some(Err(e)) => Err(lease_error(e)),
                     None => Err(ApiError::new(
                         ErrorCode::Internal,
                         "no outcome for this handle",
                     )),
-                },
-            };
-            match outcome {
-                Ok(()) => serde_json::json!({"receiptHandle": text, "status": 200}),
-                Err(e) => serde_json::json!({
-                    "receiptHandle": text,
-                    "status": e.code.status().as_u16(),
-                    "error": {"code": e.code.as_str(), "message": e.message},
-                }),
+                }
             }
-        })
-        .collect();
-    Bytes::from(serde_json::json!({ "results": results }).to_string())
+            Err(text) => {
+                if serde_json::to_writer(&mut out, text).is_err() {
+                    out.extend_from_slice(b"\"\"");
+                }
+                Err(ApiError::new(
+                    ErrorCode::InvalidReceiptHandle,
+                    "not a receipt handle: it is 40 hex digits as a receive answered it",
+                ))
+            }
+        };
+        match outcome {
+            Ok(()) => out.extend_from_slice(b",\"status\":200}"),
+            Err(e) => {
+                let status = e.code.status().as_u16();
+                out.extend_from_slice(format!(",\"status\":{status},\"error\":").as_bytes());
+                // `{"error": {…}}` less its outer braces' first key: reuse the error body.
+                let body = e.body();
+                out.extend_from_slice(&body[b"{\"error\":".len()..body.len() - 1]);
+                out.push(b'}');
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 fn lease_error(e: LeaseError) -> ApiError {

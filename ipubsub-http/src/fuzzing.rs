@@ -93,18 +93,19 @@ pub fn lease_body(body: &[u8]) {
             Verb::Extend => assert!(!request.duration.is_zero()),
             Verb::Nack => {}
         }
-        for (text, handle) in &request.handles {
-            if let Some(handle) = handle {
-                assert_eq!(&handle.to_string(), text, "a handle reads back differently");
-            }
-        }
         let outcomes = vec![Ok(()); request.parsed().len()];
         let answer: serde_json::Value =
             serde_json::from_slice(&acks::answer(&request, outcomes)).expect("the answer is JSON");
         let results = answer["results"].as_array().expect("results");
         assert_eq!(results.len(), request.handles.len());
-        for ((text, _), result) in request.handles.iter().zip(results) {
+        for (handle, result) in request.handles.iter().zip(results) {
+            let text = match handle {
+                Ok(handle) => handle.to_string(),
+                Err(text) => text.clone(),
+            };
             assert_eq!(result["receiptHandle"].as_str(), Some(text.as_str()));
+            let expected = if handle.is_ok() { 200 } else { 400 };
+            assert_eq!(result["status"].as_u64(), Some(expected));
         }
     }
 }

@@ -419,18 +419,12 @@ impl Rebalancer {
         let mut items = items.into_iter().enumerate().peekable();
         let mut pause = FIRST_PAUSE;
         let mut failures = 0;
+        // Why what is left stays here, if it does.
+        let mut stays = None;
         while let Some((i, item)) = items.peek() {
             let Some(owner) = self.destination(&stream, leaving) else {
                 // The stream is this node's again: keep the rest here, in order.
-                self.keep(
-                    &stream,
-                    size,
-                    &redrive,
-                    items.by_ref().map(|(_, item)| item),
-                    drained_at,
-                    &mut counts.kept,
-                    &mut counts.lost,
-                );
+                stays = Some(Stays::Back);
                 break;
             };
             let request_id = format!("handoff-{}-{i}", self.cluster.local().id());
@@ -459,16 +453,8 @@ impl Rebalancer {
                     }
                     if until.is_none() && failures >= ATTEMPTS {
                         tracing::warn!(%stream, owner = %owner.id(), error = %e, "hand-off failed {ATTEMPTS} times: keeping the messages here, to try again");
-                        self.keep(
-                            &stream,
-                            size,
-                            &redrive,
-                            items.by_ref().map(|(_, item)| item),
-                            drained_at,
-                            &mut counts.deferred,
-                            &mut counts.lost,
-                        );
                         self.strays.note(&stream);
+                        stays = Some(Stays::Deferred);
                         break;
                     }
                     tracing::warn!(%stream, owner = %owner.id(), error = %e, retry_in = ?pause, "hand-off failed: trying again");
@@ -477,11 +463,19 @@ impl Rebalancer {
                 }
             }
         }
+        if let Some(stays) = stays {
+            let rest = items.map(|(_, item)| item);
+            let (kept, lost) = self.keep(&stream, size, &redrive, rest, drained_at);
+            match stays {
+                Stays::Back => counts.kept += kept,
+                Stays::Deferred => counts.deferred += kept,
+            }
+            counts.lost += lost;
+        }
         counts
     }
 
-    /// Puts `items` back here, counting each as `kept` or, if the engine refuses it, `lost`.
-    #[allow(clippy::too_many_arguments)]
+    /// Puts `items` back here; how many were kept, and lost (refused by the engine).
     fn keep(
         &self,
         stream: &StreamId,
@@ -489,12 +483,11 @@ impl Rebalancer {
         redrive: &Redrive,
         items: impl Iterator<Item = Item>,
         drained_at: tokio::time::Instant,
-        kept: &mut usize,
-        lost: &mut usize,
-    ) {
+    ) -> (usize, usize) {
         if let Err(e) = self.engine.set_redrive(stream, redrive.clone()) {
             tracing::warn!(%stream, error = %e, "a stream kept here lost its redrive policy");
         }
+        let (mut kept, mut lost) = (0, 0);
         for item in items {
             let restored = match item.in_flight_after(drained_at.elapsed()) {
                 Some(in_flight) => self.engine.restore_in_flight(stream, size, in_flight),
@@ -504,11 +497,21 @@ impl Rebalancer {
                 },
             };
             match restored {
-                Ok(()) => *kept += 1,
-                Err(_) => *lost += 1,
+                Ok(()) => kept += 1,
+                Err(_) => lost += 1,
             }
         }
+        (kept, lost)
     }
+}
+
+/// Why the rest of a drained stream stays on this node.
+#[derive(Debug, Clone, Copy)]
+enum Stays {
+    /// The stream is this node's again.
+    Back,
+    /// Its owner kept failing: tried again later.
+    Deferred,
 }
 
 #[cfg(test)]

@@ -376,11 +376,26 @@ fn push_message(out: &mut Vec<u8>, message: &Message, token: Option<&str>, lease
     if let Some(lease) = lease {
         // 40 hex digits: no escaping needed.
         out.extend_from_slice(b",\"receiptHandle\":\"");
-        out.extend_from_slice(lease.handle.to_string().as_bytes());
+        out.extend_from_slice(&lease.handle.encode());
         out.extend_from_slice(b"\",\"deliveryCount\":");
-        out.extend_from_slice(lease.deliveries.to_string().as_bytes());
+        push_number(out, u64::from(lease.deliveries));
     }
     out.push(b'}');
+}
+
+/// `n` in decimal.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {

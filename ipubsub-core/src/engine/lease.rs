@@ -130,6 +130,24 @@ impl ReceiptHandle {
         })
     }
 
+    /// The handle as text ([`Display`](fmt::Display) writes the same), without allocating.
+    pub fn encode(&self) -> [u8; 40] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 40];
+        let fields = [
+            (self.lease.issuer, 0, 16),
+            (self.lease.seq, 16, 16),
+            (u64::from(self.stream_tag), 32, 8),
+        ];
+        for (value, at, digits) in fields {
+            for i in 0..digits {
+                let shift = 4 * (digits - 1 - i);
+                out[at + i] = HEX[(value >> shift & 0xf) as usize];
+            }
+        }
+        out
+    }
+
     /// Whether the handle was issued for `stream`.
     pub fn is_for(&self, stream: &StreamId) -> bool {
         self.stream_tag == stream_tag(stream)

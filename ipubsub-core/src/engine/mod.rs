@@ -634,20 +634,18 @@ impl Inner {
                     .fetch_sub(flying - now_flying, Ordering::Relaxed);
             }
         }
-        let changes = stream.take_changes();
-        if !changes.is_empty() {
-            let mut deadlines = shard.deadlines.lock();
-            for change in changes {
-                match change {
-                    Change::Add(at, id) => {
-                        deadlines.insert((at, id), stream.id().clone());
-                    }
-                    Change::Remove(at, id) => {
-                        deadlines.remove(&(at, id));
-                    }
+        let mut deadlines = None;
+        stream.drain_changes(|stream, change| {
+            let deadlines = deadlines.get_or_insert_with(|| shard.deadlines.lock());
+            match change {
+                Change::Add(at, id) => {
+                    deadlines.insert((at, id), stream.clone());
+                }
+                Change::Remove(at, id) => {
+                    deadlines.remove(&(at, id));
                 }
             }
-        }
+        });
         result
     }
 

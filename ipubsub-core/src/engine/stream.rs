@@ -98,6 +98,24 @@ impl Waiting {
     }
 }
 
+/// `message`, delivered `before` times, handed over under a lease of `timeout` on `stream`.
+fn leased(
+    waiting: &mut Waiting,
+    stream: &StreamId,
+    message: Message,
+    before: u32,
+    timeout: Duration,
+    ctx: &Ctx<'_>,
+) -> Handed {
+    let acks = waiting.acks.get_or_insert_with(Box::default);
+    let handle = acks.lease(stream, &message, before + 1, timeout, ctx);
+    Handed {
+        message,
+        before,
+        handle: Some(handle),
+    }
+}
+
 /// One stream's record. The registry holds it boxed, keyed by its own `id`, so that a table
 /// slot is one pointer and the table's spare slots (up to half of them right after it grows)
 /// cost 8 bytes each instead of a whole record.
@@ -176,14 +194,19 @@ impl Stream {
         self.waiting_mut().acks.get_or_insert_with(Box::default)
     }
 
-    /// The changes to lease deadlines made since the last call, for the shard's index.
-    pub(super) fn take_changes(&mut self) -> Vec<Change> {
-        let changes = match self.waiting.as_mut().and_then(|w| w.acks.as_mut()) {
-            Some(acks) if !acks.changes.is_empty() => std::mem::take(&mut acks.changes),
-            _ => return Vec::new(),
+    /// Hands the changes to lease deadlines made since the last call to `apply` (for the
+    /// shard's index), with the stream's id; keeps the list's memory for the next ones.
+    pub(super) fn drain_changes(&mut self, mut apply: impl FnMut(&StreamId, Change)) {
+        let Some(acks) = self.waiting.as_mut().and_then(|w| w.acks.as_mut()) else {
+            return;
         };
+        if acks.changes.is_empty() {
+            return;
+        }
+        for change in acks.changes.drain(..) {
+            apply(&self.id, change);
+        }
         self.tidy();
-        changes
     }
 
     /// Fixes the stream's redrive policy if none is fixed yet.
@@ -247,15 +270,7 @@ impl Stream {
                     waiting.dead_receivers -= 1;
                     continue;
                 }
-                Some(timeout) => {
-                    let acks = waiting.acks.get_or_insert_with(Box::default);
-                    let handle = acks.lease(&self.id, &message, deliveries + 1, timeout, ctx);
-                    Handed {
-                        message,
-                        before: deliveries,
-                        handle: Some(handle),
-                    }
-                }
+                Some(timeout) => leased(waiting, &self.id, message, deliveries, timeout, ctx),
             };
             match slot.fill(handed) {
                 Ok(()) => break Ok(()),
@@ -347,13 +362,7 @@ impl Stream {
             },
             Some(timeout) => {
                 let waiting = self.waiting.get_or_insert_with(Box::default);
-                let acks = waiting.acks.get_or_insert_with(Box::default);
-                let handle = acks.lease(&self.id, &message, deliveries + 1, timeout, ctx);
-                Handed {
-                    message,
-                    before: deliveries,
-                    handle: Some(handle),
-                }
+                leased(waiting, &self.id, message, deliveries, timeout, ctx)
             }
         };
         self.admit_senders();

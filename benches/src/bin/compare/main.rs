@@ -326,7 +326,7 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "round {} pattern {name:>4} {:<24} {:>9.0} msg/s p50={}µs p99={}µs cpu={:.2}s/M rss={:.1}MiB sent={} delivered={} dup={} missing={}{}",
                     round + 1,
-                    target.label(),
+                    target.label_in(name),
                     row.rate,
                     row.p50,
                     row.p99,
@@ -386,7 +386,7 @@ fn print_table(args: &Args, rows: &BTreeMap<(usize, Target), Vec<Row>>) {
                 .collect();
             println!(
                 "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
-                target.label(),
+                target.label_in(name),
                 rate,
                 med(rs, &|r| r.p50 as f64),
                 med(rs, &|r| r.p99 as f64),

@@ -41,6 +41,16 @@ impl Target {
         }
     }
 
+    /// The name in the table for `pattern`: Redis runs the acknowledged patterns (`1a`,
+    /// `2a`) on a stream with a consumer group instead of a list.
+    pub fn label_in(self, pattern: &str) -> &'static str {
+        match self {
+            Target::Redis if pattern.ends_with('a') => "Redis Streams XREADGROUP/XACK",
+            Target::Memory if pattern.ends_with('a') => "ipubsub acked in-memory",
+            other => other.label(),
+        }
+    }
+
     /// Whether the target serves HTTP (Redis speaks RESP).
     pub fn is_http(self) -> bool {
         self != Target::Redis

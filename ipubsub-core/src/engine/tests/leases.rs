@@ -50,6 +50,7 @@ fn a_handle_reads_back_as_it_was_written_and_names_its_stream() {
     let got = leased(&e, "orders");
     let text = got.handle.to_string();
     assert_eq!(text.len(), 40);
+    assert_eq!(text.as_bytes(), got.handle.encode());
     assert_eq!(ReceiptHandle::parse(&text), Ok(got.handle));
     assert!(got.handle.is_for(&sid("orders")) && !got.handle.is_for(&sid("order")));
     for bad in [
