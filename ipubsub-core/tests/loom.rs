@@ -314,3 +314,33 @@ fn an_ack_racing_a_drain_either_completes_or_the_message_moves() {
         assert_eq!(left(&e), None);
     });
 }
+
+#[test]
+fn two_sends_of_one_id_racing_on_a_dedupe_stream_add_one_message() {
+    loom::model(|| {
+        let e = engine();
+        e.set_dedupe_window(&sid(), Duration::from_secs(60))
+            .expect("window");
+        let senders: Vec<_> = (0..2)
+            .map(|_| {
+                let e = e.clone();
+                thread::spawn(move || {
+                    let Poll::Ready(sent) = poll(&mut e.send(sid(), msg("m"), CIRCULAR)) else {
+                        panic!("a circular send completes at once");
+                    };
+                    sent.expect("accepted or a duplicate")
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = senders
+            .into_iter()
+            .map(|s| s.join().expect("sender"))
+            .collect();
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| **o == ipubsub_core::SendOutcome::Duplicate)
+            .count();
+        assert_eq!(duplicates, 1, "{outcomes:?}");
+        assert_eq!(drain(&e), 1);
+    });
+}

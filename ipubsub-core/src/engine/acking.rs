@@ -66,7 +66,9 @@ impl Engine {
     /// Acknowledges the deliveries of `handles` on `stream`: their messages are done. One
     /// outcome per handle, in order.
     pub fn ack(&self, stream: &StreamId, handles: &[ReceiptHandle]) -> Vec<Result<(), LeaseError>> {
-        let outcomes = self.each_handle(stream, handles, |s, handle, _| s.ack(handle));
+        let outcomes = self.each_handle(stream, handles, |s, handle, inner| {
+            s.ack(handle, &inner.ctx())
+        });
         self.inner.count(&outcomes, &self.inner.counts.acked);
         outcomes
     }

@@ -277,11 +277,13 @@ impl LeaseIds {
     }
 }
 
-/// What stream code needs to lease: the clock (read only when a lease is made, so that the
-/// paths that make none pay nothing) and the id issuer.
+/// What stream code needs to lease and to remember ids: the clock (read only when it is
+/// needed, so that the paths that need none pay nothing), the id issuer and the dedupe budget.
 pub(super) struct Ctx<'a> {
     pub(super) clock: &'a dyn crate::time::Clock,
     pub(super) ids: &'a LeaseIds,
+    /// The engine's count of remembered ids ([`super::dedupe`]).
+    pub(super) dedupe: &'a super::dedupe::DedupeBudget,
 }
 
 impl Ctx<'_> {

@@ -3,6 +3,7 @@
 
 mod acking;
 mod buffer;
+mod dedupe;
 mod lease;
 mod receive;
 mod send;
@@ -16,6 +17,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
 pub use acking::Expired;
+use dedupe::DedupeBudget;
 use lease::{Change, Ctx, Deadlines, LeaseIds};
 pub use lease::{
     DeadLetter, HandleError, InFlight, LeaseError, LeaseId, Leased, ReceiptHandle, Redrive,
@@ -25,7 +27,7 @@ pub use send::{SendFuture, SendOptions, SendOutcome};
 use stream::Stream;
 
 use crate::error::SendError;
-use crate::id::StreamId;
+use crate::id::{MessageId, StreamId};
 use crate::message::Message;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
@@ -53,6 +55,10 @@ pub struct EngineConfig {
     /// How long an empty stream nobody waits on survives before [`Engine::sweep_idle`] drops it
     /// (idle time is kept in whole seconds: up to a second more, never less).
     pub stream_idle_timeout: Duration,
+    /// Most message ids the streams' dedupe windows remember at once
+    /// ([`Engine::set_dedupe_window`]); past it an accepted message is not remembered (and
+    /// counted in [`EngineStats::dedupe_unremembered`]), so a retry of it may add a copy.
+    pub max_dedupe_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +69,7 @@ impl Default for EngineConfig {
             max_waiters: 200_000,
             max_buffered_bytes: 1 << 30,
             stream_idle_timeout: Duration::from_secs(60),
+            max_dedupe_entries: 1_000_000,
         }
     }
 }
@@ -81,6 +88,9 @@ pub struct Drained {
     pub in_flight: Vec<InFlight>,
     /// Its redrive policy ([`Engine::set_redrive`]).
     pub redrive: Redrive,
+    /// Its dedupe window, if one is fixed, and the ids it remembers with the time each has
+    /// left ([`Engine::adopt_dedupe`]).
+    pub dedupe: Option<(Duration, Vec<(MessageId, Duration)>)>,
 }
 
 /// Counts an [`Engine`] keeps as it runs.
@@ -116,6 +126,12 @@ pub struct EngineStats {
     pub dead_lettered: u64,
     /// Messages dropped after `maxDeliveries`: their stream has no dead-letter stream.
     pub dropped_after_max_deliveries: u64,
+    /// Message ids the dedupe windows remember, now.
+    pub dedupe_entries: usize,
+    /// Accepted messages not remembered for [`EngineConfig::max_dedupe_entries`].
+    pub dedupe_unremembered: u64,
+    /// Sends answered as duplicates of a message accepted within the window.
+    pub duplicates: u64,
 }
 
 /// The in-memory streaming engine: streams created on first use, three delivery modes, FIFO
@@ -147,6 +163,7 @@ struct Inner {
     /// under its shard lock, so no waiter can slip in behind the close.
     closed: AtomicBool,
     lease_ids: LeaseIds,
+    dedupe: DedupeBudget,
     /// [`EngineStats::in_flight`].
     in_flight: AtomicUsize,
     counts: LeaseCounts,
@@ -214,6 +231,7 @@ impl Engine {
     /// An engine reading time from `clock`.
     pub fn with_clock(config: EngineConfig, clock: std::sync::Arc<dyn Clock>) -> Self {
         let shards = config.shards.max(1).next_power_of_two();
+        let max_dedupe_entries = config.max_dedupe_entries;
         let shards = (0..shards)
             .map(|_| Shard {
                 table: Mutex::new(HashTable::new()),
@@ -233,6 +251,7 @@ impl Engine {
                 memory_refusals: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 lease_ids: LeaseIds::new(),
+                dedupe: DedupeBudget::new(max_dedupe_entries),
                 in_flight: AtomicUsize::new(0),
                 counts: LeaseCounts::default(),
             }),
@@ -266,6 +285,9 @@ impl Engine {
             redelivered: counts.redelivered.load(Ordering::Relaxed),
             dead_lettered: counts.dead_lettered.load(Ordering::Relaxed),
             dropped_after_max_deliveries: counts.dropped.load(Ordering::Relaxed),
+            dedupe_entries: self.inner.dedupe.entries(),
+            dedupe_unremembered: self.inner.dedupe.unremembered(),
+            duplicates: self.inner.dedupe.duplicates(),
         }
     }
 
@@ -336,7 +358,9 @@ impl Engine {
             let before = table.len();
             table.retain(|stream| {
                 buffered += stream.len();
-                !self.inner.metered(shard, stream, |s| s.is_idle(now, idle))
+                !self
+                    .inner
+                    .metered(shard, stream, |s| s.is_idle(now, idle, &self.inner.dedupe))
             });
             let gone = before - table.len();
             if gone > 0 {
@@ -393,9 +417,10 @@ impl Engine {
             let mut table = shard.table.lock();
             let moved = table.iter_mut().filter(|s| moved(s.id()));
             let now = self.now();
-            out.extend(
-                moved.filter_map(|stream| self.inner.metered(shard, stream, |s| drain_one(s, now))),
-            );
+            out.extend(moved.filter_map(|stream| {
+                self.inner
+                    .metered(shard, stream, |s| drain_one(s, now, &self.inner.dedupe))
+            }));
         }
         out
     }
@@ -408,7 +433,8 @@ impl Engine {
         let mut table = shard.table.lock();
         let stream = Inner::find_mut(&mut table, hash, id)?;
         let now = self.now();
-        self.inner.metered(shard, stream, |s| drain_one(s, now))
+        self.inner
+            .metered(shard, stream, |s| drain_one(s, now, &self.inner.dedupe))
     }
 
     /// Takes over a message another node had accepted into `stream` (a hand-off): to the
@@ -437,6 +463,33 @@ impl Engine {
         message: Message,
     ) -> Result<(), SendError> {
         self.take_in(id, size, message, false)
+    }
+
+    /// Fixes `stream`'s dedupe window, unless one is fixed already: like the stream's size, the
+    /// first stays for as long as the stream. A send to a stream with a window whose message's
+    /// id was accepted within the window before adds no copy and answers
+    /// [`SendOutcome::Duplicate`]. Creates the stream (within the limit) if needed.
+    pub fn set_dedupe_window(&self, stream: &StreamId, window: Duration) -> Result<(), SendError> {
+        if window.is_zero() {
+            return Ok(());
+        }
+        self.with_stream(stream, |s, _| s.set_dedupe_window(window))
+            .map_err(SendError::from)
+    }
+
+    /// Remembers ids another node had accepted into `stream` within its dedupe window (a
+    /// hand-off, [`Drained::dedupe`]), each for the time it had left.
+    pub fn adopt_dedupe(
+        &self,
+        stream: &StreamId,
+        window: Duration,
+        ids: Vec<(MessageId, Duration)>,
+    ) -> Result<(), SendError> {
+        let now = self.now();
+        self.with_stream_as(stream, Create::Always, |s, inner| {
+            s.adopt_dedupe(window, ids, now, &inner.dedupe);
+        })
+        .map_err(SendError::from)
     }
 
     /// Takes over a delivery in flight that another node drained with its stream (a
@@ -540,16 +593,21 @@ impl Engine {
 }
 
 /// Takes `stream`'s accepted messages and answers its waiting requests as moved.
-fn drain_one(stream: &mut Stream, now: Timestamp) -> Option<Drained> {
+fn drain_one(stream: &mut Stream, now: Timestamp, budget: &DedupeBudget) -> Option<Drained> {
     let redrive = stream.redrive();
     let (in_flight, messages) = stream.take_buffered(now);
+    let dedupe = stream
+        .dedupe_window()
+        .map(|window| (window, stream.take_dedupe(now, budget)));
     stream.close_waiters();
-    (!messages.is_empty() || !in_flight.is_empty()).then(|| Drained {
+    let remembers = dedupe.as_ref().is_some_and(|(_, ids)| !ids.is_empty());
+    (!messages.is_empty() || !in_flight.is_empty() || remembers).then(|| Drained {
         stream: stream.id().clone(),
         size: stream.capacity(),
         messages,
         in_flight,
         redrive,
+        dedupe,
     })
 }
 
@@ -654,6 +712,7 @@ impl Inner {
         Ctx {
             clock: &*self.clock,
             ids: &self.lease_ids,
+            dedupe: &self.dedupe,
         }
     }
 

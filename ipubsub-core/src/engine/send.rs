@@ -45,6 +45,9 @@ pub enum SendOutcome {
         /// Messages evicted to make room.
         evicted: usize,
     },
+    /// Not added: a message of the same id was accepted within the stream's dedupe window
+    /// ([`Engine::set_dedupe_window`]).
+    Duplicate,
 }
 
 /// A send to one stream, returned by [`Engine::send`].
@@ -126,8 +129,27 @@ impl SendFuture {
     ) -> Result<First, SendError> {
         let first = self.engine.with_stream(stream, |s, inner| {
             let capacity = s.capacity_or_set(options.stream_size);
-            let message = match s.hand_to_receiver(message, 0, &inner.ctx()) {
-                Ok(()) => return Ok(First::Sent(SendOutcome::Delivered)),
+            let ctx = inner.ctx();
+            // With a dedupe window: a duplicate adds nothing, and what is accepted is
+            // remembered (the id is copied only then).
+            let remembered = match s.dedupe_window() {
+                Some(_) if s.is_duplicate(message.id(), &ctx) => {
+                    ctx.dedupe.count_duplicate();
+                    return Ok(First::Sent(SendOutcome::Duplicate));
+                }
+                Some(_) => Some(message.id().clone()),
+                None => None,
+            };
+            let accepted = |s: &mut Stream| {
+                if let Some(id) = &remembered {
+                    s.remember(id, &ctx);
+                }
+            };
+            let message = match s.hand_to_receiver(message, 0, &ctx) {
+                Ok(()) => {
+                    accepted(s);
+                    return Ok(First::Sent(SendOutcome::Delivered));
+                }
                 Err(message) => message,
             };
             let charge = charge(&message);
@@ -141,6 +163,7 @@ impl SendFuture {
                     return Err(inner.over_budget());
                 }
                 let evicted = s.push_evicting(message, capacity);
+                accepted(s);
                 return Ok(First::Sent(SendOutcome::Buffered { evicted }));
             }
             // Buffered or waiting, the message is held from here on.
@@ -148,7 +171,10 @@ impl SendFuture {
                 return Err(inner.over_budget());
             }
             let message = match s.try_push(message, capacity) {
-                Ok(()) => return Ok(First::Sent(SendOutcome::Buffered { evicted: 0 })),
+                Ok(()) => {
+                    accepted(s);
+                    return Ok(First::Sent(SendOutcome::Buffered { evicted: 0 }));
+                }
                 Err(message) => message,
             };
             let permit = Inner::try_wait(inner).map_err(SendError::from)?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
+use super::dedupe::{Dedupe, DedupeBudget};
 use super::lease::{
     Acks, Change, Ctx, DeadLetter, InFlight, Lease, LeaseError, ReceiptHandle, Redrive, State,
 };
@@ -69,6 +70,8 @@ struct Waiting {
     sender_bytes: usize,
     /// Leases and returned messages' delivery counts, while there are any.
     acks: Option<Box<Acks>>,
+    /// The ids accepted within the stream's dedupe window, once a send fixed one.
+    dedupe: Option<Box<Dedupe>>,
 }
 
 impl Waiting {
@@ -95,6 +98,7 @@ impl Waiting {
         self.receivers.len() == self.dead_receivers
             && self.senders.len() == self.dead_senders
             && self.acks.is_none()
+            && self.dedupe.is_none()
     }
 }
 
@@ -352,7 +356,7 @@ impl Stream {
     pub(super) fn take(&mut self, lease: Option<Duration>, ctx: &Ctx<'_>) -> Option<Handed> {
         let (message, deliveries) = match self.pop_front() {
             Some(taken) => taken,
-            None => (self.pop_sender(SendOutcome::Delivered)?, 0),
+            None => (self.pop_sender(SendOutcome::Delivered, ctx)?, 0),
         };
         let handed = match lease {
             None => Handed {
@@ -365,16 +369,16 @@ impl Stream {
                 leased(waiting, &self.id, message, deliveries, timeout, ctx)
             }
         };
-        self.admit_senders();
+        self.admit_senders(ctx);
         Some(handed)
     }
 
     /// Lets waiting senders into the room a blocking queue has: its size less what it
     /// buffers and what is in flight.
-    fn admit_senders(&mut self) {
+    fn admit_senders(&mut self, ctx: &Ctx<'_>) {
         let capacity = self.capacity().unwrap_or(0) as usize;
         while self.buffer.len() + self.in_flight() < capacity {
-            match self.pop_sender(SendOutcome::Buffered { evicted: 0 }) {
+            match self.pop_sender(SendOutcome::Buffered { evicted: 0 }, ctx) {
                 Some(admitted) => self.buffer.push_back(admitted),
                 None => break,
             }
@@ -419,12 +423,12 @@ impl Stream {
     }
 
     /// Acknowledges the delivery of `handle`: its message is done.
-    pub(super) fn ack(&mut self, handle: &ReceiptHandle) -> Result<(), LeaseError> {
+    pub(super) fn ack(&mut self, handle: &ReceiptHandle, ctx: &Ctx<'_>) -> Result<(), LeaseError> {
         self.check(handle)?;
         let acks = self.acks_mut();
         acks.live(&handle.lease())?;
         acks.remove(&handle.lease());
-        self.admit_senders();
+        self.admit_senders(ctx);
         self.tidy();
         Ok(())
     }
@@ -517,7 +521,7 @@ impl Stream {
         };
         if !matches!(back, Back::Requeued) {
             // Its place in flight is free.
-            self.admit_senders();
+            self.admit_senders(ctx);
         }
         self.tidy();
         back
@@ -532,13 +536,29 @@ impl Stream {
         }
     }
 
-    /// Accepts the oldest live waiting sender's message, answering it with `outcome`.
-    fn pop_sender(&mut self, outcome: SendOutcome) -> Option<Message> {
+    /// Accepts the oldest live waiting sender's message, answering it with `outcome`. A
+    /// sender whose message's id was accepted meanwhile (within the stream's dedupe window)
+    /// is answered as a duplicate, and its message dropped.
+    fn pop_sender(&mut self, outcome: SendOutcome, ctx: &Ctx<'_>) -> Option<Message> {
         let waiting = self.waiting.as_mut()?;
         let mut taken = None;
         while let Some((slot, message)) = waiting.senders.pop_front() {
             waiting.sender_bytes -= charge(&message);
-            if slot.fill(outcome).is_ok() {
+            if let Some(dedupe) = waiting.dedupe.as_mut() {
+                let now = ctx.now();
+                if dedupe.contains(message.id(), now) {
+                    ctx.dedupe.count_duplicate();
+                    if slot.fill(SendOutcome::Duplicate).is_err() {
+                        waiting.dead_senders -= 1;
+                    }
+                    continue;
+                }
+                if slot.fill(outcome).is_ok() {
+                    dedupe.remember(message.id(), now, ctx.dedupe);
+                    taken = Some(message);
+                    break;
+                }
+            } else if slot.fill(outcome).is_ok() {
                 taken = Some(message);
                 break;
             }
@@ -547,6 +567,64 @@ impl Stream {
         }
         self.tidy();
         taken
+    }
+
+    /// Fixes the stream's dedupe window if none is fixed yet.
+    pub(super) fn set_dedupe_window(&mut self, window: Duration) {
+        if !window.is_zero() && self.dedupe().is_none() {
+            self.waiting_mut().dedupe = Some(Box::new(Dedupe::new(window)));
+        }
+    }
+
+    fn dedupe(&self) -> Option<&Dedupe> {
+        self.waiting.as_ref()?.dedupe.as_deref()
+    }
+
+    /// The stream's dedupe window, if one is fixed.
+    pub(super) fn dedupe_window(&self) -> Option<Duration> {
+        self.dedupe().map(Dedupe::window)
+    }
+
+    /// Whether a message of `id` was accepted within the stream's dedupe window.
+    pub(super) fn is_duplicate(&self, id: &crate::id::MessageId, ctx: &Ctx<'_>) -> bool {
+        self.dedupe().is_some_and(|d| d.contains(id, ctx.now()))
+    }
+
+    /// Remembers `id` as accepted now, if the stream has a dedupe window.
+    pub(super) fn remember(&mut self, id: &crate::id::MessageId, ctx: &Ctx<'_>) {
+        if let Some(dedupe) = self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
+            dedupe.remember(id, ctx.now(), ctx.dedupe);
+        }
+    }
+
+    /// Remembers ids another node had accepted into this stream, each for the time it had
+    /// left (a hand-off), under `window` if the stream has none yet.
+    pub(super) fn adopt_dedupe(
+        &mut self,
+        window: Duration,
+        entries: Vec<(crate::id::MessageId, Duration)>,
+        now: Timestamp,
+        budget: &DedupeBudget,
+    ) {
+        self.set_dedupe_window(window);
+        if let Some(dedupe) = self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
+            for (id, left) in entries {
+                let expires = now.saturating_add(left).as_micros();
+                dedupe.remember_until(&id, expires, budget);
+            }
+        }
+    }
+
+    /// The remembered ids with the time each has left, taken out for a hand-off.
+    pub(super) fn take_dedupe(
+        &mut self,
+        now: Timestamp,
+        budget: &DedupeBudget,
+    ) -> Vec<(crate::id::MessageId, Duration)> {
+        match self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
+            Some(dedupe) => dedupe.take_all(now, budget),
+            None => Vec::new(),
+        }
     }
 
     /// Takes over a message accepted elsewhere: to the next live receiver, else to the back
@@ -561,6 +639,7 @@ impl Stream {
         if self.buffer.holds(message.id()) {
             return true;
         }
+        self.remember(message.id(), ctx);
         match self.hand_to_receiver(message, 0, ctx) {
             Ok(()) => true,
             Err(message) if room(&message) => {
@@ -605,15 +684,24 @@ impl Stream {
 
     /// True when the stream holds nothing, nobody waits on it and it was last used at least
     /// `idle_micros` before `now`: dropping it loses nothing.
-    pub(super) fn is_idle(&mut self, now: Timestamp, idle_micros: u64) -> bool {
+    pub(super) fn is_idle(
+        &mut self,
+        now: Timestamp,
+        idle_micros: u64,
+        budget: &DedupeBudget,
+    ) -> bool {
         if let Some(waiting) = self.waiting.as_mut() {
             waiting.compact();
+            if let Some(dedupe) = waiting.dedupe.as_mut() {
+                dedupe.expire(now, budget);
+            }
         }
         self.tidy();
         // A redrive policy alone does not keep a stream: it goes with it, as its size does.
         let holds_nothing = self.waiting.as_ref().is_none_or(|w| {
             w.receivers.is_empty()
                 && w.senders.is_empty()
+                && w.dedupe.as_ref().is_none_or(|d| d.is_empty())
                 && w.acks.as_ref().is_none_or(|a| {
                     a.leases.is_empty() && a.returned.is_empty() && a.changes.is_empty()
                 })

@@ -1,3 +1,4 @@
+mod dedupe;
 mod leases;
 
 use std::future::Future;
