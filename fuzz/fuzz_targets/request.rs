@@ -103,6 +103,7 @@ fn send_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
         "blockingSendTimeoutSeconds",
         "dbTTLSeconds",
         "maxDeliveries",
+        "dedupeWindowSeconds",
     ] {
         if u.arbitrary()? {
             field(name, number(u)?.to_string());

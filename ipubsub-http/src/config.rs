@@ -41,6 +41,11 @@ pub struct HttpConfig {
     pub max_ack_timeout: Duration,
     /// Most receipt handles one `ack`, `nack` or `extend` may hold; more is a 400.
     pub max_receipt_handles: usize,
+    /// The dedupe window of an in-memory send that gives no `dedupeWindowSeconds` (fixed
+    /// for its stream if the stream has none yet); zero: none, every send is a message.
+    pub default_dedupe_window: Duration,
+    /// Longest `dedupeWindowSeconds` accepted; more is a 400.
+    pub max_dedupe_window: Duration,
     /// How long a persistent send or read may wait for the store before a 503.
     pub store_timeout: Duration,
     /// How long a client may take to send a request's body once its headers arrived; then a
@@ -134,6 +139,8 @@ impl Default for HttpConfig {
             max_batch_items: 1000,
             max_ack_timeout: Duration::from_secs(12 * 3600),
             max_receipt_handles: 1000,
+            default_dedupe_window: Duration::ZERO,
+            max_dedupe_window: Duration::from_secs(86_400),
             store_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 100_000,

@@ -34,7 +34,9 @@ pub fn send_body(body: &[u8]) {
                 options,
                 wait,
                 redrive,
+                dedupe_window,
             } => {
+                assert!(dedupe_window <= config.max_dedupe_window);
                 assert!(wait <= config.max_timeout);
                 assert!(options.stream_size <= config.max_stream_size);
                 assert!(

@@ -515,6 +515,24 @@ impl Collector for State {
         }
         constant(
             &mut encoder,
+            "duplicates",
+            "Sends answered as duplicates of a message their stream accepted within its dedupe window",
+            ConstCounter::new(stats.duplicates),
+        )?;
+        constant(
+            &mut encoder,
+            "dedupe_unremembered",
+            "Accepted messages not remembered for deduplication: engine.max_dedupe_entries was reached",
+            ConstCounter::new(stats.dedupe_unremembered),
+        )?;
+        constant(
+            &mut encoder,
+            "dedupe_entries",
+            "Message ids the streams' dedupe windows remember",
+            ConstGauge::new(as_i64(stats.dedupe_entries)),
+        )?;
+        constant(
+            &mut encoder,
             "in_flight_messages",
             "Messages delivered by acknowledged receives and not acknowledged yet",
             ConstGauge::new(as_i64(stats.in_flight)),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ipubsub_cluster::{Cluster, Forwarder, Node, Route};
-use ipubsub_core::{Drained, Engine, InFlight, Message, Redrive, StreamId};
+use ipubsub_core::{Drained, Engine, InFlight, Message, MessageId, Redrive, StreamId};
 
 use crate::adoptions::HandOffCopy;
 
@@ -58,21 +58,31 @@ pub struct Moving<'a> {
     pub since_drained: Duration,
 }
 
-/// What a drained stream holds: a buffered message, or a delivery in flight.
+/// What a drained stream holds: a buffered message, a delivery in flight, or ids its dedupe
+/// window remembers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     /// A buffered message.
     Message(Message),
     /// A delivery in flight, with its lease.
     InFlight(InFlight),
+    /// The stream's dedupe window and ids it remembers, each with the time it had left.
+    Remembered(Duration, Vec<(MessageId, Duration)>),
 }
 
+/// Most ids one hand-off of remembered ids carries.
+const REMEMBERED_PER_REQUEST: usize = 1000;
+
+/// The internal path a node hands remembered ids over on (forwarded requests only).
+pub(crate) const REMEMBERED_PATH: &str = "/api/v1/streams/handoff/remembered";
+
 impl Item {
-    /// The message.
-    pub fn message(&self) -> &Message {
+    /// The message, if the item is one.
+    pub fn message(&self) -> Option<&Message> {
         match self {
-            Item::Message(message) => message,
-            Item::InFlight(in_flight) => &in_flight.message,
+            Item::Message(message) => Some(message),
+            Item::InFlight(in_flight) => Some(&in_flight.message),
+            Item::Remembered(..) => None,
         }
     }
 
@@ -95,7 +105,9 @@ impl HandOff for Forwarder {
         moving: &Moving<'_>,
         request_id: &str,
     ) -> Result<(), String> {
-        let message = moving.item.message();
+        let Some(message) = moving.item.message() else {
+            return self.hand_off_remembered(owner, moving, request_id).await;
+        };
         let body = handoff_body(moving.stream, moving.size, moving.redrive, message);
         let mut copy = HandOffCopy::header_value(message.timestamp());
         if let Some(in_flight) = moving.item.in_flight_after(moving.since_drained) {
@@ -117,6 +129,70 @@ impl HandOff for Forwarder {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// The hand-off of remembered ids, as its own forwarded request.
+#[async_trait]
+trait HandOffRemembered {
+    async fn hand_off_remembered(
+        &self,
+        owner: &Node,
+        moving: &Moving<'_>,
+        request_id: &str,
+    ) -> Result<(), String>;
+}
+
+#[async_trait]
+impl HandOffRemembered for Forwarder {
+    async fn hand_off_remembered(
+        &self,
+        owner: &Node,
+        moving: &Moving<'_>,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let Item::Remembered(window, ids) = moving.item else {
+            return Ok(());
+        };
+        let body = remembered_body(moving.stream, *window, ids, moving.since_drained);
+        match self
+            .forward(
+                owner,
+                hyper::Method::POST,
+                REMEMBERED_PATH,
+                body,
+                Duration::from_secs(5),
+                request_id,
+            )
+            .await
+        {
+            Ok(answer) if answer.status().is_success() => Ok(()),
+            Ok(answer) => Err(format!("answered {}", answer.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// `{"streamId", "windowMs", "ids": [[id, leftMs], …]}`, each id's time left shortened by
+/// `elapsed`; ids that ran out meanwhile are left out.
+fn remembered_body(
+    stream: &StreamId,
+    window: Duration,
+    ids: &[(MessageId, Duration)],
+    elapsed: Duration,
+) -> Bytes {
+    let ids: Vec<_> = ids
+        .iter()
+        .filter_map(|(id, left)| {
+            let left = left.checked_sub(elapsed).filter(|l| !l.is_zero())?;
+            Some(serde_json::json!([id.as_str(), left.as_millis() as u64]))
+        })
+        .collect();
+    let body = serde_json::json!({
+        "streamId": stream.as_str(),
+        "windowMs": window.as_millis() as u64,
+        "ids": ids,
+    });
+    Bytes::from(body.to_string())
 }
 
 /// A send body that re-creates `message` (its id and bytes as sent) on `stream`, with the
@@ -406,14 +482,24 @@ impl Rebalancer {
             messages,
             in_flight,
             redrive,
+            dedupe,
             ..
         } = drained;
         let leaving = until.is_some();
         let mut counts = HandOffCounts::default();
         // Deliveries in flight first: they left the buffer before anything still in it.
-        let items: Vec<Item> = in_flight
-            .into_iter()
-            .map(Item::InFlight)
+        // The ids the stream remembers first, so that a retried send that reaches the new
+        // owner after the messages finds them there; then deliveries in flight (they left
+        // the buffer before anything still in it), then the buffered messages.
+        let remembered = dedupe.into_iter().flat_map(|(window, ids)| {
+            let chunks: Vec<_> = ids
+                .chunks(REMEMBERED_PER_REQUEST)
+                .map(|chunk| Item::Remembered(window, chunk.to_vec()))
+                .collect();
+            chunks
+        });
+        let items: Vec<Item> = remembered
+            .chain(in_flight.into_iter().map(Item::InFlight))
             .chain(messages.into_iter().map(Item::Message))
             .collect();
         let mut items = items.into_iter().enumerate().peekable();
@@ -493,6 +579,14 @@ impl Rebalancer {
                 Some(in_flight) => self.engine.restore_in_flight(stream, size, in_flight),
                 None => match item {
                     Item::Message(message) => self.engine.restore(stream, size, message),
+                    Item::Remembered(window, ids) => {
+                        let elapsed = drained_at.elapsed();
+                        let ids = ids
+                            .into_iter()
+                            .filter_map(|(id, left)| Some((id, left.checked_sub(elapsed)?)))
+                            .collect();
+                        self.engine.adopt_dedupe(stream, window, ids)
+                    }
                     Item::InFlight(_) => continue,
                 },
             };
@@ -547,7 +641,7 @@ mod tests {
             moving: &Moving<'_>,
             _request_id: &str,
         ) -> Result<(), String> {
-            let (stream, size, message) = (moving.stream, moving.size, moving.item.message());
+            let (stream, size) = (moving.stream, moving.size);
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             if call < self.failures {
                 if let Some(cluster) = self.give_back.lock().expect("lock").take() {
@@ -555,15 +649,15 @@ mod tests {
                 }
                 return Err("refused".into());
             }
-            let leased = match moving.item {
-                Item::InFlight(f) => format!(" leased {}", f.deliveries),
-                Item::Message(_) => String::new(),
+            let what = match moving.item {
+                Item::InFlight(f) => format!("{stream}/{} leased {}", f.message.id(), f.deliveries),
+                Item::Message(m) => format!("{stream}/{}", m.id()),
+                Item::Remembered(_, ids) => format!("{stream} remembers {}", ids.len()),
             };
-            self.taken.lock().expect("lock").push((
-                owner.id().to_string(),
-                format!("{stream}/{}{leased}", message.id().as_str()),
-                size,
-            ));
+            self.taken
+                .lock()
+                .expect("lock")
+                .push((owner.id().to_string(), what, size));
             Ok(())
         }
     }

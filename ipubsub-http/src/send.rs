@@ -36,6 +36,7 @@ struct Body<'a> {
     max_deliveries: Option<u32>,
     #[serde(borrow)]
     dead_letter_stream_id: Option<Cow<'a, str>>,
+    dedupe_window_seconds: Option<u64>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -61,6 +62,9 @@ pub(crate) enum SendKind {
         wait: Duration,
         /// `maxDeliveries` and `deadLetterStreamId`, for the stream if it has none yet.
         redrive: Redrive,
+        /// `dedupeWindowSeconds` (or the configured default), for the stream if it has none
+        /// yet; zero: none.
+        dedupe_window: Duration,
     },
     /// The persistent log only, to expire after `ttl`.
     Log { ttl: Duration },
@@ -94,6 +98,12 @@ pub(crate) fn parse(
         return Err(ApiError::new(
             ErrorCode::InvalidField,
             "dbTTLSeconds applies only with writeToDB: true",
+        ));
+    }
+    if persistent && parsed.dedupe_window_seconds.is_some_and(|w| w > 0) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "dedupeWindowSeconds applies to in-memory streams; deduplicating writeToDB sends is not available yet",
         ));
     }
     if persistent && (parsed.max_deliveries.is_some() || parsed.dead_letter_stream_id.is_some()) {
@@ -163,6 +173,21 @@ pub(crate) fn parse(
         ));
     }
     let redrive = redrive(&parsed, &stream, config)?;
+    let dedupe_window = match parsed.dedupe_window_seconds {
+        None => config.default_dedupe_window,
+        Some(secs) if Duration::from_secs(secs) <= config.max_dedupe_window => {
+            Duration::from_secs(secs)
+        }
+        Some(secs) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "dedupeWindowSeconds is {secs}, the limit is {}",
+                    config.max_dedupe_window.as_secs()
+                ),
+            ));
+        }
+    };
     Ok(SendRequest {
         stream,
         id,
@@ -174,6 +199,7 @@ pub(crate) fn parse(
             },
             wait,
             redrive,
+            dedupe_window,
         },
     })
 }
@@ -346,6 +372,7 @@ mod tests {
                 },
                 wait: Duration::ZERO,
                 redrive: Redrive::default(),
+                dedupe_window: Duration::ZERO,
             }
         );
         Ok(())
@@ -501,6 +528,48 @@ mod tests {
     }
 
     #[test]
+    fn a_send_may_fix_its_streams_dedupe_window() -> Result<(), ApiError> {
+        let r = parse_str(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"dedupeWindowSeconds":300}"#,
+        )?;
+        assert!(
+            matches!(r.kind, SendKind::Memory { dedupe_window, .. } if dedupe_window == Duration::from_secs(300))
+        );
+        refused(
+            r#"{"streamId":"s","messageUuid":"m","message":1,"dedupeWindowSeconds":86401}"#,
+            ErrorCode::InvalidField,
+            "limit is 86400",
+        );
+        let config = HttpConfig {
+            default_dedupe_window: Duration::from_secs(60),
+            ..HttpConfig::default()
+        };
+        let r = parse(
+            br#"{"streamId":"s","messageUuid":"m","message":1}"#,
+            &config,
+            false,
+        )?;
+        assert!(
+            matches!(r.kind, SendKind::Memory { dedupe_window, .. } if dedupe_window == Duration::from_secs(60))
+        );
+        let r = parse(
+            br#"{"streamId":"s","messageUuid":"m","message":1,"dedupeWindowSeconds":0}"#,
+            &config,
+            false,
+        )?;
+        assert!(
+            matches!(r.kind, SendKind::Memory { dedupe_window, .. } if dedupe_window.is_zero())
+        );
+        let log = parse(
+            br#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,"dedupeWindowSeconds":5}"#,
+            &config,
+            true,
+        );
+        assert!(matches!(log, Err(e) if e.message.contains("not available yet")));
+        Ok(())
+    }
+
+    #[test]
     fn sync_match_and_blocking_modes() -> Result<(), ApiError> {
         let r = parse_str(
             r#"{"streamId":"s","messageUuid":"m","message":1,"inMemoryStreamSize":0,"blockingSendTimeoutSeconds":2}"#,
@@ -514,6 +583,7 @@ mod tests {
                 },
                 wait: Duration::from_secs(2),
                 redrive: Redrive::default(),
+                dedupe_window: Duration::ZERO,
             }
         );
         let r = parse_str(r#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":false}"#)?;

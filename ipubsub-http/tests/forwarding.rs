@@ -455,7 +455,7 @@ impl ipubsub_http::HandOff for AnswerLost {
         moving: &ipubsub_http::Moving<'_>,
         request_id: &str,
     ) -> Result<(), String> {
-        let (stream, message) = (moving.stream, moving.item.message());
+        let stream = moving.stream;
         let handed = <ipubsub_cluster::Forwarder as ipubsub_http::HandOff>::hand_off(
             &self.forwarder,
             owner,
@@ -463,6 +463,9 @@ impl ipubsub_http::HandOff for AnswerLost {
             request_id,
         )
         .await;
+        let Some(message) = moving.item.message() else {
+            return handed;
+        };
         let first = self
             .tried
             .lock()

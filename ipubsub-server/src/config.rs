@@ -156,6 +156,10 @@ pub struct HttpSection {
     pub max_ack_timeout_seconds: u64,
     /// Most receipt handles one `ack`, `nack` or `extend` may hold.
     pub max_receipt_handles: usize,
+    /// The dedupe window of an in-memory send that gives no `dedupeWindowSeconds`; 0: none.
+    pub default_dedupe_window_seconds: u64,
+    /// Longest `dedupeWindowSeconds` a send may ask for.
+    pub max_dedupe_window_seconds: u64,
     /// Browsers: which pages of other origins may call the API.
     pub cors: CorsSection,
     /// HTTP/2 connections, and forwarding to members over HTTP/2.
@@ -191,6 +195,8 @@ impl Default for HttpSection {
             max_batch_items: d.max_batch_items,
             max_ack_timeout_seconds: d.max_ack_timeout.as_secs(),
             max_receipt_handles: d.max_receipt_handles,
+            default_dedupe_window_seconds: d.default_dedupe_window.as_secs(),
+            max_dedupe_window_seconds: d.max_dedupe_window.as_secs(),
             cors: CorsSection::default(),
             http2: Http2Section::default(),
             sse: SseSection::default(),
@@ -213,8 +219,10 @@ pub struct EngineSection {
     pub max_buffered_bytes: Option<u64>,
     /// An empty stream nobody waits on is dropped after this long.
     pub stream_idle_timeout_seconds: u64,
-    /// How often idle streams are looked for.
+    /// How often idle streams are looked for (and expired dedupe entries forgotten).
     pub sweep_interval_seconds: u64,
+    /// Most message ids the streams' dedupe windows remember at once, all streams together.
+    pub max_dedupe_entries: usize,
 }
 
 impl Default for EngineSection {
@@ -227,6 +235,7 @@ impl Default for EngineSection {
             max_buffered_bytes: None,
             stream_idle_timeout_seconds: d.stream_idle_timeout.as_secs(),
             sweep_interval_seconds: 5,
+            max_dedupe_entries: d.max_dedupe_entries,
         }
     }
 }
@@ -708,6 +717,8 @@ impl Config {
         c.max_batch_items = self.http.max_batch_items;
         c.max_ack_timeout = Duration::from_secs(self.http.max_ack_timeout_seconds);
         c.max_receipt_handles = self.http.max_receipt_handles;
+        c.default_dedupe_window = Duration::from_secs(self.http.default_dedupe_window_seconds);
+        c.max_dedupe_window = Duration::from_secs(self.http.max_dedupe_window_seconds);
         c.cors = Cors::new(&self.http.cors.allowed_origins)
             .map_err(|e| ConfigError::Invalid(format!("http.cors.allowed_origins: {e}")))?;
         self.http.apply_transport(&mut c);
@@ -766,6 +777,7 @@ impl Config {
             .unwrap_or_else(memory::default_budget);
         c.max_buffered_bytes = usize::try_from(budget).unwrap_or(usize::MAX);
         c.stream_idle_timeout = Duration::from_secs(self.engine.stream_idle_timeout_seconds);
+        c.max_dedupe_entries = self.engine.max_dedupe_entries;
         c
     }
 }

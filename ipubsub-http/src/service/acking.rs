@@ -73,6 +73,57 @@ impl App {
         Ok(json(StatusCode::OK, acks::answer(&asked, outcomes)))
     }
 
+    /// `POST` of remembered ids another node hands over with a stream it drained
+    /// ([`REMEMBERED_PATH`](crate::rebalance::REMEMBERED_PATH)): only from a member (a
+    /// forwarded request, with the cluster secret if there is one); to anyone else there is
+    /// no such endpoint.
+    pub(super) async fn adopt_remembered<B>(
+        &self,
+        request: Request<B>,
+        id: &HeaderValue,
+    ) -> Result<Response<ApiBody>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Remembered {
+            stream_id: String,
+            window_ms: u64,
+            ids: Vec<(String, u64)>,
+        }
+        if !request
+            .headers()
+            .contains_key(ipubsub_cluster::FORWARDED_HEADER)
+        {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::NotFound,
+                format!("no endpoint at {}", request.uri().path()),
+            ));
+        }
+        let (_, _, body, _held) = self.admitted_body(request, id).await?;
+        let parsed: Remembered = crate::send::from_object(&body)?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            ApiError::new(crate::error::ErrorCode::InvalidField, e.to_string())
+        };
+        let stream = ipubsub_core::StreamId::new(parsed.stream_id).map_err(|e| invalid(&e))?;
+        let ids = parsed
+            .ids
+            .into_iter()
+            .map(|(id, left)| {
+                Ok((
+                    ipubsub_core::MessageId::new(id)?,
+                    Duration::from_millis(left),
+                ))
+            })
+            .collect::<Result<Vec<_>, ipubsub_core::IdError>>()
+            .map_err(|e| invalid(&e))?;
+        let window = Duration::from_millis(parsed.window_ms);
+        self.inner.engine.adopt_dedupe(&stream, window, ids)?;
+        Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
+    }
+
     /// Every `tick`, until `stop` turns true: [`expire_leases`](Self::expire_leases).
     pub async fn run_lease_expiry(
         &self,

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use ipubsub_cluster::{ForwardError, Node};
-use ipubsub_core::{Message, Redrive, ResumeToken, SendOptions, StreamId};
+use ipubsub_core::{Message, Redrive, ResumeToken, SendOptions, SendOutcome, StreamId};
 
 use super::{App, Hop, SEND_PATH, SUSPICION, json};
 use crate::auth::Permission;
@@ -78,6 +78,8 @@ pub(crate) fn parse<'a>(
 enum Outcome {
     /// An in-memory send taken.
     Sent,
+    /// An in-memory send whose id its stream accepted within its dedupe window: no copy.
+    Duplicate,
     /// A persistent send stored: its resume token.
     Stored(String),
     /// Refused or failed here.
@@ -94,6 +96,7 @@ impl Outcome {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Self::Sent => out.extend_from_slice(b"{\"status\":200}"),
+            Self::Duplicate => out.extend_from_slice(b"{\"status\":200,\"duplicate\":true}"),
             Self::Stored(token) => {
                 out.extend_from_slice(b"{\"status\":200,\"dbResumeToken\":\"");
                 out.extend_from_slice(token.as_bytes());
@@ -140,8 +143,9 @@ fn results(outcomes: &[Outcome]) -> Bytes {
 /// A send of the batch: its place in the request and what it asks.
 type Item = (usize, SendRequest);
 
-/// An in-memory send to run here: its place, message, mode, wait and redrive policy.
-type MemorySend = (usize, Message, SendOptions, Duration, Redrive);
+/// An in-memory send to run here: its place, message, mode, wait, and the redrive policy and
+/// dedupe window it gives its stream.
+type MemorySend = (usize, Message, SendOptions, Duration, (Redrive, Duration));
 
 /// The sends bound for one other owner.
 struct Group {
@@ -265,29 +269,40 @@ impl App {
                     options,
                     wait,
                     redrive,
+                    dedupe_window,
                 } => {
                     let at = *index.entry(send.stream.clone()).or_insert_with(|| {
                         streams.push((send.stream.clone(), Vec::new()));
                         streams.len() - 1
                     });
+                    let fixes = (redrive, dedupe_window);
                     streams[at]
                         .1
-                        .push((i, message, options, hop.cap(wait), redrive));
+                        .push((i, message, options, hop.cap(wait), fixes));
                 }
                 SendKind::Log { ttl } => logged.push((i, send.stream, message, ttl)),
             }
         }
         let memory = join_all(streams.into_iter().map(|(stream, sends)| async move {
             let mut answers = Vec::with_capacity(sends.len());
-            for (i, message, options, wait, redrive) in sends {
-                let sent = match inner.engine.set_redrive(&stream, redrive) {
+            for (i, message, options, wait, (redrive, window)) in sends {
+                let fixed = inner
+                    .engine
+                    .set_redrive(&stream, redrive)
+                    .and_then(|()| inner.engine.set_dedupe_window(&stream, window));
+                let sent = match fixed {
                     Ok(()) => {
                         send::run_memory(&inner.engine, stream.clone(), message, options, wait)
                             .await
                     }
                     Err(e) => Err(e.into()),
                 };
-                answers.push((i, sent.map_or_else(Outcome::Failed, |_| Outcome::Sent)));
+                let outcome = match sent {
+                    Ok(SendOutcome::Duplicate) => Outcome::Duplicate,
+                    Ok(_) => Outcome::Sent,
+                    Err(e) => Outcome::Failed(e),
+                };
+                answers.push((i, outcome));
             }
             answers
         }));
@@ -492,6 +507,7 @@ impl Outcome {
             Self::Answered(status, body) => Self::Answered(*status, body.clone()),
             Self::Relayed(entry) => Self::Relayed(entry.clone()),
             Self::Sent => Self::Sent,
+            Self::Duplicate => Self::Duplicate,
             Self::Stored(token) => Self::Stored(token.clone()),
             Self::Failed(e) => Self::Failed(e.clone()),
         }

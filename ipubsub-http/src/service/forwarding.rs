@@ -134,6 +134,11 @@ pub(super) fn passed_through(
             response.headers_mut().insert(name, value.clone());
         }
     }
+    if let Some(value) = parts.headers.get(&super::DUPLICATE_HEADER) {
+        response
+            .headers_mut()
+            .insert(super::DUPLICATE_HEADER.clone(), value.clone());
+    }
     response
 }
 

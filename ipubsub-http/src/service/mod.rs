@@ -15,7 +15,7 @@ use ipubsub_cluster::{
     CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, Forwarder, HANDOFF_HEADER,
     REQUEST_ID_HEADER,
 };
-use ipubsub_core::{Engine, Log, Message};
+use ipubsub_core::{Engine, Log, Message, SendOutcome};
 
 use crate::adoptions::{Adoptions, HandOffCopy};
 use crate::auth::{Grant, Permission};
@@ -406,12 +406,20 @@ impl App {
                     options,
                     wait,
                     redrive,
+                    dedupe_window,
                 },
                 _,
             ) => {
                 let wait = hop.cap(wait);
                 inner.engine.set_redrive(&send.stream, redrive)?;
-                send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
+                inner
+                    .engine
+                    .set_dedupe_window(&send.stream, dedupe_window)?;
+                let sent =
+                    send::run_memory(&inner.engine, send.stream, message, options, wait).await?;
+                if sent == SendOutcome::Duplicate {
+                    return Ok(duplicate());
+                }
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
             (SendKind::Log { ttl }, Some(log)) => {
@@ -651,6 +659,20 @@ fn not_allowed(allow: &'static str) -> ApiError {
         format!("this endpoint takes {allow}"),
     )
 }
+
+/// The answer to a send whose message was accepted within its stream's dedupe window
+/// before: 200 as the first was, and it says so (in a header and in the body, which a batch
+/// relays).
+fn duplicate() -> Response<ApiBody> {
+    let mut response = json(StatusCode::OK, Bytes::from_static(b"{\"duplicate\":true}"));
+    response
+        .headers_mut()
+        .insert(DUPLICATE_HEADER.clone(), HeaderValue::from_static("true"));
+    response
+}
+
+/// Marks the answer to a send that added no copy ([`duplicate`]).
+pub(super) static DUPLICATE_HEADER: HeaderName = HeaderName::from_static("x-ipubsub-duplicate");
 
 fn json(status: StatusCode, body: Bytes) -> Response<ApiBody> {
     let mut response = Response::new(ApiBody::from(body));

@@ -91,9 +91,10 @@ fn a_sync_match_and_a_waiting_sender_are_deduplicated_when_accepted() {
 
 #[test]
 fn past_the_cap_an_accepted_message_is_not_remembered_and_counted() {
-    let mut config = EngineConfig::default();
-    config.max_dedupe_entries = 2;
-    let (e, clock) = engine_with(config);
+    let (e, clock) = engine_with(EngineConfig {
+        max_dedupe_entries: 2,
+        ..EngineConfig::default()
+    });
     e.set_dedupe_window(&sid("s"), WINDOW).expect("window");
     for id in ["a", "b", "c"] {
         ready(e.send(sid("s"), msg(id), circular(10))).expect("sent");
@@ -113,9 +114,10 @@ fn past_the_cap_an_accepted_message_is_not_remembered_and_counted() {
 
 #[test]
 fn a_stream_that_remembers_ids_is_not_dropped_idle_until_they_expire() {
-    let mut config = EngineConfig::default();
-    config.stream_idle_timeout = Duration::from_secs(1);
-    let (e, clock) = engine_with(config);
+    let (e, clock) = engine_with(EngineConfig {
+        stream_idle_timeout: Duration::from_secs(1),
+        ..EngineConfig::default()
+    });
     e.set_dedupe_window(&sid("s"), Duration::from_secs(30))
         .expect("window");
     ready(e.send(sid("s"), msg("a"), circular(10))).expect("sent");
