@@ -146,6 +146,10 @@ struct Args {
     /// counts as delivered once its ack is answered.
     #[arg(long)]
     ack_timeout: Option<u64>,
+    /// In-memory sends ask for a dedupe window of this many seconds (`dedupeWindowSeconds`):
+    /// every send's id is checked against, and remembered by, its stream.
+    #[arg(long)]
+    dedupe_window: Option<u64>,
 }
 
 #[derive(Default)]
@@ -195,8 +199,12 @@ fn payload(size: usize) -> String {
 /// The JSON body of send number `seq`, to `stream`.
 fn send_body(args: &Args, stream: &str, seq: u64) -> String {
     if args.mode == Mode::Memory {
+        let dedupe = args
+            .dedupe_window
+            .map(|w| format!(",\"dedupeWindowSeconds\":{w}"))
+            .unwrap_or_default();
         format!(
-            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{},\"message\":{}}}",
+            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{}{dedupe},\"message\":{}}}",
             args.stream_size,
             payload(args.message_size)
         )
