@@ -51,6 +51,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod handoff;
 mod malformed;
 mod metrics;
 mod ownership;

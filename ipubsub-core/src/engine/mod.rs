@@ -4,6 +4,7 @@
 mod acking;
 mod buffer;
 mod dedupe;
+mod handoff;
 mod lease;
 mod receive;
 mod send;
@@ -18,6 +19,7 @@ use hashbrown::hash_table::Entry;
 
 pub use acking::Expired;
 use dedupe::DedupeBudget;
+pub use handoff::Drained;
 use lease::{Change, Ctx, Deadlines, LeaseIds};
 pub use lease::{
     DeadLetter, HandleError, InFlight, LeaseError, LeaseId, Leased, ReceiptHandle, Redrive,
@@ -27,7 +29,7 @@ pub use send::{SendFuture, SendOptions, SendOutcome};
 use stream::Stream;
 
 use crate::error::SendError;
-use crate::id::{MessageId, StreamId};
+use crate::id::StreamId;
 use crate::message::Message;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
@@ -72,25 +74,6 @@ impl Default for EngineConfig {
             max_dedupe_entries: 1_000_000,
         }
     }
-}
-
-/// The buffered messages of one stream, taken out of the engine to move them elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Drained {
-    /// The stream.
-    pub stream: StreamId,
-    /// Its `inMemoryStreamSize`, to re-create it alike; `None` if no send fixed it.
-    pub size: Option<u32>,
-    /// Its buffered messages, oldest first.
-    pub messages: Vec<Message>,
-    /// Its messages in flight, with their leases ([`Engine::adopt_in_flight`]).
-    pub in_flight: Vec<InFlight>,
-    /// Its redrive policy ([`Engine::set_redrive`]).
-    pub redrive: Redrive,
-    /// Its dedupe window, if one is fixed, and the ids it remembers with the time each has
-    /// left ([`Engine::adopt_dedupe`]).
-    pub dedupe: Option<(Duration, Vec<(MessageId, Duration)>)>,
 }
 
 /// Counts an [`Engine`] keeps as it runs.
@@ -395,76 +378,6 @@ impl Engine {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    /// Removes and returns every buffered message, stream by stream, oldest first within each
-    /// stream: what a node hands over when it leaves.
-    pub fn drain(&self) -> Vec<Drained> {
-        self.drain_streams(|_| true)
-    }
-
-    /// Removes and returns the buffered messages of the streams `moved` selects, oldest first
-    /// within each stream: what a node hands over when streams it held now belong to another.
-    ///
-    /// Only messages already accepted (buffered, their senders answered) leave. Requests
-    /// still waiting on a drained stream are answered at once, without taking anything from
-    /// them: a waiting sender with [`SendError::Moved`] (its message
-    /// was not accepted, so a sync-match or blocking send is never told "delivered" for a
-    /// message no receiver got), a waiting receiver with
-    /// [`ReceiveError::Moved`](crate::ReceiveError::Moved). Each may try again where the
-    /// stream lives now.
-    pub fn drain_streams(&self, mut moved: impl FnMut(&StreamId) -> bool) -> Vec<Drained> {
-        let mut out = Vec::new();
-        for shard in self.inner.shards.iter() {
-            let mut table = shard.table.lock();
-            let moved = table.iter_mut().filter(|s| moved(s.id()));
-            let now = self.now();
-            out.extend(moved.filter_map(|stream| {
-                self.inner
-                    .metered(shard, stream, |s| drain_one(s, now, &self.inner.dedupe))
-            }));
-        }
-        out
-    }
-
-    /// Drains one stream as [`drain_streams`](Self::drain_streams) does: its accepted
-    /// messages, oldest first (`None` if it holds none), its waiting requests answered as
-    /// moved. For streams known by id, without visiting the others.
-    pub fn drain_stream(&self, id: &StreamId) -> Option<Drained> {
-        let (hash, shard) = self.inner.locate(id);
-        let mut table = shard.table.lock();
-        let stream = Inner::find_mut(&mut table, hash, id)?;
-        let now = self.now();
-        self.inner
-            .metered(shard, stream, |s| drain_one(s, now, &self.inner.dedupe))
-    }
-
-    /// Takes over a message another node had accepted into `stream` (a hand-off): to the
-    /// oldest waiting receiver, or else to the back of the buffer, whatever its room. An
-    /// accepted message is never evicted or made to wait here, and refused only when it does
-    /// not fit the memory budget ([`SendError::MemoryLimit`]: the node handing it over keeps
-    /// it and tries again); the stream is created if missing (whatever the stream limit),
-    /// sized `size` if no send has sized it. A message whose id is already in the buffer is
-    /// not added twice (a hand-off retried after its answer, not its request, was lost).
-    pub fn adopt(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        message: Message,
-    ) -> Result<(), SendError> {
-        self.take_in(id, size, message, true)
-    }
-
-    /// Puts back messages this engine had accepted and then drained to move
-    /// ([`Engine::drain_streams`]) when they stay after all: like [`Engine::adopt`], but never
-    /// refused for the memory budget (they were counted in it before they left).
-    pub fn restore(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        message: Message,
-    ) -> Result<(), SendError> {
-        self.take_in(id, size, message, false)
-    }
-
     /// Fixes `stream`'s dedupe window, unless one is fixed already: like the stream's size, the
     /// first stays for as long as the stream. A send to a stream with a window whose message's
     /// id was accepted within the window before adds no copy and answers
@@ -475,91 +388,6 @@ impl Engine {
         }
         self.with_stream(stream, |s, _| s.set_dedupe_window(window))
             .map_err(SendError::from)
-    }
-
-    /// Remembers ids another node had accepted into `stream` within its dedupe window (a
-    /// hand-off, [`Drained::dedupe`]), each for the time it had left.
-    pub fn adopt_dedupe(
-        &self,
-        stream: &StreamId,
-        window: Duration,
-        ids: Vec<(MessageId, Duration)>,
-    ) -> Result<(), SendError> {
-        let now = self.now();
-        self.with_stream_as(stream, Create::Always, |s, inner| {
-            s.adopt_dedupe(window, ids, now, &inner.dedupe);
-        })
-        .map_err(SendError::from)
-    }
-
-    /// Takes over a delivery in flight that another node drained with its stream (a
-    /// hand-off): its lease goes on here with the time it had left, so its receipt handle
-    /// acts here. Refused only when it does not fit the memory budget; taken once however
-    /// often it comes (by its lease).
-    pub fn adopt_in_flight(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        in_flight: InFlight,
-    ) -> Result<(), SendError> {
-        self.take_in_flight(id, size, in_flight, true)
-    }
-
-    /// Puts back a delivery in flight this engine drained to move, when it stays after all:
-    /// like [`Engine::adopt_in_flight`], never refused for the memory budget.
-    pub fn restore_in_flight(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        in_flight: InFlight,
-    ) -> Result<(), SendError> {
-        self.take_in_flight(id, size, in_flight, false)
-    }
-
-    fn take_in_flight(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        in_flight: InFlight,
-        budgeted: bool,
-    ) -> Result<(), SendError> {
-        let now = self.now();
-        self.with_stream_as(id, Create::Always, |stream, inner| {
-            if let Some(size) = size {
-                stream.capacity_or_set(size);
-            }
-            let room = |message: &Message| !budgeted || inner.fits(buffer::charge(message), 0);
-            if stream.adopt_in_flight(in_flight, room, now) {
-                Ok(())
-            } else {
-                Err(inner.over_budget())
-            }
-        })?
-    }
-
-    fn take_in(
-        &self,
-        id: &StreamId,
-        size: Option<u32>,
-        message: Message,
-        budgeted: bool,
-    ) -> Result<(), SendError> {
-        self.with_stream_as(id, Create::Always, |stream, inner| {
-            if let Some(size) = size {
-                stream.capacity_or_set(size);
-            }
-            let ctx = inner.ctx();
-            let taken = stream.adopt(
-                message,
-                |message| !budgeted || inner.fits(buffer::charge(message), 0),
-                &ctx,
-            );
-            if taken {
-                Ok(())
-            } else {
-                Err(inner.over_budget())
-            }
-        })?
     }
 
     /// Runs `f` on `stream` under its shard lock, creating the stream within the limits.
@@ -590,25 +418,6 @@ impl Engine {
         let stream = inner.stream_mut(&mut table, hash, id, now, create)?;
         Ok(inner.metered(shard, stream, |stream| f(stream, inner)))
     }
-}
-
-/// Takes `stream`'s accepted messages and answers its waiting requests as moved.
-fn drain_one(stream: &mut Stream, now: Timestamp, budget: &DedupeBudget) -> Option<Drained> {
-    let redrive = stream.redrive();
-    let (in_flight, messages) = stream.take_buffered(now);
-    let dedupe = stream
-        .dedupe_window()
-        .map(|window| (window, stream.take_dedupe(now, budget)));
-    stream.close_waiters();
-    let remembers = dedupe.as_ref().is_some_and(|(_, ids)| !ids.is_empty());
-    (!messages.is_empty() || !in_flight.is_empty() || remembers).then(|| Drained {
-        stream: stream.id().clone(),
-        size: stream.capacity(),
-        messages,
-        in_flight,
-        redrive,
-        dedupe,
-    })
 }
 
 /// How [`Inner::stream_mut`] may create the stream it looks for.

@@ -74,7 +74,7 @@ impl App {
     }
 
     /// `POST` of remembered ids another node hands over with a stream it drained
-    /// ([`REMEMBERED_PATH`](crate::rebalance::REMEMBERED_PATH)): only from a member (a
+    /// ([`REMEMBERED_PATH`](crate::handoff::REMEMBERED_PATH)): only from a member (a
     /// forwarded request, with the cluster secret if there is one); to anyone else there is
     /// no such endpoint.
     pub(super) async fn adopt_remembered<B>(

@@ -110,7 +110,7 @@ impl App {
                 let work = async move { app.lease_verb(request, &id, verb).await };
                 (MetricRoute::Lease, Work::Pending(Box::pin(work), CUT_LEASE))
             }
-            (crate::rebalance::REMEMBERED_PATH, &Method::POST) => {
+            (crate::handoff::REMEMBERED_PATH, &Method::POST) => {
                 let (app, id) = (self.clone(), id_value.clone());
                 let work = async move { app.adopt_remembered(request, &id).await };
                 (MetricRoute::Send, Work::Pending(Box::pin(work), CUT_SEND))

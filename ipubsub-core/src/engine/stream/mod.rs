@@ -10,9 +10,10 @@ use std::time::Duration;
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
 use super::dedupe::{Dedupe, DedupeBudget};
-use super::lease::{
-    Acks, Change, Ctx, DeadLetter, InFlight, Lease, LeaseError, ReceiptHandle, Redrive, State,
-};
+
+mod leases;
+mod remembered;
+use super::lease::{Acks, Change, Ctx, DeadLetter, InFlight, ReceiptHandle, Redrive};
 use super::slot::Slot;
 use crate::id::StreamId;
 use crate::message::Message;
@@ -422,120 +423,6 @@ impl Stream {
         true
     }
 
-    /// Acknowledges the delivery of `handle`: its message is done.
-    pub(super) fn ack(&mut self, handle: &ReceiptHandle, ctx: &Ctx<'_>) -> Result<(), LeaseError> {
-        self.check(handle)?;
-        let acks = self.acks_mut();
-        acks.live(&handle.lease())?;
-        acks.remove(&handle.lease());
-        self.admit_senders(ctx);
-        self.tidy();
-        Ok(())
-    }
-
-    /// Gives the lease of `handle` more time: `timeout` from now.
-    pub(super) fn extend(
-        &mut self,
-        handle: &ReceiptHandle,
-        timeout: Duration,
-        now: Timestamp,
-    ) -> Result<(), LeaseError> {
-        self.check(handle)?;
-        let acks = self.acks_mut();
-        acks.live(&handle.lease())?;
-        acks.reschedule(handle.lease(), timeout, State::Leased, now);
-        Ok(())
-    }
-
-    /// Returns the delivery of `handle` to the stream: now, or after `delay` (its message
-    /// stays in flight until then).
-    pub(super) fn nack(
-        &mut self,
-        handle: &ReceiptHandle,
-        delay: Duration,
-        ctx: &Ctx<'_>,
-    ) -> Result<Back, LeaseError> {
-        self.check(handle)?;
-        let acks = self.acks_mut();
-        acks.live(&handle.lease())?;
-        if !delay.is_zero() {
-            acks.reschedule(handle.lease(), delay, State::Delayed, ctx.now());
-            return Ok(Back::Requeued);
-        }
-        let lease = acks
-            .remove(&handle.lease())
-            .ok_or(LeaseError::NotInFlight)?;
-        Ok(self.give_back(lease, ctx))
-    }
-
-    /// Ends the lease `id` if it is still due at `deadline` (an index entry may be older than
-    /// an extension), returning its message to the stream.
-    pub(super) fn expire(
-        &mut self,
-        id: &super::lease::LeaseId,
-        deadline: super::lease::Deadline,
-        ctx: &Ctx<'_>,
-    ) -> Option<Back> {
-        let acks = self.waiting.as_mut()?.acks.as_mut()?;
-        if acks.leases.get(id)?.deadline != deadline {
-            return None;
-        }
-        let lease = acks.remove(id)?;
-        Some(self.give_back(lease, ctx))
-    }
-
-    /// Gives back a delivery its receive never answered (it gave up after being handed the
-    /// message): the lease ends without counting as a delivery.
-    pub(super) fn release(&mut self, handle: &ReceiptHandle, ctx: &Ctx<'_>) {
-        let Some(acks) = self.waiting.as_mut().and_then(|w| w.acks.as_mut()) else {
-            return;
-        };
-        if let Some(lease) = acks.remove(&handle.lease()) {
-            self.requeue(lease.message, lease.deliveries.saturating_sub(1), ctx);
-        }
-        self.tidy();
-    }
-
-    /// A delivery's message back on its stream, or off it for good after its stream's
-    /// `maxDeliveries`.
-    fn give_back(&mut self, lease: Lease, ctx: &Ctx<'_>) -> Back {
-        let Lease {
-            message,
-            deliveries,
-            ..
-        } = lease;
-        let redrive = self.redrive();
-        let back = if redrive.max_deliveries > 0 && deliveries >= redrive.max_deliveries {
-            match redrive.dead_letter {
-                Some(dead_letter) => Back::DeadLetter(DeadLetter {
-                    stream: self.id.clone(),
-                    dead_letter,
-                    message,
-                    deliveries,
-                }),
-                None => Back::Dropped,
-            }
-        } else {
-            self.requeue(message, deliveries, ctx);
-            Back::Requeued
-        };
-        if !matches!(back, Back::Requeued) {
-            // Its place in flight is free.
-            self.admit_senders(ctx);
-        }
-        self.tidy();
-        back
-    }
-
-    /// Whether `handle` names this stream.
-    fn check(&self, handle: &ReceiptHandle) -> Result<(), LeaseError> {
-        if handle.is_for(&self.id) {
-            Ok(())
-        } else {
-            Err(LeaseError::OtherStream)
-        }
-    }
-
     /// Accepts the oldest live waiting sender's message, answering it with `outcome`. A
     /// sender whose message's id was accepted meanwhile (within the stream's dedupe window)
     /// is answered as a duplicate, and its message dropped.
@@ -567,64 +454,6 @@ impl Stream {
         }
         self.tidy();
         taken
-    }
-
-    /// Fixes the stream's dedupe window if none is fixed yet.
-    pub(super) fn set_dedupe_window(&mut self, window: Duration) {
-        if !window.is_zero() && self.dedupe().is_none() {
-            self.waiting_mut().dedupe = Some(Box::new(Dedupe::new(window)));
-        }
-    }
-
-    fn dedupe(&self) -> Option<&Dedupe> {
-        self.waiting.as_ref()?.dedupe.as_deref()
-    }
-
-    /// The stream's dedupe window, if one is fixed.
-    pub(super) fn dedupe_window(&self) -> Option<Duration> {
-        self.dedupe().map(Dedupe::window)
-    }
-
-    /// Whether a message of `id` was accepted within the stream's dedupe window.
-    pub(super) fn is_duplicate(&self, id: &crate::id::MessageId, ctx: &Ctx<'_>) -> bool {
-        self.dedupe().is_some_and(|d| d.contains(id, ctx.now()))
-    }
-
-    /// Remembers `id` as accepted now, if the stream has a dedupe window.
-    pub(super) fn remember(&mut self, id: &crate::id::MessageId, ctx: &Ctx<'_>) {
-        if let Some(dedupe) = self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
-            dedupe.remember(id, ctx.now(), ctx.dedupe);
-        }
-    }
-
-    /// Remembers ids another node had accepted into this stream, each for the time it had
-    /// left (a hand-off), under `window` if the stream has none yet.
-    pub(super) fn adopt_dedupe(
-        &mut self,
-        window: Duration,
-        entries: Vec<(crate::id::MessageId, Duration)>,
-        now: Timestamp,
-        budget: &DedupeBudget,
-    ) {
-        self.set_dedupe_window(window);
-        if let Some(dedupe) = self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
-            for (id, left) in entries {
-                let expires = now.saturating_add(left).as_micros();
-                dedupe.remember_until(&id, expires, budget);
-            }
-        }
-    }
-
-    /// The remembered ids with the time each has left, taken out for a hand-off.
-    pub(super) fn take_dedupe(
-        &mut self,
-        now: Timestamp,
-        budget: &DedupeBudget,
-    ) -> Vec<(crate::id::MessageId, Duration)> {
-        match self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
-            Some(dedupe) => dedupe.take_all(now, budget),
-            None => Vec::new(),
-        }
     }
 
     /// Takes over a message accepted elsewhere: to the next live receiver, else to the back
