@@ -130,7 +130,12 @@ fn lease_from_fields(u: &mut Unstructured<'_>) -> Result<String> {
         let mut handles = Vec::new();
         for _ in 0..u.int_in_range(0..=3)? {
             let handle = match u.int_in_range(0..=2)? {
-                0 => format!("{:016x}{:016x}{:08x}", u.arbitrary::<u64>()?, u.arbitrary::<u64>()?, u.arbitrary::<u32>()?),
+                0 => format!(
+                    "{:016x}{:016x}{:08x}",
+                    u.arbitrary::<u64>()?,
+                    u.arbitrary::<u64>()?,
+                    u.arbitrary::<u32>()?
+                ),
                 1 => format!("{:x}", u.arbitrary::<u128>()?),
                 _ => u.arbitrary()?,
             };
