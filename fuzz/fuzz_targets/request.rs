@@ -1,5 +1,5 @@
 //! The request parsers: a send body, a batch send body, a receive query string, the body of
-//! an ack, nack or extend, and the event-stream headers (with the event writer read back by a client's parser), from
+//! an ack, nack or extend, a hand-off of remembered ids, and the event-stream headers (with the event writer read back by a client's parser), from
 //! arbitrary bytes, and the same built from arbitrary field values (so that numbers at and past every limit are tried
 //! as often as malformed text is).
 #![no_main]
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 9 {
+    match selector % 10 {
         0 => ipubsub_http::fuzzing::send_body(rest),
         1 => {
             if let Ok(query) = std::str::from_utf8(rest) {
@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         }
         4 => ipubsub_http::fuzzing::batch_body(rest),
         7 => ipubsub_http::fuzzing::lease_body(rest),
+        9 => ipubsub_http::fuzzing::remembered_body(rest),
         8 => {
             if let Ok(body) = lease_from_fields(&mut Unstructured::new(rest)) {
                 ipubsub_http::fuzzing::lease_body(body.as_bytes());

@@ -169,3 +169,25 @@ pub fn event_stream(accept: &[u8], last_event_id: &[u8], data: &[u8]) {
     assert_eq!(seen[0].data, expected, "the data read back differs");
     assert_eq!(seen[0].id.as_deref(), id, "the id read back differs");
 }
+
+/// Parses `body` as a hand-off of remembered ids (the internal path members call), and checks
+/// that what it read writes back to a body that reads the same.
+pub fn remembered_body(body: &[u8]) {
+    let Ok(read) = crate::handoff::parse_remembered(body) else {
+        return;
+    };
+    let written = crate::handoff::remembered_body(
+        &read.stream,
+        read.window,
+        &read.ids,
+        std::time::Duration::ZERO,
+    );
+    let again = crate::handoff::parse_remembered(&written).expect("a written body reads");
+    let kept: Vec<_> = read
+        .ids
+        .into_iter()
+        .filter(|(_, left)| !left.is_zero())
+        .collect();
+    assert_eq!((again.stream, again.window), (read.stream, read.window));
+    assert_eq!(again.ids.len(), kept.len(), "ids lost on the way");
+}

@@ -160,7 +160,7 @@ impl HandOffRemembered for Forwarder {
 
 /// `{"streamId", "windowMs", "ids": [[id, leftMs], …]}`, each id's time left shortened by
 /// `elapsed`; ids that ran out meanwhile are left out.
-fn remembered_body(
+pub(crate) fn remembered_body(
     stream: &StreamId,
     window: Duration,
     ids: &[(MessageId, Duration)],
@@ -179,6 +179,40 @@ fn remembered_body(
         "ids": ids,
     });
     Bytes::from(body.to_string())
+}
+
+/// A hand-off of remembered ids, as read ([`parse_remembered`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    pub(crate) stream: StreamId,
+    pub(crate) window: Duration,
+    pub(crate) ids: Vec<(MessageId, Duration)>,
+}
+
+/// Reads the body [`remembered_body`] writes.
+pub(crate) fn parse_remembered(body: &[u8]) -> Result<Remembered, crate::ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Body {
+        stream_id: String,
+        window_ms: u64,
+        ids: Vec<(String, u64)>,
+    }
+    let body: Body = crate::send::from_object(body)?;
+    let invalid = |e: ipubsub_core::IdError| {
+        crate::ApiError::new(crate::ErrorCode::InvalidField, e.to_string())
+    };
+    let ids = body
+        .ids
+        .into_iter()
+        .map(|(id, left)| Ok((MessageId::new(id)?, Duration::from_millis(left))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    Ok(Remembered {
+        stream: StreamId::new(body.stream_id).map_err(invalid)?,
+        window: Duration::from_millis(body.window_ms),
+        ids,
+    })
 }
 
 /// A send body that re-creates `message` (its id and bytes as sent) on `stream`, with the
@@ -238,5 +272,26 @@ mod tests {
             parsed,
             serde_json::json!({"streamId": "s", "messageUuid": "id \"1\"", "inMemoryStreamSize": 0, "message": {"n": 1}})
         );
+    }
+
+    #[test]
+    fn remembered_ids_read_back_as_written_less_the_time_spent()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let stream = StreamId::new("s \"1\"")?;
+        let ids = vec![
+            (MessageId::new("a")?, Duration::from_millis(1500)),
+            (MessageId::new("b")?, Duration::from_millis(200)),
+        ];
+        let window = Duration::from_secs(60);
+        let body = remembered_body(&stream, window, &ids, Duration::from_millis(500));
+        let read = parse_remembered(&body)?;
+        assert_eq!((read.stream, read.window), (stream, window));
+        assert_eq!(
+            read.ids,
+            [(MessageId::new("a")?, Duration::from_millis(1000))]
+        );
+        assert!(parse_remembered(br#"{"streamId":"","windowMs":1,"ids":[]}"#).is_err());
+        assert!(parse_remembered(br#"{"streamId":"s","windowMs":1,"ids":[["",1]]}"#).is_err());
+        Ok(())
     }
 }

@@ -86,13 +86,6 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        struct Remembered {
-            stream_id: String,
-            window_ms: u64,
-            ids: Vec<(String, u64)>,
-        }
         if !request
             .headers()
             .contains_key(ipubsub_cluster::FORWARDED_HEADER)
@@ -103,23 +96,8 @@ impl App {
             ));
         }
         let (_, _, body, _held) = self.admitted_body(request, id).await?;
-        let parsed: Remembered = crate::send::from_object(&body)?;
-        let invalid = |e: &dyn std::fmt::Display| {
-            ApiError::new(crate::error::ErrorCode::InvalidField, e.to_string())
-        };
-        let stream = ipubsub_core::StreamId::new(parsed.stream_id).map_err(|e| invalid(&e))?;
-        let ids = parsed
-            .ids
-            .into_iter()
-            .map(|(id, left)| {
-                Ok((
-                    ipubsub_core::MessageId::new(id)?,
-                    Duration::from_millis(left),
-                ))
-            })
-            .collect::<Result<Vec<_>, ipubsub_core::IdError>>()
-            .map_err(|e| invalid(&e))?;
-        let window = Duration::from_millis(parsed.window_ms);
+        let remembered = crate::handoff::parse_remembered(&body)?;
+        let (stream, window, ids) = (remembered.stream, remembered.window, remembered.ids);
         self.inner.engine.adopt_dedupe(&stream, window, ids)?;
         Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
     }
