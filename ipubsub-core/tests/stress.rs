@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ipubsub_core::{
-    Clock, Engine, EngineConfig, ManualClock, Message, MessageId, SendOptions, StreamId, Timestamp,
+    Clock, DeadLetter, Engine, EngineConfig, ManualClock, Message, MessageId, Redrive, SendOptions,
+    StreamId, Timestamp,
 };
 
 const SENDERS: usize = 4;
@@ -265,23 +266,59 @@ const LEASE: Duration = Duration::from_millis(50);
 
 #[test]
 fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lease() {
+    run_acknowledged(0);
+}
+
+/// With `maxDeliveries` 3 and a dead-letter stream: every message is acknowledged once or
+/// dead-lettered once after its third delivery, never both, never delivered a fourth time.
+#[test]
+fn every_message_is_acknowledged_or_dead_lettered_exactly_once() {
+    run_acknowledged(3);
+}
+
+/// The acknowledged stress test, with `max_deliveries` (0: no limit) on every stream.
+fn run_acknowledged(max_deliveries: u32) {
     let seed = seed();
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
     let engine = Engine::with_clock(EngineConfig::default(), clock.clone());
+    let dlq = StreamId::new("stress-dlq").expect("id");
+    for i in 0..STREAMS {
+        let redrive = Redrive::new(max_deliveries, Some(dlq.clone()));
+        engine.set_redrive(&stream_id(i), redrive).expect("redrive");
+    }
     let log = Arc::new(Mutex::new(HashMap::<String, Vec<Delivery>>::new()));
+    // Dead letters by message id.
+    let dead = Arc::new(Mutex::new(HashMap::<String, Vec<u32>>::new()));
+    // Messages acknowledged or dead-lettered.
     let acked = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let total = SENDERS * MESSAGES_PER_SENDER / 4;
+    let note_dead = {
+        let (dead, acked) = (dead.clone(), acked.clone());
+        move |letter: &DeadLetter| {
+            assert_eq!(letter.dead_letter, StreamId::new("stress-dlq").expect("id"));
+            let id = letter.message.id().to_string();
+            dead.lock()
+                .expect("lock")
+                .entry(id)
+                .or_default()
+                .push(letter.deliveries);
+            acked.fetch_add(1, Ordering::SeqCst);
+        }
+    };
 
     // Time moves in 1 ms steps, and every step ends the leases that are due.
     let ticker = {
         let (engine, clock, stop) = (engine.clone(), clock.clone(), stop.clone());
+        let note_dead = note_dead.clone();
         thread::spawn(move || {
             let mut redelivered = 0;
             while !stop.load(Ordering::SeqCst) {
                 clock.advance(Duration::from_millis(1));
-                redelivered += engine.expire_leases().redelivered;
+                let expired = engine.expire_leases();
+                redelivered += expired.redelivered;
+                expired.dead_letters.iter().for_each(&note_dead);
                 thread::sleep(Duration::from_micros(100));
             }
             redelivered
@@ -298,6 +335,7 @@ fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lea
         .map(|r| {
             let (engine, clock, log, acked) =
                 (engine.clone(), clock.clone(), log.clone(), acked.clone());
+            let note_dead = note_dead.clone();
             let mut rng = Rng(seed.wrapping_mul(17).wrapping_add(r as u64 + 3) | 1);
             thread::spawn(move || {
                 while acked.load(Ordering::SeqCst) < total {
@@ -323,10 +361,12 @@ fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lea
                             let delay = Duration::from_millis(rng.below(3) * 10);
                             let back = engine.nack(&stream, &[got.handle], delay);
                             // Refused only when the lease ended first (a slow receiver).
-                            if back[0].is_ok() {
-                                Outcome::Returned
-                            } else {
-                                Outcome::Forgotten
+                            match &back[0] {
+                                Ok(letter) => {
+                                    letter.iter().for_each(&note_dead);
+                                    Outcome::Returned
+                                }
+                                Err(_) => Outcome::Forgotten,
                             }
                         }
                         _ => {
@@ -371,15 +411,36 @@ fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lea
             .iter()
             .map(|d| d.outcome == Outcome::Acked(true))
             .collect();
+        let acked = acks.iter().filter(|a| **a).count();
+        let letters = dead
+            .lock()
+            .expect("lock")
+            .get(id.as_str())
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
-            acks.iter().filter(|a| **a).count(),
+            acked + letters.len(),
             1,
-            "seed {seed}: {id}: {deliveries:?}"
+            "seed {seed}: {id}: {deliveries:?} {letters:?}"
         );
-        assert!(
-            acks[acks.len() - 1],
-            "seed {seed}: {id} delivered after its ack"
-        );
+        if acked == 1 {
+            assert!(
+                acks[acks.len() - 1],
+                "seed {seed}: {id} delivered after its ack"
+            );
+        } else {
+            assert_eq!(
+                letters,
+                [max_deliveries],
+                "seed {seed}: {id} dead too soon or late"
+            );
+        }
+        if max_deliveries > 0 {
+            assert!(
+                deliveries.len() <= max_deliveries as usize,
+                "seed {seed}: {id} past its limit"
+            );
+        }
         for pair in deliveries.windows(2) {
             if pair[0].outcome != Outcome::Returned {
                 let gap = pair[1].after.saturating_since(pair[0].before);
@@ -398,8 +459,10 @@ fn every_message_is_acknowledged_exactly_once_and_redelivered_only_after_its_lea
         "seed {seed}: no lease ever ended"
     );
     let again = log.values().filter(|d| d.len() > 1).count();
+    let dead = dead.lock().expect("lock").len();
+    assert_eq!(dead > 0, max_deliveries > 0, "seed {seed}: dead letters");
     println!(
-        "{total} messages acknowledged once each; {again} delivered more than once ({redelivered} leases ended, {} returned), {:?}",
+        "max deliveries {max_deliveries}: {total} messages, {dead} dead-lettered, the rest acknowledged once each; {again} delivered more than once ({redelivered} leases ended, {} returned), {:?}",
         stats.nacked,
         started.elapsed()
     );
