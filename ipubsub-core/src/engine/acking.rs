@@ -126,9 +126,8 @@ impl Engine {
             let ctx = inner.ctx();
             // Latest first: each goes to the head of its stream, so the earliest ends up
             // there, and messages that come back together keep the order they left in.
-            for ((deadline, id), stream) in due.into_iter().rev() {
-                let (hash, _) = inner.locate(&stream);
-                let Some(s) = Inner::find_mut(&mut table, hash, &stream) else {
+            for ((deadline, id), hash) in due.into_iter().rev() {
+                let Some(s) = table.find_mut(hash, |s| s.holds_lease(&id)) else {
                     continue;
                 };
                 let back = inner.metered(shard, s, |s| s.expire(&id, deadline, &ctx));

@@ -295,8 +295,10 @@ impl Ctx<'_> {
 /// A lease's whole-microsecond deadline on the engine's clock.
 pub(super) type Deadline = u64;
 
-/// One shard's index of lease deadlines, applied from [`Acks::changes`].
-pub(super) type Deadlines = BTreeMap<(Deadline, LeaseId), StreamId>;
+/// One shard's index of lease deadlines, applied from [`Acks::changes`]: each lease by its
+/// deadline, with the hash of its stream (the stream is found by it and by holding the lease,
+/// which saves a copy of its id per lease).
+pub(super) type Deadlines = BTreeMap<(Deadline, LeaseId), u64>;
 
 /// A change a stream made to its leases' deadlines, for its shard's [`Deadlines`].
 #[derive(Debug, Clone, Copy)]

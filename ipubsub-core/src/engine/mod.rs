@@ -503,10 +503,11 @@ impl Inner {
         }
         let mut deadlines = None;
         stream.drain_changes(|stream, change| {
-            let deadlines = deadlines.get_or_insert_with(|| shard.deadlines.lock());
+            let (deadlines, hash) = deadlines
+                .get_or_insert_with(|| (shard.deadlines.lock(), self.hasher.hash_one(stream)));
             match change {
                 Change::Add(at, id) => {
-                    deadlines.insert((at, id), stream.clone());
+                    deadlines.insert((at, id), *hash);
                 }
                 Change::Remove(at, id) => {
                     deadlines.remove(&(at, id));

@@ -9,6 +9,14 @@ use crate::engine::lease::{DeadLetter, Lease, LeaseError, LeaseId, ReceiptHandle
 use crate::time::Timestamp;
 
 impl Stream {
+    /// Whether the stream holds the lease `id` (in flight, or returned with a delay).
+    pub(in crate::engine) fn holds_lease(&self, id: &LeaseId) -> bool {
+        self.waiting
+            .as_ref()
+            .and_then(|w| w.acks.as_ref())
+            .is_some_and(|a| a.leases.contains_key(id))
+    }
+
     /// Acknowledges the delivery of `handle`: its message is done.
     pub(in crate::engine) fn ack(
         &mut self,
