@@ -10,15 +10,15 @@ use std::time::Duration;
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
 use super::dedupe::{Dedupe, DedupeBudget};
-
-mod leases;
-mod remembered;
 use super::lease::{Acks, Change, Ctx, DeadLetter, InFlight, ReceiptHandle, Redrive};
 use super::slot::Slot;
 use crate::id::StreamId;
 use crate::message::Message;
 use crate::sync::Arc;
 use crate::time::Timestamp;
+
+mod leases;
+mod remembered;
 
 /// `capacity` of a stream no send has sized yet.
 const NO_CAPACITY: u32 = u32::MAX;
@@ -55,8 +55,8 @@ pub(super) enum Back {
     Dropped,
 }
 
-/// Waiters of one stream. Boxed and allocated only while someone waits, so that an idle
-/// stream pays one pointer for it.
+/// Waiters of one stream, and what only some streams keep (leases, a dedupe window). Boxed
+/// and allocated only while there is any, so that an idle stream pays one pointer for it.
 #[derive(Default)]
 struct Waiting {
     receivers: VecDeque<Receiver>,
