@@ -151,17 +151,9 @@ impl Engine {
         budgeted: bool,
     ) -> Result<(), SendError> {
         let now = self.now();
-        self.with_stream_as(id, Create::Always, |stream, inner| {
-            if let Some(size) = size {
-                stream.capacity_or_set(size);
-            }
-            let room = |message: &Message| !budgeted || inner.fits(buffer::charge(message), 0);
-            if stream.adopt_in_flight(in_flight, room, now) {
-                Ok(())
-            } else {
-                Err(inner.over_budget())
-            }
-        })?
+        self.take_over(id, size, budgeted, |stream, room, _| {
+            stream.adopt_in_flight(in_flight, room, now)
+        })
     }
 
     fn take_in(
@@ -171,17 +163,27 @@ impl Engine {
         message: Message,
         budgeted: bool,
     ) -> Result<(), SendError> {
+        self.take_over(id, size, budgeted, |stream, room, inner| {
+            stream.adopt(message, room, &inner.ctx())
+        })
+    }
+
+    /// Puts what another engine drained (or this one, when it stays) into `id`, created if
+    /// missing and sized `size` if no send sized it: `put` says whether it took it, given
+    /// the room the memory budget leaves (none is checked unless `budgeted`).
+    fn take_over(
+        &self,
+        id: &StreamId,
+        size: Option<u32>,
+        budgeted: bool,
+        put: impl FnOnce(&mut Stream, &dyn Fn(&Message) -> bool, &Inner) -> bool,
+    ) -> Result<(), SendError> {
         self.with_stream_as(id, Create::Always, |stream, inner| {
             if let Some(size) = size {
                 stream.capacity_or_set(size);
             }
-            let ctx = inner.ctx();
-            let taken = stream.adopt(
-                message,
-                |message| !budgeted || inner.fits(buffer::charge(message), 0),
-                &ctx,
-            );
-            if taken {
+            let room = |message: &Message| !budgeted || inner.fits(buffer::charge(message), 0);
+            if put(stream, &room, inner) {
                 Ok(())
             } else {
                 Err(inner.over_budget())
