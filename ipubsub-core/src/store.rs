@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::id::StreamId;
+use crate::id::{MessageId, StreamId};
 use crate::message::Message;
 use crate::time::Timestamp;
 
@@ -236,6 +236,11 @@ pub enum StoreError {
 ///   of purging; `purge_expired` removes expired records for good. A store may index expiry
 ///   coarsely and purge a record up to one second after its `expires_at`. A stream's epoch
 ///   outlives its records: purging never lowers the epoch an acquisition starts from.
+/// - **Finding a message id.** [`find_message`](Self::find_message) answers from every
+///   record a read would return (unexpired, and on a store that fences after writing, not
+///   fenced off), including records written before the call by any process. The log asks it
+///   only in the window after it acquires a stream, for idempotent sends (each send whose id
+///   this node did not append itself since), so it should be an index lookup, not a scan.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Moves `stream` to the next epoch ([`Epoch::after`] the stored one and the epoch of
@@ -262,6 +267,36 @@ pub trait MessageStore: Send + Sync + 'static {
     /// stream with no records. A read with no side effect (the readiness probe uses it);
     /// writers learn their starting point from [`acquire`](Self::acquire) instead.
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError>;
+
+    /// The highest position of `stream` whose record holds a message with id `id`, accepted
+    /// at or after `since` (its [`Message::timestamp`]) and unexpired at `now`; `None` when no
+    /// record does. See the contract above.
+    ///
+    /// The default walks the stream with [`read_after`](Self::read_after): correct, and
+    /// linear in the stream's length. Every store in `ipubsub-storage` answers it from an
+    /// index; a store of your own should too.
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        const PAGE: usize = 1024;
+        let (mut after, mut found) = (Seq::ZERO, None);
+        loop {
+            let page = self.read_after(stream, after, PAGE, now).await?;
+            for record in &page {
+                if record.message.id() == id && record.message.timestamp() >= since {
+                    found = Some(record.seq);
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = last.seq,
+                _ => return Ok(found),
+            }
+        }
+    }
 
     /// Deletes up to `limit` records expired at `now` and returns how many it deleted;
     /// fewer than `limit` means none are left (but those a coarse expiry index holds back for
@@ -299,6 +334,16 @@ impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         (**self).last_seq(stream).await
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        (**self).find_message(stream, id, since, now).await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 
 /// Wraps a store so that each call gives up after `limit`.
@@ -69,6 +69,17 @@ impl<S: MessageStore> MessageStore for Bounded<S> {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         self.within(self.inner.last_seq(stream)).await
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.within(self.inner.find_message(stream, id, since, now))
+            .await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

@@ -1,7 +1,7 @@
 //! [`EmbeddedStore`]: the default store, on the fjall LSM engine, in a local directory.
 //!
 //! # Layout
-//! Three keyspaces; an append writes the first two together in one atomic batch:
+//! Four keyspaces; an append writes the first three together in one atomic batch:
 //! - `log`: key = `len(stream) u16 | stream | seq u64`, big-endian, so that one stream's
 //!   records are one contiguous, ordered key range and a read is a single range scan; value =
 //!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`.
@@ -13,6 +13,11 @@
 //!   skiplist inserts were a third of an append's CPU); the cost is that a record may outlive
 //!   its expiry on disk by up to a second (never in a read, which filters on `expires_at`).
 //!   An entry with an empty value (the first layout) names its one record in its key.
+//! - `ids`: the message id index, for [`MessageStore::find_message`]: key = `len(stream) u16 |
+//!   stream | len(id) u16 | id | seq u64`, empty value, so that one id's positions in one
+//!   stream are one contiguous range, the latest last. A purge removes a record's entry with
+//!   the record (it reads the record's id first); a lookup checks each position it finds
+//!   against the log, so an entry never outlives what it indexes in an answer.
 //! - `epochs`: key = `len(stream) u16 | stream`, value = the stream's current epoch (`u32`),
 //!   written by each acquisition and never purged. fjall locks its directory to one process,
 //!   so the store is its only writer: appends and acquisitions take one lock, and the fence
@@ -103,6 +108,7 @@ struct Inner {
     db: Database,
     log: Keyspace,
     expiry: Keyspace,
+    ids: Keyspace,
     epochs: Keyspace,
     mode: PersistMode,
     /// What this store knows of streams it wrote; serialises appends and acquisitions.
@@ -145,6 +151,9 @@ impl EmbeddedStore {
         let expiry = db
             .keyspace("expiry", KeyspaceCreateOptions::default)
             .map_err(wrap)?;
+        let ids = db
+            .keyspace("ids", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
         let epochs = db
             .keyspace("epochs", KeyspaceCreateOptions::default)
             .map_err(wrap)?;
@@ -157,6 +166,7 @@ impl EmbeddedStore {
                 db,
                 log,
                 expiry,
+                ids,
                 epochs,
                 mode,
                 known: Mutex::new(Known::default()),
@@ -280,6 +290,11 @@ impl Inner {
             }
             raised.push((&record.stream, record.seq));
             expiring.add(record.expires_at, &key);
+            write.insert(
+                &self.ids,
+                id_key(&record.stream, record.message.id(), record.seq),
+                [],
+            );
             write.insert(&self.log, key, value);
         }
         for (key, value) in expiring.entries {
@@ -327,6 +342,40 @@ fn log_key(stream: &StreamId, seq: Seq) -> Vec<u8> {
     let mut key = stream_prefix(stream);
     key.extend_from_slice(&seq.get().to_be_bytes());
     key
+}
+
+/// The `ids` keyspace's prefix of `id` in `stream`: every position of it follows.
+fn id_prefix(stream: &StreamId, id: &MessageId) -> Vec<u8> {
+    let id = id.as_str().as_bytes();
+    let mut key = stream_prefix(stream);
+    key.reserve(2 + id.len() + 8);
+    // Message ids are at most 256 bytes (enforced by MessageId).
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+fn id_key(stream: &StreamId, id: &MessageId, seq: Seq) -> Vec<u8> {
+    let mut key = id_prefix(stream, id);
+    key.extend_from_slice(&seq.get().to_be_bytes());
+    key
+}
+
+/// The `ids` key of the record stored at `log_key` with `value`.
+fn id_key_of(log_key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let split = log_key
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| corrupt("short key"))?;
+    let (prefix, seq) = log_key.split_at(split);
+    let id_len = value
+        .get(16..18)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| corrupt("truncated record"))?;
+    let id = value
+        .get(16..18 + id_len)
+        .ok_or_else(|| corrupt("truncated id"))?;
+    Ok([prefix, id, seq].concat())
 }
 
 fn encode_value(record: &LogRecord) -> Vec<u8> {
@@ -479,6 +528,43 @@ impl MessageStore for EmbeddedStore {
         self.inner.last_stored(stream)
     }
 
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        // A short range scan of the id's positions, latest first, and a point read of each
+        // until one qualifies: inline, like a read.
+        let prefix = id_prefix(stream, id);
+        let mut end = prefix.clone();
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        for item in self
+            .inner
+            .ids
+            .range(prefix.as_slice()..=end.as_slice())
+            .rev()
+        {
+            let key = item.key().map_err(unavailable)?;
+            let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
+            let Some(value) = self
+                .inner
+                .log
+                .get(log_key(stream, seq))
+                .map_err(unavailable)?
+            else {
+                continue; // purged since the index was read
+            };
+            let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
+            // Acceptance times need not fall with positions (each owner stamps by its clock).
+            if accepted >= since.as_micros() && expires_at > now.as_micros() {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.blocking(move |inner| {
             let mut write = inner.db.batch().durability(Some(inner.mode));
@@ -496,6 +582,10 @@ impl MessageStore for EmbeddedStore {
                 };
                 let take = listed.len().min(limit - purged);
                 for log_key in &listed[..take] {
+                    // The record's id index entry goes with it: read its id first.
+                    if let Some(value) = inner.log.get(log_key).map_err(unavailable)? {
+                        write.remove(&inner.ids, id_key_of(log_key, &value)?);
+                    }
                     write.remove(&inner.log, *log_key);
                 }
                 if take == listed.len() {

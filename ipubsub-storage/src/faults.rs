@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 
 /// A store that fails the appends whose numbers (counting from 1) it was given (and, while
@@ -90,6 +90,16 @@ impl<S: MessageStore> MessageStore for FailingStore<S> {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         self.inner.last_seq(stream).await
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.inner.find_message(stream, id, since, now).await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

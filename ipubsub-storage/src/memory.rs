@@ -5,7 +5,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, Epoch, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure,
+    Timestamp,
 };
 
 /// A [`MessageStore`] in process memory: each stream a `BTreeMap` by position and its epoch,
@@ -118,6 +119,25 @@ impl MessageStore for MemoryStore {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
         Ok(self.lock().last_seq(stream))
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        let inner = self.lock();
+        let Some(log) = inner.streams.get(stream) else {
+            return Ok(None);
+        };
+        // The reference: a scan from the end. The real stores answer from an index.
+        Ok(log
+            .values()
+            .rev()
+            .find(|r| r.message.id() == id && r.message.timestamp() >= since && !r.is_expired(now))
+            .map(|r| r.seq))
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

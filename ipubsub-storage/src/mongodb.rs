@@ -4,7 +4,8 @@
 //! # Layout
 //! One collection, `messages`, one document per message:
 //! `{streamId, seq, messageId, acceptedAt, expiresAtMicros, expireAt, payload}`, with a unique
-//! index on `(streamId, seq)` (a read of one stream is one range of it) and a TTL index on
+//! index on `(streamId, seq)` (a read of one stream is one range of it), an index on
+//! `(streamId, messageId, seq)` for `find_message`, and a TTL index on
 //! `expireAt` (a BSON date, rounded up to the millisecond so that the server's TTL monitor
 //! never deletes a message early). Reads filter on `expiresAtMicros`, to the microsecond, so a
 //! message is never returned after its TTL whatever the monitor's lag (it runs once a
@@ -343,6 +344,19 @@ impl MongoStore {
                         IndexOptions::builder()
                             .unique(true)
                             .name("streamId_seq".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(OpenError::Indexes)?;
+        messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"streamId": 1, "messageId": 1, "seq": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .name("streamId_messageId_seq".to_owned())
                             .build(),
                     )
                     .build(),
@@ -710,6 +724,35 @@ impl MessageStore for MongoStore {
             out.push(record(stream, &doc)?);
         }
         Ok(out)
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        let mut cursor = self
+            .messages
+            .find(doc! {
+                "streamId": stream.as_str(),
+                "messageId": id.as_str(),
+                "acceptedAt": {"$gte": to_i64(since.as_micros())?},
+                "expiresAtMicros": {"$gt": to_i64(now.as_micros())?},
+            })
+            .sort(doc! {"seq": -1})
+            .limit(1)
+            .projection(doc! {"seq": 1, "_id": 0})
+            .await
+            .map_err(unavailable)?;
+        if cursor.advance().await.map_err(unavailable)? {
+            let doc = cursor.deserialize_current().map_err(unavailable)?;
+            return Ok(Some(Seq::new(to_u64(
+                doc.get_i64("seq").map_err(corrupt)?,
+            )?)));
+        }
+        Ok(None)
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {

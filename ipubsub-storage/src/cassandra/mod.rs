@@ -1,7 +1,7 @@
 //! [`CassandraStore`]: the persistent log in Apache Cassandra (or ScyllaDB), with the scylla
 //! driver and prepared statements throughout.
 //!
-//! # Layout (schema version 2)
+//! # Layout (schema version 3)
 //! - `log`: partition key `(stream_id, bucket)`, clustering key `seq` ascending; `bucket` is
 //!   `seq >> 16`, so a partition holds at most 65,536 consecutive positions of one epoch of a
 //!   stream (positions are counters, not clock readings: no clock, jumping or skewed, can
@@ -11,6 +11,12 @@
 //!   stream hold messages, so that a reader walks only non-empty partitions. Each entry is
 //!   written `USING TTL` until the latest expiry of its messages, with that expiry as the
 //!   write timestamp, so the longest-lived write always wins.
+//! - `log_ids` (version 3): partition key `(stream_id, message_id)`, clustering key `seq`
+//!   descending, with `accepted_at` and `expires_at`: where each message id of a stream is,
+//!   for [`MessageStore::find_message`]. Written with the row's own TTL, *before* the records
+//!   (see "Appends"). A lookup reads the id's one partition, then checks its latest
+//!   qualifying position against the fence and the `log` row itself, so an entry whose
+//!   records were fenced off or never written is not an answer.
 //! - `epochs`: partition key `stream_id`: the stream's current `epoch` and its `seals`, a map
 //!   from each earlier epoch to the last position of it that counts.
 //!
@@ -43,7 +49,11 @@
 //! # Appends
 //! Records are grouped by partition, and each partition's records go in one unlogged batch
 //! (atomic and isolated within a partition, no batch log); the partitions of a group commit are
-//! written concurrently. A failed append may therefore leave some streams' records written and
+//! written concurrently, each after the unlogged batch of its records' `log_ids` entries (one
+//! partition per record: this roughly doubles the rows an append writes, the cost of finding
+//! ids without a secondary index). Entries first: a record never exists without its entry,
+//! so a sender's retry after an ambiguous failure finds its message if it landed. A failed
+//! append may therefore leave some streams' records written and
 //! others not: the log treats every failed append as ambiguous already. Inserts are upserts, so
 //! a retried batch rewrites the same rows and never duplicates a position. A record at or
 //! below the highest position this store has seen for its stream is compared with what is
@@ -76,7 +86,7 @@ use fence::Fence;
 pub const BUCKET_BITS: u32 = 16;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// How long a bucket's index entry outlives the latest expiry of its messages.
 const INDEX_MARGIN_SECONDS: i32 = 600;
@@ -160,6 +170,8 @@ struct Inner {
     seal: PreparedStatement,
     insert: PreparedStatement,
     insert_bucket: PreparedStatement,
+    insert_id: PreparedStatement,
+    select_ids: PreparedStatement,
     select_one: PreparedStatement,
     select_after: PreparedStatement,
     select_last: PreparedStatement,
@@ -255,6 +267,17 @@ impl CassandraStore {
             ))
             .await
             .map_err(schema)?;
+        }
+        if found < 3 {
+            ddl(format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.log_ids (
+                    stream_id text, message_id blob, seq bigint,
+                    accepted_at bigint, expires_at bigint,
+                    PRIMARY KEY ((stream_id, message_id), seq)
+                 ) WITH CLUSTERING ORDER BY (seq DESC)"
+            ))
+            .await
+            .map_err(schema)?;
             ddl(format!(
                 "INSERT INTO {ks}.schema_version (id, version) VALUES (0, {SCHEMA_VERSION})"
             ))
@@ -308,6 +331,16 @@ impl CassandraStore {
                 "INSERT INTO {ks}.log_buckets (stream_id, bucket) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
             ))
             .await?,
+            insert_id: prepare(format!(
+                "INSERT INTO {ks}.log_ids (stream_id, message_id, seq, accepted_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            select_ids: prepare(format!(
+                "SELECT seq, accepted_at, expires_at FROM {ks}.log_ids
+                 WHERE stream_id = ? AND message_id = ? LIMIT 1000"
+            ))
+            .await?,
             select_one: prepare(format!(
                 "SELECT {columns} FROM {ks}.log WHERE stream_id = ? AND bucket = ? AND seq = ?"
             ))
@@ -340,13 +373,13 @@ impl CassandraStore {
 }
 
 impl Inner {
-    /// The stored row at `record`'s position, if any.
-    async fn stored(&self, record: &LogRecord) -> Result<Option<Row>, StoreError> {
-        let seq = record.seq.get();
+    /// The stored row at `seq` of `stream`, if any.
+    async fn stored(&self, stream: &StreamId, seq: Seq) -> Result<Option<Row>, StoreError> {
+        let seq = seq.get();
         self.session
             .execute_unpaged(
                 &self.select_one,
-                (record.stream.as_str(), bucket_of(seq), to_i64(seq)?),
+                (stream.as_str(), bucket_of(seq), to_i64(seq)?),
             )
             .await
             .map_err(unavailable)?
@@ -385,6 +418,26 @@ async fn write_partition(
     bucket: i64,
     records: Vec<LogRecord>,
 ) -> Result<(), StoreError> {
+    // The id entries first: a record is never stored without its entry.
+    let mut entries = Batch::new(BatchType::Unlogged);
+    let mut values = Vec::with_capacity(records.len());
+    for record in &records {
+        entries.append_statement(inner.insert_id.clone());
+        values.push((
+            stream.as_str(),
+            record.message.id().as_str().as_bytes(),
+            to_i64(record.seq.get())?,
+            to_i64(record.message.timestamp().as_micros())?,
+            to_i64(record.expires_at.as_micros())?,
+            ttl_seconds(record.expires_at, record.message.timestamp()),
+        ));
+    }
+    entries.set_consistency(inner.consistency);
+    inner
+        .session
+        .batch(&entries, values)
+        .await
+        .map_err(unavailable)?;
     let mut statements = Batch::new(BatchType::Unlogged);
     let mut values = Vec::with_capacity(records.len());
     for record in &records {
@@ -492,7 +545,7 @@ impl MessageStore for CassandraStore {
                 }
             };
             if record.seq <= known
-                && let Some(row) = inner.stored(record).await?
+                && let Some(row) = inner.stored(&record.stream, record.seq).await?
                 && !holds(&row, record)
             {
                 return Err(StoreError::Conflict {
@@ -584,6 +637,46 @@ impl MessageStore for CassandraStore {
         let inner = &*self.inner;
         let fence = inner.whole_fence(stream).await?;
         inner.last_counted(stream, &fence).await
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        let inner = &*self.inner;
+        let entries: Vec<(i64, i64, i64)> = inner
+            .session
+            .execute_unpaged(&inner.select_ids, (stream.as_str(), id.as_str().as_bytes()))
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .rows::<(i64, i64, i64)>()
+            .map_err(corrupt)?
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?;
+        let mut fence = None;
+        // Latest first (the clustering order); the few an id has.
+        for (seq, accepted_at, expires_at) in entries {
+            if to_u64(accepted_at)? < since.as_micros() || to_u64(expires_at)? <= now.as_micros() {
+                continue;
+            }
+            let seq = Seq::new(to_u64(seq)?);
+            let fence = match &fence {
+                Some(fence) => fence,
+                None => fence.insert(inner.fence(stream).await?),
+            };
+            if !fence.counts(seq) {
+                continue; // written after a takeover sealed its epoch below it
+            }
+            if inner.stored(stream, seq).await?.is_some() {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {

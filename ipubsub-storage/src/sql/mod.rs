@@ -16,6 +16,8 @@
 //!   (`ipubsub_epochs.lease`, the sequence `ipubsub_lease_ids`, `ipubsub_revocations` and
 //!   two advisory locks per lease; see [`postgres`]), because a row read and locked on
 //!   every commit cost a quarter of PostgreSQL's append rate.
+//! - An index on `(stream_id, message_id, seq)` (PostgreSQL's version 4, MySQL's version 3),
+//!   for `find_message`: one index probe per lookup, one more index entry per append.
 //!
 //! `ipubsub_schema` holds the schema version, so that a later version can migrate the tables
 //! it finds.

@@ -14,7 +14,7 @@
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, MySql, Transaction};
@@ -27,7 +27,7 @@ use super::{
 const BACKEND: &str = "MySQL";
 
 /// The schema version this backend writes and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Version 1 of the schema (ids up to the protocol's 256 bytes, messages up to 4 GiB).
 const SCHEMA_V1: &str = "
@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS ipubsub_epochs (
     stream_id VARBINARY(256) NOT NULL PRIMARY KEY,
     epoch     BIGINT         NOT NULL
 ) ENGINE = InnoDB";
+
+/// Version 3: the message id index, for `find_message` (the idempotent sends of the log),
+/// `seq` last so that an id's latest position is its last entry. MySQL 8 has no `IF NOT
+/// EXISTS` for indexes: the migration looks in `information_schema` first.
+const SCHEMA_V3: &str = "
+ALTER TABLE ipubsub_messages
+    ADD INDEX ipubsub_messages_message_id (stream_id, message_id, seq)";
 
 /// Most bytes of SQL text per insert statement (far below the default `max_allowed_packet`
 /// of 16 MiB on MariaDB and 64 MiB on MySQL 8).
@@ -281,8 +288,23 @@ async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
             .await
             .map_err(schema)?;
         for version in super::missing_versions(found, SCHEMA_VERSION, BACKEND)? {
-            let ddl = if version == 1 { SCHEMA_V1 } else { SCHEMA_V2 };
-            sqlx::query(ddl).execute(&mut *conn).await.map_err(schema)?;
+            let ddl = match version {
+                1 => SCHEMA_V1,
+                2 => SCHEMA_V2,
+                _ => SCHEMA_V3,
+            };
+            // A migrator that died between its DDL and its version row left the index.
+            let indexed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.statistics
+                 WHERE table_schema = DATABASE() AND table_name = 'ipubsub_messages'
+                   AND index_name = 'ipubsub_messages_message_id'",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(schema)?;
+            if !(version == 3 && indexed > 0) {
+                sqlx::query(ddl).execute(&mut *conn).await.map_err(schema)?;
+            }
             sqlx::query("INSERT INTO ipubsub_schema (version) VALUES (?)")
                 .bind(version)
                 .execute(&mut *conn)
@@ -341,6 +363,28 @@ impl MessageStore for MySqlStore {
         rows.into_iter()
             .map(|row| Row::from(row).into_record(stream))
             .collect()
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM ipubsub_messages
+             WHERE stream_id = ? AND message_id = ? AND accepted_at >= ? AND expires_at > ?
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.as_str().as_bytes())
+        .bind(id.as_str().as_bytes())
+        .bind(to_i64(since.as_micros())?)
+        .bind(to_i64(now.as_micros())?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        found.map(|seq| to_u64(seq).map(Seq::new)).transpose()
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {

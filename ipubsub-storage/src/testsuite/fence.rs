@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipubsub_core::{Appended, Epoch, MessageStore, Seq, StreamId, Tenure, Timestamp};
+use ipubsub_core::{Appended, Epoch, MessageId, MessageStore, Seq, StreamId, Tenure, Timestamp};
 
 use super::{Case, LONG, at, first, ok, seqs, wrote};
 
@@ -129,15 +129,17 @@ async fn writers_race_an_acquisition<S: MessageStore>(
                     for i in 1..=10_000 {
                         let record = c.record(&s, w * 100_000 + i, LONG);
                         match store.append(std::slice::from_ref(&record)).await {
-                            Ok(appended) if appended.is_fenced(&s) => return (acked, None),
+                            Ok(appended) if appended.is_fenced(&s) => {
+                                return (acked, None, Some(record.seq));
+                            }
                             Ok(_) => {
                                 acked.push(record.seq);
                                 landed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            Err(_) => return (acked, Some(record.seq)),
+                            Err(_) => return (acked, Some(record.seq), None),
                         }
                     }
-                    (acked, None)
+                    (acked, None, None)
                 })
             })
             .collect();
@@ -153,13 +155,14 @@ async fn writers_race_an_acquisition<S: MessageStore>(
         }
         let tenure = ok(name, "acquire", acquirer.acquire(&s).await).await;
         let at_fence = read_all(name, acquirer, &s, c.now).await;
-        let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+        let (mut acked, mut unknown, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for writer in writers {
-            let (ok, failed) = writer
+            let (ok, failed, fenced) = writer
                 .await
                 .unwrap_or_else(|e| panic!("[{name}] writer panicked: {e}"));
             acked.extend(ok);
             unknown.extend(failed);
+            refused.extend(fenced);
         }
         let after = read_all(name, &**store, &s, c.now).await;
         acked.sort();
@@ -187,6 +190,28 @@ async fn writers_race_an_acquisition<S: MessageStore>(
             after.last().copied().unwrap_or(Seq::ZERO),
             "[{name}] round {round}: the tenure's last position"
         );
+        // An id lookup counts what reads count: the last acknowledged record of the round
+        // is found, a refused one never (also where the store wrote it before fencing it).
+        let since = Timestamp::from_micros(c.now.as_micros() - 1);
+        // An append that failed may have landed or not: found exactly when a read has it.
+        let mut probes: Vec<(Seq, Option<Seq>)> = refused.into_iter().map(|q| (q, None)).collect();
+        probes.extend(
+            unknown
+                .iter()
+                .map(|&q| (q, after.contains(&q).then_some(q))),
+        );
+        if let Some(&last) = acked.last() {
+            probes.push((last, Some(last)));
+        }
+        for (seq, want) in probes {
+            let id = MessageId::new(format!("m-{}", seq.counter())).expect("valid id");
+            let found = acquirer.find_message(&s, &id, since, c.now).await;
+            assert_eq!(
+                ok(name, "find_message", found).await,
+                want,
+                "[{name}] round {round}: position {seq}"
+            );
+        }
     }
 }
 
@@ -214,6 +239,21 @@ pub(super) async fn two_stores_take_a_stream_in_turn(a: &impl MessageStore, b: &
         Appended::fenced(vec![s.clone()]),
         "[{name}] the first store's epoch is refused"
     );
+    // Refused, perhaps after it was written (a store that fences after writing): never found.
+    let id = MessageId::new("m-3").expect("valid id");
+    let since = Timestamp::from_micros(c.now.as_micros() - 1);
+    for (who, store) in [("second", b as &dyn MessageStore), ("first", a)] {
+        let found = ok(
+            name,
+            "find_message",
+            store.find_message(&s, &id, since, c.now).await,
+        )
+        .await;
+        assert_eq!(
+            found, None,
+            "[{name}] the refused record, asked of the {who} store"
+        );
+    }
     wrote(name, b, &[c.record_in(second, &s, 1, LONG)]).await;
     let tenure = ok(name, "acquire by the first again", a.acquire(&s).await).await;
     assert_eq!(

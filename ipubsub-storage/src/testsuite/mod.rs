@@ -100,6 +100,7 @@ impl Case {
 }
 
 mod fence;
+mod find;
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -182,6 +183,8 @@ where
     expired_records_are_hidden(&store).await;
     purge_removes_expired_records_in_bounded_batches(&store, expiry).await;
     many_streams_in_one_batch(&store).await;
+    find::an_id_is_found_by_stream_and_acceptance_time(&store).await;
+    find::expired_and_purged_records_are_not_found(&store, expiry).await;
     fence::an_acquisition_fences_the_older_epoch(&store).await;
     fence::a_batch_is_fenced_stream_by_stream(&store).await;
     let store = Arc::new(store);
@@ -558,4 +561,7 @@ async fn appends_survive_a_reopen_after(
         (2, at(first(), 5)),
         "[{name}] the epoch survives a reopen"
     );
+    if let Some(last) = written.last() {
+        find::an_id_is_found_after_a_reopen(store, &s, last).await;
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Executor, Postgres, Transaction};
@@ -33,7 +33,7 @@ use super::{OpenError, Row, RowTuple, SqlConfig, is_duplicate, to_i64, to_u64, u
 const BACKEND: &str = "PostgreSQL";
 
 /// The schema version this backend writes and understands.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// How long an acquisition keeps asking a live holder to release its stream (it ends the
 /// holder's lease after [`REVOKE_WAIT`]) before it fails as unavailable.
@@ -77,6 +77,13 @@ CREATE TABLE IF NOT EXISTS ipubsub_revocations (
     requested_at BIGINT NOT NULL,
     PRIMARY KEY (lease, stream_id)
 );
+";
+
+/// Version 4: the message id index, for `find_message` (the idempotent sends of the log).
+/// `seq` last, so that an id's latest position is the index's last entry for it.
+const SCHEMA_V4: &str = "
+CREATE INDEX IF NOT EXISTS ipubsub_messages_message_id
+    ON ipubsub_messages (stream_id, message_id, seq);
 ";
 
 /// The records of the batch, written only while the lease is alive: the guard (`$7` the
@@ -474,7 +481,8 @@ async fn migrate(pool: &PgPool) -> Result<(), OpenError> {
         let ddl = match version {
             1 => SCHEMA_V1,
             2 => SCHEMA_V2,
-            _ => SCHEMA_V3,
+            3 => SCHEMA_V3,
+            _ => SCHEMA_V4,
         };
         sqlx::raw_sql(ddl).execute(&mut *tx).await.map_err(schema)?;
         sqlx::query("INSERT INTO ipubsub_schema (version) VALUES ($1)")
@@ -562,6 +570,28 @@ impl MessageStore for PostgresStore {
         rows.into_iter()
             .map(|row| Row::from(row).into_record(stream))
             .collect()
+    }
+
+    async fn find_message(
+        &self,
+        stream: &StreamId,
+        id: &MessageId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM ipubsub_messages
+             WHERE stream_id = $1 AND message_id = $2 AND accepted_at >= $3 AND expires_at > $4
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.as_str())
+        .bind(id.as_str().as_bytes())
+        .bind(to_i64(since.as_micros())?)
+        .bind(to_i64(now.as_micros())?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        found.map(|seq| to_u64(seq).map(Seq::new)).transpose()
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
