@@ -53,7 +53,7 @@ pub use engine::{
 };
 pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
-pub use log::{AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError};
+pub use log::{Append, AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError, Written};
 pub use message::Message;
 pub use store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
 pub use time::{Clock, ManualClock, OffsetClock, SystemClock, Timestamp};

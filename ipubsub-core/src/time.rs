@@ -34,6 +34,14 @@ impl Timestamp {
         )
     }
 
+    /// This timestamp moved `d` earlier, saturating at the epoch.
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+
     /// How long after `earlier` this is; zero when `earlier` is later.
     pub fn saturating_since(self, earlier: Self) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))

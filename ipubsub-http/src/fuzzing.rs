@@ -45,9 +45,10 @@ pub fn send_body(body: &[u8]) {
                 );
                 assert!(redrive.dead_letter.as_ref() != Some(&send.stream));
             }
-            SendKind::Log { ttl } => {
+            SendKind::Log { ttl, dedupe_window } => {
                 assert!(persistence, "a log send accepted without persistence");
                 assert!(!ttl.is_zero() && ttl <= config.max_ttl);
+                assert!(dedupe_window <= config.max_dedupe_window);
             }
         }
     }

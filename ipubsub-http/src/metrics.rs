@@ -607,6 +607,33 @@ impl Collector for State {
             "Group commits written",
             ConstCounter::new(log.commits),
         )?;
+        constant(
+            &mut encoder,
+            "log_duplicates",
+            "Persistent sends answered as duplicates of a message the log holds within their \
+             dedupe window (nothing written)",
+            ConstCounter::new(log.duplicates),
+        )?;
+        constant(
+            &mut encoder,
+            "log_id_lookups",
+            "Message ids looked up in the store for a deduplicating persistent send (while its \
+             window reaches back before this node acquired the stream)",
+            ConstCounter::new(log.id_lookups),
+        )?;
+        constant(
+            &mut encoder,
+            "log_remembered_ids",
+            "Message ids of deduplicating persistent sends this node remembers",
+            ConstGauge::new(i64::try_from(log.remembered_ids).unwrap_or(i64::MAX)),
+        )?;
+        constant(
+            &mut encoder,
+            "log_unremembered_ids",
+            "Deduplicating persistent sends not remembered for storage.max_remembered_ids; \
+             their streams ask the store instead",
+            ConstCounter::new(log.unremembered_ids),
+        )?;
         let mut metric = encoder.encode_descriptor(
             "log_commit_size",
             "Messages per group commit",

@@ -67,7 +67,11 @@ pub(crate) enum SendKind {
         dedupe_window: Duration,
     },
     /// The persistent log only, to expire after `ttl`.
-    Log { ttl: Duration },
+    Log {
+        ttl: Duration,
+        /// `dedupeWindowSeconds` (or the configured default); zero: none.
+        dedupe_window: Duration,
+    },
 }
 
 /// Parses and validates a send body. `persistence` tells whether this node has a log.
@@ -100,18 +104,13 @@ pub(crate) fn parse(
             "dbTTLSeconds applies only with writeToDB: true",
         ));
     }
-    if persistent && parsed.dedupe_window_seconds.is_some_and(|w| w > 0) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "dedupeWindowSeconds applies to in-memory streams; deduplicating writeToDB sends is not available yet",
-        ));
-    }
     if persistent && (parsed.max_deliveries.is_some() || parsed.dead_letter_stream_id.is_some()) {
         return Err(ApiError::new(
             ErrorCode::InvalidField,
             "maxDeliveries and deadLetterStreamId apply to in-memory streams, not with writeToDB: true",
         ));
     }
+    let dedupe_window = dedupe_window(&parsed, config)?;
     if persistent {
         let ttl = match parsed.db_ttl_seconds {
             None => config.default_ttl,
@@ -138,7 +137,7 @@ pub(crate) fn parse(
             stream,
             id,
             payload,
-            kind: SendKind::Log { ttl },
+            kind: SendKind::Log { ttl, dedupe_window },
         });
     }
     let size = parsed
@@ -173,21 +172,6 @@ pub(crate) fn parse(
         ));
     }
     let redrive = redrive(&parsed, &stream, config)?;
-    let dedupe_window = match parsed.dedupe_window_seconds {
-        None => config.default_dedupe_window,
-        Some(secs) if Duration::from_secs(secs) <= config.max_dedupe_window => {
-            Duration::from_secs(secs)
-        }
-        Some(secs) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "dedupeWindowSeconds is {secs}, the limit is {}",
-                    config.max_dedupe_window.as_secs()
-                ),
-            ));
-        }
-    };
     Ok(SendRequest {
         stream,
         id,
@@ -204,8 +188,23 @@ pub(crate) fn parse(
     })
 }
 
-/// `body` as a `T`, which must be a JSON object and nothing after it; an error in the API's
-/// words otherwise.
+/// The dedupe window a send asks for: `dedupeWindowSeconds`, or the configured default.
+fn dedupe_window(parsed: &Body<'_>, config: &HttpConfig) -> Result<Duration, ApiError> {
+    match parsed.dedupe_window_seconds {
+        None => Ok(config.default_dedupe_window),
+        Some(secs) if Duration::from_secs(secs) <= config.max_dedupe_window => {
+            Ok(Duration::from_secs(secs))
+        }
+        Some(secs) => Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "dedupeWindowSeconds is {secs}, the limit is {}",
+                config.max_dedupe_window.as_secs()
+            ),
+        )),
+    }
+}
+
 /// The redrive policy a send asks for: `maxDeliveries` (at least 1), then
 /// `deadLetterStreamId` (another stream) or nothing.
 fn redrive(parsed: &Body<'_>, stream: &StreamId, config: &HttpConfig) -> Result<Redrive, ApiError> {
@@ -241,6 +240,8 @@ fn redrive(parsed: &Body<'_>, stream: &StreamId, config: &HttpConfig) -> Result<
     }
 }
 
+/// `body` as a `T`, which must be a JSON object and nothing after it; an error in the API's
+/// words otherwise.
 pub(crate) fn from_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // serde would also read a struct from a JSON array; the API takes objects only.
     if body
@@ -324,15 +325,17 @@ pub(crate) async fn run_memory(
     }
 }
 
-/// Appends to the persistent log and answers with the message's resume token once durable.
+/// Appends to the persistent log (unless its id is in the log within `window`) and answers
+/// with the message's resume token once durable, and whether it was a duplicate.
 pub(crate) async fn run_log(
     log: &Log,
     stream: StreamId,
     message: Message,
-    ttl: Duration,
+    (ttl, window): (Duration, Duration),
     limit: Duration,
-) -> Result<String, ApiError> {
-    let seq = match tokio::time::timeout(limit, log.append(stream.clone(), message, ttl)).await {
+) -> Result<(String, bool), ApiError> {
+    let append = log.append_once(stream.clone(), message, ttl, window);
+    let written = match tokio::time::timeout(limit, append).await {
         Ok(result) => result?,
         Err(_elapsed) => {
             return Err(ApiError::new(
@@ -341,7 +344,10 @@ pub(crate) async fn run_log(
             ));
         }
     };
-    Ok(ResumeToken::new(&stream, seq).to_string())
+    Ok((
+        ResumeToken::new(&stream, written.seq).to_string(),
+        written.duplicate,
+    ))
 }
 
 #[cfg(test)]
@@ -560,12 +566,23 @@ mod tests {
         assert!(
             matches!(r.kind, SendKind::Memory { dedupe_window, .. } if dedupe_window.is_zero())
         );
+        // The log takes a window too, and the default.
         let log = parse(
             br#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true,"dedupeWindowSeconds":5}"#,
             &config,
             true,
+        )?;
+        assert!(
+            matches!(log.kind, SendKind::Log { dedupe_window, .. } if dedupe_window == Duration::from_secs(5))
         );
-        assert!(matches!(log, Err(e) if e.message.contains("not available yet")));
+        let log = parse(
+            br#"{"streamId":"s","messageUuid":"m","message":1,"writeToDB":true}"#,
+            &config,
+            true,
+        )?;
+        assert!(
+            matches!(log.kind, SendKind::Log { dedupe_window, .. } if dedupe_window == Duration::from_secs(60))
+        );
         Ok(())
     }
 
@@ -605,7 +622,8 @@ mod tests {
         assert_eq!(
             r.kind,
             SendKind::Log {
-                ttl: Duration::from_secs(86_400)
+                ttl: Duration::from_secs(86_400),
+                dedupe_window: Duration::ZERO,
             }
         );
         // In-memory fields do not apply, not even the size-0 rule.
@@ -615,7 +633,8 @@ mod tests {
         assert_eq!(
             r.kind,
             SendKind::Log {
-                ttl: Duration::from_secs(5)
+                ttl: Duration::from_secs(5),
+                dedupe_window: Duration::ZERO,
             }
         );
         for bad in [

@@ -273,6 +273,9 @@ pub struct StorageSection {
     /// Most log streams whose positions a node keeps; beyond it an idle one is forgotten,
     /// and with none idle a persistent request answers `503 TOO_MANY_STREAMS`.
     pub max_log_streams: usize,
+    /// Most message ids of deduplicating persistent sends a node remembers at once (all
+    /// streams together); past it, their streams ask the store instead.
+    pub max_remembered_ids: usize,
     /// How often expired messages are purged.
     pub purge_interval_seconds: u64,
     /// Most messages deleted by one purge call (purges loop in batches of this size).
@@ -303,6 +306,7 @@ impl Default for StorageSection {
             max_queued_appends: 100_000,
             max_queued_bytes: 64 << 20,
             max_log_streams: 1_000_000,
+            max_remembered_ids: 1_000_000,
             purge_interval_seconds: 10,
             purge_batch: 1000,
             store_timeout_seconds: 10,
@@ -762,6 +766,7 @@ impl Config {
         c.max_queued = self.storage.max_queued_appends;
         c.max_queued_bytes = self.storage.max_queued_bytes;
         c.max_streams = self.storage.max_log_streams;
+        c.max_remembered_ids = self.storage.max_remembered_ids;
         c
     }
 

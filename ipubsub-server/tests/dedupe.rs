@@ -1,6 +1,6 @@
 //! Idempotent sends against the real server binary: a send of an id its stream accepted
-//! within its dedupe window adds no copy and says so, alone, in a batch, through any node and
-//! across a graceful leave.
+//! within its dedupe window adds no copy and says so, alone, in a batch, through any node,
+//! across a graceful leave, and (the persistent log) when a stream's owner is killed.
 
 mod common;
 
@@ -79,17 +79,6 @@ async fn a_retried_send_within_the_window_adds_no_copy_and_says_so() -> TestResu
         Some(1.0)
     );
 
-    let (status, _, body) = send(
-        &server,
-        "log",
-        "l-1",
-        json!({"writeToDB": true, "dedupeWindowSeconds": 5}),
-    )
-    .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, "INVALID_FIELD")
-    );
     let (status, _, body) =
         send(&server, "big", "b-1", json!({"dedupeWindowSeconds": 86401})).await;
     assert_eq!(
@@ -159,5 +148,71 @@ async fn the_window_holds_through_any_node_and_across_a_graceful_leave() -> Test
         );
     }
     println!("{remembered:?} ids remembered by the leaving node");
+    Ok(())
+}
+
+/// The log's window holds across ownership moves on a shared store: the owner of each
+/// stream is killed with `kill -9`, and retries through the survivors (the streams' new
+/// owners, which never saw the ids) are answered with the first send's token; each log holds
+/// one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_window_holds_when_an_owner_is_killed() -> TestResult {
+    const STREAMS: usize = 12;
+    let url = std::env::var("IPUBSUB_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://ipubsub:ipubsub@127.0.0.1:5432/ipubsub".to_owned());
+    let env = [
+        ("IPUBSUB_STORAGE__BACKEND", "postgres"),
+        ("IPUBSUB_STORAGE__POSTGRES__URL", url.as_str()),
+    ];
+    let mut cluster = Cluster::start_configured(3, 3, "", &env);
+    cluster.converge(3, Duration::from_secs(15)).await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let window = json!({"writeToDB": true, "dedupeWindowSeconds": 300});
+    let mut tokens = Vec::new();
+    for i in 0..STREAMS {
+        let stream = format!("log-idem-{nanos}-{i}");
+        let (status, duplicate, body) = send(cluster.node(0), &stream, "m", window.clone()).await;
+        assert_eq!((status, duplicate), (StatusCode::OK, false), "{body}");
+        tokens.push((stream, body["dbResumeToken"].clone()));
+    }
+    let lookups_before = cluster
+        .node(2)
+        .client()
+        .metric("ipubsub_log_id_lookups_total ")
+        .await
+        .unwrap_or(0.0);
+    let killed = cluster.nodes[1].take().ok_or("node 1")?;
+    drop(killed.kill9());
+    cluster.converge(2, Duration::from_secs(15)).await;
+    for (stream, token) in &tokens {
+        for via in [0, 2] {
+            let (status, duplicate, body) =
+                send(cluster.node(via), stream, "m", window.clone()).await;
+            assert_eq!(
+                (status, duplicate, &body["dbResumeToken"]),
+                (StatusCode::OK, true, token),
+                "{stream} via node {via}: {body}"
+            );
+        }
+        let query = format!("streamId={stream}&readFromDB=true&maxMessages=10&timeoutSeconds=0");
+        let (_, body) = cluster.node(2).receive(&query).await;
+        assert_eq!(body["messages"].as_array().map(Vec::len), Some(1), "{body}");
+    }
+    let lookups = cluster
+        .node(0)
+        .client()
+        .metric("ipubsub_log_id_lookups_total ")
+        .await
+        .unwrap_or(0.0)
+        + cluster
+            .node(2)
+            .client()
+            .metric("ipubsub_log_id_lookups_total ")
+            .await
+            .unwrap_or(0.0);
+    println!("{lookups} id lookups on the survivors (node 2 had {lookups_before})");
+    assert!(lookups > lookups_before, "the new owners asked the store");
     Ok(())
 }

@@ -124,6 +124,7 @@ on_every_store!(
     tokens_are_bound_to_their_stream,
     expired_messages_are_never_returned,
     acknowledged_messages_and_tokens_survive_kill_9,
+    a_deduplicated_send_stays_one_message_across_kill_9,
 );
 
 fn persistent(stream: &str, id: &str, ttl: Option<u64>) -> Value {
@@ -352,6 +353,90 @@ async fn acknowledged_messages_and_tokens_survive_kill_9(store: &Store) -> TestR
     let (_, body) = server.receive(&everything).await;
     assert_eq!(ids(&body).last().map(String::as_str), Some("after-restart"));
     assert_eq!(body["messages"][100]["dbResumeToken"], json!(last));
+    Ok(())
+}
+
+/// A persistent send with a dedupe window: its status, whether it was answered as a
+/// duplicate (the header), and its body.
+async fn send_once(server: &TestServer, stream: &str, id: &str) -> (StatusCode, bool, Value) {
+    let mut body = persistent(stream, id, None);
+    body["dedupeWindowSeconds"] = json!(300);
+    let (status, headers, bytes) = server
+        .client()
+        .exchange(
+            hyper::Method::POST,
+            "/api/v1/streams/send",
+            body.to_string(),
+            &[],
+        )
+        .await;
+    let duplicate = headers
+        .get("x-ipubsub-duplicate")
+        .is_some_and(|v| v == "true");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, duplicate, body)
+}
+
+async fn a_deduplicated_send_stays_one_message_across_kill_9(store: &Store) -> TestResult {
+    let server = store.start();
+    let stream = store.stream("once");
+    let (status, duplicate, first) = send_once(&server, &stream, "d-1").await;
+    assert_eq!((status, duplicate), (StatusCode::OK, false), "{first}");
+    let token = first["dbResumeToken"].clone();
+    let (status, duplicate, again) = send_once(&server, &stream, "d-1").await;
+    assert_eq!(
+        (status, duplicate, again),
+        (
+            StatusCode::OK,
+            true,
+            json!({"dbResumeToken": token, "duplicate": true})
+        ),
+        "a retry is answered as the first send was"
+    );
+    let item = |id: &str| {
+        json!({"streamId": stream, "messageUuid": id, "message": 1, "writeToDB": true,
+               "dedupeWindowSeconds": 300})
+    };
+    let batch = json!({"messages": [item("d-1"), item("d-2"), item("d-2")]});
+    let (status, answer) = server
+        .call(
+            hyper::Method::POST,
+            "/api/v1/streams/sendBatch",
+            &batch.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let results = &answer["results"];
+    assert_eq!(
+        (&results[0]["duplicate"], &results[0]["dbResumeToken"]),
+        (&json!(true), &token)
+    );
+    assert_eq!(results[1].get("duplicate"), None, "{answer}");
+    assert_eq!(results[2]["duplicate"], json!(true), "{answer}");
+    assert_eq!(results[2]["dbResumeToken"], results[1]["dbResumeToken"]);
+
+    // The node dies and comes back (a new process; the same store): it does not remember
+    // the ids itself, the store does.
+    let dir = server.kill9();
+    let config = dir.path().join("config.yaml");
+    let data = dir.path().join("data");
+    let server = TestServer::spawn(dir, &config, &data, &[]);
+    let (status, duplicate, again) = send_once(&server, &stream, "d-1").await;
+    assert_eq!(
+        (status, duplicate, &again["dbResumeToken"]),
+        (StatusCode::OK, true, &token),
+        "after kill -9: {again}"
+    );
+    let lookups = server
+        .client()
+        .metric("ipubsub_log_id_lookups_total ")
+        .await;
+    assert!(lookups.is_some_and(|n| n >= 1.0), "{lookups:?}");
+    // Without a window, the same id is a message like any other (v1).
+    send_persistent(&server, &stream, "d-1").await;
+    let everything = format!("streamId={stream}&readFromDB=true&maxMessages=100&timeoutSeconds=0");
+    let (_, body) = server.receive(&everything).await;
+    assert_eq!(ids(&body), ["d-1", "d-2", "d-1"]);
     Ok(())
 }
 

@@ -104,6 +104,8 @@ impl Log {
             if let Some(log) = shard.get_mut(&record.stream)
                 && log.epoch() == Some(record.seq.epoch())
             {
+                // Never written: a retry of its id is no duplicate.
+                log.withdraw(record.message.id(), record.seq);
                 log.settle(record.seq);
             }
         }

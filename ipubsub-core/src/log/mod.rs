@@ -17,6 +17,7 @@
 //! its stream has been settled.
 
 mod commit;
+mod dedupe;
 mod state;
 mod stats;
 mod wait;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use commit::{Pending, Queue, queued_bytes};
+use dedupe::{IdBudget, Known};
 use state::StreamLog;
 use wait::{Completion, LoadWait, Tail};
 
@@ -64,6 +66,11 @@ pub struct LogConfig {
     /// waiting), which is simply acquired again on its next use; with none idle, it fails
     /// with [`ReadError::TooManyStreams`].
     pub max_streams: usize,
+    /// Most message ids of deduplicating appends ([`Log::append_once`]) this node remembers
+    /// at once, over all streams (about 100 bytes each, besides the id). Past it, an id is
+    /// not remembered and its stream asks the store about every deduplicating append until
+    /// it is acquired again: slower, never wrong. Counted in [`LogStats::unremembered_ids`].
+    pub max_remembered_ids: usize,
 }
 
 /// How many times an append acquires its stream before it gives up with
@@ -86,6 +93,7 @@ impl Default for LogConfig {
             max_queued: 100_000,
             max_queued_bytes: 64 << 20,
             max_streams: 1_000_000,
+            max_remembered_ids: 1_000_000,
         }
     }
 }
@@ -124,6 +132,29 @@ pub enum AppendError {
     /// The log is closed.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// What an append wrote, or found written already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The message's position: where it was written, or (a duplicate) where the earlier
+    /// message of its id is.
+    pub seq: Seq,
+    /// True if nothing was written, the id being in the log already ([`Log::append_once`]).
+    pub duplicate: bool,
+}
+
+/// One append of [`Log::append_all`].
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The stream whose log takes it.
+    pub stream: StreamId,
+    /// The message, stamped with its acceptance time.
+    pub message: Message,
+    /// How long after its acceptance it expires.
+    pub ttl: Duration,
+    /// Its dedupe window ([`Log::append_once`]); zero: none.
+    pub dedupe_window: Duration,
 }
 
 /// Why a read failed.
@@ -181,6 +212,38 @@ struct Inner {
     /// over a newer load's.
     loads: AtomicU64,
     counters: stats::Counters,
+    /// The ids deduplicating appends remember, over all streams.
+    ids: Arc<IdBudget>,
+}
+
+/// How one attempt to queue an append ended.
+enum Step {
+    /// Queued at a new position.
+    Queued,
+    /// The stream's entry is gone, loading, or its epoch used up: load it again.
+    Reload,
+    /// A duplicate of the record at this position (settled, or found in the store).
+    Duplicate(Seq),
+    /// A duplicate of this node's append at this position, not settled yet: wait for it
+    /// to settle, then look again (it may have failed).
+    Pending(Seq),
+    /// Only the store can tell whether it holds the id: ask it, under this epoch.
+    AskStore(Epoch),
+}
+
+/// A deduplicating append: its window, and what the store said of its id, under which epoch.
+struct Once {
+    window: Duration,
+    asked: Option<(Epoch, Option<Seq>)>,
+}
+
+/// An append that failed to load its stream, in the append's words.
+fn load_failed(e: ReadError) -> AppendError {
+    match e {
+        ReadError::Store(e) => AppendError::Store(Arc::new(e)),
+        ReadError::TooManyStreams { max } => AppendError::TooManyStreams { max },
+        _ => AppendError::ShuttingDown,
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -219,6 +282,7 @@ impl Log {
         let shards = (0..config.shards.max(1))
             .map(|_| Mutex::new(HashMap::new()))
             .collect();
+        let ids = Arc::new(IdBudget::new(config.max_remembered_ids));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -231,6 +295,7 @@ impl Log {
                 waiters: AtomicUsize::new(0),
                 loads: AtomicU64::new(0),
                 counters: stats::Counters::default(),
+                ids,
             }),
         }
     }
@@ -251,24 +316,73 @@ impl Log {
         done.wait().await
     }
 
-    /// Appends every `(stream, message, ttl)` of `appends` as [`append`](Self::append) does
-    /// each, and answers each in their order. They are queued together, in their order,
-    /// before any is awaited: those of one stream take positions in that order, and the
-    /// commit workers write them in as few store calls as their batch size allows.
+    /// Appends `message` as [`append`](Self::append) does, unless `stream` holds a message
+    /// of the same id accepted within the last `window` and not expired: then nothing is
+    /// written, and the answer is that message's position, marked a duplicate. A zero
+    /// `window` is a plain append.
+    ///
+    /// This holds across nodes and restarts: the ids this node wrote since it acquired the
+    /// stream it remembers (up to [`LogConfig::max_remembered_ids`]); for the others, while
+    /// the window reaches back past the acquisition, it asks the store
+    /// ([`MessageStore::find_message`]). Two appends of one id racing on this node write one
+    /// record: the second waits for the first's outcome (and is written if the first fails).
+    pub async fn append_once(
+        &self,
+        stream: StreamId,
+        message: Message,
+        ttl: Duration,
+        window: Duration,
+    ) -> Result<Written, AppendError> {
+        let done = Arc::new(Completion::default());
+        match self
+            .enqueue_once(&stream, message, ttl, window, &done)
+            .await?
+        {
+            Some(seq) => Ok(Written {
+                seq,
+                duplicate: true,
+            }),
+            None => done.wait().await.map(|seq| Written {
+                seq,
+                duplicate: false,
+            }),
+        }
+    }
+
+    /// Appends every one of `appends` as [`append_once`](Self::append_once) does each, and
+    /// answers each in their order. They are queued together, in their order, before any is
+    /// awaited: those of one stream take positions in that order, and the commit workers
+    /// write them in as few store calls as their batch size allows. (A deduplicating append
+    /// may wait for the store, or for an earlier append of its id, before it is queued.)
     pub async fn append_all(
         &self,
-        appends: impl IntoIterator<Item = (StreamId, Message, Duration)>,
-    ) -> Vec<Result<Seq, AppendError>> {
+        appends: impl IntoIterator<Item = Append>,
+    ) -> Vec<Result<Written, AppendError>> {
         let mut queued = Vec::new();
-        for (stream, message, ttl) in appends {
+        for append in appends {
             let done = Arc::new(Completion::default());
-            let outcome = self.enqueue(&stream, message, ttl, &done).await;
-            queued.push(outcome.map(|()| done));
+            let outcome = self
+                .enqueue_once(
+                    &append.stream,
+                    append.message,
+                    append.ttl,
+                    append.dedupe_window,
+                    &done,
+                )
+                .await;
+            queued.push(outcome.map(|found| (found, done)));
         }
         let mut answers = Vec::with_capacity(queued.len());
         for queued in queued {
             answers.push(match queued {
-                Ok(done) => done.wait().await,
+                Ok((Some(seq), _)) => Ok(Written {
+                    seq,
+                    duplicate: true,
+                }),
+                Ok((None, done)) => done.wait().await.map(|seq| Written {
+                    seq,
+                    duplicate: false,
+                }),
                 Err(e) => Err(e),
             });
         }
@@ -287,35 +401,108 @@ impl Log {
         // Each round either queues the record or drops a stale entry that the next round
         // acquires again; a stream taken back and forth faster than that gives up.
         for _ in 0..APPEND_ATTEMPTS {
-            self.ensure_loaded(stream).await.map_err(|e| match e {
-                ReadError::Store(e) => AppendError::Store(Arc::new(e)),
-                ReadError::TooManyStreams { max } => AppendError::TooManyStreams { max },
-                _ => AppendError::ShuttingDown,
-            })?;
-            if self.queue(stream, &mut message, ttl, done)? {
+            self.ensure_loaded(stream).await.map_err(load_failed)?;
+            if let Step::Queued = self.queue(stream, &mut message, ttl, done, None)? {
                 return Ok(());
             }
         }
         Err(AppendError::Fenced)
     }
 
-    /// Assigns the next position of `stream` to the message and queues it: `Ok(true)`. Or,
-    /// when the entry is gone or its epoch used up (dropping it), `Ok(false)`: load again.
+    /// Queues `message` for `stream` as [`enqueue`](Self::enqueue) does, unless its id is a
+    /// duplicate within `window` (zero: never): then `Ok(Some(position))` of the original.
+    async fn enqueue_once(
+        &self,
+        stream: &StreamId,
+        message: Message,
+        ttl: Duration,
+        window: Duration,
+        done: &Arc<Completion>,
+    ) -> Result<Option<Seq>, AppendError> {
+        if window.is_zero() {
+            return self
+                .enqueue(stream, message, ttl, done)
+                .await
+                .map(|()| None);
+        }
+        let id = message.id().clone();
+        let mut message = Some(message);
+        let mut once = Once {
+            window,
+            asked: None,
+        };
+        // As in `enqueue`; a lookup that another acquisition made stale counts as a round.
+        let mut rounds = 0;
+        while rounds < APPEND_ATTEMPTS {
+            self.ensure_loaded(stream).await.map_err(load_failed)?;
+            match self.queue(stream, &mut message, ttl, done, Some(&once))? {
+                Step::Queued => return Ok(None),
+                Step::Duplicate(seq) => {
+                    self.inner.ids.duplicate();
+                    return Ok(Some(seq));
+                }
+                Step::Pending(seq) => {
+                    // Settled (written or not), or the stream forgotten: look again.
+                    Tail::new(self, stream.clone(), Seq::new(seq.get().saturating_sub(1))).await;
+                }
+                Step::AskStore(epoch) => {
+                    if once.asked.is_some() {
+                        rounds += 1;
+                    }
+                    self.inner.ids.lookup();
+                    let now = self.inner.clock.now();
+                    let found = self
+                        .inner
+                        .store
+                        .find_message(stream, &id, now.saturating_sub(window), now)
+                        .await
+                        .map_err(|e| AppendError::Store(Arc::new(e)))?;
+                    once.asked = Some((epoch, found));
+                }
+                Step::Reload => rounds += 1,
+            }
+        }
+        Err(AppendError::Fenced)
+    }
+
+    /// Assigns the next position of `stream` to the message and queues it:
+    /// [`Step::Queued`]. Or, when the entry is gone or its epoch used up (dropping it),
+    /// [`Step::Reload`]. With `once`, first looks whether the message is a duplicate.
     fn queue(
         &self,
         stream: &StreamId,
         message: &mut Option<Message>,
         ttl: Duration,
         done: &Arc<Completion>,
-    ) -> Result<bool, AppendError> {
+        once: Option<&Once>,
+    ) -> Result<Step, AppendError> {
         let mut shard = lock(self.inner.shard(stream));
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(AppendError::ShuttingDown);
         }
         let now = self.inner.clock.now();
         let Some(log) = shard.get_mut(stream) else {
-            return Ok(false); // released since it was loaded
+            return Ok(Step::Reload); // released since it was loaded
         };
+        if let Some(once) = once {
+            let (Some(epoch), Some(message)) = (log.epoch(), message.as_ref()) else {
+                return Ok(Step::Reload);
+            };
+            match log.known(message.id(), once.window, now) {
+                Known::At(seq) if log.committed().is_some_and(|c| seq <= c) => {
+                    return Ok(Step::Duplicate(seq));
+                }
+                Known::At(seq) => return Ok(Step::Pending(seq)),
+                Known::AskStore => match once.asked {
+                    Some((asked, Some(seq))) if asked == epoch => {
+                        return Ok(Step::Duplicate(seq));
+                    }
+                    Some((asked, None)) if asked == epoch => {}
+                    _ => return Ok(Step::AskStore(epoch)),
+                },
+                Known::Unseen => {}
+            }
+        }
         let size = message.as_ref().map_or(0, queued_bytes);
         // Taken before a position is assigned (shard, then queue: the order everywhere), so a
         // refused append leaves no gap.
@@ -335,12 +522,16 @@ impl Log {
                 // The epoch's counter is used up: move to the next epoch.
                 forget(&mut shard, stream);
             }
-            return Ok(false);
+            return Ok(Step::Reload);
         };
         let Some(message) = message.take() else {
             return Err(AppendError::ShuttingDown);
         };
         let expires_at = expiry(message.timestamp(), ttl);
+        if let Some(once) = once {
+            let lifetime = (message.timestamp(), expires_at);
+            log.remember(message.id(), seq, lifetime, once.window, &self.inner.ids);
+        }
         let record = LogRecord {
             stream: stream.clone(),
             seq,
@@ -357,7 +548,7 @@ impl Log {
         if let Some(worker) = queue.idle_workers.pop() {
             worker.wake();
         }
-        Ok(true)
+        Ok(Step::Queued)
     }
 
     /// Up to `limit` unexpired records of `stream` after `after`, never past the stream's
@@ -524,9 +715,15 @@ impl Log {
         }
     }
 
-    /// What the group commits did since the log started.
+    /// What the group commits and the deduplicating appends did since the log started.
     pub fn stats(&self) -> LogStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        let (remembered, unremembered, duplicates, lookups) = self.inner.ids.snapshot();
+        stats.remembered_ids = remembered as u64;
+        stats.unremembered_ids = unremembered;
+        stats.duplicates = duplicates;
+        stats.id_lookups = lookups;
+        stats
     }
 
     /// Makes room in `shard` for one more stream ([`LogConfig::max_streams`]): when it is

@@ -5,7 +5,10 @@ use std::task::Waker;
 use std::time::Duration;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::dedupe::{IdBudget, Known, Remembered};
+use crate::id::MessageId;
 use crate::store::{Epoch, Seq, Tenure};
 use crate::time::Timestamp;
 
@@ -35,6 +38,11 @@ pub(super) struct StreamLog {
     /// When a read last looked past the watermark for another node's later epoch (or the
     /// stream was loaded, which reads the store's last position).
     checked: Timestamp,
+    /// When the acquisition this node holds the stream under finished: every record
+    /// accepted since was written by this node.
+    acquired: Timestamp,
+    /// The ids deduplicating sends wrote since then; boxed, and only once there is one.
+    remembered: Option<Box<Remembered>>,
 }
 
 impl StreamLog {
@@ -45,6 +53,8 @@ impl StreamLog {
             next_waiter: 0,
             last_used: now,
             checked: now,
+            acquired: now,
+            remembered: None,
         }
     }
 
@@ -90,6 +100,8 @@ impl StreamLog {
     /// are fenced), so readers may see up to there; new positions start in the new epoch.
     pub(super) fn loaded(&mut self, tenure: Tenure, now: Timestamp) {
         self.checked = now;
+        self.acquired = now;
+        self.remembered = None;
         let previous = std::mem::replace(
             &mut self.state,
             LoadState::Ready {
@@ -184,6 +196,36 @@ impl StreamLog {
     pub(super) fn wake_tail(&mut self) {
         for (_, waker) in self.tail.drain() {
             waker.wake();
+        }
+    }
+
+    /// What this node knows of `id` for a deduplicating send of `window` at `now`.
+    pub(super) fn known(&mut self, id: &MessageId, window: Duration, now: Timestamp) -> Known {
+        match &mut self.remembered {
+            Some(remembered) => remembered.known(id, window, now, self.acquired),
+            None if now.saturating_sub(window) < self.acquired => Known::AskStore,
+            None => Known::Unseen,
+        }
+    }
+
+    /// Remembers a deduplicating send's id at the position it was given.
+    pub(super) fn remember(
+        &mut self,
+        id: &MessageId,
+        seq: Seq,
+        (accepted, expires): (Timestamp, Timestamp),
+        window: Duration,
+        budget: &Arc<IdBudget>,
+    ) {
+        self.remembered
+            .get_or_insert_with(|| Box::new(Remembered::new(budget.clone())))
+            .remember(id, seq, accepted, expires, window);
+    }
+
+    /// Forgets `id` if it is remembered at `seq`: its append was withdrawn unwritten.
+    pub(super) fn withdraw(&mut self, id: &MessageId, seq: Seq) {
+        if let Some(remembered) = &mut self.remembered {
+            remembered.withdraw(id, seq);
         }
     }
 

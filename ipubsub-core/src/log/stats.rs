@@ -38,6 +38,17 @@ pub struct LogStats {
     pub batch_sizes: [u64; BATCH_SIZE_BOUNDS.len()],
     /// Sum of the sizes of the commits counted in `batch_sizes`.
     pub batch_size_sum: u64,
+    /// Message ids of deduplicating appends remembered now, over all streams.
+    pub remembered_ids: u64,
+    /// Deduplicating appends whose id was not remembered for the cap
+    /// ([`LogConfig::max_remembered_ids`]); their streams ask the store instead.
+    ///
+    /// [`LogConfig::max_remembered_ids`]: crate::LogConfig::max_remembered_ids
+    pub unremembered_ids: u64,
+    /// Deduplicating appends answered as duplicates (nothing written).
+    pub duplicates: u64,
+    /// Lookups of a message id in the store (`MessageStore::find_message`).
+    pub id_lookups: u64,
 }
 
 /// The live counters behind [`LogStats`]: a few relaxed atomic adds per commit.
@@ -109,6 +120,7 @@ impl Counters {
             commits: self.commits.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
             batch_size_sum: self.batch_size_sum.load(Ordering::Relaxed),
+            ..LogStats::default()
         }
     }
 }

@@ -120,6 +120,8 @@ impl MessageStore for TestStore {
 
 use crate::time::Timestamp;
 
+mod dedupe;
+
 fn poll<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
     f.poll(&mut Context::from_waker(Waker::noop()))
 }
@@ -495,11 +497,19 @@ fn appends_queued_together_take_positions_in_their_order_and_one_store_call()
     write(&log, worker.as_mut(), "b", "b0")?;
     let before = store.appends.load(Ordering::SeqCst);
     let now = clock.now();
-    let items = ["a1", "b1", "a2", "a3", "b2"].map(|id| (sid(&id[..1]), msg(id, now), TTL));
+    let items = ["a1", "b1", "a2", "a3", "b2"].map(|id| Append {
+        stream: sid(&id[..1]),
+        message: msg(id, now),
+        ttl: TTL,
+        dedupe_window: Duration::ZERO,
+    });
     let mut all = pin!(log.append_all(items));
     assert!(poll(all.as_mut()).is_pending());
     assert!(poll(worker.as_mut()).is_pending());
-    let answers: Vec<Seq> = ready(all).into_iter().collect::<Result<_, _>>()?;
+    let answers: Vec<Seq> = ready(all)
+        .into_iter()
+        .map(|w| w.map(|w| w.seq))
+        .collect::<Result<_, _>>()?;
     assert_eq!(answers, [at(2), at(2), at(3), at(4), at(3)]);
     assert_eq!(
         store.appends.load(Ordering::SeqCst) - before,

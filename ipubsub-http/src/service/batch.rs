@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use ipubsub_cluster::{ForwardError, Node};
-use ipubsub_core::{Message, Redrive, ResumeToken, SendOptions, SendOutcome, StreamId};
+use ipubsub_core::{Append, Message, Redrive, ResumeToken, SendOptions, SendOutcome, StreamId};
 
 use super::{App, Hop, SEND_PATH, SUSPICION, json};
 use crate::auth::Permission;
@@ -80,8 +80,9 @@ enum Outcome {
     Sent,
     /// An in-memory send whose id its stream accepted within its dedupe window: no copy.
     Duplicate,
-    /// A persistent send stored: its resume token.
-    Stored(String),
+    /// A persistent send stored (or, `true`, found stored within its dedupe window): its
+    /// resume token.
+    Stored(String, bool),
     /// Refused or failed here.
     Failed(ApiError),
     /// The owner's answer to it within the owner's batch answer, as it gave it.
@@ -97,10 +98,14 @@ impl Outcome {
         match self {
             Self::Sent => out.extend_from_slice(b"{\"status\":200}"),
             Self::Duplicate => out.extend_from_slice(b"{\"status\":200,\"duplicate\":true}"),
-            Self::Stored(token) => {
+            Self::Stored(token, duplicate) => {
                 out.extend_from_slice(b"{\"status\":200,\"dbResumeToken\":\"");
                 out.extend_from_slice(token.as_bytes());
-                out.extend_from_slice(b"\"}");
+                out.extend_from_slice(if *duplicate {
+                    b"\",\"duplicate\":true}"
+                } else {
+                    b"\"}"
+                });
             }
             Self::Failed(error) => with_status(out, error.code.status(), &error.body()),
             Self::Relayed(entry) => out.extend_from_slice(entry),
@@ -280,7 +285,15 @@ impl App {
                         .1
                         .push((i, message, options, hop.cap(wait), fixes));
                 }
-                SendKind::Log { ttl } => logged.push((i, send.stream, message, ttl)),
+                SendKind::Log { ttl, dedupe_window } => logged.push((
+                    i,
+                    Append {
+                        stream: send.stream,
+                        message,
+                        ttl,
+                        dedupe_window,
+                    },
+                )),
             }
         }
         let memory = join_all(streams.into_iter().map(|(stream, sends)| async move {
@@ -312,11 +325,8 @@ impl App {
         done
     }
 
-    /// Appends the persistent sends `logged` (place, stream, message, TTL) together.
-    async fn append_here(
-        &self,
-        logged: Vec<(usize, StreamId, Message, Duration)>,
-    ) -> Vec<(usize, Outcome)> {
+    /// Appends the persistent sends `logged` (place, append) together.
+    async fn append_here(&self, logged: Vec<(usize, Append)>) -> Vec<(usize, Outcome)> {
         let inner = &*self.inner;
         if logged.is_empty() {
             return Vec::new();
@@ -328,16 +338,21 @@ impl App {
                 .map(|(i, ..)| (i, Outcome::Failed(refused.clone())))
                 .collect();
         };
-        let places: Vec<(usize, StreamId)> =
-            logged.iter().map(|(i, s, ..)| (*i, s.clone())).collect();
-        let appends = logged.into_iter().map(|(_, s, m, ttl)| (s, m, ttl));
+        let places: Vec<(usize, StreamId)> = logged
+            .iter()
+            .map(|(i, append)| (*i, append.stream.clone()))
+            .collect();
+        let appends = logged.into_iter().map(|(_, append)| append);
         match tokio::time::timeout(inner.config.store_timeout, log.append_all(appends)).await {
             Ok(answers) => places
                 .into_iter()
                 .zip(answers)
                 .map(|((i, stream), answer)| {
                     let outcome = match answer {
-                        Ok(seq) => Outcome::Stored(ResumeToken::new(&stream, seq).to_string()),
+                        Ok(written) => Outcome::Stored(
+                            ResumeToken::new(&stream, written.seq).to_string(),
+                            written.duplicate,
+                        ),
                         Err(e) => Outcome::Failed(e.into()),
                     };
                     (i, outcome)
@@ -508,7 +523,7 @@ impl Outcome {
             Self::Relayed(entry) => Self::Relayed(entry.clone()),
             Self::Sent => Self::Sent,
             Self::Duplicate => Self::Duplicate,
-            Self::Stored(token) => Self::Stored(token.clone()),
+            Self::Stored(token, duplicate) => Self::Stored(token.clone(), *duplicate),
             Self::Failed(e) => Self::Failed(e.clone()),
         }
     }
@@ -585,7 +600,7 @@ mod tests {
     fn each_send_gets_its_entry_in_order() {
         let body = results(&[
             Outcome::Sent,
-            Outcome::Stored("T1".into()),
+            Outcome::Stored("T1".into(), false),
             Outcome::Failed(ApiError::new(ErrorCode::InvalidField, "bad \"x\"")),
             Outcome::Relayed(Bytes::from_static(b"{\"status\":200}")),
             Outcome::Answered(StatusCode::OK, Bytes::from_static(b"{}")),

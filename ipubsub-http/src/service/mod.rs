@@ -423,10 +423,14 @@ impl App {
                 }
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}")))
             }
-            (SendKind::Log { ttl }, Some(log)) => {
-                let token =
-                    send::run_log(log, send.stream, message, ttl, inner.config.store_timeout)
-                        .await?;
+            (SendKind::Log { ttl, dedupe_window }, Some(log)) => {
+                let limit = inner.config.store_timeout;
+                let (token, duplicate) =
+                    send::run_log(log, send.stream, message, (ttl, dedupe_window), limit).await?;
+                if duplicate {
+                    let body = format!("{{\"dbResumeToken\":\"{token}\",\"duplicate\":true}}");
+                    return Ok(marked_duplicate(json(StatusCode::OK, Bytes::from(body))));
+                }
                 Ok(json(
                     StatusCode::OK,
                     Bytes::from(format!("{{\"dbResumeToken\":\"{token}\"}}")),
@@ -577,7 +581,14 @@ fn not_allowed(allow: &'static str) -> ApiError {
 /// before: 200 as the first was, and it says so (in a header and in the body, which a batch
 /// relays).
 fn duplicate() -> Response<ApiBody> {
-    let mut response = json(StatusCode::OK, Bytes::from_static(b"{\"duplicate\":true}"));
+    marked_duplicate(json(
+        StatusCode::OK,
+        Bytes::from_static(b"{\"duplicate\":true}"),
+    ))
+}
+
+/// `response` with the [`DUPLICATE_HEADER`].
+fn marked_duplicate(mut response: Response<ApiBody>) -> Response<ApiBody> {
     response
         .headers_mut()
         .insert(DUPLICATE_HEADER.clone(), HeaderValue::from_static("true"));

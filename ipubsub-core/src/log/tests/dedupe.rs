@@ -1,0 +1,208 @@
+//! Deduplicating appends ([`Log::append_once`]) on a manual clock: the window, the store
+//! asked only while the window reaches back past the acquisition, racing and failed
+//! originals, and the cap.
+
+use super::*;
+
+const WINDOW: Duration = Duration::from_secs(30);
+
+/// Appends `id` to `s` with the test window, driving `worker` until it is answered.
+#[track_caller]
+fn once<W: Future>(
+    log: &Log,
+    worker: Pin<&mut W>,
+    s: &str,
+    id: &str,
+) -> Result<Written, AppendError> {
+    let now = log.inner.clock.now();
+    let mut append = pin!(log.append_once(sid(s), msg(id, now), TTL, WINDOW));
+    if let Poll::Ready(answer) = poll(append.as_mut()) {
+        return answer;
+    }
+    assert!(poll(worker).is_pending());
+    ready(append)
+}
+
+fn new_at(seq: Seq) -> Written {
+    Written {
+        seq,
+        duplicate: false,
+    }
+}
+
+fn duplicate_of(seq: Seq) -> Written {
+    Written {
+        seq,
+        duplicate: true,
+    }
+}
+
+fn stored(store: &TestStore) -> usize {
+    lock(&store.records).len()
+}
+
+#[test]
+fn a_duplicate_within_the_window_writes_nothing_and_answers_the_first_position()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, new_at(at(1)));
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, duplicate_of(at(1)));
+    assert_eq!(once(&log, worker.as_mut(), "other", "a")?, new_at(at(1)));
+    // A plain append of the same id is written, whatever the window.
+    assert_eq!(write(&log, worker.as_mut(), "s", "a")?, at(2));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "a")?,
+        new_at(at(3)),
+        "out of the window: a message"
+    );
+    assert_eq!(stored(&store), 4);
+    assert_eq!(log.stats().duplicates, 1);
+    Ok(())
+}
+
+#[test]
+fn after_a_restart_the_store_is_asked_only_while_the_window_reaches_past_the_acquisition()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, new_at(at(1)));
+    let first = log.stats().id_lookups;
+    assert_eq!(
+        first, 1,
+        "a new stream's window reaches before its acquisition"
+    );
+
+    // Another node (or this one restarted) takes the stream over the same store.
+    let now = clock.now();
+    let clock = Arc::new(ManualClock::new(
+        now.saturating_add(Duration::from_secs(10)),
+    ));
+    let log = Log::with_clock(store.clone(), LogConfig::default(), clock.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "a")?,
+        duplicate_of(at(1)),
+        "the store remembers what the earlier owner wrote"
+    );
+    assert_eq!(once(&log, worker.as_mut(), "s", "b")?, new_at(pos(2, 1)));
+    assert_eq!(log.stats().id_lookups, 2);
+    // This node's own ids are answered from memory, without the store.
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "b")?,
+        duplicate_of(pos(2, 1))
+    );
+    assert_eq!(log.stats().id_lookups, 2);
+
+    // Once the window no longer reaches before the acquisition, every id this node has not
+    // written is new without asking.
+    clock.advance(WINDOW);
+    assert_eq!(once(&log, worker.as_mut(), "s", "c")?, new_at(pos(2, 2)));
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "c")?,
+        duplicate_of(pos(2, 2))
+    );
+    assert_eq!(log.stats().id_lookups, 2);
+    assert_eq!(stored(&store), 3);
+    Ok(())
+}
+
+#[test]
+fn of_two_racing_appends_of_one_id_the_second_waits_and_is_the_duplicate()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    let now = clock.now();
+    let mut first = pin!(log.append_once(sid("s"), msg("a", now), TTL, WINDOW));
+    let mut second = pin!(log.append_once(sid("s"), msg("a", now), TTL, WINDOW));
+    assert!(poll(first.as_mut()).is_pending());
+    assert!(
+        poll(second.as_mut()).is_pending(),
+        "waits for the first to settle"
+    );
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!(ready(first)?, new_at(at(1)));
+    assert_eq!(ready(second)?, duplicate_of(at(1)));
+    assert_eq!(stored(&store), 1);
+    Ok(())
+}
+
+#[test]
+fn when_the_first_append_fails_its_waiting_duplicate_is_written()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    let now = clock.now();
+    let mut first = pin!(log.append_once(sid("s"), msg("a", now), TTL, WINDOW));
+    let mut second = pin!(log.append_once(sid("s"), msg("a", now), TTL, WINDOW));
+    assert!(poll(first.as_mut()).is_pending());
+    assert!(poll(second.as_mut()).is_pending());
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(poll(worker.as_mut()).is_pending());
+    assert!(matches!(ready(first), Err(AppendError::Store(_))));
+    store.fail.store(false, Ordering::SeqCst);
+    // The failed write did not land: the retry asks the store, finds nothing, and writes.
+    assert!(poll(second.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!(ready(second)?, new_at(pos(2, 1)));
+    assert_eq!(stored(&store), 1);
+    Ok(())
+}
+
+#[test]
+fn an_append_abandoned_unwritten_is_no_original() -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    {
+        let mut gone = pin!(log.append_once(sid("s"), msg("a", clock.now()), TTL, WINDOW));
+        assert!(poll(gone.as_mut()).is_pending());
+    }
+    // The retry waits for the abandoned append to settle, finds it withdrawn, and writes.
+    let mut retry = pin!(log.append_once(sid("s"), msg("a", clock.now()), TTL, WINDOW));
+    assert!(poll(retry.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!(log.stats().abandoned, 1);
+    assert!(poll(retry.as_mut()).is_pending());
+    assert!(poll(worker.as_mut()).is_pending());
+    assert_eq!(ready(retry)?, new_at(at(2)));
+    assert_eq!(stored(&store), 1);
+    Ok(())
+}
+
+#[test]
+fn past_the_cap_ids_are_found_in_the_store_instead() -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    let config = LogConfig {
+        max_remembered_ids: 1,
+        ..LogConfig::default()
+    };
+    let (log, clock) = setup_with(store.clone(), config);
+    let mut worker = pin!(log.run_commit_worker());
+    clock.advance(WINDOW);
+    write(&log, worker.as_mut(), "s", "load")?;
+    clock.advance(WINDOW);
+    let lookups = log.stats().id_lookups;
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, new_at(at(2)));
+    assert_eq!(once(&log, worker.as_mut(), "s", "b")?, new_at(at(3)));
+    assert_eq!(log.stats().unremembered_ids, 1);
+    assert_eq!(log.stats().remembered_ids, 1);
+    assert_eq!(
+        log.stats().id_lookups,
+        lookups,
+        "memory was complete so far"
+    );
+    assert_eq!(once(&log, worker.as_mut(), "s", "b")?, duplicate_of(at(3)));
+    assert!(log.stats().id_lookups > lookups, "asked the store for b");
+    assert_eq!(stored(&store), 3);
+    // Forgetting the stream gives the places back.
+    assert_eq!(log.release(|_| false), 1);
+    assert_eq!(log.stats().remembered_ids, 0);
+    Ok(())
+}
