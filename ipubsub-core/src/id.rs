@@ -100,7 +100,8 @@ impl AsRef<str> for StreamId {
 }
 
 /// The sender's id for one message (`messageUuid` on the wire): any non-empty string of at
-/// most 256 bytes, a UUID or not. ipubsub stores and returns it; it does not deduplicate on it.
+/// most 256 bytes, a UUID or not. ipubsub stores and returns it, and deduplicates on it only
+/// for sends with a dedupe window.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct MessageId(Box<str>);
 

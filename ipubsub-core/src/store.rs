@@ -236,11 +236,14 @@ pub enum StoreError {
 ///   of purging; `purge_expired` removes expired records for good. A store may index expiry
 ///   coarsely and purge a record up to one second after its `expires_at`. A stream's epoch
 ///   outlives its records: purging never lowers the epoch an acquisition starts from.
-/// - **Finding a message id.** [`find_message`](Self::find_message) answers from every
-///   record a read would return (unexpired, and on a store that fences after writing, not
-///   fenced off), including records written before the call by any process. The log asks it
-///   only in the window after it acquires a stream, for idempotent sends (each send whose id
-///   this node did not append itself since), so it should be an index lookup, not a scan.
+/// - **Finding a message id.** [`find_message`](Self::find_message) finds every record
+///   appended *findable* ([`append_findable`](Self::append_findable)) that a read would
+///   return (unexpired, and on a store that fences after writing, not fenced off), written
+///   before the call by any process; it may find other records too. The log marks the
+///   records of idempotent sends, and asks only in the window after it acquires a stream
+///   (for each such send whose id this node did not append itself since), so it should be
+///   an index lookup, not a scan; a store may index the marked records only, so that other
+///   appends pay nothing for it.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Moves `stream` to the next epoch ([`Epoch::after`] the stored one and the epoch of
@@ -252,6 +255,22 @@ pub trait MessageStore: Send + Sync + 'static {
     /// stream. The records of a stream whose current epoch is not theirs are refused and
     /// listed in [`Appended::fenced`]; the rest is written.
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError>;
+
+    /// Appends `batch` as [`append`](Self::append) does, and makes the records whose flag in
+    /// `findable` (one per record, in order) is set findable by
+    /// [`find_message`](Self::find_message): their senders asked for deduplication. The log
+    /// calls it instead of `append` for a batch that holds any such record.
+    ///
+    /// The default appends with `append`: right for a store whose `find_message` finds every
+    /// record (the default walk, or an index of every record).
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        let _ = findable;
+        self.append(batch).await
+    }
 
     /// Up to `limit` unexpired records of `stream` with `seq > after`, in order. An `after`
     /// before the oldest retained record starts at the oldest unexpired one.
@@ -320,6 +339,14 @@ impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
         (**self).append(batch).await
+    }
+
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        (**self).append_findable(batch, findable).await
     }
 
     async fn read_after(

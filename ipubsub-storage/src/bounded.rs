@@ -71,6 +71,15 @@ impl<S: MessageStore> MessageStore for Bounded<S> {
         self.within(self.inner.last_seq(stream)).await
     }
 
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        self.within(self.inner.append_findable(batch, findable))
+            .await
+    }
+
     async fn find_message(
         &self,
         stream: &StreamId,

@@ -1,23 +1,28 @@
 //! [`EmbeddedStore`]: the default store, on the fjall LSM engine, in a local directory.
 //!
 //! # Layout
-//! Four keyspaces; an append writes the first three together in one atomic batch:
+//! Three keyspaces; an append writes the first two together in one atomic batch:
 //! - `log`: key = `len(stream) u16 | stream | seq u64`, big-endian, so that one stream's
 //!   records are one contiguous, ordered key range and a read is a single range scan; value =
-//!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`.
+//!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`, the top bit of `len(id)`
+//!   set when the record is findable (ids are at most 256 bytes). A findable record
+//!   ([`MessageStore::append_findable`]) also has an index entry for
+//!   [`MessageStore::find_message`], in the same keyspace right after the stream's records:
+//!   key = `len(stream) u16 | stream | 0xff × 8 | hash(id) u64 | seq u64` (64-bit FNV-1a of
+//!   the message id), empty value, so that one id's positions in one stream are one range,
+//!   the latest last (with those of any other id of the same hash, which a lookup tells apart
+//!   by the record's own id). Other appends write no entry. A lookup checks each position it
+//!   finds against the record, so an entry never outlives what it indexes in an answer.
 //! - `expiry`: the expiry index, one entry per append and expiry second: key = `bucket u64 |
 //!   first log key`, where `bucket` is the end of the second in which its records expire;
-//!   value = the log keys of those records, each as `len u16 | key`. A purge scans it from the
+//!   value = the log keys of those records, each as `len u16 | key` (a findable record's with
+//!   the top bit of `len` set, and its index entry's key after it the same way, so that the
+//!   purge removes both without reading the record). A purge scans it from the
 //!   start up to `now`, so it touches expired records only, never live data. One entry per
 //!   group commit rather than one per record halves what an append inserts into the LSM (its
 //!   skiplist inserts were a third of an append's CPU); the cost is that a record may outlive
 //!   its expiry on disk by up to a second (never in a read, which filters on `expires_at`).
 //!   An entry with an empty value (the first layout) names its one record in its key.
-//! - `ids`: the message id index, for [`MessageStore::find_message`]: key = `len(stream) u16 |
-//!   stream | len(id) u16 | id | seq u64`, empty value, so that one id's positions in one
-//!   stream are one contiguous range, the latest last. A purge removes a record's entry with
-//!   the record (it reads the record's id first); a lookup checks each position it finds
-//!   against the log, so an entry never outlives what it indexes in an answer.
 //! - `epochs`: key = `len(stream) u16 | stream`, value = the stream's current epoch (`u32`),
 //!   written by each acquisition and never purged. fjall locks its directory to one process,
 //!   so the store is its only writer: appends and acquisitions take one lock, and the fence
@@ -108,7 +113,6 @@ struct Inner {
     db: Database,
     log: Keyspace,
     expiry: Keyspace,
-    ids: Keyspace,
     epochs: Keyspace,
     mode: PersistMode,
     /// What this store knows of streams it wrote; serialises appends and acquisitions.
@@ -151,9 +155,6 @@ impl EmbeddedStore {
         let expiry = db
             .keyspace("expiry", KeyspaceCreateOptions::default)
             .map_err(wrap)?;
-        let ids = db
-            .keyspace("ids", KeyspaceCreateOptions::default)
-            .map_err(wrap)?;
         let epochs = db
             .keyspace("epochs", KeyspaceCreateOptions::default)
             .map_err(wrap)?;
@@ -166,7 +167,6 @@ impl EmbeddedStore {
                 db,
                 log,
                 expiry,
-                ids,
                 epochs,
                 mode,
                 known: Mutex::new(Known::default()),
@@ -249,8 +249,9 @@ impl Inner {
     }
 
     /// Writes a batch in one atomic, journaled commit, but for the records of streams that
-    /// moved to another epoch.
-    fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+    /// moved to another epoch; the records flagged in `findable` (empty: none) with their id
+    /// index entries.
+    fn append(&self, batch: &[LogRecord], findable: &[bool]) -> Result<Appended, StoreError> {
         let mut known = self.known();
         let mut fenced = Vec::new();
         for record in batch {
@@ -264,9 +265,13 @@ impl Inner {
         let mut write = self.db.batch().durability(Some(self.mode));
         let mut raised: Vec<(&StreamId, Seq)> = Vec::new();
         let mut expiring = ExpiryEntries::default();
-        for record in batch.iter().filter(|r| !fenced.contains(&r.stream)) {
+        let flags = findable.iter().copied().chain(std::iter::repeat(false));
+        for (record, findable) in batch.iter().zip(flags) {
+            if fenced.contains(&record.stream) {
+                continue;
+            }
             let key = log_key(&record.stream, record.seq);
-            let value = encode_value(record);
+            let value = encode_value(record, findable);
             let above = match high.get(&record.stream) {
                 Some(&h) => h,
                 None => {
@@ -289,12 +294,11 @@ impl Inner {
                 }
             }
             raised.push((&record.stream, record.seq));
-            expiring.add(record.expires_at, &key);
-            write.insert(
-                &self.ids,
-                id_key(&record.stream, record.message.id(), record.seq),
-                [],
-            );
+            let id_key = findable.then(|| id_key(&record.stream, record.message.id(), record.seq));
+            expiring.add(record.expires_at, &key, id_key.as_deref());
+            if let Some(id_key) = id_key {
+                write.insert(&self.log, id_key, []);
+            }
             write.insert(&self.log, key, value);
         }
         for (key, value) in expiring.entries {
@@ -344,47 +348,55 @@ fn log_key(stream: &StreamId, seq: Seq) -> Vec<u8> {
     key
 }
 
-/// The `ids` keyspace's prefix of `id` in `stream`: every position of it follows.
-fn id_prefix(stream: &StreamId, id: &MessageId) -> Vec<u8> {
-    let id = id.as_str().as_bytes();
-    let mut key = stream_prefix(stream);
-    key.reserve(2 + id.len() + 8);
-    // Message ids are at most 256 bytes (enforced by MessageId).
-    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    key.extend_from_slice(id);
-    key
+/// A 64-bit FNV-1a hash of `bytes`, length-prefixed: fixed across builds, as stored keys
+/// need.
+fn fnv(bytes: &[u8]) -> [u8; 8] {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // Stream and message ids are at most 256 bytes (enforced by StreamId and MessageId).
+    let len = (bytes.len() as u16).to_be_bytes();
+    let mut hash = OFFSET;
+    for byte in len.iter().chain(bytes) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+    }
+    hash.to_be_bytes()
 }
 
+/// The index entry of `id` at `seq` in `stream`, in the `log` keyspace: `len(stream) u16 |
+/// stream | 0xff × 8 | hash(id) u64 | seq u64`. Beside the stream's records, so that an
+/// append inserts it where it inserts the record (a second keyspace, or keys spread by a
+/// hash of the stream, cost a cache miss per skiplist step of every insert: a sixth of the
+/// append rate), and after all of them: longer than the stream's last possible record key
+/// (`… | 0xff × 8`), so a read of the stream never meets it. Ids whose hashes collide share
+/// a prefix, and a lookup tells them apart by the id the log record holds.
 fn id_key(stream: &StreamId, id: &MessageId, seq: Seq) -> Vec<u8> {
-    let mut key = id_prefix(stream, id);
+    let mut key = log_key(stream, Seq::new(u64::MAX));
+    key.extend_from_slice(&fnv(id.as_str().as_bytes()));
     key.extend_from_slice(&seq.get().to_be_bytes());
     key
 }
 
-/// The `ids` key of the record stored at `log_key` with `value`.
-fn id_key_of(log_key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let split = log_key
-        .len()
-        .checked_sub(8)
-        .ok_or_else(|| corrupt("short key"))?;
-    let (prefix, seq) = log_key.split_at(split);
-    let id_len = value
+/// The top bit of a value's `len(id)`: the record is findable (it has an index entry).
+const FINDABLE: u16 = 1 << 15;
+
+/// A stored value's id length and whether the record is findable.
+fn id_len(value: &[u8]) -> Result<(usize, bool), StoreError> {
+    let field = value
         .get(16..18)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
         .ok_or_else(|| corrupt("truncated record"))?;
-    let id = value
-        .get(16..18 + id_len)
-        .ok_or_else(|| corrupt("truncated id"))?;
-    Ok([prefix, id, seq].concat())
+    Ok((usize::from(field & !FINDABLE), field & FINDABLE != 0))
 }
 
-fn encode_value(record: &LogRecord) -> Vec<u8> {
+fn encode_value(record: &LogRecord, findable: bool) -> Vec<u8> {
     let id = record.message.id().as_str().as_bytes();
     let payload = record.message.payload();
     let mut value = Vec::with_capacity(18 + id.len() + payload.len());
     value.extend_from_slice(&record.expires_at.as_micros().to_be_bytes());
     value.extend_from_slice(&record.message.timestamp().as_micros().to_be_bytes());
-    value.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    // Message ids are at most 256 bytes (enforced by MessageId): the top bit is free.
+    let flag = if findable { FINDABLE } else { 0 };
+    value.extend_from_slice(&(id.len() as u16 | flag).to_be_bytes());
     value.extend_from_slice(id);
     value.extend_from_slice(payload);
     value
@@ -411,10 +423,7 @@ fn decode(stream: &StreamId, key: &[u8], value: &[u8]) -> Result<LogRecord, Stor
     )?;
     let expires_at = Timestamp::from_micros(u64_at(value, 0)?);
     let timestamp = Timestamp::from_micros(u64_at(value, 8)?);
-    let id_len = value
-        .get(16..18)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        .ok_or_else(|| corrupt("truncated record"))?;
+    let (id_len, _) = id_len(value)?;
     let id = value
         .get(18..18 + id_len)
         .ok_or_else(|| corrupt("truncated id"))?;
@@ -437,7 +446,7 @@ struct ExpiryEntries {
 }
 
 impl ExpiryEntries {
-    fn add(&mut self, expires_at: Timestamp, log_key: &[u8]) {
+    fn add(&mut self, expires_at: Timestamp, log_key: &[u8], id_key: Option<&[u8]>) {
         const SECOND: u64 = 1_000_000;
         let micros = expires_at.as_micros();
         // The end of the second it expires in: every record of the entry has expired by then.
@@ -452,31 +461,54 @@ impl ExpiryEntries {
                 self.entries.len() - 1
             }
         };
-        push_log_key(&mut self.entries[at].1, log_key);
+        push_listed(&mut self.entries[at].1, log_key, id_key);
     }
 }
 
-fn push_log_key(value: &mut Vec<u8>, log_key: &[u8]) {
-    // Log keys are at most 2 + 256 + 8 bytes (stream ids are bounded by StreamId).
-    value.extend_from_slice(&(log_key.len() as u16).to_be_bytes());
+/// The top bit of a listed key's length: an index entry's key follows, purged with it.
+const WITH_ID: u16 = 1 << 15;
+
+/// Lists a record's log key, and its index entry's key if it has one, in an expiry entry's
+/// value.
+fn push_listed(value: &mut Vec<u8>, log_key: &[u8], id_key: Option<&[u8]>) {
+    // Keys are at most 2 + 256 + 8 + 8 + 8 bytes (stream ids are bounded): the top bit of
+    // the length is free.
+    let flag = if id_key.is_some() { WITH_ID } else { 0 };
+    value.extend_from_slice(&(log_key.len() as u16 | flag).to_be_bytes());
     value.extend_from_slice(log_key);
+    if let Some(id_key) = id_key {
+        value.extend_from_slice(&(id_key.len() as u16).to_be_bytes());
+        value.extend_from_slice(id_key);
+    }
 }
 
-/// The log keys listed in an expiry entry's value.
-fn log_keys(mut value: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
-    let mut keys = Vec::new();
-    while !value.is_empty() {
-        let len = value
+/// A record listed in an expiry entry: its log key and, if it is findable, its index entry's.
+type Listed<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// The records listed in an expiry entry's value.
+fn listed(mut value: &[u8]) -> Result<Vec<Listed<'_>>, StoreError> {
+    fn next<'v>(value: &mut &'v [u8]) -> Result<(u16, &'v [u8]), StoreError> {
+        let truncated = || corrupt("truncated expiry entry");
+        let field = value
             .get(..2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-            .ok_or_else(|| corrupt("truncated expiry entry"))?;
-        let key = value
-            .get(2..2 + len)
-            .ok_or_else(|| corrupt("truncated expiry entry"))?;
-        keys.push(key);
-        value = &value[2 + len..];
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(truncated)?;
+        let len = usize::from(field & !WITH_ID);
+        let key = value.get(2..2 + len).ok_or_else(truncated)?;
+        *value = &value[2 + len..];
+        Ok((field, key))
     }
-    Ok(keys)
+    let mut records = Vec::new();
+    while !value.is_empty() {
+        let (field, log_key) = next(&mut value)?;
+        let id_key = if field & WITH_ID != 0 {
+            Some(next(&mut value)?.1)
+        } else {
+            None
+        };
+        records.push((log_key, id_key));
+    }
+    Ok(records)
 }
 
 #[async_trait]
@@ -491,7 +523,17 @@ impl MessageStore for EmbeddedStore {
         // fjall stalls writers with sleeps of 10 to 100 ms when flushes fall behind, which
         // must never freeze a runtime thread and every connection on it.
         let batch = batch.to_vec();
-        self.blocking(move |inner| inner.append(&batch)).await
+        self.blocking(move |inner| inner.append(&batch, &[])).await
+    }
+
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        let (batch, findable) = (batch.to_vec(), findable.to_vec());
+        self.blocking(move |inner| inner.append(&batch, &findable))
+            .await
     }
 
     async fn read_after(
@@ -537,15 +579,11 @@ impl MessageStore for EmbeddedStore {
     ) -> Result<Option<Seq>, StoreError> {
         // A short range scan of the id's positions, latest first, and a point read of each
         // until one qualifies: inline, like a read.
-        let prefix = id_prefix(stream, id);
-        let mut end = prefix.clone();
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        for item in self
-            .inner
-            .ids
-            .range(prefix.as_slice()..=end.as_slice())
-            .rev()
-        {
+        let (first, last) = (
+            id_key(stream, id, Seq::ZERO),
+            id_key(stream, id, Seq::new(u64::MAX)),
+        );
+        for item in self.inner.log.range(first..=last).rev() {
             let key = item.key().map_err(unavailable)?;
             let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
             let Some(value) = self
@@ -557,6 +595,10 @@ impl MessageStore for EmbeddedStore {
                 continue; // purged since the index was read
             };
             let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
+            let (len, _) = id_len(&value)?;
+            if value.get(18..18 + len) != Some(id.as_str().as_bytes()) {
+                continue; // another id of the same hash
+            }
             // Acceptance times need not fall with positions (each owner stamps by its clock).
             if accepted >= since.as_micros() && expires_at > now.as_micros() {
                 return Ok(Some(seq));
@@ -576,25 +618,25 @@ impl MessageStore for EmbeddedStore {
                 }
                 let (key, value) = item.into_inner().map_err(unavailable)?;
                 let listed = if value.is_empty() {
-                    vec![key.get(8..).ok_or_else(|| corrupt("short expiry key"))?]
+                    let log_key = key.get(8..).ok_or_else(|| corrupt("short expiry key"))?;
+                    vec![(log_key, None)]
                 } else {
-                    log_keys(&value)?
+                    listed(&value)?
                 };
                 let take = listed.len().min(limit - purged);
-                for log_key in &listed[..take] {
-                    // The record's id index entry goes with it: read its id first.
-                    if let Some(value) = inner.log.get(log_key).map_err(unavailable)? {
-                        write.remove(&inner.ids, id_key_of(log_key, &value)?);
-                    }
+                for (log_key, id_key) in &listed[..take] {
                     write.remove(&inner.log, *log_key);
+                    if let Some(id_key) = id_key {
+                        write.remove(&inner.log, *id_key);
+                    }
                 }
                 if take == listed.len() {
                     write.remove(&inner.expiry, key.clone());
                 } else {
                     // The limit falls inside this entry: keep the rest for the next call.
                     let mut rest = Vec::new();
-                    for log_key in &listed[take..] {
-                        push_log_key(&mut rest, log_key);
+                    for (log_key, id_key) in &listed[take..] {
+                        push_listed(&mut rest, log_key, *id_key);
                     }
                     write.insert(&inner.expiry, key, rest);
                 }
@@ -655,7 +697,7 @@ mod tests {
         store
             .inner
             .log
-            .insert(&key, encode_value(&old))
+            .insert(&key, encode_value(&old, false))
             .expect("insert");
         store.inner.expiry.insert(index, []).expect("insert");
 
@@ -675,5 +717,48 @@ mod tests {
         );
         assert_eq!(store.inner.expiry.len().expect("len"), 0);
         assert_eq!(store.inner.log.len().expect("len"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_findable_records_are_indexed_and_the_purge_takes_their_entries_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).expect("open");
+        let s: StreamId = "s".parse().expect("id");
+        let at = |secs: u64| Timestamp::from_micros(secs * 1_000_000);
+        let batch: Vec<_> = (1..=4).map(|n| record(&s, n, at(10))).collect();
+        store.append(&batch[..2]).await.expect("append");
+        assert_eq!(
+            store.inner.log.len().expect("len"),
+            2,
+            "a plain append: two records"
+        );
+        let appended = store.append_findable(&batch[2..], &[true, false]).await;
+        appended.expect("append");
+        assert_eq!(
+            store.inner.log.len().expect("len"),
+            5,
+            "four records, an entry for record 3"
+        );
+        let find = |n: u64| {
+            let id = MessageId::new(format!("m{n}")).expect("id");
+            let (store, s) = (store.clone(), s.clone());
+            async move { store.find_message(&s, &id, at(0), at(1)).await }
+        };
+        assert_eq!(find(3).await.expect("find"), Some(Seq::new(3)));
+        // An entry of another id under the same hash (as a collision makes): told apart.
+        let m9 = MessageId::new("m9").expect("id");
+        let entry = id_key(&s, &m9, Seq::new(2));
+        store.inner.log.insert(&entry, []).expect("insert");
+        assert_eq!(find(9).await.expect("find"), None, "record 2 holds m2");
+        store.inner.log.remove(entry).expect("remove");
+        // Part of one expiry entry at a time: the rest keeps its listed id entry.
+        assert_eq!(store.purge_expired(at(11), 1).await.expect("purge"), 1);
+        assert_eq!(store.purge_expired(at(11), 100).await.expect("purge"), 3);
+        assert_eq!(
+            store.inner.log.len().expect("len"),
+            0,
+            "purged with its record"
+        );
+        assert_eq!(find(3).await.expect("find"), None);
     }
 }

@@ -48,6 +48,17 @@ impl<S: MessageStore> FailingStore<S> {
         self.appends.load(Ordering::SeqCst)
     }
 
+    /// Counts an append and fails it if it is one of those chosen.
+    fn count_append(&self) -> Result<(), StoreError> {
+        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.should_fail(n) {
+            return Err(StoreError::Unavailable(
+                format!("injected failure of append {n}").into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn should_fail(&self, n: usize) -> bool {
         let fail = self
             .fail
@@ -69,13 +80,17 @@ impl<S: MessageStore> MessageStore for FailingStore<S> {
     }
 
     async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.should_fail(n) {
-            return Err(StoreError::Unavailable(
-                format!("injected failure of append {n}").into(),
-            ));
-        }
+        self.count_append()?;
         self.inner.append(batch).await
+    }
+
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        self.count_append()?;
+        self.inner.append_findable(batch, findable).await
     }
 
     async fn read_after(

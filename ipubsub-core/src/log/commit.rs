@@ -28,14 +28,17 @@ pub(super) fn queued_bytes(message: &Message) -> usize {
 
 pub(super) struct Pending {
     pub(super) record: LogRecord,
+    /// Its send asked for deduplication: the store must find its id.
+    pub(super) findable: bool,
     pub(super) done: Arc<Completion>,
 }
 
 /// A batch a worker took from the queue: the records to write and, in the same order, who
-/// waits for each.
+/// waits for each and which are findable (empty when none is).
 pub(super) struct Batch {
     records: Vec<LogRecord>,
     done: Vec<Arc<Completion>>,
+    findable: Vec<bool>,
 }
 
 impl Log {
@@ -43,7 +46,12 @@ impl Log {
     /// on the runtime: each worker writes one batch at a time.
     pub async fn run_commit_worker(&self) {
         while let Some(batch) = NextBatch::new(self).await {
-            let result = self.inner.store.append(&batch.records).await;
+            let store = &self.inner.store;
+            let result = if batch.findable.is_empty() {
+                store.append(&batch.records).await
+            } else {
+                store.append_findable(&batch.records, &batch.findable).await
+            };
             self.settle(batch, result);
         }
     }
@@ -56,7 +64,7 @@ impl Log {
         let taken = {
             let mut queue = lock(&self.inner.queue);
             let max = self.inner.config.max_batch.max(1);
-            let (mut records, mut done) = (Vec::new(), Vec::new());
+            let (mut records, mut done, mut findable) = (Vec::new(), Vec::new(), Vec::new());
             while records.len() < max
                 && let Some(pending) = queue.pending.pop_front()
             {
@@ -65,6 +73,12 @@ impl Log {
                 if Arc::strong_count(&pending.done) == 1 {
                     abandoned.push(pending.record);
                 } else {
+                    if pending.findable && findable.is_empty() {
+                        findable.resize(records.len(), false);
+                    }
+                    if pending.findable || !findable.is_empty() {
+                        findable.push(pending.findable);
+                    }
                     records.push(pending.record);
                     done.push(pending.done);
                 }
@@ -83,7 +97,11 @@ impl Log {
                 {
                     worker.wake();
                 }
-                Some(Some(Batch { records, done }))
+                Some(Some(Batch {
+                    records,
+                    done,
+                    findable,
+                }))
             }
         };
         self.settle_abandoned(abandoned);

@@ -5,7 +5,8 @@
 //! accepted within the last `W` and not expired. This node knows every such record it wrote
 //! itself since it acquired the stream ([`Remembered`]); records of earlier owners (another
 //! node, or this one before a restart or a release) only the store knows, and they matter
-//! only while the window reaches back before the acquisition. So the store is asked
+//! only while the window reaches back before the acquisition, and only if the store held any
+//! record of the stream then (a new stream has none). So the store is asked
 //! ([`MessageStore::find_message`]) only then, or when this node's memory is not complete:
 //! an id was left out for the per-node cap, or an entry of a shorter window than the one
 //! asked for may have been forgotten already.
@@ -123,14 +124,14 @@ impl Remembered {
         }
     }
 
-    /// What is known of `id` for a send of `window` at `now`, on a stream acquired at
-    /// `acquired`.
+    /// What is known of `id` for a send of `window` at `now`; `reaches_earlier`: the window
+    /// reaches back to records of the stream's earlier owners.
     pub(super) fn known(
         &mut self,
         id: &MessageId,
         window: Duration,
         now: Timestamp,
-        acquired: Timestamp,
+        reaches_earlier: bool,
     ) -> Known {
         self.forget_expired(now);
         let since = now.saturating_sub(window);
@@ -140,9 +141,7 @@ impl Remembered {
         {
             return Known::At(w.seq);
         }
-        // Records of earlier owners fall in the window while it reaches back past the
-        // acquisition.
-        if self.incomplete || window > self.shortest || since < acquired {
+        if self.incomplete || window > self.shortest || reaches_earlier {
             Known::AskStore
         } else {
             Known::Unseen
@@ -230,41 +229,29 @@ mod tests {
     const FAR: u64 = 10_000;
 
     #[test]
-    fn a_miss_is_trusted_only_once_the_window_is_past_the_acquisition() {
-        let budget = Arc::new(IdBudget::new(10));
-        let mut r = Remembered::new(budget);
-        let acquired = at(100);
-        assert_eq!(r.known(&id("a"), W, at(100), acquired), Known::AskStore);
-        assert_eq!(r.known(&id("a"), W, at(159), acquired), Known::AskStore);
-        assert_eq!(r.known(&id("a"), W, at(160), acquired), Known::Unseen);
+    fn a_miss_is_trusted_only_when_the_window_does_not_reach_earlier_owners() {
+        let mut r = Remembered::new(Arc::new(IdBudget::new(10)));
+        assert_eq!(r.known(&id("a"), W, at(100), true), Known::AskStore);
+        assert_eq!(r.known(&id("a"), W, at(160), false), Known::Unseen);
         r.remember(&id("a"), Seq::new(1), at(160), at(FAR), W);
-        assert_eq!(
-            r.known(&id("a"), W, at(200), acquired),
-            Known::At(Seq::new(1))
-        );
-        assert_eq!(
-            r.known(&id("a"), W, at(220), acquired),
-            Known::At(Seq::new(1))
-        );
+        assert_eq!(r.known(&id("a"), W, at(200), true), Known::At(Seq::new(1)));
+        assert_eq!(r.known(&id("a"), W, at(220), false), Known::At(Seq::new(1)));
         // Out of the window: a new message, and forgotten.
-        assert_eq!(r.known(&id("a"), W, at(221), acquired), Known::Unseen);
+        assert_eq!(r.known(&id("a"), W, at(221), false), Known::Unseen);
         assert_eq!(r.len(), 0);
     }
 
     #[test]
     fn an_expired_record_is_no_duplicate_and_a_longer_window_asks_the_store() {
-        let budget = Arc::new(IdBudget::new(10));
-        let mut r = Remembered::new(budget);
-        let acquired = at(0);
+        let mut r = Remembered::new(Arc::new(IdBudget::new(10)));
         r.remember(&id("short"), Seq::new(1), at(100), at(105), W);
-        assert_eq!(
-            r.known(&id("short"), W, at(104), acquired),
-            Known::At(Seq::new(1))
-        );
-        assert_eq!(r.known(&id("short"), W, at(105), acquired), Known::Unseen);
+        let known = |r: &mut Remembered, now| r.known(&id("short"), W, at(now), false);
+        assert_eq!(known(&mut r, 104), Known::At(Seq::new(1)));
+        assert_eq!(known(&mut r, 105), Known::Unseen);
         // Entries of 60 s may be gone: a window of 120 s cannot trust a miss.
+        let longer = Duration::from_secs(120);
         assert_eq!(
-            r.known(&id("other"), Duration::from_secs(120), at(200), acquired),
+            r.known(&id("other"), longer, at(200), false),
             Known::AskStore
         );
     }
@@ -273,13 +260,12 @@ mod tests {
     fn past_the_cap_nothing_is_trusted_and_places_come_back() {
         let budget = Arc::new(IdBudget::new(2));
         let mut r = Remembered::new(budget.clone());
-        let acquired = at(0);
         for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
             r.remember(&id(name), Seq::new(n as u64 + 1), at(100), at(FAR), W);
         }
         assert_eq!(budget.snapshot().0, 2);
         assert_eq!(budget.snapshot().1, 1, "one left out");
-        assert_eq!(r.known(&id("zzz"), W, at(120), acquired), Known::AskStore);
+        assert_eq!(r.known(&id("zzz"), W, at(120), false), Known::AskStore);
         r.withdraw(&id("a"), Seq::new(9));
         assert_eq!(budget.snapshot().0, 2, "another position: kept");
         r.withdraw(&id("a"), Seq::new(1));

@@ -425,7 +425,6 @@ impl Log {
                 .await
                 .map(|()| None);
         }
-        let id = message.id().clone();
         let mut message = Some(message);
         let mut once = Once {
             window,
@@ -443,12 +442,15 @@ impl Log {
                 }
                 Step::Pending(seq) => {
                     // Settled (written or not), or the stream forgotten: look again.
-                    Tail::new(self, stream.clone(), Seq::new(seq.get().saturating_sub(1))).await;
+                    Tail::settled(self, stream.clone(), seq).await;
                 }
                 Step::AskStore(epoch) => {
                     if once.asked.is_some() {
                         rounds += 1;
                     }
+                    let Some(id) = message.as_ref().map(|m| m.id().clone()) else {
+                        return Err(AppendError::ShuttingDown);
+                    };
                     self.inner.ids.lookup();
                     let now = self.inner.clock.now();
                     let found = self
@@ -543,6 +545,7 @@ impl Log {
         queue.bytes += size;
         queue.pending.push_back(Pending {
             record,
+            findable: once.is_some(),
             done: done.clone(),
         });
         if let Some(worker) = queue.idle_workers.pop() {

@@ -38,9 +38,10 @@ pub(super) struct StreamLog {
     /// When a read last looked past the watermark for another node's later epoch (or the
     /// stream was loaded, which reads the store's last position).
     checked: Timestamp,
-    /// When the acquisition this node holds the stream under finished: every record
-    /// accepted since was written by this node.
-    acquired: Timestamp,
+    /// When the acquisition this node holds the stream under finished (every record accepted
+    /// since was written by this node), if the store held records of the stream then: `None`
+    /// when it held none, so that only this node's records can ever be found.
+    earlier_until: Option<Timestamp>,
     /// The ids deduplicating sends wrote since then; boxed, and only once there is one.
     remembered: Option<Box<Remembered>>,
 }
@@ -53,7 +54,7 @@ impl StreamLog {
             next_waiter: 0,
             last_used: now,
             checked: now,
-            acquired: now,
+            earlier_until: None,
             remembered: None,
         }
     }
@@ -100,7 +101,7 @@ impl StreamLog {
     /// are fenced), so readers may see up to there; new positions start in the new epoch.
     pub(super) fn loaded(&mut self, tenure: Tenure, now: Timestamp) {
         self.checked = now;
-        self.acquired = now;
+        self.earlier_until = (tenure.last != Seq::ZERO).then_some(now);
         self.remembered = None;
         let previous = std::mem::replace(
             &mut self.state,
@@ -201,9 +202,14 @@ impl StreamLog {
 
     /// What this node knows of `id` for a deduplicating send of `window` at `now`.
     pub(super) fn known(&mut self, id: &MessageId, window: Duration, now: Timestamp) -> Known {
+        // Records of earlier owners fall in the window while it reaches back before the
+        // acquisition (if there were any).
+        let reaches_earlier = self
+            .earlier_until
+            .is_some_and(|acquired| now.saturating_sub(window) < acquired);
         match &mut self.remembered {
-            Some(remembered) => remembered.known(id, window, now, self.acquired),
-            None if now.saturating_sub(window) < self.acquired => Known::AskStore,
+            Some(remembered) => remembered.known(id, window, now, reaches_earlier),
+            None if reaches_earlier => Known::AskStore,
             None => Known::Unseen,
         }
     }

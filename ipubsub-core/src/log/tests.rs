@@ -23,6 +23,8 @@ struct TestStore {
     released: AtomicBool,
     fail: AtomicBool,
     gate_waker: Mutex<Option<Waker>>,
+    /// The positions appended findable (`append_findable`).
+    findable: Mutex<Vec<Seq>>,
 }
 
 impl TestStore {
@@ -76,6 +78,18 @@ impl MessageStore for TestStore {
             }
         }
         Ok(Appended::fenced(fenced))
+    }
+
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        assert_eq!(batch.len(), findable.len(), "a flag per record");
+        let appended = self.append(batch).await?;
+        let marked = batch.iter().zip(findable).filter(|(_, f)| **f);
+        lock(&self.findable).extend(marked.map(|(r, _)| r.seq));
+        Ok(appended)
     }
 
     async fn read_after(

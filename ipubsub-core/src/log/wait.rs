@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use super::commit::Batch;
 use super::{AppendError, Log, lock};
 use crate::id::StreamId;
-use crate::store::Seq;
+use crate::store::{Epoch, Seq};
 
 /// A one-shot answer to an append.
 #[derive(Default)]
@@ -103,6 +103,8 @@ pub(super) struct Tail<'a> {
     log: &'a Log,
     stream: StreamId,
     watermark: Seq,
+    /// Also resolve (`true`) once the stream is no longer held in this epoch.
+    epoch: Option<Epoch>,
     id: Option<u64>,
 }
 
@@ -112,6 +114,20 @@ impl<'a> Tail<'a> {
             log,
             stream,
             watermark,
+            epoch: None,
+            id: None,
+        }
+    }
+
+    /// Waits until position `seq` is settled (written, or given up), or the stream is no
+    /// longer held in `seq`'s epoch: a position that failed is never settled in the epoch
+    /// that follows, whose watermark may stay below it.
+    pub(super) fn settled(log: &'a Log, stream: StreamId, seq: Seq) -> Self {
+        Self {
+            log,
+            stream,
+            watermark: Seq::new(seq.get().saturating_sub(1)),
+            epoch: Some(seq.epoch()),
             id: None,
         }
     }
@@ -127,6 +143,7 @@ impl Future for Tail<'_> {
             return Poll::Ready(false);
         }
         match shard.get_mut(&this.stream) {
+            Some(log) if this.epoch.is_some() && log.epoch() != this.epoch => Poll::Ready(true),
             Some(log) => match log.committed() {
                 Some(committed) if committed > this.watermark => Poll::Ready(true),
                 _ => {

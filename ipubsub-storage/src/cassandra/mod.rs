@@ -12,9 +12,9 @@
 //!   written `USING TTL` until the latest expiry of its messages, with that expiry as the
 //!   write timestamp, so the longest-lived write always wins.
 //! - `log_ids` (version 3): partition key `(stream_id, message_id)`, clustering key `seq`
-//!   descending, with `accepted_at` and `expires_at`: where each message id of a stream is,
-//!   for [`MessageStore::find_message`]. Written with the row's own TTL, *before* the records
-//!   (see "Appends"). A lookup reads the id's one partition, then checks its latest
+//!   descending, with `accepted_at` and `expires_at`: where each findable message id of a
+//!   stream is ([`MessageStore::append_findable`]), for [`MessageStore::find_message`].
+//!   Written with the row's own TTL, *before* the records (see "Appends"). A lookup reads the id's one partition, then checks its latest
 //!   qualifying position against the fence and the `log` row itself, so an entry whose
 //!   records were fenced off or never written is not an answer.
 //! - `epochs`: partition key `stream_id`: the stream's current `epoch` and its `seals`, a map
@@ -49,10 +49,11 @@
 //! # Appends
 //! Records are grouped by partition, and each partition's records go in one unlogged batch
 //! (atomic and isolated within a partition, no batch log); the partitions of a group commit are
-//! written concurrently, each after the unlogged batch of its records' `log_ids` entries (one
-//! partition per record: this roughly doubles the rows an append writes, the cost of finding
-//! ids without a secondary index). Entries first: a record never exists without its entry,
-//! so a sender's retry after an ambiguous failure finds its message if it landed. A failed
+//! written concurrently, each after the unlogged batch of the `log_ids` entries of its
+//! findable records (one partition per record: twice the rows for the records of idempotent
+//! sends, the cost of finding ids without a secondary index; other records write none).
+//! Entries first: a findable record never exists without its entry, so a sender's retry
+//! after an ambiguous failure finds its message if it landed. A failed
 //! append may therefore leave some streams' records written and
 //! others not: the log treats every failed append as ambiguous already. Inserts are upserts, so
 //! a retried batch rewrites the same rows and never duplicates a position. A record at or
@@ -410,18 +411,19 @@ impl Inner {
     }
 }
 
-/// Writes one partition's records in one unlogged batch, then the partition's entry in
-/// `buckets`.
+/// Writes one partition's records in one unlogged batch (after the `log_ids` entries of
+/// those of them that are `findable`), then the partition's entry in `buckets`.
 async fn write_partition(
     inner: Arc<Inner>,
     stream: StreamId,
     bucket: i64,
     records: Vec<LogRecord>,
+    findable: Vec<bool>,
 ) -> Result<(), StoreError> {
-    // The id entries first: a record is never stored without its entry.
+    // The id entries first: a findable record is never stored without its entry.
     let mut entries = Batch::new(BatchType::Unlogged);
-    let mut values = Vec::with_capacity(records.len());
-    for record in &records {
+    let mut values = Vec::new();
+    for (record, _) in records.iter().zip(&findable).filter(|(_, f)| **f) {
         entries.append_statement(inner.insert_id.clone());
         values.push((
             stream.as_str(),
@@ -432,12 +434,14 @@ async fn write_partition(
             ttl_seconds(record.expires_at, record.message.timestamp()),
         ));
     }
-    entries.set_consistency(inner.consistency);
-    inner
-        .session
-        .batch(&entries, values)
-        .await
-        .map_err(unavailable)?;
+    if !values.is_empty() {
+        entries.set_consistency(inner.consistency);
+        inner
+            .session
+            .batch(&entries, values)
+            .await
+            .map_err(unavailable)?;
+    }
     let mut statements = Batch::new(BatchType::Unlogged);
     let mut values = Vec::with_capacity(records.len());
     for record in &records {
@@ -512,13 +516,13 @@ fn ttl_seconds(expires_at: Timestamp, accepted: Timestamp) -> i32 {
     i32::try_from(micros.div_ceil(1_000_000).saturating_add(1)).unwrap_or(i32::MAX)
 }
 
-#[async_trait]
-impl MessageStore for CassandraStore {
-    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
-        self.inner.acquire(stream).await
-    }
-
-    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+impl CassandraStore {
+    /// [`MessageStore::append_findable`], `findable` empty for a plain append.
+    async fn append_marked(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
         let inner = &*self.inner;
         // Records of an epoch this store knows has moved on are refused unwritten.
         let mut fenced: Vec<StreamId> = Vec::new();
@@ -530,10 +534,12 @@ impl MessageStore for CassandraStore {
                 fenced.push(record.stream.clone());
             }
         }
-        let batch: Vec<&LogRecord> = batch
+        let flags = findable.iter().copied().chain(std::iter::repeat(false));
+        let (batch, findable): (Vec<&LogRecord>, Vec<bool>) = batch
             .iter()
-            .filter(|r| !fenced.contains(&r.stream))
-            .collect();
+            .zip(flags)
+            .filter(|(r, _)| !fenced.contains(&r.stream))
+            .unzip();
         // Check first, write after: a conflict anywhere writes nothing.
         for &record in &batch {
             let known = match inner.high.get(&record.stream) {
@@ -555,22 +561,44 @@ impl MessageStore for CassandraStore {
             }
         }
         // One unlogged batch per partition, written concurrently.
-        let mut partitions: HashMap<(StreamId, i64), Vec<LogRecord>> = HashMap::new();
-        for &record in &batch {
-            partitions
+        type Partition = (Vec<LogRecord>, Vec<bool>);
+        let mut partitions: HashMap<(StreamId, i64), Partition> = HashMap::new();
+        for (&record, &findable) in batch.iter().zip(&findable) {
+            let partition = partitions
                 .entry((record.stream.clone(), bucket_of(record.seq.get())))
-                .or_default()
-                .push(record.clone());
+                .or_default();
+            partition.0.push(record.clone());
+            partition.1.push(findable);
         }
         let mut writes = tokio::task::JoinSet::new();
-        for ((stream, bucket), records) in partitions {
-            writes.spawn(write_partition(self.inner.clone(), stream, bucket, records));
+        for ((stream, bucket), (records, findable)) in partitions {
+            let inner = self.inner.clone();
+            writes.spawn(write_partition(inner, stream, bucket, records, findable));
         }
         while let Some(written) = writes.join_next().await {
             written.map_err(unavailable)??;
         }
         fenced.extend(fence::confirm(&self.inner, &batch).await?);
         Ok(Appended::fenced(fenced))
+    }
+}
+
+#[async_trait]
+impl MessageStore for CassandraStore {
+    async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
+        self.inner.acquire(stream).await
+    }
+
+    async fn append(&self, batch: &[LogRecord]) -> Result<Appended, StoreError> {
+        self.append_marked(batch, &[]).await
+    }
+
+    async fn append_findable(
+        &self,
+        batch: &[LogRecord],
+        findable: &[bool],
+    ) -> Result<Appended, StoreError> {
+        self.append_marked(batch, findable).await
     }
 
     async fn read_after(

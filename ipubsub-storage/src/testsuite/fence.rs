@@ -128,7 +128,8 @@ async fn writers_race_an_acquisition<S: MessageStore>(
                     let mut acked = Vec::new();
                     for i in 1..=10_000 {
                         let record = c.record(&s, w * 100_000 + i, LONG);
-                        match store.append(std::slice::from_ref(&record)).await {
+                        let one = std::slice::from_ref(&record);
+                        match store.append_findable(one, &[true]).await {
                             Ok(appended) if appended.is_fenced(&s) => {
                                 return (acked, None, Some(record.seq));
                             }
@@ -233,7 +234,8 @@ pub(super) async fn two_stores_take_a_stream_in_turn(a: &impl MessageStore, b: &
         },
         "[{name}] the second store's tenure"
     );
-    let refused = ok(name, "old epoch", a.append(&[c.record(&s, 3, LONG)]).await).await;
+    let refused = a.append_findable(&[c.record(&s, 3, LONG)], &[true]).await;
+    let refused = ok(name, "old epoch", refused).await;
     assert_eq!(
         refused,
         Appended::fenced(vec![s.clone()]),

@@ -1,12 +1,12 @@
-//! Cases of [`MessageStore::find_message`]: which records an id lookup finds, by stream, id,
-//! acceptance time, expiry and purge.
+//! Cases of [`MessageStore::find_message`]: which findable records an id lookup finds, by
+//! stream, id, acceptance time, expiry and purge.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use ipubsub_core::{LogRecord, Message, MessageId, MessageStore, Seq, StreamId, Timestamp};
 
-use super::{Case, Expiry, LONG, at, first, ok, wrote};
+use super::{Case, Expiry, LONG, at, first, ok, wrote_findable};
 
 /// A record of `stream` at `counter` of the first epoch with message id `id`, accepted
 /// `ago` before the case's present, living `ttl` from then.
@@ -64,7 +64,7 @@ pub(super) async fn an_id_is_found_by_stream_and_acceptance_time(store: &impl Me
         c.acquired(store, "other").await,
     );
     let odd = "m\u{0}\"é\\ 1";
-    wrote(
+    wrote_findable(
         name,
         store,
         &[
@@ -120,7 +120,7 @@ pub(super) async fn expired_and_purged_records_are_not_found(
     let c = Case::new(name);
     let s = c.acquired(store, "s").await;
     // Accepted 1 s ago and living 2 s: expired a second from now.
-    wrote(
+    wrote_findable(
         name,
         store,
         &[

@@ -120,6 +120,17 @@ async fn wrote(case: &str, store: &impl MessageStore, batch: &[LogRecord]) {
     );
 }
 
+/// An append of records that must all be findable ([`MessageStore::append_findable`]).
+async fn wrote_findable(case: &str, store: &impl MessageStore, batch: &[LogRecord]) {
+    let findable = vec![true; batch.len()];
+    let appended = store.append_findable(batch, &findable).await;
+    assert_eq!(
+        ok(case, "append_findable", appended).await,
+        Appended::all(),
+        "[{case}] an append of the current epoch is not fenced"
+    );
+}
+
 async fn ok<T>(case: &str, what: &str, result: Result<T, StoreError>) -> T {
     match result {
         Ok(v) => v,
@@ -531,7 +542,7 @@ async fn appends_survive_a_reopen_before(store: &impl MessageStore) -> (StreamId
     let c = Case::new(name);
     let s = c.acquired(store, "s").await;
     let batch: Vec<_> = (1..=5).map(|q| c.record(&s, q, LONG)).collect();
-    wrote(name, store, &batch).await;
+    wrote_findable(name, store, &batch).await;
     (s, batch)
 }
 

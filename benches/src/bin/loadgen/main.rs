@@ -146,8 +146,8 @@ struct Args {
     /// counts as delivered once its ack is answered.
     #[arg(long)]
     ack_timeout: Option<u64>,
-    /// In-memory sends ask for a dedupe window of this many seconds (`dedupeWindowSeconds`):
-    /// every send's id is checked against, and remembered by, its stream.
+    /// Sends ask for a dedupe window of this many seconds (`dedupeWindowSeconds`): every
+    /// send's id is checked against, and remembered by, its stream (or its log).
     #[arg(long)]
     dedupe_window: Option<u64>,
 }
@@ -198,11 +198,11 @@ fn payload(size: usize) -> String {
 
 /// The JSON body of send number `seq`, to `stream`.
 fn send_body(args: &Args, stream: &str, seq: u64) -> String {
+    let dedupe = args
+        .dedupe_window
+        .map(|w| format!(",\"dedupeWindowSeconds\":{w}"))
+        .unwrap_or_default();
     if args.mode == Mode::Memory {
-        let dedupe = args
-            .dedupe_window
-            .map(|w| format!(",\"dedupeWindowSeconds\":{w}"))
-            .unwrap_or_default();
         format!(
             "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"inMemoryStreamSize\":{}{dedupe},\"message\":{}}}",
             args.stream_size,
@@ -210,7 +210,7 @@ fn send_body(args: &Args, stream: &str, seq: u64) -> String {
         )
     } else {
         format!(
-            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"writeToDB\":true,\"message\":{}}}",
+            "{{\"streamId\":\"{stream}\",\"messageUuid\":\"{seq}\",\"writeToDB\":true{dedupe},\"message\":{}}}",
             payload(args.message_size)
         )
     }
