@@ -597,6 +597,27 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// The highest position among the messages `filter` matches, if any.
+    async fn highest_seq(&self, filter: Document) -> Result<Option<Seq>, StoreError> {
+        let mut cursor = self
+            .messages
+            .find(filter)
+            .sort(doc! {"seq": -1})
+            .limit(1)
+            .projection(doc! {"seq": 1, "_id": 0})
+            .await
+            .map_err(unavailable)?;
+        if !cursor.advance().await.map_err(unavailable)? {
+            return Ok(None);
+        }
+        let doc = cursor.deserialize_current().map_err(unavailable)?;
+        Ok(Some(Seq::new(to_u64(
+            doc.get_i64("seq").map_err(corrupt)?,
+        )?)))
+    }
+}
+
 #[async_trait]
 impl MessageStore for MongoStore {
     async fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
@@ -733,42 +754,18 @@ impl MessageStore for MongoStore {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
-        let mut cursor = self
-            .messages
-            .find(doc! {
-                "streamId": stream.as_str(),
-                "messageId": id.as_str(),
-                "acceptedAt": {"$gte": to_i64(since.as_micros())?},
-                "expiresAtMicros": {"$gt": to_i64(now.as_micros())?},
-            })
-            .sort(doc! {"seq": -1})
-            .limit(1)
-            .projection(doc! {"seq": 1, "_id": 0})
-            .await
-            .map_err(unavailable)?;
-        if cursor.advance().await.map_err(unavailable)? {
-            let doc = cursor.deserialize_current().map_err(unavailable)?;
-            return Ok(Some(Seq::new(to_u64(
-                doc.get_i64("seq").map_err(corrupt)?,
-            )?)));
-        }
-        Ok(None)
+        self.highest_seq(doc! {
+            "streamId": stream.as_str(),
+            "messageId": id.as_str(),
+            "acceptedAt": {"$gte": to_i64(since.as_micros())?},
+            "expiresAtMicros": {"$gt": to_i64(now.as_micros())?},
+        })
+        .await
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {
-        let mut cursor = self
-            .messages
-            .find(doc! {"streamId": stream.as_str()})
-            .sort(doc! {"seq": -1})
-            .limit(1)
-            .projection(doc! {"seq": 1, "_id": 0})
-            .await
-            .map_err(unavailable)?;
-        if cursor.advance().await.map_err(unavailable)? {
-            let doc = cursor.deserialize_current().map_err(unavailable)?;
-            return Ok(Seq::new(to_u64(doc.get_i64("seq").map_err(corrupt)?)?));
-        }
-        Ok(Seq::ZERO)
+        let last = self.highest_seq(doc! {"streamId": stream.as_str()}).await?;
+        Ok(last.unwrap_or(Seq::ZERO))
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>, StoreError> {
