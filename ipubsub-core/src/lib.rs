@@ -55,6 +55,8 @@ pub use error::{ReceiveError, SendError};
 pub use id::{IdError, MAX_ID_LEN, MessageId, StreamId};
 pub use log::{Append, AppendError, Log, LogConfig, LogStats, ReadBatch, ReadError, Written};
 pub use message::Message;
-pub use store::{Appended, Epoch, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry};
+pub use store::{
+    Appended, Epoch, FoundId, LogRecord, MessageStore, Seq, StoreError, Tenure, expiry,
+};
 pub use time::{Clock, ManualClock, OffsetClock, SystemClock, Timestamp};
 pub use token::{ResumeToken, TokenError};

@@ -179,6 +179,20 @@ impl LogRecord {
     }
 }
 
+/// A findable record as [`MessageStore::list_findable`] lists it: what deduplication needs
+/// of it, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundId {
+    /// Its message id.
+    pub id: MessageId,
+    /// Its position.
+    pub seq: Seq,
+    /// When it was accepted (its [`Message::timestamp`]).
+    pub accepted: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -243,7 +257,10 @@ pub enum StoreError {
 ///   records of idempotent sends, and asks only in the window after it acquires a stream
 ///   (for each such send whose id this node did not append itself since), so it should be
 ///   an index lookup, not a scan; a store may index the marked records only, so that other
-///   appends pay nothing for it.
+///   appends pay nothing for it. A store may instead *list* them
+///   ([`list_findable`](Self::list_findable)): the log then asks once per acquisition and
+///   window, and remembers the answer, so that a store with no index pays nothing per append
+///   and one scan per stream.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Moves `stream` to the next epoch ([`Epoch::after`] the stored one and the epoch of
@@ -317,6 +334,27 @@ pub trait MessageStore: Send + Sync + 'static {
         }
     }
 
+    /// Every record of `stream` that [`find_message`](Self::find_message) with `since` and
+    /// `now` would find for its id (it may list other records too, as `find_message` may
+    /// find them), in increasing `seq`; `None` when there are more than `limit`, or when the
+    /// store does not list.
+    ///
+    /// The log asks it when a deduplicating send's window first reaches back before the
+    /// stream's acquisition, and answers that window's later sends from what it lists
+    /// instead of asking `find_message` for each. The default, `None`, leaves every such send
+    /// to `find_message`: right for a store that answers it from an index. A store that
+    /// would have to scan for each id should list instead (the embedded store does).
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        let _ = (stream, since, now, limit);
+        Ok(None)
+    }
+
     /// Deletes up to `limit` records expired at `now` and returns how many it deleted;
     /// fewer than `limit` means none are left (but those a coarse expiry index holds back for
     /// at most a second, see the contract above). Callers loop in bounded batches.
@@ -371,6 +409,16 @@ impl<T: MessageStore + ?Sized> MessageStore for std::sync::Arc<T> {
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
         (**self).find_message(stream, id, since, now).await
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        (**self).list_findable(stream, since, now, limit).await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

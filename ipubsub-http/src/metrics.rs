@@ -623,6 +623,13 @@ impl Collector for State {
         )?;
         constant(
             &mut encoder,
+            "log_id_listings",
+            "Listings of a stream's recent message ids in the store for deduplicating \
+             persistent sends (one per stream and acquisition, on a store that lists)",
+            ConstCounter::new(log.id_listings),
+        )?;
+        constant(
+            &mut encoder,
             "log_remembered_ids",
             "Message ids of deduplicating persistent sends this node remembers",
             ConstGauge::new(i64::try_from(log.remembered_ids).unwrap_or(i64::MAX)),

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, FoundId, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure,
+    Timestamp,
 };
 
 /// Wraps a store so that each call gives up after `limit`.
@@ -88,6 +89,17 @@ impl<S: MessageStore> MessageStore for Bounded<S> {
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
         self.within(self.inner.find_message(stream, id, since, now))
+            .await
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        self.within(self.inner.list_findable(stream, since, now, limit))
             .await
     }
 

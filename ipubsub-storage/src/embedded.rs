@@ -5,19 +5,20 @@
 //! - `log`: key = `len(stream) u16 | stream | seq u64`, big-endian, so that one stream's
 //!   records are one contiguous, ordered key range and a read is a single range scan; value =
 //!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`, the top bit of `len(id)`
-//!   set when the record is findable (ids are at most 256 bytes). A findable record
-//!   ([`MessageStore::append_findable`]) also has an index entry for
-//!   [`MessageStore::find_message`], in the same keyspace right after the stream's records:
-//!   key = `len(stream) u16 | stream | 0xff × 8 | hash(id) u64 | seq u64` (64-bit FNV-1a of
-//!   the message id), empty value, so that one id's positions in one stream are one range,
-//!   the latest last (with those of any other id of the same hash, which a lookup tells apart
-//!   by the record's own id). Other appends write no entry. A lookup checks each position it
-//!   finds against the record, so an entry never outlives what it indexes in an answer.
+//!   set when the record is findable ([`MessageStore::append_findable`]; ids are at most 256
+//!   bytes). There is no index of ids: the log lists a stream's findable records once per
+//!   acquisition ([`MessageStore::list_findable`], a scan of the stream) and remembers
+//!   them, so an idempotent send writes exactly what a plain one does (an index entry per
+//!   record had cost such sends 9% of their rate). [`MessageStore::find_message`], which
+//!   the log asks only when a listing would not fit its memory, scans the stream too.
+//!   Stores written by an earlier build may hold index entries after a stream's records
+//!   (`len(stream) u16 | stream | 0xff × 8 | hash u64 | seq u64`); reads never meet them,
+//!   and the purge removes them with their records.
 //! - `expiry`: the expiry index, one entry per append and expiry second: key = `bucket u64 |
 //!   first log key`, where `bucket` is the end of the second in which its records expire;
-//!   value = the log keys of those records, each as `len u16 | key` (a findable record's with
-//!   the top bit of `len` set, and its index entry's key after it the same way, so that the
-//!   purge removes both without reading the record). A purge scans it from the
+//!   value = the log keys of those records, each as `len u16 | key` (in entries of an
+//!   earlier build, a key with the top bit of `len` set is followed by its index entry's
+//!   key the same way, which the purge removes too). A purge scans it from the
 //!   start up to `now`, so it touches expired records only, never live data. One entry per
 //!   group commit rather than one per record halves what an append inserts into the LSM (its
 //!   skiplist inserts were a third of an append's CPU); the cost is that a record may outlive
@@ -39,8 +40,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use ipubsub_core::{
-    Appended, Epoch, LogRecord, Message, MessageId, MessageStore, Seq, StoreError, StreamId,
-    Tenure, Timestamp,
+    Appended, Epoch, FoundId, LogRecord, Message, MessageId, MessageStore, Seq, StoreError,
+    StreamId, Tenure, Timestamp,
 };
 
 /// How far an append is flushed before it is acknowledged.
@@ -249,8 +250,7 @@ impl Inner {
     }
 
     /// Writes a batch in one atomic, journaled commit, but for the records of streams that
-    /// moved to another epoch; the records flagged in `findable` (empty: none) with their id
-    /// index entries.
+    /// moved to another epoch; the records flagged in `findable` (empty: none) marked so.
     fn append(&self, batch: &[LogRecord], findable: &[bool]) -> Result<Appended, StoreError> {
         let mut known = self.known();
         let mut fenced = Vec::new();
@@ -294,11 +294,7 @@ impl Inner {
                 }
             }
             raised.push((&record.stream, record.seq));
-            let id_key = findable.then(|| id_key(&record.stream, record.message.id(), record.seq));
-            expiring.add(record.expires_at, &key, id_key.as_deref());
-            if let Some(id_key) = id_key {
-                write.insert(&self.log, id_key, []);
-            }
+            expiring.add(record.expires_at, &key);
             write.insert(&self.log, key, value);
         }
         for (key, value) in expiring.entries {
@@ -311,6 +307,42 @@ impl Inner {
             }
         }
         Ok(Appended::fenced(fenced))
+    }
+
+    /// Calls `each` with `(seq, id, accepted, expires_at)` of every findable record of
+    /// `stream` accepted at or after `since` and unexpired at `now`, latest first, while it
+    /// answers true; answers whether it was given them all. Acceptance times need not rise
+    /// with positions (each owner stamps by its own clock), so the whole stream is scanned.
+    fn findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        mut each: impl FnMut(Seq, &[u8], Timestamp, Timestamp) -> bool,
+    ) -> Result<bool, StoreError> {
+        let range = self
+            .log
+            .range(log_key(stream, Seq::ZERO)..=log_key(stream, Seq::new(u64::MAX)));
+        for item in range.rev() {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
+            let (len, findable) = id_len(&value)?;
+            if !findable || accepted < since.as_micros() || expires_at <= now.as_micros() {
+                continue;
+            }
+            let id = value
+                .get(18..18 + len)
+                .ok_or_else(|| corrupt("truncated id"))?;
+            let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
+            let times = (
+                Timestamp::from_micros(accepted),
+                Timestamp::from_micros(expires_at),
+            );
+            if !each(seq, id, times.0, times.1) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The highest position stored for `stream`, or zero.
@@ -348,35 +380,7 @@ fn log_key(stream: &StreamId, seq: Seq) -> Vec<u8> {
     key
 }
 
-/// A 64-bit FNV-1a hash of `bytes`, length-prefixed: fixed across builds, as stored keys
-/// need.
-fn fnv(bytes: &[u8]) -> [u8; 8] {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    // Stream and message ids are at most 256 bytes (enforced by StreamId and MessageId).
-    let len = (bytes.len() as u16).to_be_bytes();
-    let mut hash = OFFSET;
-    for byte in len.iter().chain(bytes) {
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
-    }
-    hash.to_be_bytes()
-}
-
-/// The index entry of `id` at `seq` in `stream`, in the `log` keyspace: `len(stream) u16 |
-/// stream | 0xff × 8 | hash(id) u64 | seq u64`. Beside the stream's records, so that an
-/// append inserts it where it inserts the record (a second keyspace, or keys spread by a
-/// hash of the stream, cost a cache miss per skiplist step of every insert: a sixth of the
-/// append rate), and after all of them: longer than the stream's last possible record key
-/// (`… | 0xff × 8`), so a read of the stream never meets it. Ids whose hashes collide share
-/// a prefix, and a lookup tells them apart by the id the log record holds.
-fn id_key(stream: &StreamId, id: &MessageId, seq: Seq) -> Vec<u8> {
-    let mut key = log_key(stream, Seq::new(u64::MAX));
-    key.extend_from_slice(&fnv(id.as_str().as_bytes()));
-    key.extend_from_slice(&seq.get().to_be_bytes());
-    key
-}
-
-/// The top bit of a value's `len(id)`: the record is findable (it has an index entry).
+/// The top bit of a value's `len(id)`: the record is findable.
 const FINDABLE: u16 = 1 << 15;
 
 /// A stored value's id length and whether the record is findable.
@@ -446,7 +450,7 @@ struct ExpiryEntries {
 }
 
 impl ExpiryEntries {
-    fn add(&mut self, expires_at: Timestamp, log_key: &[u8], id_key: Option<&[u8]>) {
+    fn add(&mut self, expires_at: Timestamp, log_key: &[u8]) {
         const SECOND: u64 = 1_000_000;
         let micros = expires_at.as_micros();
         // The end of the second it expires in: every record of the entry has expired by then.
@@ -461,11 +465,12 @@ impl ExpiryEntries {
                 self.entries.len() - 1
             }
         };
-        push_listed(&mut self.entries[at].1, log_key, id_key);
+        push_listed(&mut self.entries[at].1, log_key, None);
     }
 }
 
-/// The top bit of a listed key's length: an index entry's key follows, purged with it.
+/// The top bit of a listed key's length: an index entry's key follows, purged with it
+/// (entries of an earlier build, which indexed ids).
 const WITH_ID: u16 = 1 << 15;
 
 /// Lists a record's log key, and its index entry's key if it has one, in an expiry entry's
@@ -482,7 +487,8 @@ fn push_listed(value: &mut Vec<u8>, log_key: &[u8], id_key: Option<&[u8]>) {
     }
 }
 
-/// A record listed in an expiry entry: its log key and, if it is findable, its index entry's.
+/// A record listed in an expiry entry: its log key and, in an entry of an earlier build, its
+/// index entry's key if it had one.
 type Listed<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// The records listed in an expiry entry's value.
@@ -577,34 +583,51 @@ impl MessageStore for EmbeddedStore {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
-        // A short range scan of the id's positions, latest first, and a point read of each
-        // until one qualifies: inline, like a read.
-        let (first, last) = (
-            id_key(stream, id, Seq::ZERO),
-            id_key(stream, id, Seq::new(u64::MAX)),
-        );
-        for item in self.inner.log.range(first..=last).rev() {
-            let key = item.key().map_err(unavailable)?;
-            let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
-            let Some(value) = self
-                .inner
-                .log
-                .get(log_key(stream, seq))
-                .map_err(unavailable)?
-            else {
-                continue; // purged since the index was read
-            };
-            let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
-            let (len, _) = id_len(&value)?;
-            if value.get(18..18 + len) != Some(id.as_str().as_bytes()) {
-                continue; // another id of the same hash
+        // A scan of the stream, latest first: off the async workers, like an append.
+        let (stream, id) = (stream.clone(), id.clone());
+        self.blocking(move |inner| {
+            let mut found = None;
+            inner.findable(&stream, since, now, |seq, other, _, _| {
+                found = (other == id.as_str().as_bytes()).then_some(seq);
+                found.is_none()
+            })?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        let stream = stream.clone();
+        self.blocking(move |inner| {
+            let (mut found, mut bad) = (Vec::new(), None);
+            let whole = inner.findable(&stream, since, now, |seq, id, accepted, expires_at| {
+                if found.len() == limit {
+                    return false; // one more than fits
+                }
+                match std::str::from_utf8(id).map(MessageId::new) {
+                    Ok(Ok(id)) => found.push(FoundId {
+                        id,
+                        seq,
+                        accepted,
+                        expires_at,
+                    }),
+                    _ => bad = Some(corrupt("an invalid message id")),
+                }
+                bad.is_none()
+            })?;
+            if let Some(bad) = bad {
+                return Err(bad);
             }
-            // Acceptance times need not fall with positions (each owner stamps by its clock).
-            if accepted >= since.as_micros() && expires_at > now.as_micros() {
-                return Ok(Some(seq));
-            }
-        }
-        Ok(None)
+            found.reverse();
+            Ok(whole.then_some(found))
+        })
+        .await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
@@ -720,24 +743,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn only_findable_records_are_indexed_and_the_purge_takes_their_entries_too() {
+    async fn findable_records_are_marked_not_indexed_and_listed_latest_last() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).expect("open");
         let s: StreamId = "s".parse().expect("id");
         let at = |secs: u64| Timestamp::from_micros(secs * 1_000_000);
         let batch: Vec<_> = (1..=4).map(|n| record(&s, n, at(10))).collect();
         store.append(&batch[..2]).await.expect("append");
-        assert_eq!(
-            store.inner.log.len().expect("len"),
-            2,
-            "a plain append: two records"
-        );
         let appended = store.append_findable(&batch[2..], &[true, false]).await;
         appended.expect("append");
         assert_eq!(
             store.inner.log.len().expect("len"),
-            5,
-            "four records, an entry for record 3"
+            4,
+            "four records and nothing else"
         );
         let find = |n: u64| {
             let id = MessageId::new(format!("m{n}")).expect("id");
@@ -745,20 +763,75 @@ mod tests {
             async move { store.find_message(&s, &id, at(0), at(1)).await }
         };
         assert_eq!(find(3).await.expect("find"), Some(Seq::new(3)));
-        // An entry of another id under the same hash (as a collision makes): told apart.
-        let m9 = MessageId::new("m9").expect("id");
-        let entry = id_key(&s, &m9, Seq::new(2));
-        store.inner.log.insert(&entry, []).expect("insert");
-        assert_eq!(find(9).await.expect("find"), None, "record 2 holds m2");
-        store.inner.log.remove(entry).expect("remove");
-        // Part of one expiry entry at a time: the rest keeps its listed id entry.
+        assert_eq!(find(4).await.expect("find"), None, "not findable");
+        let list = |limit| store.list_findable(&s, at(0), at(1), limit);
+        let seqs = |found: Option<Vec<FoundId>>| {
+            found.map(|f| f.iter().map(|f| f.seq.get()).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(list(1).await.expect("list")), Some(vec![3]));
+        assert_eq!(seqs(list(0).await.expect("list")), None, "more than fit");
+        assert_eq!(
+            store
+                .list_findable(&s, at(0), at(10), 9)
+                .await
+                .expect("list"),
+            Some(vec![]),
+            "expired"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_id_index_entries_of_an_earlier_build_are_purged_with_their_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).expect("open");
+        let s: StreamId = "s".parse().expect("id");
+        let at = |secs: u64| Timestamp::from_micros(secs * 1_000_000);
+        // Three findable records, each with an index entry after the stream's records
+        // (`… | 0xff × 8 | hash | seq`), listed in one expiry entry the way that build did.
+        let mut value = Vec::new();
+        for n in 1..=3 {
+            let r = record(&s, n, at(10));
+            let key = log_key(&s, r.seq);
+            let mut id_key = log_key(&s, Seq::new(u64::MAX));
+            id_key.extend_from_slice(&n.to_be_bytes());
+            id_key.extend_from_slice(&n.to_be_bytes());
+            store
+                .inner
+                .log
+                .insert(&key, encode_value(&r, true))
+                .expect("insert");
+            store.inner.log.insert(&id_key, []).expect("insert");
+            push_listed(&mut value, &key, Some(&id_key));
+        }
+        let mut expiry_key = at(10).as_micros().to_be_bytes().to_vec();
+        expiry_key.extend_from_slice(&log_key(&s, Seq::new(1)));
+        store
+            .inner
+            .expiry
+            .insert(expiry_key, value)
+            .expect("insert");
+        let read = store
+            .read_after(&s, Seq::ZERO, 10, at(0))
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 3, "a read never meets an index entry");
+        assert_eq!(
+            store
+                .list_findable(&s, at(0), at(1), 9)
+                .await
+                .expect("list")
+                .map(|f| f.len()),
+            Some(3)
+        );
+        // Part of the expiry entry at a time: the rest keeps its listed index entries.
         assert_eq!(store.purge_expired(at(11), 1).await.expect("purge"), 1);
-        assert_eq!(store.purge_expired(at(11), 100).await.expect("purge"), 3);
+        assert_eq!(store.inner.log.len().expect("len"), 4);
+        assert_eq!(store.purge_expired(at(11), 100).await.expect("purge"), 2);
         assert_eq!(
             store.inner.log.len().expect("len"),
             0,
-            "purged with its record"
+            "records and entries"
         );
-        assert_eq!(find(3).await.expect("find"), None);
+        assert_eq!(store.inner.expiry.len().expect("len"), 0);
     }
 }

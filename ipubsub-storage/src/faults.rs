@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure, Timestamp,
+    Appended, FoundId, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure,
+    Timestamp,
 };
 
 /// A store that fails the appends whose numbers (counting from 1) it was given (and, while
@@ -115,6 +116,16 @@ impl<S: MessageStore> MessageStore for FailingStore<S> {
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
         self.inner.find_message(stream, id, since, now).await
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        self.inner.list_findable(stream, since, now, limit).await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

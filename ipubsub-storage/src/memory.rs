@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use ipubsub_core::{
-    Appended, Epoch, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId, Tenure,
-    Timestamp,
+    Appended, Epoch, FoundId, LogRecord, MessageId, MessageStore, Seq, StoreError, StreamId,
+    Tenure, Timestamp,
 };
 
 /// A [`MessageStore`] in process memory: each stream a `BTreeMap` by position and its epoch,
@@ -138,6 +138,32 @@ impl MessageStore for MemoryStore {
             .rev()
             .find(|r| r.message.id() == id && r.message.timestamp() >= since && !r.is_expired(now))
             .map(|r| r.seq))
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        let inner = self.lock();
+        let Some(log) = inner.streams.get(stream) else {
+            return Ok(Some(Vec::new()));
+        };
+        // Like `find_message`, every record counts, findable or not.
+        let listed: Vec<_> = log
+            .values()
+            .filter(|r| r.message.timestamp() >= since && !r.is_expired(now))
+            .take(limit.saturating_add(1))
+            .map(|r| FoundId {
+                id: r.message.id().clone(),
+                seq: r.seq,
+                accepted: r.message.timestamp(),
+                expires_at: r.expires_at,
+            })
+            .collect();
+        Ok((listed.len() <= limit).then_some(listed))
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

@@ -6,12 +6,17 @@
 //! itself since it acquired the stream ([`Remembered`]); records of earlier owners (another
 //! node, or this one before a restart or a release) only the store knows, and they matter
 //! only while the window reaches back before the acquisition, and only if the store held any
-//! record of the stream then (a new stream has none). So the store is asked
-//! ([`MessageStore::find_message`]) only then, or when this node's memory is not complete:
-//! an id was left out for the per-node cap, or an entry of a shorter window than the one
-//! asked for may have been forgotten already.
+//! record of the stream then (a new stream has none). The first send whose window reaches
+//! back that far asks the store to list the stream's findable records of its window
+//! ([`MessageStore::list_findable`]); once they are remembered too, the sends of that window
+//! are answered from memory. A store that does not list, or a listing that would not fit
+//! the per-node cap, leaves each such send to ask the store for its own id
+//! ([`MessageStore::find_message`]), as does a memory that is not complete: an id was left
+//! out for the cap, or an entry of a shorter window than the one asked for may have been
+//! forgotten already.
 //!
 //! [`MessageStore::find_message`]: crate::MessageStore::find_message
+//! [`MessageStore::list_findable`]: crate::MessageStore::list_findable
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::id::MessageId;
-use crate::store::Seq;
+use crate::store::{FoundId, Seq};
 use crate::time::Timestamp;
 
 /// The node's count of remembered ids, its cap, and what deduplication did.
@@ -31,6 +36,7 @@ pub(super) struct IdBudget {
     unremembered: AtomicU64,
     duplicates: AtomicU64,
     lookups: AtomicU64,
+    listings: AtomicU64,
 }
 
 impl IdBudget {
@@ -41,7 +47,14 @@ impl IdBudget {
             unremembered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            listings: AtomicU64::new(0),
         }
+    }
+
+    /// How many more ids fit under the cap.
+    pub(super) fn room(&self) -> usize {
+        self.max
+            .saturating_sub(self.entries.load(Ordering::Relaxed))
     }
 
     fn take_place(&self) -> bool {
@@ -65,13 +78,18 @@ impl IdBudget {
         self.lookups.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `(remembered now, left out for the cap, duplicates, store lookups)`.
-    pub(super) fn snapshot(&self) -> (usize, u64, u64, u64) {
+    pub(super) fn listing(&self) {
+        self.listings.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(remembered now, left out for the cap, duplicates, store lookups, store listings)`.
+    pub(super) fn snapshot(&self) -> (usize, u64, u64, u64, u64) {
         (
             self.entries.load(Ordering::Relaxed),
             self.unremembered.load(Ordering::Relaxed),
             self.duplicates.load(Ordering::Relaxed),
             self.lookups.load(Ordering::Relaxed),
+            self.listings.load(Ordering::Relaxed),
         )
     }
 }
@@ -92,7 +110,12 @@ pub(super) enum Known {
     At(Seq),
     /// Not written by this node within the window, and nothing else can have been.
     Unseen,
-    /// Not written by this node within the window; ask the store.
+    /// Not written by this node within the window, which reaches back to records of earlier
+    /// owners not listed yet: list them ([`MessageStore::list_findable`]), then look again.
+    ///
+    /// [`MessageStore::list_findable`]: crate::MessageStore::list_findable
+    List,
+    /// Not written by this node within the window; ask the store for the id.
     AskStore,
 }
 
@@ -124,15 +147,9 @@ impl Remembered {
         }
     }
 
-    /// What is known of `id` for a send of `window` at `now`; `reaches_earlier`: the window
-    /// reaches back to records of the stream's earlier owners.
-    pub(super) fn known(
-        &mut self,
-        id: &MessageId,
-        window: Duration,
-        now: Timestamp,
-        reaches_earlier: bool,
-    ) -> Known {
+    /// What is known of `id` for a send of `window` at `now`, of this node's own records
+    /// and those listed; [`Known::Unseen`] does not look at earlier owners' others.
+    pub(super) fn known(&mut self, id: &MessageId, window: Duration, now: Timestamp) -> Known {
         self.forget_expired(now);
         let since = now.saturating_sub(window);
         if let Some(w) = self.by_id.get(id)
@@ -141,7 +158,7 @@ impl Remembered {
         {
             return Known::At(w.seq);
         }
-        if self.incomplete || window > self.shortest || reaches_earlier {
+        if self.incomplete || window > self.shortest {
             Known::AskStore
         } else {
             Known::Unseen
@@ -178,6 +195,30 @@ impl Remembered {
         self.shortest = self.shortest.min(window);
         let forget_at = expires.min(accepted.saturating_add(window));
         self.order.push_back((forget_at, id.clone(), seq));
+    }
+
+    /// Remembers the records of earlier owners a store listed for a send of `window`: each
+    /// id at its latest position, unless this node wrote it since (later). They were accepted
+    /// before this node's own records, so they go first in the order they are forgotten in.
+    pub(super) fn learn(&mut self, listed: Vec<FoundId>, window: Duration) {
+        for found in listed.into_iter().rev() {
+            let Entry::Vacant(entry) = self.by_id.entry(found.id) else {
+                continue; // a later position: this node's own, or listed after this one
+            };
+            if !self.budget.take_place() {
+                self.incomplete = true;
+                return;
+            }
+            let id = entry.key().clone();
+            entry.insert(Written {
+                seq: found.seq,
+                accepted: found.accepted,
+                expires: found.expires_at,
+            });
+            let forget_at = found.expires_at.min(found.accepted.saturating_add(window));
+            self.order.push_front((forget_at, id, found.seq));
+        }
+        self.shortest = self.shortest.min(window);
     }
 
     /// Forgets `id` if it is remembered at `seq` (its append was withdrawn unwritten).
@@ -229,31 +270,62 @@ mod tests {
     const FAR: u64 = 10_000;
 
     #[test]
-    fn a_miss_is_trusted_only_when_the_window_does_not_reach_earlier_owners() {
+    fn an_id_is_known_for_its_window_then_forgotten() {
         let mut r = Remembered::new(Arc::new(IdBudget::new(10)));
-        assert_eq!(r.known(&id("a"), W, at(100), true), Known::AskStore);
-        assert_eq!(r.known(&id("a"), W, at(160), false), Known::Unseen);
+        assert_eq!(r.known(&id("a"), W, at(160)), Known::Unseen);
         r.remember(&id("a"), Seq::new(1), at(160), at(FAR), W);
-        assert_eq!(r.known(&id("a"), W, at(200), true), Known::At(Seq::new(1)));
-        assert_eq!(r.known(&id("a"), W, at(220), false), Known::At(Seq::new(1)));
+        assert_eq!(r.known(&id("a"), W, at(200)), Known::At(Seq::new(1)));
+        assert_eq!(r.known(&id("a"), W, at(220)), Known::At(Seq::new(1)));
         // Out of the window: a new message, and forgotten.
-        assert_eq!(r.known(&id("a"), W, at(221), false), Known::Unseen);
+        assert_eq!(r.known(&id("a"), W, at(221)), Known::Unseen);
         assert_eq!(r.len(), 0);
+    }
+
+    fn found(name: &str, seq: u64, accepted: u64) -> FoundId {
+        FoundId {
+            id: id(name),
+            seq: Seq::new(seq),
+            accepted: at(accepted),
+            expires_at: at(FAR),
+        }
+    }
+
+    #[test]
+    fn listed_ids_are_known_at_their_latest_position_below_this_nodes_own() {
+        let budget = Arc::new(IdBudget::new(3));
+        let mut r = Remembered::new(budget.clone());
+        r.remember(&id("mine"), Seq::new(10), at(150), at(FAR), W);
+        let listed = vec![
+            found("a", 1, 100),
+            found("mine", 2, 110),
+            found("a", 3, 120),
+        ];
+        r.learn(listed, W);
+        assert_eq!(r.known(&id("a"), W, at(150)), Known::At(Seq::new(3)));
+        assert_eq!(r.known(&id("mine"), W, at(150)), Known::At(Seq::new(10)));
+        assert_eq!(budget.snapshot().0, 2, "one place per id");
+        // Forgotten in the order accepted: a (120 + 60) first, then mine.
+        assert_eq!(r.known(&id("a"), W, at(181)), Known::Unseen);
+        assert_eq!((r.len(), r.order.len()), (1, 1));
+        // Past the cap, a listing leaves the memory incomplete: misses go to the store.
+        r.learn(
+            vec![found("b", 4, 170), found("c", 5, 175), found("d", 6, 176)],
+            W,
+        );
+        assert_eq!(budget.snapshot().0, 3);
+        assert_eq!(r.known(&id("zzz"), W, at(190)), Known::AskStore);
     }
 
     #[test]
     fn an_expired_record_is_no_duplicate_and_a_longer_window_asks_the_store() {
         let mut r = Remembered::new(Arc::new(IdBudget::new(10)));
         r.remember(&id("short"), Seq::new(1), at(100), at(105), W);
-        let known = |r: &mut Remembered, now| r.known(&id("short"), W, at(now), false);
+        let known = |r: &mut Remembered, now| r.known(&id("short"), W, at(now));
         assert_eq!(known(&mut r, 104), Known::At(Seq::new(1)));
         assert_eq!(known(&mut r, 105), Known::Unseen);
         // Entries of 60 s may be gone: a window of 120 s cannot trust a miss.
         let longer = Duration::from_secs(120);
-        assert_eq!(
-            r.known(&id("other"), longer, at(200), false),
-            Known::AskStore
-        );
+        assert_eq!(r.known(&id("other"), longer, at(200)), Known::AskStore);
     }
 
     #[test]
@@ -265,7 +337,7 @@ mod tests {
         }
         assert_eq!(budget.snapshot().0, 2);
         assert_eq!(budget.snapshot().1, 1, "one left out");
-        assert_eq!(r.known(&id("zzz"), W, at(120), false), Known::AskStore);
+        assert_eq!(r.known(&id("zzz"), W, at(120)), Known::AskStore);
         r.withdraw(&id("a"), Seq::new(9));
         assert_eq!(budget.snapshot().0, 2, "another position: kept");
         r.withdraw(&id("a"), Seq::new(1));

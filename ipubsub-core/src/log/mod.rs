@@ -323,7 +323,10 @@ impl Log {
                     return Ok(Step::Duplicate(seq));
                 }
                 Known::At(seq) => return Ok(Step::Pending(seq)),
-                Known::AskStore => match once.asked {
+                // Listed once per send: if that did not do (a listing of an acquisition since,
+                // or the clock went back), its id is asked for.
+                Known::List if !once.listed => return Ok(Step::List(epoch)),
+                Known::List | Known::AskStore => match once.asked {
                     Some((asked, Some(seq))) if asked == epoch => {
                         return Ok(Step::Duplicate(seq));
                     }
@@ -549,11 +552,12 @@ impl Log {
     /// What the group commits and the deduplicating appends did since the log started.
     pub fn stats(&self) -> LogStats {
         let mut stats = self.inner.counters.snapshot();
-        let (remembered, unremembered, duplicates, lookups) = self.inner.ids.snapshot();
+        let (remembered, unremembered, duplicates, lookups, listings) = self.inner.ids.snapshot();
         stats.remembered_ids = remembered as u64;
         stats.unremembered_ids = unremembered;
         stats.duplicates = duplicates;
         stats.id_lookups = lookups;
+        stats.id_listings = listings;
         stats
     }
 

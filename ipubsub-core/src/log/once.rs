@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::wait::{Completion, Tail};
-use super::{APPEND_ATTEMPTS, AppendError, Log, load_failed};
+use super::{APPEND_ATTEMPTS, AppendError, Log, load_failed, lock};
 use crate::id::StreamId;
 use crate::message::Message;
 use crate::store::{Epoch, Seq};
@@ -46,13 +46,17 @@ pub(super) enum Step {
     /// A duplicate of this node's append at this position, not settled yet: wait for it
     /// to settle, then look again (it may have failed).
     Pending(Seq),
+    /// The window reaches back to earlier owners' records: list them, under this epoch.
+    List(Epoch),
     /// Only the store can tell whether it holds the id: ask it, under this epoch.
     AskStore(Epoch),
 }
 
-/// A deduplicating append: its window, and what the store said of its id, under which epoch.
+/// A deduplicating append: its window, whether it had the store list the stream, and what
+/// the store said of its id, under which epoch.
 pub(super) struct Once {
     pub(super) window: Duration,
+    pub(super) listed: bool,
     pub(super) asked: Option<(Epoch, Option<Seq>)>,
 }
 
@@ -64,9 +68,11 @@ impl Log {
     ///
     /// This holds across nodes and restarts: the ids this node wrote since it acquired the
     /// stream it remembers (up to [`LogConfig::max_remembered_ids`](super::LogConfig::max_remembered_ids)); for the others, while
-    /// the window reaches back past the acquisition, it asks the store
-    /// ([`MessageStore::find_message`](crate::MessageStore::find_message)). Two appends of one id racing on this node write one
-    /// record: the second waits for the first's outcome (and is written if the first fails).
+    /// the window reaches back past the acquisition, it has the store list the window's
+    /// records once ([`MessageStore::list_findable`](crate::MessageStore::list_findable)) and remembers them too, or, if
+    /// the store does not list, asks for each id ([`MessageStore::find_message`](crate::MessageStore::find_message)). Two
+    /// appends of one id racing on this node write one record: the second waits for the
+    /// first's outcome (and is written if the first fails).
     pub async fn append_once(
         &self,
         stream: StreamId,
@@ -149,6 +155,7 @@ impl Log {
         let mut message = Some(message);
         let mut once = Once {
             window,
+            listed: false,
             asked: None,
         };
         // As in `enqueue`; a lookup that another acquisition made stale counts as a round.
@@ -164,6 +171,23 @@ impl Log {
                 Step::Pending(seq) => {
                     // Settled (written or not), or the stream forgotten: look again.
                     Tail::settled(self, stream.clone(), seq).await;
+                }
+                Step::List(epoch) => {
+                    once.listed = true;
+                    self.inner.ids.listing();
+                    let now = self.inner.clock.now();
+                    let since = now.saturating_sub(window);
+                    let room = self.inner.ids.room();
+                    let listed = self
+                        .inner
+                        .store
+                        .list_findable(stream, since, now, room)
+                        .await
+                        .map_err(|e| AppendError::Store(Arc::new(e)))?;
+                    let mut shard = lock(self.inner.shard(stream));
+                    if let Some(log) = shard.get_mut(stream) {
+                        log.learn(epoch, since, listed, window, &self.inner.ids);
+                    }
                 }
                 Step::AskStore(epoch) => {
                     if once.asked.is_some() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::dedupe::{IdBudget, Known, Remembered};
 use crate::id::MessageId;
-use crate::store::{Epoch, Seq, Tenure};
+use crate::store::{Epoch, FoundId, Seq, Tenure};
 use crate::time::Timestamp;
 
 pub(super) enum LoadState {
@@ -42,8 +42,22 @@ pub(super) struct StreamLog {
     /// since was written by this node), if the store held records of the stream then: `None`
     /// when it held none, so that only this node's records can ever be found.
     earlier_until: Option<Timestamp>,
-    /// The ids deduplicating sends wrote since then; boxed, and only once there is one.
+    /// The ids deduplicating sends wrote since then, and those the store listed; boxed,
+    /// and only once there is one.
     remembered: Option<Box<Remembered>>,
+    /// What the store listed of earlier owners' records since the acquisition.
+    listed: Listed,
+}
+
+/// Which records of the stream's earlier owners the store listed into this node's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    /// None yet.
+    Nothing,
+    /// Every findable record accepted since this time.
+    Since(Timestamp),
+    /// The store does not list, or its listing did not fit: sends ask for their ids.
+    Refused,
 }
 
 impl StreamLog {
@@ -56,6 +70,7 @@ impl StreamLog {
             checked: now,
             earlier_until: None,
             remembered: None,
+            listed: Listed::Nothing,
         }
     }
 
@@ -103,6 +118,7 @@ impl StreamLog {
         self.checked = now;
         self.earlier_until = (tenure.last != Seq::ZERO).then_some(now);
         self.remembered = None;
+        self.listed = Listed::Nothing;
         let previous = std::mem::replace(
             &mut self.state,
             LoadState::Ready {
@@ -202,16 +218,54 @@ impl StreamLog {
 
     /// What this node knows of `id` for a deduplicating send of `window` at `now`.
     pub(super) fn known(&mut self, id: &MessageId, window: Duration, now: Timestamp) -> Known {
+        let since = now.saturating_sub(window);
         // Records of earlier owners fall in the window while it reaches back before the
-        // acquisition (if there were any).
-        let reaches_earlier = self
-            .earlier_until
-            .is_some_and(|acquired| now.saturating_sub(window) < acquired);
-        match &mut self.remembered {
-            Some(remembered) => remembered.known(id, window, now, reaches_earlier),
-            None if reaches_earlier => Known::AskStore,
+        // acquisition (if there were any), unless the store listed them.
+        let reaches_earlier = self.earlier_until.is_some_and(|acquired| since < acquired)
+            && !matches!(self.listed, Listed::Since(from) if from <= since);
+        let known = match &mut self.remembered {
+            Some(remembered) => remembered.known(id, window, now),
             None => Known::Unseen,
+        };
+        match known {
+            Known::Unseen if reaches_earlier && self.listed == Listed::Refused => Known::AskStore,
+            Known::Unseen if reaches_earlier => Known::List,
+            known => known,
         }
+    }
+
+    /// Remembers what the store listed for a send of `window`: `listed`, every findable
+    /// record accepted since `since`, asked while this node held the stream in `epoch`
+    /// (`None`: the store would not list). Ignored if the stream was acquired again since.
+    pub(super) fn learn(
+        &mut self,
+        epoch: Epoch,
+        since: Timestamp,
+        listed: Option<Vec<FoundId>>,
+        window: Duration,
+        budget: &Arc<IdBudget>,
+    ) {
+        if self.epoch() != Some(epoch) {
+            return;
+        }
+        let Some(listed) = listed else {
+            self.listed = Listed::Refused;
+            return;
+        };
+        // This node's own records it remembers already (or its memory is incomplete).
+        let earlier: Vec<_> = listed
+            .into_iter()
+            .filter(|found| found.seq.epoch() < epoch)
+            .collect();
+        if !earlier.is_empty() {
+            self.remembered
+                .get_or_insert_with(|| Box::new(Remembered::new(budget.clone())))
+                .learn(earlier, window);
+        }
+        self.listed = match self.listed {
+            Listed::Since(from) => Listed::Since(from.min(since)),
+            _ => Listed::Since(since),
+        };
     }
 
     /// Remembers a deduplicating send's id at the position it was given.

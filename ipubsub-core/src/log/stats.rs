@@ -49,6 +49,9 @@ pub struct LogStats {
     pub duplicates: u64,
     /// Lookups of a message id in the store (`MessageStore::find_message`).
     pub id_lookups: u64,
+    /// Listings of a stream's findable records in the store
+    /// (`MessageStore::list_findable`), one per stream and acquisition when the store lists.
+    pub id_listings: u64,
 }
 
 /// The live counters behind [`LogStats`]: a few relaxed atomic adds per commit.

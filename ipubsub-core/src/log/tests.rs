@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::id::MessageId;
-use crate::store::{Appended, Epoch};
+use crate::store::{Appended, Epoch, FoundId};
 use crate::time::ManualClock;
 
 /// A minimal store for the log's own tests: a map and each stream's epoch, plus a gate that
@@ -25,6 +25,10 @@ struct TestStore {
     gate_waker: Mutex<Option<Waker>>,
     /// The positions appended findable (`append_findable`).
     findable: Mutex<Vec<Seq>>,
+    /// Whether `list_findable` lists (else it answers `None`, the default), and how many
+    /// times it listed.
+    lists: AtomicBool,
+    listings: AtomicUsize,
 }
 
 impl TestStore {
@@ -107,6 +111,32 @@ impl MessageStore for TestStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn list_findable(
+        &self,
+        stream: &StreamId,
+        since: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Vec<FoundId>>, StoreError> {
+        if !self.lists.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.listings.fetch_add(1, Ordering::SeqCst);
+        let records = self.read_after(stream, Seq::ZERO, usize::MAX, now).await?;
+        let findable = lock(&self.findable);
+        let listed: Vec<_> = records
+            .into_iter()
+            .filter(|r| findable.contains(&r.seq) && r.message.timestamp() >= since)
+            .map(|r| FoundId {
+                id: r.message.id().clone(),
+                seq: r.seq,
+                accepted: r.message.timestamp(),
+                expires_at: r.expires_at,
+            })
+            .collect();
+        Ok((listed.len() <= limit).then_some(listed))
     }
 
     async fn last_seq(&self, stream: &StreamId) -> Result<Seq, StoreError> {

@@ -1,12 +1,15 @@
-//! Cases of [`MessageStore::find_message`]: which findable records an id lookup finds, by
-//! stream, id, acceptance time, expiry and purge.
+//! Cases of [`MessageStore::find_message`] and [`MessageStore::list_findable`]: which
+//! findable records an id lookup finds, or a listing lists, by stream, id, acceptance time,
+//! expiry and purge.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use ipubsub_core::{LogRecord, Message, MessageId, MessageStore, Seq, StreamId, Timestamp};
+use ipubsub_core::{
+    FoundId, LogRecord, Message, MessageId, MessageStore, Seq, StreamId, Timestamp,
+};
 
-use super::{Case, Expiry, LONG, at, first, ok, wrote_findable};
+use super::{Case, Expiry, LONG, at, first, ok, wrote, wrote_findable};
 
 /// A record of `stream` at `counter` of the first epoch with message id `id`, accepted
 /// `ago` before the case's present, living `ttl` from then.
@@ -177,5 +180,74 @@ pub(super) async fn an_id_is_found_after_a_reopen(
         .await,
         Some(last.seq.counter()),
         "[{name}] the id written before the reopen"
+    );
+}
+
+/// A store that lists ([`MessageStore::list_findable`]) lists every findable record a lookup
+/// would find, in order, with its id and times, and nothing expired or accepted before the
+/// time asked; `None` only when there are more than the limit. A store that does not list
+/// answers `None` to every listing.
+pub(super) async fn a_listing_holds_every_findable_record_in_its_window(store: &impl MessageStore) {
+    let name = "list-findable";
+    let c = Case::new(name);
+    let s = c.acquired(store, "s").await;
+    let plain = sent(&c, &s, 3, "plain", secs(5), LONG);
+    let findable = [
+        sent(&c, &s, 1, "a", secs(100), LONG),
+        sent(&c, &s, 2, "b", secs(50), LONG),
+        sent(&c, &s, 4, "a", secs(10), LONG),
+        // Expired by the time of the listing (2 s after the present), not yet when written.
+        sent(&c, &s, 5, "short", secs(10), secs(12)),
+        sent(&c, &s, 6, "c", secs(1), LONG),
+    ];
+    wrote_findable(name, store, &findable[..2]).await;
+    wrote(name, store, std::slice::from_ref(&plain)).await;
+    wrote_findable(name, store, &findable[2..]).await;
+    let ago = |n| Timestamp::from_micros(c.now.as_micros() - secs(n).as_micros() as u64);
+    let later = c.now.saturating_add(secs(3));
+    let list = |since, limit| store.list_findable(&s, since, later, limit);
+    let Some(listed) = ok(name, "list_findable", list(ago(60), 100).await).await else {
+        // A store that does not list: it must say so every time.
+        let small = ok(name, "list_findable", list(ago(1), 100).await).await;
+        assert_eq!(
+            small, None,
+            "[{name}] a store that does not list never lists"
+        );
+        return;
+    };
+    let listed: Vec<_> = listed.into_iter().filter(|f| f.seq != plain.seq).collect();
+    let expect = |r: &LogRecord| FoundId {
+        id: r.message.id().clone(),
+        seq: r.seq,
+        accepted: r.message.timestamp(),
+        expires_at: r.expires_at,
+    };
+    assert_eq!(
+        listed,
+        [&findable[1], &findable[2], &findable[4]].map(expect),
+        "[{name}] since 60 s ago: b, the later a and c, not the expired one, in order"
+    );
+    assert_eq!(
+        ok(name, "list_findable", list(ago(200), 5).await)
+            .await
+            .map(|l| l.into_iter().filter(|f| f.seq != plain.seq).count()),
+        Some(4),
+        "[{name}] since 200 s ago, within a limit of 5"
+    );
+    assert_eq!(
+        ok(name, "list_findable", list(ago(200), 2).await).await,
+        None,
+        "[{name}] more than the limit"
+    );
+    let unknown = c.stream("never-written");
+    assert_eq!(
+        ok(
+            name,
+            "list_findable",
+            store.list_findable(&unknown, ago(200), later, 5).await
+        )
+        .await,
+        Some(vec![]),
+        "[{name}] a stream never written"
     );
 }

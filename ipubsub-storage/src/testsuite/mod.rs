@@ -196,6 +196,7 @@ where
     many_streams_in_one_batch(&store).await;
     find::an_id_is_found_by_stream_and_acceptance_time(&store).await;
     find::expired_and_purged_records_are_not_found(&store, expiry).await;
+    find::a_listing_holds_every_findable_record_in_its_window(&store).await;
     fence::an_acquisition_fences_the_older_epoch(&store).await;
     fence::a_batch_is_fenced_stream_by_stream(&store).await;
     let store = Arc::new(store);

@@ -113,6 +113,73 @@ fn after_a_restart_the_store_is_asked_only_while_the_window_reaches_past_the_acq
     Ok(())
 }
 
+/// A node (or this one restarted) taking `s` over from `store` 10 s after the present.
+fn take_over(store: &Arc<TestStore>, clock: &ManualClock) -> (Log, Arc<ManualClock>) {
+    let later = clock.now().saturating_add(Duration::from_secs(10));
+    let clock = Arc::new(ManualClock::new(later));
+    let log = Log::with_clock(store.clone(), LogConfig::default(), clock.clone());
+    (log, clock)
+}
+
+#[test]
+fn a_store_that_lists_is_asked_once_per_stream_and_acquisition()
+-> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    store.lists.store(true, Ordering::SeqCst);
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    for id in ["a", "b", "c"] {
+        once(&log, worker.as_mut(), "s", id)?;
+    }
+    write(&log, worker.as_mut(), "s", "plain")?;
+    assert_eq!(store.listings.load(Ordering::SeqCst), 0, "a new stream");
+
+    let (log, clock) = take_over(&store, &clock);
+    let mut worker = pin!(log.run_commit_worker());
+    assert_eq!(once(&log, worker.as_mut(), "s", "b")?, duplicate_of(at(2)));
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "plain")?,
+        new_at(pos(2, 1))
+    );
+    assert_eq!(once(&log, worker.as_mut(), "s", "c")?, duplicate_of(at(3)));
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "plain")?,
+        duplicate_of(pos(2, 1))
+    );
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, duplicate_of(at(1)));
+    let stats = log.stats();
+    assert_eq!(
+        (
+            store.listings.load(Ordering::SeqCst),
+            stats.id_listings,
+            stats.id_lookups
+        ),
+        (1, 1, 0),
+        "one listing, no lookup"
+    );
+    assert_eq!(stats.remembered_ids, 4, "a, b, c listed; plain written");
+    // Listed ids are forgotten with their window like this node's own.
+    clock.advance(WINDOW);
+    assert_eq!(once(&log, worker.as_mut(), "s", "a")?, new_at(pos(2, 2)));
+    assert_eq!(stored(&store), 6);
+
+    // A listing that does not fit the cap (here: none) is refused: each id is asked for.
+    let (log, _) = take_over(&store, &clock);
+    let config = LogConfig {
+        max_remembered_ids: 0,
+        ..LogConfig::default()
+    };
+    let log = Log::with_clock(store.clone(), config, log.inner.clock.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    assert_eq!(
+        once(&log, worker.as_mut(), "s", "a")?,
+        duplicate_of(pos(2, 2))
+    );
+    assert_eq!(once(&log, worker.as_mut(), "s", "z")?, new_at(pos(3, 1)));
+    assert_eq!((log.stats().id_listings, log.stats().id_lookups), (1, 2));
+    Ok(())
+}
+
 #[test]
 fn of_two_racing_appends_of_one_id_the_second_waits_and_is_the_duplicate()
 -> Result<(), Box<dyn std::error::Error>> {
