@@ -229,6 +229,12 @@ impl Remembered {
         }
     }
 
+    /// Whether any id is remembered at `now`, after forgetting those past their window.
+    pub(super) fn remembers_any(&mut self, now: Timestamp) -> bool {
+        self.forget_expired(now);
+        !self.by_id.is_empty()
+    }
+
     fn forget_expired(&mut self, now: Timestamp) {
         // An entry accepted at `t` with window `w` counts up to and including `t + w`.
         while let Some((forget_at, _, _)) = self.order.front()

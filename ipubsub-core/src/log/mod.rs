@@ -507,16 +507,18 @@ impl Log {
         self.retain(|stream, _| keep(stream))
     }
 
-    /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting);
-    /// they are read back from the store on next use. Returns how many were dropped.
+    /// Forgets the positions of streams idle for `idle` (nothing in flight, nobody waiting)
+    /// and remembering no message id within its window ([`append_once`](Self::append_once)):
+    /// they are read back from the store on next use. Returns how many were dropped. (A
+    /// stream forgotten with ids in its window would have the store asked for them again.)
     pub fn sweep_idle(&self, idle: Duration) -> usize {
         let now = self.inner.clock.now();
-        self.retain(|_, log| !log.is_idle(now, idle))
+        self.retain(|_, log| !log.is_idle(now, idle) || log.remembers_ids(now))
     }
 
     /// Keeps the entries for which `keep` is true, one shard at a time; wakes everyone
     /// waiting on a dropped one. Returns how many were dropped.
-    fn retain(&self, mut keep: impl FnMut(&StreamId, &StreamLog) -> bool) -> usize {
+    fn retain(&self, mut keep: impl FnMut(&StreamId, &mut StreamLog) -> bool) -> usize {
         self.inner
             .shards
             .iter()

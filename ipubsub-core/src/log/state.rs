@@ -282,6 +282,13 @@ impl StreamLog {
             .remember(id, seq, accepted, expires, window);
     }
 
+    /// Whether any id is remembered within its window at `now` (those past it are forgotten).
+    pub(super) fn remembers_ids(&mut self, now: Timestamp) -> bool {
+        self.remembered
+            .as_mut()
+            .is_some_and(|remembered| remembered.remembers_any(now))
+    }
+
     /// Forgets `id` if it is remembered at `seq`: its append was withdrawn unwritten.
     pub(super) fn withdraw(&mut self, id: &MessageId, seq: Seq) {
         if let Some(remembered) = &mut self.remembered {

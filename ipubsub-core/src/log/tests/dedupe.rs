@@ -293,3 +293,27 @@ fn past_the_cap_ids_are_found_in_the_store_instead() -> Result<(), Box<dyn std::
     assert_eq!(log.stats().remembered_ids, 0);
     Ok(())
 }
+
+#[test]
+fn an_idle_stream_is_kept_while_it_remembers_ids() -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(TestStore::default());
+    store.lists.store(true, Ordering::SeqCst);
+    let (log, clock) = setup(store.clone());
+    let mut worker = pin!(log.run_commit_worker());
+    once(&log, worker.as_mut(), "ids", "a")?;
+    write(&log, worker.as_mut(), "plain", "a")?;
+    let idle = Duration::from_secs(10);
+    clock.advance(idle);
+    assert_eq!(log.sweep_idle(idle), 1, "the stream without ids");
+    // Kept, so its ids are answered from memory: nothing listed, nothing looked up.
+    clock.advance(WINDOW - idle);
+    assert_eq!(
+        once(&log, worker.as_mut(), "ids", "a")?,
+        duplicate_of(at(1))
+    );
+    assert_eq!((log.stats().id_listings, log.stats().id_lookups), (0, 0));
+    clock.advance(idle);
+    assert_eq!(log.sweep_idle(idle), 1, "idle again, and past its window");
+    assert_eq!(log.stats().remembered_ids, 0);
+    Ok(())
+}
