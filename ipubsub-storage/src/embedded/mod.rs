@@ -6,26 +6,33 @@
 //!   records are one contiguous, ordered key range and a read is a single range scan; value =
 //!   `expires_at u64 | timestamp u64 | len(id) u16 | id | payload`, the top bit of `len(id)`
 //!   set when the record is findable ([`MessageStore::append_findable`]; ids are at most 256
-//!   bytes). There is no index of ids: the log lists a stream's findable records once per
-//!   acquisition ([`MessageStore::list_findable`], a scan of the stream) and remembers
-//!   them, so an idempotent send writes exactly what a plain one does (an index entry per
-//!   record had cost such sends 9% of their rate). [`MessageStore::find_message`], which
-//!   the log asks only when a listing would not fit its memory, scans the stream too.
-//!   Stores written by an earlier build may hold index entries after a stream's records
-//!   (`len(stream) u16 | stream | 0xff × 8 | hash u64 | seq u64`); reads never meet them,
-//!   and the purge removes them with their records.
+//!   bytes). Findable records are not indexed by id until the log looks one up: the log lists
+//!   a stream's findable records once per acquisition ([`MessageStore::list_findable`], a
+//!   scan of the stream) and remembers them, so an idempotent send writes what a plain one
+//!   does (an index entry per record cost such sends 9% of their rate). It looks ids up one
+//!   by one ([`MessageStore::find_message`]) only when its memory cannot hold a stream's
+//!   window; the first lookup indexes the stream (every findable record stored, then the
+//!   stream marked in `epochs`), and from then on its findable appends write an index entry
+//!   each, in the same keyspace right after the stream's records: key = `len(stream) u16 |
+//!   stream | 0xff × 8 | hash(id) u64 | seq u64` (64-bit FNV-1a of the message id), empty
+//!   value, so that one id's positions in one stream are one range, the latest last (with
+//!   those of any other id of the same hash, which a lookup tells apart by the record's own
+//!   id). A read of the stream never meets an entry, and a lookup checks each position it
+//!   finds against the record, so an entry never outlives what it indexes in an answer.
 //! - `expiry`: the expiry index, one entry per append and expiry second: key = `bucket u64 |
 //!   first log key`, where `bucket` is the end of the second in which its records expire;
-//!   value = the log keys of those records, each as `len u16 | key` (in entries of an
-//!   earlier build, a key with the top bit of `len` set is followed by its index entry's
-//!   key the same way, which the purge removes too). A purge scans it from the
+//!   value = the log keys of those records, each as `len u16 | key` (a key with the top bit
+//!   of `len` set is followed by its record's index entry's key the same way, which the
+//!   purge removes too; the entries written when a stream is indexed are listed on their
+//!   own, in the second their records expire in, and the purge counts each like a record).
+//!   A purge scans it from the
 //!   start up to `now`, so it touches expired records only, never live data. One entry per
 //!   group commit rather than one per record halves what an append inserts into the LSM (its
 //!   skiplist inserts were a third of an append's CPU); the cost is that a record may outlive
 //!   its expiry on disk by up to a second (never in a read, which filters on `expires_at`).
 //!   An entry with an empty value (the first layout) names its one record in its key.
 //! - `epochs`: key = `len(stream) u16 | stream`, value = the stream's current epoch (`u32`),
-//!   written by each acquisition and never purged. fjall locks its directory to one process,
+//!   then `1` once its ids are indexed; written by each acquisition and never purged. fjall locks its directory to one process,
 //!   so the store is its only writer: appends and acquisitions take one lock, and the fence
 //!   check is a comparison with the cached epoch under it.
 //!
@@ -128,8 +135,38 @@ struct Known {
     /// needs no conflict check, which saves a point lookup per record on the common path
     /// (the log only ever appends above).
     high: HashMap<StreamId, Seq>,
-    /// The stream's current epoch, as in the `epochs` keyspace.
-    epochs: HashMap<StreamId, Epoch>,
+    /// The stream's current epoch and whether its ids are indexed, as in the `epochs`
+    /// keyspace.
+    epochs: HashMap<StreamId, Facts>,
+}
+
+/// What the `epochs` keyspace holds of a stream: `epoch u32`, then `1` once its findable
+/// records are indexed ([`Inner::index_ids`]).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Facts {
+    epoch: Epoch,
+    indexed: bool,
+}
+
+impl Facts {
+    fn decode(value: &[u8]) -> Result<Self, StoreError> {
+        let bad = || corrupt("epoch entry");
+        let (epoch, indexed) = match value {
+            [a, b, c, d] => ([*a, *b, *c, *d], false),
+            [a, b, c, d, 1] => ([*a, *b, *c, *d], true),
+            _ => return Err(bad()),
+        };
+        let epoch = Epoch::new(u64::from(u32::from_be_bytes(epoch))).ok_or_else(bad)?;
+        Ok(Self { epoch, indexed })
+    }
+
+    fn encode(self) -> Vec<u8> {
+        let mut value = self.epoch.get().to_be_bytes().to_vec();
+        if self.indexed {
+            value.push(1);
+        }
+        value
+    }
 }
 
 /// Entries of each `Known` map kept before it is cleared (it refills on demand).
@@ -205,60 +242,56 @@ impl Inner {
         known
     }
 
-    /// The stream's current epoch, from the cache or the `epochs` keyspace.
-    fn epoch(&self, known: &mut Known, stream: &StreamId) -> Result<Epoch, StoreError> {
-        if let Some(&epoch) = known.epochs.get(stream) {
-            return Ok(epoch);
+    /// The stream's current epoch and index state, from the cache or the `epochs` keyspace.
+    fn facts(&self, known: &mut Known, stream: &StreamId) -> Result<Facts, StoreError> {
+        if let Some(&facts) = known.epochs.get(stream) {
+            return Ok(facts);
         }
-        let epoch = match self
+        let facts = match self
             .epochs
             .get(stream_prefix(stream))
             .map_err(unavailable)?
         {
-            Some(value) => {
-                let bytes: [u8; 4] = value
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("epoch entry"))?;
-                Epoch::new(u64::from(u32::from_be_bytes(bytes)))
-                    .ok_or_else(|| corrupt("epoch entry"))?
-            }
-            None => Epoch::ZERO,
+            Some(value) => Facts::decode(&value)?,
+            None => Facts::default(),
         };
-        known.epochs.insert(stream.clone(), epoch);
-        Ok(epoch)
+        known.epochs.insert(stream.clone(), facts);
+        Ok(facts)
     }
 
     /// Moves `stream` to its next epoch, journaled before it returns.
     fn acquire(&self, stream: &StreamId) -> Result<Tenure, StoreError> {
         let mut known = self.known();
-        let current = self.epoch(&mut known, stream)?;
+        let current = self.facts(&mut known, stream)?;
         let last = self.last_stored(stream)?;
-        let epoch = Epoch::after(current, last).ok_or_else(|| StoreError::EpochsExhausted {
-            stream: stream.clone(),
-        })?;
+        let epoch =
+            Epoch::after(current.epoch, last).ok_or_else(|| StoreError::EpochsExhausted {
+                stream: stream.clone(),
+            })?;
+        let facts = Facts { epoch, ..current };
         let mut write = self.db.batch().durability(Some(self.mode));
-        write.insert(
-            &self.epochs,
-            stream_prefix(stream),
-            epoch.get().to_be_bytes(),
-        );
+        write.insert(&self.epochs, stream_prefix(stream), facts.encode());
         write.commit().map_err(unavailable)?;
-        known.epochs.insert(stream.clone(), epoch);
+        known.epochs.insert(stream.clone(), facts);
         known.high.insert(stream.clone(), last);
         Ok(Tenure { epoch, last })
     }
 
     /// Writes a batch in one atomic, journaled commit, but for the records of streams that
-    /// moved to another epoch; the records flagged in `findable` (empty: none) marked so.
+    /// moved to another epoch; the records flagged in `findable` (empty: none) marked so,
+    /// and, in a stream whose ids are indexed, with their index entries.
     fn append(&self, batch: &[LogRecord], findable: &[bool]) -> Result<Appended, StoreError> {
         let mut known = self.known();
-        let mut fenced = Vec::new();
+        let (mut fenced, mut indexed) = (Vec::new(), Vec::new());
         for record in batch {
-            if !fenced.contains(&record.stream)
-                && self.epoch(&mut known, &record.stream)? != record.seq.epoch()
-            {
+            if fenced.contains(&record.stream) || indexed.contains(&&record.stream) {
+                continue;
+            }
+            let facts = self.facts(&mut known, &record.stream)?;
+            if facts.epoch != record.seq.epoch() {
                 fenced.push(record.stream.clone());
+            } else if facts.indexed {
+                indexed.push(&record.stream);
             }
         }
         let high = &mut known.high;
@@ -294,7 +327,12 @@ impl Inner {
                 }
             }
             raised.push((&record.stream, record.seq));
-            expiring.add(record.expires_at, &key);
+            let id_key = (findable && indexed.contains(&&record.stream))
+                .then(|| id_key(&record.stream, record.message.id(), record.seq));
+            expiring.add(record.expires_at, &key, id_key.as_deref());
+            if let Some(id_key) = id_key {
+                write.insert(&self.log, id_key, []);
+            }
             write.insert(&self.log, key, value);
         }
         for (key, value) in expiring.entries {
@@ -307,6 +345,79 @@ impl Inner {
             }
         }
         Ok(Appended::fenced(fenced))
+    }
+
+    /// From now on, indexes the findable records of `stream` by id: writes an index entry
+    /// for each one stored (in batches, each listed for the purge with its record's expiry
+    /// second), then marks the stream so that appends write one for each new findable
+    /// record. The records are indexed without the store's lock, then those appended
+    /// meanwhile under it, with the mark, so that no append slips between. A crash part way
+    /// leaves the stream unmarked, and the next call writes the same entries again.
+    fn index_ids(&self, stream: &StreamId) -> Result<(), StoreError> {
+        if self.facts(&mut self.known(), stream)?.indexed {
+            return Ok(());
+        }
+        let mut write = self.db.batch().durability(Some(self.mode));
+        let seen = self.index_after(stream, Seq::ZERO, &mut write)?;
+        let mut known = self.known();
+        let facts = self.facts(&mut known, stream)?;
+        if facts.indexed {
+            return Ok(()); // by a racing call
+        }
+        self.index_after(stream, seen, &mut write)?;
+        let facts = Facts {
+            indexed: true,
+            ..facts
+        };
+        write.insert(&self.epochs, stream_prefix(stream), facts.encode());
+        write.commit().map_err(unavailable)?;
+        known.epochs.insert(stream.clone(), facts);
+        Ok(())
+    }
+
+    /// Adds an index entry for each findable record of `stream` after `after` to `write`,
+    /// committing it every few thousand; returns the last position it saw.
+    fn index_after(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        write: &mut fjall::OwnedWriteBatch,
+    ) -> Result<Seq, StoreError> {
+        const BATCH: usize = 4096;
+        let (mut expiring, mut pending, mut seen) = (ExpiryEntries::default(), 0, after);
+        let range = self
+            .log
+            .range(log_key(stream, after.next())..=log_key(stream, Seq::new(u64::MAX)));
+        for item in range {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            seen = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
+            let (len, findable) = id_len(&value)?;
+            if !findable {
+                continue;
+            }
+            let id = value
+                .get(18..18 + len)
+                .ok_or_else(|| corrupt("truncated id"))?;
+            let entry = id_key_of(stream, id, seen);
+            // Listed alone: the purge removes it in the second its record expires in.
+            expiring.add(Timestamp::from_micros(u64_at(&value, 0)?), &entry, None);
+            write.insert(&self.log, entry, []);
+            pending += 1;
+            if pending == BATCH {
+                for (key, value) in std::mem::take(&mut expiring.entries) {
+                    write.insert(&self.expiry, key, value);
+                }
+                let fresh = self.db.batch().durability(Some(self.mode));
+                std::mem::replace(write, fresh)
+                    .commit()
+                    .map_err(unavailable)?;
+                pending = 0;
+            }
+        }
+        for (key, value) in expiring.entries {
+            write.insert(&self.expiry, key, value);
+        }
+        Ok(seen)
     }
 
     /// Calls `each` with `(seq, id, accepted, expires_at)` of every findable record of
@@ -376,6 +487,39 @@ fn stream_prefix(stream: &StreamId) -> Vec<u8> {
 
 fn log_key(stream: &StreamId, seq: Seq) -> Vec<u8> {
     let mut key = stream_prefix(stream);
+    key.extend_from_slice(&seq.get().to_be_bytes());
+    key
+}
+
+/// A 64-bit FNV-1a hash of `bytes`, length-prefixed: fixed across builds, as stored keys
+/// need.
+fn fnv(bytes: &[u8]) -> [u8; 8] {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // Stream and message ids are at most 256 bytes (enforced by StreamId and MessageId).
+    let len = (bytes.len() as u16).to_be_bytes();
+    let mut hash = OFFSET;
+    for byte in len.iter().chain(bytes) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+    }
+    hash.to_be_bytes()
+}
+
+/// The index entry of `id` at `seq` in `stream`, in the `log` keyspace: `len(stream) u16 |
+/// stream | 0xff × 8 | hash(id) u64 | seq u64`. Beside the stream's records, so that an
+/// append inserts it where it inserts the record (a second keyspace, or keys spread by a
+/// hash of the stream, cost a cache miss per skiplist step of every insert: a sixth of the
+/// append rate), and after all of them: longer than the stream's last possible record key
+/// (`… | 0xff × 8`), so a read of the stream never meets it. Ids whose hashes collide share
+/// a prefix, and a lookup tells them apart by the id the log record holds.
+fn id_key(stream: &StreamId, id: &MessageId, seq: Seq) -> Vec<u8> {
+    id_key_of(stream, id.as_str().as_bytes(), seq)
+}
+
+/// [`id_key`] of an id as stored.
+fn id_key_of(stream: &StreamId, id: &[u8], seq: Seq) -> Vec<u8> {
+    let mut key = log_key(stream, Seq::new(u64::MAX));
+    key.extend_from_slice(&fnv(id));
     key.extend_from_slice(&seq.get().to_be_bytes());
     key
 }
@@ -450,7 +594,7 @@ struct ExpiryEntries {
 }
 
 impl ExpiryEntries {
-    fn add(&mut self, expires_at: Timestamp, log_key: &[u8]) {
+    fn add(&mut self, expires_at: Timestamp, log_key: &[u8], id_key: Option<&[u8]>) {
         const SECOND: u64 = 1_000_000;
         let micros = expires_at.as_micros();
         // The end of the second it expires in: every record of the entry has expired by then.
@@ -465,12 +609,11 @@ impl ExpiryEntries {
                 self.entries.len() - 1
             }
         };
-        push_listed(&mut self.entries[at].1, log_key, None);
+        push_listed(&mut self.entries[at].1, log_key, id_key);
     }
 }
 
-/// The top bit of a listed key's length: an index entry's key follows, purged with it
-/// (entries of an earlier build, which indexed ids).
+/// The top bit of a listed key's length: an index entry's key follows, purged with it.
 const WITH_ID: u16 = 1 << 15;
 
 /// Lists a record's log key, and its index entry's key if it has one, in an expiry entry's
@@ -487,8 +630,7 @@ fn push_listed(value: &mut Vec<u8>, log_key: &[u8], id_key: Option<&[u8]>) {
     }
 }
 
-/// A record listed in an expiry entry: its log key and, in an entry of an earlier build, its
-/// index entry's key if it had one.
+/// A record listed in an expiry entry: its log key and, if it has one, its index entry's.
 type Listed<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// The records listed in an expiry entry's value.
@@ -583,15 +725,36 @@ impl MessageStore for EmbeddedStore {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Seq>, StoreError> {
-        // A scan of the stream, latest first: off the async workers, like an append.
+        // The log asks for ids one by one only when its memory cannot hold a stream's window
+        // (see the module's layout notes): from then on the stream is indexed. The first
+        // call writes its index, off the async workers like an append.
         let (stream, id) = (stream.clone(), id.clone());
         self.blocking(move |inner| {
-            let mut found = None;
-            inner.findable(&stream, since, now, |seq, other, _, _| {
-                found = (other == id.as_str().as_bytes()).then_some(seq);
-                found.is_none()
-            })?;
-            Ok(found)
+            inner.index_ids(&stream)?;
+            // A short range scan of the id's positions, latest first, and a point read of
+            // each until one qualifies.
+            let (first, last) = (
+                id_key(&stream, &id, Seq::ZERO),
+                id_key(&stream, &id, Seq::new(u64::MAX)),
+            );
+            for item in inner.log.range(first..=last).rev() {
+                let key = item.key().map_err(unavailable)?;
+                let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
+                let Some(value) = inner.log.get(log_key(&stream, seq)).map_err(unavailable)? else {
+                    continue; // purged since the index was read
+                };
+                let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
+                let (len, _) = id_len(&value)?;
+                if value.get(18..18 + len) != Some(id.as_str().as_bytes()) {
+                    continue; // another id of the same hash
+                }
+                // Acceptance times need not fall with positions (each owner stamps by its
+                // own clock).
+                if accepted >= since.as_micros() && expires_at > now.as_micros() {
+                    return Ok(Some(seq));
+                }
+            }
+            Ok(None)
         })
         .await
     }

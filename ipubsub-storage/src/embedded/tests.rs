@@ -69,20 +69,29 @@ async fn one_expiry_entry_per_append_and_second_and_the_first_layout_still_purge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn findable_records_are_marked_not_indexed_and_listed_latest_last() {
+async fn findable_records_are_listed_and_indexed_only_once_looked_up_by_id() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).expect("open");
     let s: StreamId = "s".parse().expect("id");
     let at = |secs: u64| Timestamp::from_micros(secs * 1_000_000);
-    let batch: Vec<_> = (1..=4).map(|n| record(&s, n, at(10))).collect();
+    let batch: Vec<_> = (1..=6).map(|n| record(&s, n, at(10))).collect();
     store.append(&batch[..2]).await.expect("append");
-    let appended = store.append_findable(&batch[2..], &[true, false]).await;
+    let appended = store.append_findable(&batch[2..4], &[true, false]).await;
     appended.expect("append");
-    assert_eq!(
-        store.inner.log.len().expect("len"),
-        4,
-        "four records and nothing else"
-    );
+    let entries = || store.inner.log.len().expect("len");
+    assert_eq!(entries(), 4, "four records and nothing else");
+    let list = |limit| store.list_findable(&s, at(0), at(1), limit);
+    let seqs = |found: Option<Vec<FoundId>>| {
+        found.map(|f| f.iter().map(|f| f.seq.get()).collect::<Vec<_>>())
+    };
+    assert_eq!(seqs(list(1).await.expect("list")), Some(vec![3]));
+    assert_eq!(seqs(list(0).await.expect("list")), None, "more than fit");
+    let expired = store.list_findable(&s, at(0), at(10), 9).await;
+    assert_eq!(expired.expect("list"), Some(vec![]), "expired");
+    assert_eq!(entries(), 4, "listing writes nothing");
+
+    // A lookup by id indexes the stream: an entry for record 3, and one for each findable
+    // record appended from then on.
     let find = |n: u64| {
         let id = MessageId::new(format!("m{n}")).expect("id");
         let (store, s) = (store.clone(), s.clone());
@@ -90,20 +99,26 @@ async fn findable_records_are_marked_not_indexed_and_listed_latest_last() {
     };
     assert_eq!(find(3).await.expect("find"), Some(Seq::new(3)));
     assert_eq!(find(4).await.expect("find"), None, "not findable");
-    let list = |limit| store.list_findable(&s, at(0), at(1), limit);
-    let seqs = |found: Option<Vec<FoundId>>| {
-        found.map(|f| f.iter().map(|f| f.seq.get()).collect::<Vec<_>>())
-    };
-    assert_eq!(seqs(list(1).await.expect("list")), Some(vec![3]));
-    assert_eq!(seqs(list(0).await.expect("list")), None, "more than fit");
-    assert_eq!(
-        store
-            .list_findable(&s, at(0), at(10), 9)
-            .await
-            .expect("list"),
-        Some(vec![]),
-        "expired"
-    );
+    assert_eq!(entries(), 5);
+    let appended = store.append_findable(&batch[4..], &[true, false]).await;
+    appended.expect("append");
+    assert_eq!(entries(), 8, "records 5 and 6, and an entry for 5");
+    assert_eq!(find(5).await.expect("find"), Some(Seq::new(5)));
+    // An acquisition keeps the stream indexed.
+    let tenure = store.acquire(&s).await.expect("acquire");
+    let facts = store.inner.facts(&mut Known::default(), &s).expect("facts");
+    assert!(facts.indexed && facts.epoch == tenure.epoch);
+    // An entry of another id under the same hash (as a collision makes): told apart.
+    let m9 = MessageId::new("m9").expect("id");
+    let entry = id_key(&s, &m9, Seq::new(2));
+    store.inner.log.insert(&entry, []).expect("insert");
+    assert_eq!(find(9).await.expect("find"), None, "record 2 holds m2");
+    store.inner.log.remove(entry).expect("remove");
+    // Entries go with their records: 6 records, and the entry written for record 3 listed
+    // on its own (counted like one); the entry appended with record 5 listed with it.
+    assert_eq!(store.purge_expired(at(11), 100).await.expect("purge"), 7);
+    assert_eq!(entries(), 0);
+    assert_eq!(store.inner.expiry.len().expect("len"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
