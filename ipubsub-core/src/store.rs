@@ -193,6 +193,17 @@ pub struct FoundId {
     pub expires_at: Timestamp,
 }
 
+impl From<&LogRecord> for FoundId {
+    fn from(record: &LogRecord) -> Self {
+        Self {
+            id: record.message.id().clone(),
+            seq: record.seq,
+            accepted: record.message.timestamp(),
+            expires_at: record.expires_at,
+        }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

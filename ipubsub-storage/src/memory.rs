@@ -156,12 +156,7 @@ impl MessageStore for MemoryStore {
             .values()
             .filter(|r| r.message.timestamp() >= since && !r.is_expired(now))
             .take(limit.saturating_add(1))
-            .map(|r| FoundId {
-                id: r.message.id().clone(),
-                seq: r.seq,
-                accepted: r.message.timestamp(),
-                expires_at: r.expires_at,
-            })
+            .map(FoundId::from)
             .collect();
         Ok((listed.len() <= limit).then_some(listed))
     }

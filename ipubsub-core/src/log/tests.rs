@@ -127,14 +127,9 @@ impl MessageStore for TestStore {
         let records = self.read_after(stream, Seq::ZERO, usize::MAX, now).await?;
         let findable = lock(&self.findable);
         let listed: Vec<_> = records
-            .into_iter()
+            .iter()
             .filter(|r| findable.contains(&r.seq) && r.message.timestamp() >= since)
-            .map(|r| FoundId {
-                id: r.message.id().clone(),
-                seq: r.seq,
-                accepted: r.message.timestamp(),
-                expires_at: r.expires_at,
-            })
+            .map(FoundId::from)
             .collect();
         Ok((listed.len() <= limit).then_some(listed))
     }

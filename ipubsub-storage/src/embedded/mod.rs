@@ -391,16 +391,12 @@ impl Inner {
         for item in range {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             seen = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
-            let (len, findable) = id_len(&value)?;
-            if !findable {
+            let Some(record) = Findable::of(seen, &value)? else {
                 continue;
-            }
-            let id = value
-                .get(18..18 + len)
-                .ok_or_else(|| corrupt("truncated id"))?;
-            let entry = id_key_of(stream, id, seen);
+            };
+            let entry = id_key_of(stream, record.id, seen);
             // Listed alone: the purge removes it in the second its record expires in.
-            expiring.add(Timestamp::from_micros(u64_at(&value, 0)?), &entry, None);
+            expiring.add(record.expires_at, &entry, None);
             write.insert(&self.log, entry, []);
             pending += 1;
             if pending == BATCH {
@@ -436,20 +432,14 @@ impl Inner {
             .range(log_key(stream, Seq::ZERO)..=log_key(stream, Seq::new(u64::MAX)));
         for item in range.rev() {
             let (key, value) = item.into_inner().map_err(unavailable)?;
-            let (expires_at, accepted) = (u64_at(&value, 0)?, u64_at(&value, 8)?);
-            let (len, findable) = id_len(&value)?;
-            if !findable || accepted < since.as_micros() || expires_at <= now.as_micros() {
+            let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
+            let Some(r) = Findable::of(seq, &value)? else {
+                continue;
+            };
+            if r.accepted < since || r.expires_at <= now {
                 continue;
             }
-            let id = value
-                .get(18..18 + len)
-                .ok_or_else(|| corrupt("truncated id"))?;
-            let seq = Seq::new(u64_at(&key, key.len().saturating_sub(8))?);
-            let times = (
-                Timestamp::from_micros(accepted),
-                Timestamp::from_micros(expires_at),
-            );
-            if !each(seq, id, times.0, times.1) {
+            if !each(r.seq, r.id, r.accepted, r.expires_at) {
                 return Ok(false);
             }
         }
@@ -522,6 +512,32 @@ fn id_key_of(stream: &StreamId, id: &[u8], seq: Seq) -> Vec<u8> {
     key.extend_from_slice(&fnv(id));
     key.extend_from_slice(&seq.get().to_be_bytes());
     key
+}
+
+/// What a findable record's stored value says of it, borrowed from the value.
+struct Findable<'v> {
+    seq: Seq,
+    id: &'v [u8],
+    accepted: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl<'v> Findable<'v> {
+    /// The record at `seq` whose value is `value`, if it is findable.
+    fn of(seq: Seq, value: &'v [u8]) -> Result<Option<Self>, StoreError> {
+        let (len, findable) = id_len(value)?;
+        if !findable {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            seq,
+            id: value
+                .get(18..18 + len)
+                .ok_or_else(|| corrupt("truncated id"))?,
+            accepted: Timestamp::from_micros(u64_at(value, 8)?),
+            expires_at: Timestamp::from_micros(u64_at(value, 0)?),
+        }))
+    }
 }
 
 /// The top bit of a value's `len(id)`: the record is findable.

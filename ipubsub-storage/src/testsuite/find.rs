@@ -216,15 +216,9 @@ pub(super) async fn a_listing_holds_every_findable_record_in_its_window(store: &
         return;
     };
     let listed: Vec<_> = listed.into_iter().filter(|f| f.seq != plain.seq).collect();
-    let expect = |r: &LogRecord| FoundId {
-        id: r.message.id().clone(),
-        seq: r.seq,
-        accepted: r.message.timestamp(),
-        expires_at: r.expires_at,
-    };
     assert_eq!(
         listed,
-        [&findable[1], &findable[2], &findable[4]].map(expect),
+        [&findable[1], &findable[2], &findable[4]].map(FoundId::from),
         "[{name}] since 60 s ago: b, the later a and c, not the expired one, in order"
     );
     assert_eq!(
