@@ -201,6 +201,14 @@ pub(crate) async fn memory_body(
     Ok(Bytes::from(out))
 }
 
+/// The answer of a receive that waited `timeout` for nothing.
+pub(crate) fn no_message(timeout: Duration) -> ApiError {
+    ApiError::new(
+        ErrorCode::NoMessage,
+        format!("no message arrived within {} s", timeout.as_secs()),
+    )
+}
+
 /// Runs an acknowledged in-memory receive: the first message waited for, more taken if
 /// there are (`maxMessages`), every one under a lease of `lease`.
 async fn run_leased(
@@ -208,12 +216,7 @@ async fn run_leased(
     request: &ReceiveRequest,
     lease: Duration,
 ) -> Result<Vec<Leased>, ApiError> {
-    let no_message = || {
-        ApiError::new(
-            ErrorCode::NoMessage,
-            format!("no message arrived within {} s", request.timeout.as_secs()),
-        )
-    };
+    let no_message = || no_message(request.timeout);
     let max = request.max_messages.unwrap_or(1);
     if request.timeout.is_zero() {
         if engine.is_closed() {
@@ -272,12 +275,7 @@ pub(crate) async fn run_log(
 ) -> Result<Vec<LogRecord>, ApiError> {
     let deadline = tokio::time::Instant::now() + request.timeout;
     let limit = request.max_messages.unwrap_or(1);
-    let no_message = || {
-        ApiError::new(
-            ErrorCode::NoMessage,
-            format!("no message arrived within {} s", request.timeout.as_secs()),
-        )
-    };
+    let no_message = || no_message(request.timeout);
     loop {
         let read = match tokio::time::timeout(
             store_timeout,
@@ -313,12 +311,7 @@ pub(crate) async fn run_log(
 }
 
 async fn receive_one(engine: &Engine, request: &ReceiveRequest) -> Result<Message, ApiError> {
-    let no_message = || {
-        ApiError::new(
-            ErrorCode::NoMessage,
-            format!("no message arrived within {} s", request.timeout.as_secs()),
-        )
-    };
+    let no_message = || no_message(request.timeout);
     if request.timeout.is_zero() {
         if engine.is_closed() {
             return Err(ApiError::new(

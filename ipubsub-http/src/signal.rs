@@ -2,15 +2,18 @@
 //! shutdown's grace).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 /// Fired once, seen by every waiter from then on, including those that start waiting later.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
-    fired: AtomicBool,
+    fired: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
@@ -34,16 +37,49 @@ impl Signal {
         }
     }
 
-    /// Completes once the signal is fired; owns what it needs, so a body can hold it.
-    pub(crate) fn fired(&self) -> impl Future<Output = ()> + Send + 'static {
-        // Made before the flag is read: it sees a `notify_waiters` from then on.
-        let notified = Arc::clone(&self.notify).notified_owned();
-        let fired = self.fired.load(Ordering::Acquire);
-        async move {
-            if !fired {
-                notified.await;
-            }
+    /// Completes once the signal is fired; owns what it needs, so a body or a connection can
+    /// hold it and poll it each time it is polled itself.
+    pub(crate) fn fired(&self) -> Fired {
+        Fired {
+            // Made before the flag is read (by `poll`): it sees a `notify_waiters` from then on.
+            notified: Box::pin(Arc::clone(&self.notify).notified_owned()),
+            fired: Arc::clone(&self.fired),
+            registered: None,
         }
+    }
+}
+
+/// A wait for a [`Signal`] ([`Signal::fired`]), cheap to poll again: polled again by the
+/// task it already registered, it reads the signal's flag and nothing else, where polling
+/// the notification would take the lock its signal's waiters share (every connection and
+/// event stream of the node polls one each time it makes progress).
+#[derive(Debug)]
+pub(crate) struct Fired {
+    notified: Pin<Box<OwnedNotified>>,
+    fired: Arc<AtomicBool>,
+    /// The waker the notification holds, once it holds one.
+    registered: Option<Waker>,
+}
+
+impl Future for Fired {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if self.notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -66,6 +102,26 @@ mod tests {
         })
         .await
         .expect("both waiters return once fired");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_polled_before_the_fire_is_woken_by_it() {
+        let signal = Arc::new(Signal::default());
+        let mut fired = signal.fired();
+        let mut polls = 0;
+        let waiter = tokio::spawn(std::future::poll_fn(move |cx| {
+            polls += 1;
+            // Polled again by the same task, it stays registered; the fire must wake it.
+            let _ = Pin::new(&mut fired).poll(cx);
+            Pin::new(&mut fired).poll(cx).map(|()| polls)
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        signal.fire();
+        let polls = tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken by the fire")
+            .expect("the waiter ran");
+        assert_eq!(polls, 2, "polled once waiting, once woken");
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
+use tokio::time::Instant;
 
 use ipubsub_cluster::{Cluster, Route};
 use ipubsub_core::{Engine, Log, ResumeToken};
@@ -30,6 +31,7 @@ use ipubsub_core::{Engine, Log, ResumeToken};
 use crate::body::ApiBody;
 use crate::error::{ApiError, ErrorCode};
 use crate::receive::{self, ReceiveRequest};
+use crate::signal::Fired;
 
 /// The media type of an event stream.
 pub(crate) const EVENT_STREAM: &str = "text/event-stream";
@@ -120,9 +122,32 @@ impl Source {
         (self, answer)
     }
 
+    /// How long this source's receive waits for a message when its [`EventStream`] keeps the
+    /// time instead of the receive: a plain in-memory receive (no lease, a timeout) waits
+    /// without a timer of its own, so that an event costs no timer set up and torn down.
+    fn idle_timeout(&self) -> Option<Duration> {
+        let request = &self.request;
+        let plain = request.log_after.is_none() && request.ack_timeout.is_none();
+        (plain && !request.timeout.is_zero()).then_some(request.timeout)
+    }
+
     async fn receive(&mut self) -> Result<Answer, ApiError> {
         let request = &self.request;
         let batch = request.max_messages.is_some();
+        if self.idle_timeout().is_some() {
+            // Dropped when the stream times out, closes or is cut: a message it was handed
+            // then goes back to the front of the stream.
+            let first = self.engine.receive(request.stream.clone()).await?;
+            let more = request.max_messages.unwrap_or(1) - 1;
+            let data = if more > 0 {
+                let mut messages = vec![first];
+                messages.extend(self.engine.try_receive_many(&request.stream, more));
+                receive::body(batch, messages.iter().map(|m| (m, None)))
+            } else {
+                receive::body(batch, std::iter::once((&first, None)))
+            };
+            return Ok(Answer { data, id: None });
+        }
         match (request.log_after, &self.log) {
             (None, _) => {
                 let data = receive::memory_body(&self.engine, request).await?;
@@ -162,14 +187,26 @@ type Next = Pin<Box<dyn Future<Output = (Source, Result<Answer, ApiError>)> + Se
 
 /// The body of an event stream: the answers of its [`Source`] as events, a comment every
 /// heartbeat interval while none comes, an `end` event when it stops.
+///
+/// One timer serves the heartbeat and, for a plain in-memory source, the receive timeout
+/// ([`Source::idle_timeout`]). An event only notes the time; the timer is moved when it
+/// fires and finds that events came meanwhile, so a busy stream touches it once an interval
+/// rather than twice an event.
 pub(crate) struct EventStream {
     /// `retry:`, sent first (which also gets the answer's headers through buffering proxies).
     preamble: Option<Bytes>,
     next: Option<Next>,
-    heartbeat: Pin<Box<tokio::time::Sleep>>,
+    /// Fires at the earliest time the heartbeat or the idle timeout may be due.
+    timer: Pin<Box<tokio::time::Sleep>>,
     interval: Duration,
+    /// How long the stream stays open without an event, when this stream keeps that time.
+    idle: Option<Duration>,
+    /// When the last event was written (or the stream opened).
+    answered: Instant,
+    /// When the last event or heartbeat was written.
+    written: Instant,
     /// Completes when the node starts shutting down.
-    closing: Pin<Box<dyn Future<Output = ()> + Send>>,
+    closing: Fired,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -184,18 +221,21 @@ impl std::fmt::Debug for EventStream {
 impl EventStream {
     /// The events of `source`, with a heartbeat every `interval`, until `closing` completes
     /// or the source's receive fails.
-    pub(crate) fn new(
-        source: Source,
-        interval: Duration,
-        closing: impl Future<Output = ()> + Send + 'static,
-    ) -> Self {
-        Self {
+    pub(crate) fn new(source: Source, interval: Duration, closing: Fired) -> Self {
+        let idle = source.idle_timeout();
+        let now = Instant::now();
+        let mut stream = Self {
             preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
             next: Some(Box::pin(source.next())),
-            heartbeat: Box::pin(tokio::time::sleep(interval)),
+            timer: Box::pin(tokio::time::sleep_until(now + interval)),
             interval,
-            closing: Box::pin(closing),
-        }
+            idle,
+            answered: now,
+            written: now,
+            closing,
+        };
+        stream.rearm();
+        stream
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -211,7 +251,7 @@ impl EventStream {
         let Some(next) = self.next.as_mut() else {
             return Poll::Ready(None);
         };
-        if self.closing.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut self.closing).poll(cx).is_ready() {
             // Dropping the receive puts a message it was handed back in front.
             self.next = None;
             let closing = ApiError::new(
@@ -224,7 +264,8 @@ impl EventStream {
             return Poll::Ready(Some(Frame::data(match answer {
                 Ok(answer) => {
                     self.next = Some(Box::pin(source.next()));
-                    self.reset_heartbeat();
+                    self.answered = Instant::now();
+                    self.written = self.answered;
                     event(answer.id.as_deref(), &answer.data)
                 }
                 Err(e) => {
@@ -233,16 +274,34 @@ impl EventStream {
                 }
             })));
         }
-        if self.heartbeat.as_mut().poll(cx).is_ready() {
-            self.reset_heartbeat();
-            return Poll::Ready(Some(Frame::data(Bytes::from_static(b":\n\n"))));
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if let Some(idle) = self.idle
+                && now >= self.answered + idle
+            {
+                // Dropping the receive puts a message it was handed back in front.
+                self.next = None;
+                return Poll::Ready(Some(Frame::data(end(&receive::no_message(idle)))));
+            }
+            if now >= self.written + self.interval {
+                self.written = now;
+                self.rearm();
+                return Poll::Ready(Some(Frame::data(Bytes::from_static(b":\n\n"))));
+            }
+            // Events came since the timer was set: it moves to the new due time.
+            self.rearm();
         }
         Poll::Pending
     }
 
-    fn reset_heartbeat(&mut self) {
-        let at = tokio::time::Instant::now() + self.interval;
-        self.heartbeat.as_mut().reset(at);
+    /// Sets the timer to the earlier of the heartbeat's and the idle timeout's due times.
+    fn rearm(&mut self) {
+        let heartbeat = self.written + self.interval;
+        let at = match self.idle {
+            Some(idle) => heartbeat.min(self.answered + idle),
+            None => heartbeat,
+        };
+        self.timer.as_mut().reset(at);
     }
 }
 
@@ -473,6 +532,40 @@ mod tests {
         );
         assert_eq!(ended[0].kind.as_deref(), Some("end"));
         assert!(body.frame().await.is_none());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_put_off_the_heartbeat_and_the_timeout_without_resetting_a_timer()
+    -> Result<(), BodyError> {
+        let engine = Engine::default();
+        let closing = crate::signal::Signal::default();
+        let mut body = followed(&engine, &closing)?;
+        let mut frame = async || -> Result<Bytes, BodyError> {
+            let frame = body.frame().await.ok_or("ended")??;
+            Ok(frame.into_data().map_err(|_| "not data")?)
+        };
+        assert_eq!(frame().await?, "retry: 1000\n\n");
+        // An event every 6 s for 42 s: past the 30 s timeout and four heartbeat intervals
+        // of the stream's start, with never 10 s without an event.
+        for i in 0..7 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            send(&engine, &format!("m{i}")).await?;
+            let seen = parse(&frame().await?);
+            assert_eq!(
+                seen.len(),
+                1,
+                "event {i} came alone, no heartbeat before it"
+            );
+        }
+        let started = tokio::time::Instant::now();
+        assert_eq!(frame().await?, ":\n\n");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(frame().await?, ":\n\n");
+        let ended = parse(&frame().await?);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(ended[0].kind.as_deref(), Some("end"));
+        assert!(ended[0].data.windows(10).any(|w| w == b"NO_MESSAGE"));
         Ok(())
     }
 
