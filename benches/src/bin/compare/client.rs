@@ -282,9 +282,10 @@ impl Client {
             Client::Http2(..) => anyhow::bail!("an HTTP/2 publisher does not receive"),
             Client::Events(follower, addr, data) => {
                 let log = target == Target::Persistent;
-                let path = if target == Target::Nchan {
-                    nchan::events_path(stream)
-                } else {
+                let path = || {
+                    if target == Target::Nchan {
+                        return nchan::events_path(stream);
+                    }
                     let mut path =
                         format!("/api/v1/streams/receive?streamId={stream}&timeoutSeconds=30");
                     if log {
@@ -294,7 +295,7 @@ impl Client {
                 };
                 data.clear();
                 let second = Duration::from_secs(1);
-                let nothing = follower.next(*addr, &path, log, second, data).await?;
+                let nothing = follower.next(*addr, path, log, second, data).await?;
                 scan_payloads(data, got);
                 Ok(nothing)
             }
