@@ -2,6 +2,8 @@
 
 use super::*;
 
+use ipubsub_core::Message;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_conformance_suite() {
     let dir = tempfile::tempdir().expect("temp dir");
