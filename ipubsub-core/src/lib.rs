@@ -39,6 +39,7 @@
 pub mod engine;
 pub mod error;
 pub mod id;
+mod id_cap;
 pub mod log;
 pub mod message;
 pub mod store;

@@ -4,7 +4,7 @@
 //! A stream's window is fixed by the first send that asks for one (like its size), and every
 //! entry lives exactly the window, so entries expire in the order they were made: a queue
 //! beside the map finds the expired ones without looking at the others. Entries count
-//! against a per-engine cap ([`DedupeBudget`]); past it, an accepted message is not
+//! against a per-engine cap ([`IdCap`]); past it, an accepted message is not
 //! remembered (and counted), so a retry of it may add a copy: the send is never refused for
 //! it.
 
@@ -12,65 +12,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::id::MessageId;
-use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::id_cap::IdCap;
 use crate::time::Timestamp;
-
-/// The engine's count of remembered ids and its cap.
-pub(super) struct DedupeBudget {
-    entries: AtomicUsize,
-    max: usize,
-    /// Accepted messages not remembered because the cap was reached.
-    unremembered: AtomicU64,
-    /// Sends answered as duplicates.
-    duplicates: AtomicU64,
-}
-
-impl DedupeBudget {
-    pub(super) fn new(max: usize) -> Self {
-        Self {
-            entries: AtomicUsize::new(0),
-            max,
-            unremembered: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts a send answered as a duplicate.
-    pub(super) fn count_duplicate(&self) {
-        self.duplicates.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sends answered as duplicates.
-    pub(super) fn duplicates(&self) -> u64 {
-        self.duplicates.load(Ordering::Relaxed)
-    }
-
-    /// Ids remembered now, in all streams.
-    pub(super) fn entries(&self) -> usize {
-        self.entries.load(Ordering::Relaxed)
-    }
-
-    /// Accepted messages not remembered for the cap.
-    pub(super) fn unremembered(&self) -> u64 {
-        self.unremembered.load(Ordering::Relaxed)
-    }
-
-    /// Takes a place for one entry, or counts that there was none.
-    fn take_place(&self) -> bool {
-        if self.entries.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-            self.unremembered.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn give_back(&self, n: usize) {
-        if n > 0 {
-            self.entries.fetch_sub(n, Ordering::Relaxed);
-        }
-    }
-}
 
 /// One stream's remembered ids.
 #[derive(Debug)]
@@ -105,12 +48,12 @@ impl Dedupe {
     }
 
     /// Remembers `id`, accepted at `now`, if the budget has room.
-    pub(super) fn remember(&mut self, id: &MessageId, now: Timestamp, budget: &DedupeBudget) {
+    pub(super) fn remember(&mut self, id: &MessageId, now: Timestamp, budget: &IdCap) {
         self.remember_until(id, now.as_micros().saturating_add(self.window), budget);
     }
 
     /// Remembers `id` until `expires` (a hand-off's entry keeps the time it had left).
-    pub(super) fn remember_until(&mut self, id: &MessageId, expires: u64, budget: &DedupeBudget) {
+    pub(super) fn remember_until(&mut self, id: &MessageId, expires: u64, budget: &IdCap) {
         if let Some(known) = self.seen.get_mut(id) {
             *known = (*known).max(expires);
             self.order.push_back((expires, id.clone()));
@@ -124,7 +67,7 @@ impl Dedupe {
     }
 
     /// Forgets what expired by `now`.
-    pub(super) fn expire(&mut self, now: Timestamp, budget: &DedupeBudget) {
+    pub(super) fn expire(&mut self, now: Timestamp, budget: &IdCap) {
         let now = now.as_micros();
         let mut gone = 0;
         while let Some((expires, _)) = self.order.front() {
@@ -150,7 +93,7 @@ impl Dedupe {
     pub(super) fn take_all(
         &mut self,
         now: Timestamp,
-        budget: &DedupeBudget,
+        budget: &IdCap,
     ) -> Vec<(MessageId, Duration)> {
         let now = now.as_micros();
         budget.give_back(self.seen.len());

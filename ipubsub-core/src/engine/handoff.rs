@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use super::buffer;
-use super::dedupe::DedupeBudget;
 use super::lease::InFlight;
 use super::stream::Stream;
 use super::{Create, Engine, Inner, Redrive};
 use crate::error::SendError;
 use crate::id::{MessageId, StreamId};
+use crate::id_cap::IdCap;
 use crate::message::Message;
 use crate::time::Timestamp;
 
@@ -193,7 +193,7 @@ impl Engine {
 }
 
 /// Takes `stream`'s accepted messages and answers its waiting requests as moved.
-fn drain_one(stream: &mut Stream, now: Timestamp, budget: &DedupeBudget) -> Option<Drained> {
+fn drain_one(stream: &mut Stream, now: Timestamp, budget: &IdCap) -> Option<Drained> {
     let redrive = stream.redrive();
     let (in_flight, messages) = stream.take_buffered(now);
     let dedupe = stream

@@ -283,7 +283,7 @@ pub(super) struct Ctx<'a> {
     pub(super) clock: &'a dyn crate::time::Clock,
     pub(super) ids: &'a LeaseIds,
     /// The engine's count of remembered ids ([`super::dedupe`]).
-    pub(super) dedupe: &'a super::dedupe::DedupeBudget,
+    pub(super) dedupe: &'a crate::id_cap::IdCap,
 }
 
 impl Ctx<'_> {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use crate::id_cap::IdCap;
 pub use acking::Expired;
-use dedupe::DedupeBudget;
 pub use handoff::Drained;
 use lease::{Change, Ctx, Deadlines, LeaseIds};
 pub use lease::{
@@ -146,7 +146,7 @@ struct Inner {
     /// under its shard lock, so no waiter can slip in behind the close.
     closed: AtomicBool,
     lease_ids: LeaseIds,
-    dedupe: DedupeBudget,
+    dedupe: IdCap,
     /// [`EngineStats::in_flight`].
     in_flight: AtomicUsize,
     counts: LeaseCounts,
@@ -234,7 +234,7 @@ impl Engine {
                 memory_refusals: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 lease_ids: LeaseIds::new(),
-                dedupe: DedupeBudget::new(max_dedupe_entries),
+                dedupe: IdCap::new(max_dedupe_entries),
                 in_flight: AtomicUsize::new(0),
                 counts: LeaseCounts::default(),
             }),

@@ -21,20 +21,18 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::id::MessageId;
+use crate::id_cap::IdCap;
 use crate::store::{FoundId, Seq};
 use crate::time::Timestamp;
 
 /// The node's count of remembered ids, its cap, and what deduplication did.
 #[derive(Debug)]
 pub(super) struct IdBudget {
-    entries: AtomicUsize,
-    max: usize,
-    unremembered: AtomicU64,
-    duplicates: AtomicU64,
+    cap: IdCap,
     lookups: AtomicU64,
     listings: AtomicU64,
 }
@@ -42,10 +40,7 @@ pub(super) struct IdBudget {
 impl IdBudget {
     pub(super) fn new(max: usize) -> Self {
         Self {
-            entries: AtomicUsize::new(0),
-            max,
-            unremembered: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            cap: IdCap::new(max),
             lookups: AtomicU64::new(0),
             listings: AtomicU64::new(0),
         }
@@ -53,25 +48,19 @@ impl IdBudget {
 
     /// How many more ids fit under the cap.
     pub(super) fn room(&self) -> usize {
-        self.max
-            .saturating_sub(self.entries.load(Ordering::Relaxed))
+        self.cap.room()
     }
 
     fn take_place(&self) -> bool {
-        if self.entries.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-            self.unremembered.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.cap.take_place()
     }
 
     fn give_back(&self, n: usize) {
-        self.entries.fetch_sub(n, Ordering::Relaxed);
+        self.cap.give_back(n);
     }
 
     pub(super) fn duplicate(&self) {
-        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        self.cap.count_duplicate();
     }
 
     pub(super) fn lookup(&self) {
@@ -85,9 +74,9 @@ impl IdBudget {
     /// `(remembered now, left out for the cap, duplicates, store lookups, store listings)`.
     pub(super) fn snapshot(&self) -> (usize, u64, u64, u64, u64) {
         (
-            self.entries.load(Ordering::Relaxed),
-            self.unremembered.load(Ordering::Relaxed),
-            self.duplicates.load(Ordering::Relaxed),
+            self.cap.entries(),
+            self.cap.unremembered(),
+            self.cap.duplicates(),
             self.lookups.load(Ordering::Relaxed),
             self.listings.load(Ordering::Relaxed),
         )

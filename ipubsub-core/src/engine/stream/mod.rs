@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use super::SendOutcome;
 use super::buffer::{Buffer, charge};
-use super::dedupe::{Dedupe, DedupeBudget};
+use super::dedupe::Dedupe;
 use super::lease::{Acks, Change, Ctx, DeadLetter, InFlight, ReceiptHandle, Redrive};
 use super::slot::Slot;
 use crate::id::StreamId;
+use crate::id_cap::IdCap;
 use crate::message::Message;
 use crate::sync::Arc;
 use crate::time::Timestamp;
@@ -513,12 +514,7 @@ impl Stream {
 
     /// True when the stream holds nothing, nobody waits on it and it was last used at least
     /// `idle_micros` before `now`: dropping it loses nothing.
-    pub(super) fn is_idle(
-        &mut self,
-        now: Timestamp,
-        idle_micros: u64,
-        budget: &DedupeBudget,
-    ) -> bool {
+    pub(super) fn is_idle(&mut self, now: Timestamp, idle_micros: u64, budget: &IdCap) -> bool {
         if let Some(waiting) = self.waiting.as_mut() {
             waiting.compact();
             if let Some(dedupe) = waiting.dedupe.as_mut() {

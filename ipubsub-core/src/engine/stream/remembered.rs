@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use super::Stream;
-use crate::engine::dedupe::{Dedupe, DedupeBudget};
+use crate::engine::dedupe::Dedupe;
 use crate::engine::lease::Ctx;
 use crate::id::MessageId;
+use crate::id_cap::IdCap;
 use crate::time::Timestamp;
 
 impl Stream {
@@ -45,7 +46,7 @@ impl Stream {
         window: Duration,
         entries: Vec<(MessageId, Duration)>,
         now: Timestamp,
-        budget: &DedupeBudget,
+        budget: &IdCap,
     ) {
         self.set_dedupe_window(window);
         if let Some(dedupe) = self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
@@ -60,7 +61,7 @@ impl Stream {
     pub(in crate::engine) fn take_dedupe(
         &mut self,
         now: Timestamp,
-        budget: &DedupeBudget,
+        budget: &IdCap,
     ) -> Vec<(MessageId, Duration)> {
         match self.waiting.as_mut().and_then(|w| w.dedupe.as_mut()) {
             Some(dedupe) => dedupe.take_all(now, budget),
