@@ -247,7 +247,9 @@ async fn forwards_past_max_forwarded_per_member_are_refused_at_once() -> TestRes
 /// (503 STORE_UNAVAILABLE; it stays queued while the worker is stuck on the database), the
 /// rest is refused at once (503 LOG_QUEUE_FULL); memory grows by the queue's budget plus the
 /// bodies in flight, in-memory streams are served throughout, and persistent sends go
-/// through again after the thaw.
+/// through again after the thaw. The pool waits for a connection longer than the test runs
+/// (its default, 5 s, fails the worker's write and frees the queue every 5 s, so that a run
+/// slowed down by a busy machine queued 168 and 333 sends where 32 fit at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_sends_past_max_queued_bytes_are_503_and_memory_stays_bounded() -> TestResult {
     const BUDGET: u64 = 8 << 20;
@@ -260,7 +262,7 @@ async fn persistent_sends_past_max_queued_bytes_are_503_and_memory_stays_bounded
     let db = common::databases::Postgres::new();
     let server = TestServer::start_with(
         &format!(
-            "storage:\n  backend: postgres\n  store_timeout_seconds: 5\n  commit_workers: 1\n  max_queued_appends: 100000\n  max_queued_bytes: {BUDGET}\n  postgres:\n    url: \"{}\"\n",
+            "storage:\n  backend: postgres\n  store_timeout_seconds: 5\n  commit_workers: 1\n  max_queued_appends: 100000\n  max_queued_bytes: {BUDGET}\n  postgres:\n    url: \"{}\"\n    connect_timeout_seconds: 300\n",
             db.url()
         ),
         &[],
