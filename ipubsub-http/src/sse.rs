@@ -499,21 +499,23 @@ mod tests {
         Ok(())
     }
 
+    /// The next frame of `body`, which must be data.
+    async fn next_data(body: &mut ApiBody) -> Result<Bytes, BodyError> {
+        let frame = body.frame().await.ok_or("ended")??;
+        Ok(frame.into_data().map_err(|_| "not data")?)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stream_sends_each_message_then_heartbeats_then_ends_after_its_timeout()
     -> Result<(), BodyError> {
         let engine = Engine::default();
         let closing = crate::signal::Signal::default();
         let mut body = followed(&engine, &closing)?;
-        let mut frame = async || -> Result<Bytes, BodyError> {
-            let frame = body.frame().await.ok_or("ended")??;
-            Ok(frame.into_data().map_err(|_| "not data")?)
-        };
-        assert_eq!(frame().await?, "retry: 1000\n\n");
+        assert_eq!(next_data(&mut body).await?, "retry: 1000\n\n");
         send(&engine, "m1").await?;
         send(&engine, "m2").await?;
         for id in ["m1", "m2"] {
-            let seen = parse(&frame().await?);
+            let seen = parse(&next_data(&mut body).await?);
             assert!(
                 seen[0]
                     .data
@@ -521,10 +523,10 @@ mod tests {
             );
         }
         let started = tokio::time::Instant::now();
-        assert_eq!(frame().await?, ":\n\n");
+        assert_eq!(next_data(&mut body).await?, ":\n\n");
         assert_eq!(started.elapsed(), Duration::from_secs(10));
-        assert_eq!(frame().await?, ":\n\n");
-        let ended = parse(&frame().await?);
+        assert_eq!(next_data(&mut body).await?, ":\n\n");
+        let ended = parse(&next_data(&mut body).await?);
         assert_eq!(
             started.elapsed(),
             Duration::from_secs(30),
@@ -541,17 +543,13 @@ mod tests {
         let engine = Engine::default();
         let closing = crate::signal::Signal::default();
         let mut body = followed(&engine, &closing)?;
-        let mut frame = async || -> Result<Bytes, BodyError> {
-            let frame = body.frame().await.ok_or("ended")??;
-            Ok(frame.into_data().map_err(|_| "not data")?)
-        };
-        assert_eq!(frame().await?, "retry: 1000\n\n");
+        assert_eq!(next_data(&mut body).await?, "retry: 1000\n\n");
         // An event every 6 s for 42 s: past the 30 s timeout and four heartbeat intervals
         // of the stream's start, with never 10 s without an event.
         for i in 0..7 {
             tokio::time::sleep(Duration::from_secs(6)).await;
             send(&engine, &format!("m{i}")).await?;
-            let seen = parse(&frame().await?);
+            let seen = parse(&next_data(&mut body).await?);
             assert_eq!(
                 seen.len(),
                 1,
@@ -559,10 +557,10 @@ mod tests {
             );
         }
         let started = tokio::time::Instant::now();
-        assert_eq!(frame().await?, ":\n\n");
+        assert_eq!(next_data(&mut body).await?, ":\n\n");
         assert_eq!(started.elapsed(), Duration::from_secs(10));
-        assert_eq!(frame().await?, ":\n\n");
-        let ended = parse(&frame().await?);
+        assert_eq!(next_data(&mut body).await?, ":\n\n");
+        let ended = parse(&next_data(&mut body).await?);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert_eq!(ended[0].kind.as_deref(), Some("end"));
         assert!(ended[0].data.windows(10).any(|w| w == b"NO_MESSAGE"));
