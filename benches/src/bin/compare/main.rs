@@ -26,6 +26,10 @@
 //! Nchan runs the patterns in which every stream has one receiver taking one message at a
 //! time (`send`, `1`, `1e`, `1e2`, `4`, `half`): it broadcasts, has no batched publish, and
 //! its long-poll answers one message per request.
+//!
+//! Each round starts with a host check (a fixed integer loop and a fixed chain of memory
+//! reads, timed): on a shared host, rounds whose checks differ ran on a host of a different
+//! speed, and their ratios differ with it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -242,6 +246,39 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// How long two fixed pieces of work take on one core now: integer arithmetic, and dependent
+/// reads scattered over 64 MiB (past any cache). Printed before each round, so that a table
+/// shows how fast the shared host was while it ran: on this machine the same binaries have
+/// measured 1.5x and 1.1x Redis an hour apart, with the host's load as the only change.
+fn host_check() -> (Duration, Duration) {
+    let started = std::time::Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..50_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    let compute = started.elapsed();
+    // One random cycle through all the slots (Sattolo: each swap with an earlier slot), so
+    // that each read's address comes from the one before and none repeats.
+    const SLOTS: usize = 8 << 20;
+    let mut next: Vec<u32> = (0..SLOTS as u32).collect();
+    for i in (1..SLOTS).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let started = std::time::Instant::now();
+    let mut at = 0usize;
+    for _ in 0..1_000_000 {
+        at = next[at] as usize;
+    }
+    std::hint::black_box(at);
+    (compute, started.elapsed())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let here = std::env::current_exe()?
@@ -287,6 +324,13 @@ fn main() -> anyhow::Result<()> {
     let mut rows: BTreeMap<(usize, Target), Vec<Row>> = BTreeMap::new();
     let mut run_index = 0;
     for round in 0..args.runs {
+        let (compute, memory) = host_check();
+        println!(
+            "round {} host check: {:.0} ms of integer work, {:.0} ms of memory reads (slower than usual: a busy host)",
+            round + 1,
+            compute.as_secs_f64() * 1e3,
+            memory.as_secs_f64() * 1e3,
+        );
         let mut pattern_one: BTreeMap<Target, f64> = BTreeMap::new();
         for (p, name) in args.patterns.iter().enumerate() {
             for &target in &targets {
