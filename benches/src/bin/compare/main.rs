@@ -326,7 +326,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..args.runs {
         let (compute, memory) = host_check();
         println!(
-            "round {} host check: {:.0} ms of integer work, {:.0} ms of memory reads (slower than usual: a busy host)",
+            "round {} host check: {:.0} ms of integer work, {:.0} ms of memory reads",
             round + 1,
             compute.as_secs_f64() * 1e3,
             memory.as_secs_f64() * 1e3,
