@@ -249,12 +249,17 @@ pub(crate) async fn run_memory(
     request: &ReceiveRequest,
 ) -> Result<Vec<Message>, ApiError> {
     let first = receive_one(engine, request).await?;
+    Ok(with_more(engine, request, first))
+}
+
+/// `first`, and with `maxMessages` what else the stream holds now, up to that many in all.
+pub(crate) fn with_more(engine: &Engine, request: &ReceiveRequest, first: Message) -> Vec<Message> {
     let mut messages = vec![first];
     let more = request.max_messages.unwrap_or(1) - 1;
     if more > 0 {
         messages.extend(engine.try_receive_many(&request.stream, more));
     }
-    Ok(messages)
+    messages
 }
 
 /// Reads the persistent log after the request's position, waiting at the tail for the next

@@ -138,14 +138,8 @@ impl Source {
             // Dropped when the stream times out, closes or is cut: a message it was handed
             // then goes back to the front of the stream.
             let first = self.engine.receive(request.stream.clone()).await?;
-            let more = request.max_messages.unwrap_or(1) - 1;
-            let data = if more > 0 {
-                let mut messages = vec![first];
-                messages.extend(self.engine.try_receive_many(&request.stream, more));
-                receive::body(batch, messages.iter().map(|m| (m, None)))
-            } else {
-                receive::body(batch, std::iter::once((&first, None)))
-            };
+            let messages = receive::with_more(&self.engine, request, first);
+            let data = receive::body(batch, messages.iter().map(|m| (m, None)));
             return Ok(Answer { data, id: None });
         }
         match (request.log_after, &self.log) {
@@ -224,18 +218,18 @@ impl EventStream {
     pub(crate) fn new(source: Source, interval: Duration, closing: Fired) -> Self {
         let idle = source.idle_timeout();
         let now = Instant::now();
-        let mut stream = Self {
+        // What `rearm` would set, with nothing written yet.
+        let first_due = now + idle.map_or(interval, |idle| idle.min(interval));
+        Self {
             preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
             next: Some(Box::pin(source.next())),
-            timer: Box::pin(tokio::time::sleep_until(now + interval)),
+            timer: Box::pin(tokio::time::sleep_until(first_due)),
             interval,
             idle,
             answered: now,
             written: now,
             closing,
-        };
-        stream.rearm();
-        stream
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {

@@ -51,14 +51,6 @@ impl IdBudget {
         self.cap.room()
     }
 
-    fn take_place(&self) -> bool {
-        self.cap.take_place()
-    }
-
-    fn give_back(&self, n: usize) {
-        self.cap.give_back(n);
-    }
-
     pub(super) fn duplicate(&self) {
         self.cap.count_duplicate();
     }
@@ -174,7 +166,7 @@ impl Remembered {
                 entry.insert(written);
             }
             Entry::Vacant(entry) => {
-                if !self.budget.take_place() {
+                if !self.budget.cap.take_place() {
                     self.incomplete = true;
                     return;
                 }
@@ -194,7 +186,7 @@ impl Remembered {
             let Entry::Vacant(entry) = self.by_id.entry(found.id) else {
                 continue; // a later position: this node's own, or listed after this one
             };
-            if !self.budget.take_place() {
+            if !self.budget.cap.take_place() {
                 self.incomplete = true;
                 return;
             }
@@ -214,7 +206,7 @@ impl Remembered {
     pub(super) fn withdraw(&mut self, id: &MessageId, seq: Seq) {
         if self.by_id.get(id).is_some_and(|w| w.seq == seq) {
             self.by_id.remove(id);
-            self.budget.give_back(1);
+            self.budget.cap.give_back(1);
         }
     }
 
@@ -245,7 +237,7 @@ impl Remembered {
 
 impl Drop for Remembered {
     fn drop(&mut self) {
-        self.budget.give_back(self.by_id.len());
+        self.budget.cap.give_back(self.by_id.len());
     }
 }
 
