@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use ipubsub_core::{Appended, LogRecord, StoreError, StreamId};
-use mongodb::{ClientSession, Collection};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::{ClientSession, Collection};
 
 use super::documents::{document, epoch_of, record};
 use super::{MongoStore, RESCUE_AFTER, WRITER_REFRESH, unavailable};

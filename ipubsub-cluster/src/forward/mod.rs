@@ -7,26 +7,25 @@
 //! disagree about the ring. [`DEADLINE_HEADER`] carries the time the caller has left, so the
 //! owner waits that long and no longer, and [`REQUEST_ID_HEADER`] the caller's request id, so
 //! that both nodes' answers and logs name the request the same way.
+//!
+//! `transport` builds the pooled client and the connectors under it (TCP connections whose
+//! writes are gathered, TLS on top of them).
 
-use std::error::Error;
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, Uri, header};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper::{Method, Request, Response, header};
 
-use crate::coalesce::Coalesce;
 use crate::in_flight::{InFlight, Permit, Relayed};
 use crate::node::{Node, NodeId};
 use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
+
+mod transport;
+
+use transport::{Transport, failed_tls_handshake, pooled, tcp_connector};
 
 /// Marks a request as forwarded; its value is the forwarding node's id.
 pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
@@ -123,32 +122,6 @@ pub enum PeerHttp {
 
 /// The header a reconnecting event-stream client sends ([`Forwarder::forward_events`]).
 const LAST_EVENT_ID: &str = "last-event-id";
-
-/// How the forwarder reaches members: plain HTTP, or (feature `tls`) HTTPS.
-#[derive(Clone, Debug)]
-enum Transport {
-    Plain(Client<Coalescing, Full<Bytes>>),
-    #[cfg(feature = "tls")]
-    Tls(Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>),
-}
-
-impl Transport {
-    fn scheme(&self) -> &'static str {
-        match self {
-            Self::Plain(_) => "http",
-            #[cfg(feature = "tls")]
-            Self::Tls(_) => "https",
-        }
-    }
-
-    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
-        match self {
-            Self::Plain(client) => client.request(request),
-            #[cfg(feature = "tls")]
-            Self::Tls(client) => client.request(request),
-        }
-    }
-}
 
 /// A pooled HTTP client to the other members. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -442,295 +415,5 @@ impl Forwarder {
     }
 }
 
-/// Whether a TLS error caused `error`. The TLS connector reports a failed handshake as an
-/// I/O error wrapping the TLS library's own, and an I/O error's `source` skips what it wraps,
-/// so each I/O error in the chain is opened.
-#[cfg(feature = "tls")]
-fn failed_tls_handshake(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(cause) = next {
-        if cause.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(wrapped) = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && failed_tls_handshake(wrapped)
-        {
-            return true;
-        }
-        next = cause.source();
-    }
-    false
-}
-
-#[cfg(not(feature = "tls"))]
-fn failed_tls_handshake(_: &(dyn std::error::Error + 'static)) -> bool {
-    false
-}
-
-fn tcp_connector() -> Coalescing {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    // With TLS, the TLS connector wraps it and asks it for `https` URIs.
-    connector.enforce_http(false);
-    Coalescing(connector)
-}
-
-/// TCP connections to members whose writes are gathered ([`Coalesce`]): the frames of the
-/// requests forwarded in one turn of the scheduler leave in one write.
-#[derive(Clone, Debug)]
-struct Coalescing(HttpConnector);
-
-type Connecting = Pin<
-    Box<
-        dyn Future<Output = Result<TokioIo<Coalesce<TcpStream>>, Box<dyn Error + Send + Sync>>>
-            + Send,
-    >,
->;
-
-impl tower_service::Service<Uri> for Coalescing {
-    type Response = TokioIo<Coalesce<TcpStream>>;
-    type Error = Box<dyn Error + Send + Sync>;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let stream = connecting.await?.into_inner();
-            Ok(TokioIo::new(Coalesce::new(stream)))
-        })
-    }
-}
-
-impl<T: Connection> Connection for Coalesce<T> {
-    fn connected(&self) -> Connected {
-        self.get_ref().connected()
-    }
-}
-
-/// How often an HTTP/2 connection to a member is pinged, and how long an answer may take: a
-/// member that stopped (paused, cut off) is found within both, and every request in flight
-/// on the connection fails then instead of at its own deadline.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn pooled<C>(connector: C, http: PeerHttp) -> Client<C, Full<Bytes>>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(60));
-    if http == PeerHttp::Http2 {
-        builder
-            .http2_only(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_keep_alive_interval(PING_INTERVAL)
-            .http2_keep_alive_timeout(PING_TIMEOUT)
-            .http2_keep_alive_while_idle(true)
-            // Forwarded sends carry whole bodies: room for a large one per stream, and for
-            // many at once on the one connection.
-            .http2_initial_stream_window_size(1024 * 1024)
-            .http2_initial_connection_window_size(16 * 1024 * 1024);
-    }
-    builder.build(connector)
-}
-
 #[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    /// What the owner receives: the hop, the deadline, the caller's request id and the
-    /// cluster secret.
-    #[tokio::test]
-    async fn a_forwarded_request_carries_its_hop_deadline_and_request_id()
-    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let owner = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await?;
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                let n = socket.read(&mut chunk).await?;
-                head.extend_from_slice(&chunk[..n]);
-            }
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                .await?;
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).to_lowercase())
-        });
-        let secret = ClusterSecret::new("s3cret-s3cret-s3cret")?;
-        let forwarder = Forwarder::new(NodeId::new("n1")?)
-            .with_http(PeerHttp::Http1)
-            .with_secret(Some(secret));
-        let to = Node::new(NodeId::new("n2")?, addr);
-        let answer = forwarder
-            .forward(
-                &to,
-                Method::GET,
-                "/x?y=1",
-                Bytes::new(),
-                Duration::from_millis(1500),
-                "req-7.a",
-            )
-            .await?;
-        assert_eq!(answer.status(), 200);
-        let head = owner.await??;
-        assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
-        for line in [
-            "x-ipubsub-forwarded: n1",
-            "x-ipubsub-deadline-ms: 1500",
-            "x-request-id: req-7.a",
-            "x-ipubsub-cluster-secret: s3cret-s3cret-s3cret",
-        ] {
-            assert!(head.contains(line), "{line} missing from {head}");
-        }
-        Ok(())
-    }
-
-    /// Over HTTP/2, every request to one member goes over one connection, side by side: 50
-    /// requests that each wait at the owner for the others to arrive all complete.
-    #[tokio::test]
-    async fn requests_to_one_member_share_one_http2_connection()
-    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        const REQUESTS: usize = 50;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let connections = Arc::new(AtomicUsize::new(0));
-        let all_in = Arc::new(tokio::sync::Barrier::new(REQUESTS));
-        let accepted = Arc::clone(&connections);
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let all_in = Arc::clone(&all_in);
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let all_in = Arc::clone(&all_in);
-                    async move {
-                        // No answer until every request is in flight at once.
-                        all_in.wait().await;
-                        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
-                        let body = Full::new(Bytes::from(if forwarded { "fwd" } else { "?" }));
-                        Ok::<_, std::convert::Infallible>(Response::new(body))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
-                );
-            }
-        });
-        let forwarder = Forwarder::new(NodeId::new("n1")?);
-        let to = Node::new(NodeId::new("n2")?, addr);
-        let requests = (0..REQUESTS).map(|i| {
-            let (forwarder, to) = (forwarder.clone(), to.clone());
-            tokio::spawn(async move {
-                let path = format!("/r?i={i}");
-                let wait = Duration::from_secs(5);
-                forwarder
-                    .forward(&to, Method::GET, &path, Bytes::new(), wait, "r")
-                    .await
-            })
-        });
-        for request in requests.collect::<Vec<_>>() {
-            let answer = request.await??;
-            assert_eq!(answer.body().as_ref(), b"fwd");
-        }
-        assert_eq!(connections.load(Ordering::SeqCst), 1);
-        Ok(())
-    }
-
-    /// Past its cap of requests in flight to a member, a forward fails at once as busy (not
-    /// queued behind the member's stream limit); answered requests give their places back.
-    #[tokio::test]
-    async fn past_its_cap_a_forward_to_a_member_is_refused_at_once()
-    -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        use std::sync::Arc;
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr: SocketAddr = listener.local_addr()?;
-        // The owner holds every request until it is told to answer.
-        let (release, released) = tokio::sync::watch::channel(false);
-        let released = Arc::new(released);
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let released = Arc::clone(&released);
-                let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                    let mut released = (*released).clone();
-                    async move {
-                        let _ = released.wait_for(|&answer| answer).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
-                );
-            }
-        });
-        let forwarder = Forwarder::new(NodeId::new("n1")?).with_max_in_flight(2);
-        let to = Node::new(NodeId::new("n2")?, addr);
-        let forward = |forwarder: Forwarder, to: Node| async move {
-            let wait = Duration::from_secs(5);
-            forwarder
-                .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
-                .await
-        };
-        let held: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(forward(forwarder.clone(), to.clone())))
-            .collect();
-        while forwarder.in_flight.count(to.id()) < 2 {
-            tokio::task::yield_now().await;
-        }
-        let refused = tokio::time::timeout(
-            Duration::from_secs(1),
-            forward(forwarder.clone(), to.clone()),
-        )
-        .await?;
-        assert!(
-            matches!(refused, Err(ForwardError::Busy { max: 2, .. })),
-            "{refused:?}"
-        );
-        release.send(true)?;
-        for request in held {
-            assert_eq!(request.await??.status(), 200);
-        }
-        assert_eq!(forwarder.in_flight.count(to.id()), 0);
-        let again = forward(forwarder.clone(), to.clone()).await?;
-        assert_eq!(again.status(), 200);
-        Ok(())
-    }
-
-    /// A TLS failure is found however deep the connector wrapped it; a refused connection
-    /// is not one.
-    #[cfg(feature = "tls")]
-    #[test]
-    fn a_failed_handshake_is_told_from_a_refused_connection() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("connect")]
-        struct Connect(#[source] Box<dyn std::error::Error + Send + Sync>);
-
-        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let wrapped = Connect(Box::new(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            untrusted,
-        )));
-        assert!(failed_tls_handshake(&wrapped));
-        let refused = Connect(Box::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        )));
-        assert!(!failed_tls_handshake(&refused));
-    }
-}
+mod tests;

@@ -1,0 +1,194 @@
+//! The forwarder against raw sockets and real listeners: what a forwarded request carries,
+//! one HTTP/2 connection per member, the in-flight cap, and a failed handshake told apart.
+
+use std::net::SocketAddr;
+
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// What the owner receives: the hop, the deadline, the caller's request id and the
+/// cluster secret.
+#[tokio::test]
+async fn a_forwarded_request_carries_its_hop_deadline_and_request_id()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let owner = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = socket.read(&mut chunk).await?;
+            head.extend_from_slice(&chunk[..n]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).to_lowercase())
+    });
+    let secret = ClusterSecret::new("s3cret-s3cret-s3cret")?;
+    let forwarder = Forwarder::new(NodeId::new("n1")?)
+        .with_http(PeerHttp::Http1)
+        .with_secret(Some(secret));
+    let to = Node::new(NodeId::new("n2")?, addr);
+    let answer = forwarder
+        .forward(
+            &to,
+            Method::GET,
+            "/x?y=1",
+            Bytes::new(),
+            Duration::from_millis(1500),
+            "req-7.a",
+        )
+        .await?;
+    assert_eq!(answer.status(), 200);
+    let head = owner.await??;
+    assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
+    for line in [
+        "x-ipubsub-forwarded: n1",
+        "x-ipubsub-deadline-ms: 1500",
+        "x-request-id: req-7.a",
+        "x-ipubsub-cluster-secret: s3cret-s3cret-s3cret",
+    ] {
+        assert!(head.contains(line), "{line} missing from {head}");
+    }
+    Ok(())
+}
+
+/// Over HTTP/2, every request to one member goes over one connection, side by side: 50
+/// requests that each wait at the owner for the others to arrive all complete.
+#[tokio::test]
+async fn requests_to_one_member_share_one_http2_connection()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const REQUESTS: usize = 50;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let all_in = Arc::new(tokio::sync::Barrier::new(REQUESTS));
+    let accepted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let all_in = Arc::clone(&all_in);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let all_in = Arc::clone(&all_in);
+                async move {
+                    // No answer until every request is in flight at once.
+                    all_in.wait().await;
+                    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+                    let body = Full::new(Bytes::from(if forwarded { "fwd" } else { "?" }));
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+            );
+        }
+    });
+    let forwarder = Forwarder::new(NodeId::new("n1")?);
+    let to = Node::new(NodeId::new("n2")?, addr);
+    let requests = (0..REQUESTS).map(|i| {
+        let (forwarder, to) = (forwarder.clone(), to.clone());
+        tokio::spawn(async move {
+            let path = format!("/r?i={i}");
+            let wait = Duration::from_secs(5);
+            forwarder
+                .forward(&to, Method::GET, &path, Bytes::new(), wait, "r")
+                .await
+        })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        let answer = request.await??;
+        assert_eq!(answer.body().as_ref(), b"fwd");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+/// Past its cap of requests in flight to a member, a forward fails at once as busy (not
+/// queued behind the member's stream limit); answered requests give their places back.
+#[tokio::test]
+async fn past_its_cap_a_forward_to_a_member_is_refused_at_once()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::sync::Arc;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // The owner holds every request until it is told to answer.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let released = Arc::new(released);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let released = Arc::clone(&released);
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                let mut released = (*released).clone();
+                async move {
+                    let _ = released.wait_for(|&answer| answer).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+            );
+        }
+    });
+    let forwarder = Forwarder::new(NodeId::new("n1")?).with_max_in_flight(2);
+    let to = Node::new(NodeId::new("n2")?, addr);
+    let forward = |forwarder: Forwarder, to: Node| async move {
+        let wait = Duration::from_secs(5);
+        forwarder
+            .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
+            .await
+    };
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(forward(forwarder.clone(), to.clone())))
+        .collect();
+    while forwarder.in_flight.count(to.id()) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let refused = tokio::time::timeout(
+        Duration::from_secs(1),
+        forward(forwarder.clone(), to.clone()),
+    )
+    .await?;
+    assert!(
+        matches!(refused, Err(ForwardError::Busy { max: 2, .. })),
+        "{refused:?}"
+    );
+    release.send(true)?;
+    for request in held {
+        assert_eq!(request.await??.status(), 200);
+    }
+    assert_eq!(forwarder.in_flight.count(to.id()), 0);
+    let again = forward(forwarder.clone(), to.clone()).await?;
+    assert_eq!(again.status(), 200);
+    Ok(())
+}
+
+/// A TLS failure is found however deep the connector wrapped it; a refused connection
+/// is not one.
+#[cfg(feature = "tls")]
+#[test]
+fn a_failed_handshake_is_told_from_a_refused_connection() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect")]
+    struct Connect(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    let wrapped = Connect(Box::new(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        untrusted,
+    )));
+    assert!(failed_tls_handshake(&wrapped));
+    let refused = Connect(Box::new(std::io::Error::from(
+        std::io::ErrorKind::ConnectionRefused,
+    )));
+    assert!(!failed_tls_handshake(&refused));
+}
