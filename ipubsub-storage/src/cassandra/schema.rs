@@ -92,7 +92,8 @@ pub(super) async fn create(session: &Session, config: &CassandraConfig) -> Resul
     Ok(())
 }
 
-/// Prepares every statement at the configured consistency (the epoch read at `SERIAL`).
+/// Prepares every statement at the configured consistency (the epoch read at `SERIAL`), and
+/// holds them with `session` in the store's state, whose caches start empty.
 pub(super) async fn prepare(
     session: Session,
     config: &CassandraConfig,
