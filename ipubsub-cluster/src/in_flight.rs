@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
+use crate::forward::Answer;
 use crate::node::NodeId;
 
 /// The forwarded requests in flight per member, and the cap. Cheap to clone.
@@ -102,12 +103,12 @@ impl Drop for Permit {
 /// place in flight until it ends or is dropped.
 #[derive(Debug)]
 pub struct Relayed {
-    body: Incoming,
+    body: Answer,
     _permit: Permit,
 }
 
 impl Relayed {
-    pub(crate) fn new(body: Incoming, permit: Permit) -> Self {
+    pub(crate) fn new(body: Answer, permit: Permit) -> Self {
         Self {
             body,
             _permit: permit,
@@ -117,12 +118,12 @@ impl Relayed {
 
 impl Body for Relayed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -8,24 +8,26 @@
 //! owner waits that long and no longer, and [`REQUEST_ID_HEADER`] the caller's request id, so
 //! that both nodes' answers and logs name the request the same way.
 //!
-//! `transport` builds the pooled client and the connectors under it (TCP connections whose
-//! writes are gathered, TLS on top of them).
+//! `transport` reaches members: `multiplexed` drives one HTTP/2 connection per member itself,
+//! and hyper's pooled client speaks HTTP/1.1 to members that need it.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper::{Method, Request, Response, header};
 
 use crate::in_flight::{InFlight, Permit, Relayed};
 use crate::node::{Node, NodeId};
 use crate::secret::{CLUSTER_SECRET_HEADER, ClusterSecret};
 
+mod multiplexed;
 mod transport;
 
-use transport::{Transport, failed_tls_handshake, pooled, tcp_connector};
+use multiplexed::Failure;
+pub(crate) use transport::Answer;
+use transport::Transport;
 
 /// Marks a request as forwarded; its value is the forwarding node's id.
 pub const FORWARDED_HEADER: &str = "x-ipubsub-forwarded";
@@ -151,7 +153,7 @@ impl Forwarder {
     pub fn new(local: NodeId) -> Self {
         let http = PeerHttp::default();
         Self {
-            transport: Transport::Plain(pooled(tcp_connector(), http)),
+            transport: Transport::plain(http),
             local,
             secret: Arc::new(RwLock::new(None)),
             http,
@@ -172,7 +174,7 @@ impl Forwarder {
     /// This forwarder, speaking `http` to members.
     pub fn with_http(mut self, http: PeerHttp) -> Self {
         self.http = http;
-        self.transport = Transport::Plain(pooled(tcp_connector(), http));
+        self.transport = Transport::plain(http);
         #[cfg(feature = "tls")]
         if let Some((tls, server_name)) = self.tls.take() {
             return self.with_tls(tls, server_name);
@@ -191,21 +193,7 @@ impl Forwarder {
         server_name: Option<rustls::pki_types::ServerName<'static>>,
     ) -> Self {
         self.tls = Some((tls.clone(), server_name.clone()));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only();
-        let builder = match server_name {
-            Some(name) => {
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => builder,
-        };
-        // The ALPN offer: only the version this forwarder speaks.
-        let connector = match self.http {
-            PeerHttp::Http2 => builder.enable_http2().wrap_connector(tcp_connector()),
-            PeerHttp::Http1 => builder.enable_http1().wrap_connector(tcp_connector()),
-        };
-        self.transport = Transport::Tls(pooled(connector, self.http));
+        self.transport = Transport::tls(self.http, tls, server_name);
         self
     }
 
@@ -251,14 +239,7 @@ impl Forwarder {
         last_event_id: Option<&hyper::header::HeaderValue>,
     ) -> Result<Response<Relayed>, ForwardError> {
         let permit = self.enter(owner)?;
-        let mut request = self.request(
-            owner,
-            Method::GET,
-            path_and_query,
-            Bytes::new(),
-            wait,
-            request_id,
-        )?;
+        let mut request = self.request(owner, Method::GET, path_and_query, wait, request_id)?;
         let headers = request.headers_mut();
         headers.insert(
             header::ACCEPT,
@@ -269,7 +250,7 @@ impl Forwarder {
         }
         // The head comes at once: an owner answers an event stream before it has any event.
         let limit = SLACK;
-        match tokio::time::timeout(limit, self.send(owner, request)).await {
+        match tokio::time::timeout(limit, self.send(owner, request, Bytes::new())).await {
             Ok(result) => result.map(|answer| answer.map(|body| Relayed::new(body, permit))),
             Err(_elapsed) => Err(ForwardError::Timeout {
                 node: owner.id().clone(),
@@ -325,7 +306,7 @@ impl Forwarder {
         handoff: Option<&str>,
     ) -> Result<Response<Bytes>, ForwardError> {
         let _permit = self.enter(owner)?;
-        let mut request = self.request(owner, method, path_and_query, body, wait, request_id)?;
+        let mut request = self.request(owner, method, path_and_query, wait, request_id)?;
         if let Some(copy) = handoff {
             let value = hyper::header::HeaderValue::from_str(copy)
                 .map_err(|e| ForwardError::Request(e.into()))?;
@@ -333,10 +314,10 @@ impl Forwarder {
         }
         let limit = wait + SLACK;
         let exchange = async {
-            let (parts, body) = self.send(owner, request).await?.into_parts();
+            let (parts, body) = self.send(owner, request, body).await?.into_parts();
             let body = body.collect().await.map_err(|e| ForwardError::Broken {
                 node: owner.id().clone(),
-                source: Box::new(e),
+                source: e,
             })?;
             Ok(Response::from_parts(parts, body.to_bytes()))
         };
@@ -355,10 +336,9 @@ impl Forwarder {
         owner: &Node,
         method: Method,
         path_and_query: &str,
-        body: Bytes,
         wait: Duration,
         request_id: &str,
-    ) -> Result<Request<Full<Bytes>>, ForwardError> {
+    ) -> Result<Request<()>, ForwardError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!(
@@ -370,7 +350,7 @@ impl Forwarder {
             .header(header::CONTENT_TYPE, "application/json")
             .header(FORWARDED_HEADER, self.local.as_str())
             .header(DEADLINE_HEADER, wait.as_millis().to_string())
-            .body(Full::new(body))
+            .body(())
             .map_err(ForwardError::Request)?;
         // Never indexed: each id is new, and inserting it into the connection's HPACK table
         // would evict the headers that repeat on every request.
@@ -387,31 +367,31 @@ impl Forwarder {
         Ok(request)
     }
 
-    /// Sends `request` to `owner`; its answer once the head arrived.
+    /// Sends `request` with `body` to `owner`; its answer once the head arrived.
     async fn send(
         &self,
         owner: &Node,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        self.transport.request(request).await.map_err(|e| {
-            let node = owner.id().clone();
-            if !e.is_connect() {
-                ForwardError::Broken {
-                    node,
-                    source: Box::new(e),
-                }
-            } else if failed_tls_handshake(&e) {
-                ForwardError::Tls {
-                    node,
-                    source: Box::new(e),
-                }
-            } else {
-                ForwardError::Unreachable {
-                    node,
-                    source: Box::new(e),
-                }
-            }
-        })
+        request: Request<()>,
+        body: Bytes,
+    ) -> Result<Response<Answer>, ForwardError> {
+        let node = || owner.id().clone();
+        self.transport
+            .send(owner.http_addr(), request, body)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Connect(source) => ForwardError::Unreachable {
+                    node: node(),
+                    source,
+                },
+                Failure::Tls(source) => ForwardError::Tls {
+                    node: node(),
+                    source,
+                },
+                Failure::Broken(source) => ForwardError::Broken {
+                    node: node(),
+                    source,
+                },
+            })
     }
 }
 

@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+#[cfg(feature = "tls")]
+use transport::failed_tls_handshake;
 
 /// What the owner receives: the hop, the deadline, the caller's request id and the
 /// cluster secret.
@@ -191,4 +195,86 @@ fn a_failed_handshake_is_told_from_a_refused_connection() {
         std::io::ErrorKind::ConnectionRefused,
     )));
     assert!(!failed_tls_handshake(&refused));
+}
+
+/// A member that closed its connection (it restarted, or shut the connection down) gets the
+/// next request on a new one, not a failure that would have the caller suspect it.
+#[tokio::test]
+async fn a_closed_connection_is_replaced_for_the_next_request()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    // Each connection answers one request, then closes.
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (answered, done) = tokio::sync::oneshot::channel::<()>();
+            let answered = std::sync::Mutex::new(Some(answered));
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                if let Some(answered) = answered.lock().ok().and_then(|mut a| a.take()) {
+                    let _ = answered.send(());
+                }
+                async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new()))) }
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            tokio::spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = done => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+    });
+    let forwarder = Forwarder::new(NodeId::new("n1")?);
+    let to = Node::new(NodeId::new("n2")?, addr);
+    let wait = Duration::from_secs(5);
+    for i in 1..=3 {
+        let answer = forwarder
+            .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
+            .await?;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(connections.load(Ordering::SeqCst), i);
+        // Let the member close the connection it answered on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A member that stops answering (paused, cut off) is found by a ping, and the requests in
+/// flight to it fail then, long before their own deadline.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_answers_no_ping_fails_its_requests_early()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Accepts, then neither reads nor writes: a stopped process.
+    let held = tokio::spawn(async move { listener.accept().await });
+    let forwarder = Forwarder::new(NodeId::new("n1")?);
+    let to = Node::new(NodeId::new("n2")?, addr);
+    let started = tokio::time::Instant::now();
+    let wait = Duration::from_secs(300);
+    let failed = forwarder
+        .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
+        .await;
+    assert!(
+        matches!(failed, Err(ForwardError::Broken { .. })),
+        "{failed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    Ok(())
 }

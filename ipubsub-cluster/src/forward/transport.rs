@@ -1,44 +1,140 @@
-//! How the forwarder reaches members: a pooled hyper client (HTTP/2 by default) over TCP
-//! connections whose writes are gathered, or over TLS on top of them.
+//! How the forwarder reaches members: one HTTP/2 connection each (`multiplexed`, the
+//! default), or hyper's pooled HTTP/1.1 client over TCP connections whose writes are gathered
+//! (or over TLS on top of them).
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Uri};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::PeerHttp;
+use super::multiplexed::{Dialer, Failure, Incoming, Multiplexed};
 use crate::coalesce::Coalesce;
 
-/// How the forwarder reaches members: plain HTTP, or (feature `tls`) HTTPS.
+/// How the forwarder reaches members: over HTTP/2 (plain or, feature `tls`, HTTPS), or over
+/// pooled HTTP/1.1 connections.
 #[derive(Clone, Debug)]
 pub(super) enum Transport {
-    Plain(Client<Coalescing, Full<Bytes>>),
+    Multiplexed(Multiplexed),
+    Pooled(Client<Coalescing, Full<Bytes>>),
     #[cfg(feature = "tls")]
-    Tls(Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>),
+    PooledTls(Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>),
 }
 
 impl Transport {
-    pub(super) fn scheme(&self) -> &'static str {
-        match self {
-            Self::Plain(_) => "http",
-            #[cfg(feature = "tls")]
-            Self::Tls(_) => "https",
+    /// Plain HTTP in version `http`.
+    pub(super) fn plain(http: PeerHttp) -> Self {
+        match http {
+            PeerHttp::Http2 => Self::Multiplexed(Multiplexed::new(Dialer::Plain)),
+            PeerHttp::Http1 => Self::Pooled(pooled(tcp_connector())),
         }
     }
 
-    pub(super) fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+    /// HTTPS in version `http` with `tls`, each member's certificate checked for its
+    /// address or for `server_name`.
+    #[cfg(feature = "tls")]
+    pub(super) fn tls(
+        http: PeerHttp,
+        tls: rustls::ClientConfig,
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+    ) -> Self {
+        if http == PeerHttp::Http2 {
+            return Self::Multiplexed(Multiplexed::new(Dialer::tls(tls, server_name)));
+        }
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let builder = match server_name {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        // The ALPN offer: only HTTP/1.1.
+        Self::PooledTls(pooled(
+            builder.enable_http1().wrap_connector(tcp_connector()),
+        ))
+    }
+
+    pub(super) fn scheme(&self) -> &'static str {
         match self {
-            Self::Plain(client) => client.request(request),
+            Self::Multiplexed(multiplexed) => multiplexed.scheme(),
+            Self::Pooled(_) => "http",
             #[cfg(feature = "tls")]
-            Self::Tls(client) => client.request(request),
+            Self::PooledTls(_) => "https",
+        }
+    }
+
+    /// Sends `request` with `body` to the member at `addr` (which `request`'s URI names too);
+    /// its answer once the head arrived.
+    pub(super) async fn send(
+        &self,
+        addr: SocketAddr,
+        request: Request<()>,
+        body: Bytes,
+    ) -> Result<Response<Answer>, Failure> {
+        let answer = match self {
+            Self::Multiplexed(multiplexed) => {
+                let answer = multiplexed.send(addr, request, body).await?;
+                return Ok(answer.map(|body| Answer::Multiplexed(Incoming::new(body))));
+            }
+            Self::Pooled(client) => client.request(request.map(|()| Full::new(body))).await,
+            #[cfg(feature = "tls")]
+            Self::PooledTls(client) => client.request(request.map(|()| Full::new(body))).await,
+        };
+        match answer {
+            Ok(answer) => Ok(answer.map(Answer::Pooled)),
+            Err(e) if !e.is_connect() => Err(Failure::Broken(Box::new(e))),
+            Err(e) if failed_tls_handshake(&e) => Err(Failure::Tls(Box::new(e))),
+            Err(e) => Err(Failure::Connect(Box::new(e))),
+        }
+    }
+}
+
+/// A member's answer body as it arrives.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Multiplexed(Incoming),
+    Pooled(hyper::body::Incoming),
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Box<dyn Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Multiplexed(body) => Pin::new(body).poll_frame(cx),
+            Self::Pooled(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Multiplexed(body) => body.is_end_stream(),
+            Self::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Multiplexed(body) => body.size_hint(),
+            Self::Pooled(body) => body.size_hint(),
         }
     }
 }
@@ -70,7 +166,7 @@ pub(super) fn failed_tls_handshake(_: &(dyn std::error::Error + 'static)) -> boo
     false
 }
 
-pub(super) fn tcp_connector() -> Coalescing {
+fn tcp_connector() -> Coalescing {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -115,29 +211,13 @@ impl<T: Connection> Connection for Coalesce<T> {
     }
 }
 
-/// How often an HTTP/2 connection to a member is pinged, and how long an answer may take: a
-/// member that stopped (paused, cut off) is found within both, and every request in flight
-/// on the connection fails then instead of at its own deadline.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(super) fn pooled<C>(connector: C, http: PeerHttp) -> Client<C, Full<Bytes>>
+/// hyper's pooled HTTP/1.1 client over `connector`: one keep-alive connection per request in
+/// flight.
+fn pooled<C>(connector: C) -> Client<C, Full<Bytes>>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(60));
-    if http == PeerHttp::Http2 {
-        builder
-            .http2_only(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_keep_alive_interval(PING_INTERVAL)
-            .http2_keep_alive_timeout(PING_TIMEOUT)
-            .http2_keep_alive_while_idle(true)
-            // Forwarded sends carry whole bodies: room for a large one per stream, and for
-            // many at once on the one connection.
-            .http2_initial_stream_window_size(1024 * 1024)
-            .http2_initial_connection_window_size(16 * 1024 * 1024);
-    }
     builder.build(connector)
 }

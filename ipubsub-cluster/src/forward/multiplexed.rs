@@ -1,0 +1,410 @@
+//! The forwarder's HTTP/2 transport: one connection per member, driven with `h2` directly.
+//!
+//! hyper's pooled client puts three hand-offs between a caller and the connection: the
+//! request goes through a channel to the connection's dispatcher, which spawns a task per
+//! request to wait for the answer and hand it back through another channel. Between members
+//! every request is small and most are answered within microseconds, so those hand-offs were
+//! most of what a forwarded request cost the forwarding node (ARCHITECTURE.md, "Forwarding
+//! drives HTTP/2 itself", has the figures). Here the caller opens its stream on the shared
+//! connection and waits for the answer itself: per request, the caller's task and the
+//! connection's task are the only ones that run.
+//!
+//! A member's connection is made on its first request and replaced when it breaks; a
+//! connection that answers no ping within [`PING_TIMEOUT`] is dropped, which fails every
+//! request on it at once instead of at each one's deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong, RecvStream};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::coalesce::Coalesce;
+
+/// How often a connection to a member is pinged, and how long an answer may take: a member
+/// that stopped (paused, cut off) is found within both.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long making a connection (TCP, TLS, the HTTP/2 preface) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Forwarded sends carry whole bodies: room for a large one per stream, and for many at once
+/// on the one connection.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Why a request was not answered.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// No connection could be made, or the one there refused the request before it was
+    /// processed: it was not delivered.
+    Connect(BoxError),
+    /// The TLS handshake failed: not delivered either.
+    Tls(BoxError),
+    /// The exchange broke after the request may have been delivered.
+    Broken(BoxError),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How connections are made: plain TCP, or (feature `tls`) TLS on top of it.
+#[derive(Clone)]
+pub(super) enum Dialer {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls {
+        connector: tokio_rustls::TlsConnector,
+        /// The name every member's certificate carries, when configured; otherwise each
+        /// member's certificate is checked for its IP address.
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+    },
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain => f.write_str("Plain"),
+            #[cfg(feature = "tls")]
+            Self::Tls { server_name, .. } => f
+                .debug_struct("Tls")
+                .field("server_name", server_name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Dialer {
+    /// TLS with `config`, offering only HTTP/2 by ALPN.
+    #[cfg(feature = "tls")]
+    pub(super) fn tls(
+        mut config: rustls::ClientConfig,
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+    ) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self::Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Self::Plain => "http",
+            #[cfg(feature = "tls")]
+            Self::Tls { .. } => "https",
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Io, Failure> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Failure::Connect(e.into()))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| Failure::Connect(e.into()))?;
+        let tcp = Coalesce::new(tcp);
+        match self {
+            Self::Plain => Ok(Box::new(tcp)),
+            #[cfg(feature = "tls")]
+            Self::Tls {
+                connector,
+                server_name,
+            } => {
+                let name = server_name
+                    .clone()
+                    .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| Failure::Tls(e.into()))?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(Failure::Connect(
+                        format!("{addr} did not agree to HTTP/2 over TLS (ALPN)").into(),
+                    ));
+                }
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type Io = Box<dyn Stream>;
+
+/// One HTTP/2 connection per member, made on first use. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(super) struct Multiplexed {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dialer: Dialer,
+    members: Mutex<HashMap<SocketAddr, Arc<Member>>>,
+    /// Numbers connections, so that a closing one forgets itself and not its successor.
+    next_connection: AtomicU64,
+}
+
+#[derive(Default)]
+struct Member {
+    open: Mutex<Option<(u64, SendRequest<Bytes>)>>,
+    /// Held while a connection is being made: the requests that find none wait for the one
+    /// being made instead of each making its own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Member")
+            .field("connection", &open.as_ref().map(|(id, _)| id))
+            .finish()
+    }
+}
+
+impl Member {
+    /// Forgets connection `id`, if it is still the member's.
+    fn forget(&self, id: u64) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.as_ref().is_some_and(|(current, _)| *current == id) {
+            *open = None;
+        }
+    }
+}
+
+impl Multiplexed {
+    pub(super) fn new(dialer: Dialer) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                dialer,
+                members: Mutex::new(HashMap::new()),
+                next_connection: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub(super) fn scheme(&self) -> &'static str {
+        self.shared.dialer.scheme()
+    }
+
+    /// Sends `request` with `body` to the member at `addr`; its answer once the head arrived.
+    pub(super) async fn send(
+        &self,
+        addr: SocketAddr,
+        request: Request<()>,
+        body: Bytes,
+    ) -> Result<Response<RecvStream>, Failure> {
+        let member = self.member(addr);
+        let mut sender = loop {
+            let (id, sender, made) = self.sender(&member, addr).await?;
+            match sender.ready().await {
+                Ok(sender) => break sender,
+                // The connection closed since it was made (the member restarted, or went
+                // away): the request is still here, so a new connection may take it.
+                Err(_) if !made => member.forget(id),
+                Err(e) => return Err(Failure::Connect(e.into())),
+            }
+        };
+        let (answer, mut outgoing) = sender
+            .send_request(request, body.is_empty())
+            .map_err(|e| Failure::Connect(e.into()))?;
+        if !body.is_empty() {
+            outgoing
+                .send_data(body, true)
+                .map_err(|e| Failure::Broken(e.into()))?;
+        }
+        answer.await.map_err(|e| {
+            if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                // The member guarantees it did nothing with it (RFC 9113, 8.7).
+                Failure::Connect(e.into())
+            } else {
+                Failure::Broken(e.into())
+            }
+        })
+    }
+
+    fn member(&self, addr: SocketAddr) -> Arc<Member> {
+        let mut members = self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        members.entry(addr).or_default().clone()
+    }
+
+    /// The member's open connection, or a new one (then `true`).
+    async fn sender(
+        &self,
+        member: &Arc<Member>,
+        addr: SocketAddr,
+    ) -> Result<(u64, SendRequest<Bytes>, bool), Failure> {
+        if let Some((id, sender)) = Self::current(member) {
+            return Ok((id, sender, false));
+        }
+        let _connecting = member.connecting.lock().await;
+        if let Some((id, sender)) = Self::current(member) {
+            return Ok((id, sender, false));
+        }
+        let connect = async {
+            let io = self.shared.dialer.dial(addr).await?;
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_header_list_size(16 * 1024)
+                .enable_push(false)
+                .handshake::<_, Bytes>(io)
+                .await
+                .map_err(|e| Failure::Connect(e.into()))
+        };
+        let (sender, mut connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                Failure::Connect(
+                    format!("no connection to {addr} within {CONNECT_TIMEOUT:?}").into(),
+                )
+            })??;
+        let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let ping = connection.ping_pong();
+        let closed = Closed {
+            member: Arc::clone(member),
+            id,
+        };
+        tokio::spawn(drive(connection, ping, closed, addr));
+        *member.open.lock().unwrap_or_else(PoisonError::into_inner) = Some((id, sender.clone()));
+        Ok((id, sender, true))
+    }
+
+    fn current(member: &Member) -> Option<(u64, SendRequest<Bytes>)> {
+        let open = member.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.clone()
+    }
+}
+
+/// Forgets its connection when dropped: the connection's task ended.
+struct Closed {
+    member: Arc<Member>,
+    id: u64,
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.member.forget(self.id);
+    }
+}
+
+/// Runs a member's connection until it closes or stops answering pings.
+async fn drive<T>(
+    connection: h2::client::Connection<T, Bytes>,
+    ping: Option<PingPong>,
+    _closed: Closed,
+    addr: SocketAddr,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = std::pin::pin!(connection);
+    let Some(mut ping) = ping else {
+        if let Err(e) = connection.await {
+            tracing::debug!(%addr, error = %e, "connection to member closed");
+        }
+        return;
+    };
+    loop {
+        let idle = tokio::time::sleep(PING_INTERVAL);
+        match first(connection.as_mut(), std::pin::pin!(idle)).await {
+            Either::Left(result) => return closed(result, addr),
+            Either::Right(()) => {}
+        }
+        let pong = tokio::time::timeout(PING_TIMEOUT, ping.ping(Ping::opaque()));
+        match first(connection.as_mut(), std::pin::pin!(pong)).await {
+            Either::Left(result) => return closed(result, addr),
+            Either::Right(Ok(Ok(_pong))) => {}
+            Either::Right(Ok(Err(e))) => {
+                tracing::debug!(%addr, error = %e, "connection to member failed a ping");
+                return;
+            }
+            Either::Right(Err(_elapsed)) => {
+                // Dropping the connection fails every request on it.
+                tracing::warn!(%addr, waited = ?PING_TIMEOUT, "member answered no ping: dropping the connection");
+                return;
+            }
+        }
+    }
+}
+
+fn closed(result: Result<(), h2::Error>, addr: SocketAddr) {
+    if let Err(e) = result {
+        tracing::debug!(%addr, error = %e, "connection to member closed");
+    }
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+/// Whichever of `left` and `right` finishes first (`left` when both can).
+async fn first<L: Future, R: Future>(
+    mut left: Pin<&mut L>,
+    mut right: Pin<&mut R>,
+) -> Either<L::Output, R::Output> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = left.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(out));
+        }
+        right.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
+}
+
+/// An answer's body as it arrives from a member, its flow-control credit given back as
+/// each piece is taken.
+#[derive(Debug)]
+pub(crate) struct Incoming(RecvStream);
+
+impl Incoming {
+    pub(super) fn new(stream: RecvStream) -> Self {
+        Self(stream)
+    }
+}
+
+impl Body for Incoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let stream = &mut self.0;
+        match ready!(stream.poll_data(cx)) {
+            Some(Ok(data)) => {
+                // Credit back at once: the caller takes each piece as it comes.
+                match stream.flow_control().release_capacity(data.len()) {
+                    Ok(()) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
