@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, header};
 
 use crate::in_flight::{InFlight, Permit, Relayed};
@@ -122,6 +123,8 @@ pub enum PeerHttp {
     Http1,
 }
 
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 /// The header a reconnecting event-stream client sends ([`Forwarder::forward_events`]).
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -129,7 +132,8 @@ const LAST_EVENT_ID: &str = "last-event-id";
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     transport: Transport,
-    local: NodeId,
+    /// [`FORWARDED_HEADER`]'s value: this node's id.
+    forwarded: HeaderValue,
     /// Sent on every forwarded request, when the cluster has one; replaceable
     /// ([`set_secret`](Self::set_secret)) and shared by clones.
     secret: Arc<RwLock<Option<ClusterSecret>>>,
@@ -154,7 +158,8 @@ impl Forwarder {
         let http = PeerHttp::default();
         Self {
             transport: Transport::plain(http),
-            local,
+            forwarded: HeaderValue::from_str(local.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             secret: Arc::new(RwLock::new(None)),
             http,
             in_flight: InFlight::new(DEFAULT_MAX_IN_FLIGHT),
@@ -236,14 +241,14 @@ impl Forwarder {
         path_and_query: &str,
         wait: Duration,
         request_id: &str,
-        last_event_id: Option<&hyper::header::HeaderValue>,
+        last_event_id: Option<&HeaderValue>,
     ) -> Result<Response<Relayed>, ForwardError> {
         let permit = self.enter(owner)?;
-        let mut request = self.request(owner, Method::GET, path_and_query, wait, request_id)?;
+        let mut request = self.request(Method::GET, path_and_query, wait, request_id)?;
         let headers = request.headers_mut();
         headers.insert(
             header::ACCEPT,
-            hyper::header::HeaderValue::from_static("text/event-stream"),
+            HeaderValue::from_static("text/event-stream"),
         );
         if let Some(id) = last_event_id {
             headers.insert(LAST_EVENT_ID, id.clone());
@@ -306,10 +311,9 @@ impl Forwarder {
         handoff: Option<&str>,
     ) -> Result<Response<Bytes>, ForwardError> {
         let _permit = self.enter(owner)?;
-        let mut request = self.request(owner, method, path_and_query, wait, request_id)?;
+        let mut request = self.request(method, path_and_query, wait, request_id)?;
         if let Some(copy) = handoff {
-            let value = hyper::header::HeaderValue::from_str(copy)
-                .map_err(|e| ForwardError::Request(e.into()))?;
+            let value = HeaderValue::from_str(copy).map_err(|e| ForwardError::Request(e.into()))?;
             request.headers_mut().insert(HANDOFF_HEADER, value);
         }
         let limit = wait + SLACK;
@@ -333,29 +337,27 @@ impl Forwarder {
     /// The forwarded request: the hop, the deadline, the request id and the secret.
     fn request(
         &self,
-        owner: &Node,
         method: Method,
         path_and_query: &str,
         wait: Duration,
         request_id: &str,
     ) -> Result<Request<()>, ForwardError> {
+        // The transport puts in the scheme and the owner's address.
         let mut request = Request::builder()
             .method(method)
-            .uri(format!(
-                "{}://{}{}",
-                self.transport.scheme(),
-                owner.http_addr(),
-                path_and_query
-            ))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(FORWARDED_HEADER, self.local.as_str())
-            .header(DEADLINE_HEADER, wait.as_millis().to_string())
+            .uri(path_and_query)
+            .header(header::CONTENT_TYPE, APPLICATION_JSON)
+            .header(FORWARDED_HEADER, self.forwarded.clone())
             .body(())
             .map_err(ForwardError::Request)?;
-        // Never indexed: each id is new, and inserting it into the connection's HPACK table
-        // would evict the headers that repeat on every request.
-        let mut id = hyper::header::HeaderValue::from_str(request_id)
-            .map_err(|e| ForwardError::Request(e.into()))?;
+        // Never indexed: ids and deadlines change on every request, and inserting them into
+        // the connection's HPACK table would evict the headers that repeat on every request.
+        let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let mut deadline = HeaderValue::from(millis);
+        deadline.set_sensitive(true);
+        request.headers_mut().insert(DEADLINE_HEADER, deadline);
+        let mut id =
+            HeaderValue::from_str(request_id).map_err(|e| ForwardError::Request(e.into()))?;
         id.set_sensitive(true);
         request.headers_mut().insert(REQUEST_ID_HEADER, id);
         let secret = self.secret.read().unwrap_or_else(PoisonError::into_inner);

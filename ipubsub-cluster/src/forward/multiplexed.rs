@@ -25,7 +25,8 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Ping, PingPong, RecvStream};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::{Request, Response};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -98,11 +99,11 @@ impl Dialer {
         }
     }
 
-    fn scheme(&self) -> &'static str {
+    fn scheme(&self) -> Scheme {
         match self {
-            Self::Plain => "http",
+            Self::Plain => Scheme::HTTP,
             #[cfg(feature = "tls")]
-            Self::Tls { .. } => "https",
+            Self::Tls { .. } => Scheme::HTTPS,
         }
     }
 
@@ -156,8 +157,9 @@ struct Shared {
     next_connection: AtomicU64,
 }
 
-#[derive(Default)]
 struct Member {
+    /// Where requests to it go: `host:port`, made once.
+    authority: Authority,
     open: Mutex<Option<(u64, SendRequest<Bytes>)>>,
     /// Held while a connection is being made: the requests that find none wait for the one
     /// being made instead of each making its own.
@@ -194,10 +196,6 @@ impl Multiplexed {
         }
     }
 
-    pub(super) fn scheme(&self) -> &'static str {
-        self.shared.dialer.scheme()
-    }
-
     /// Sends `request` with `body` to the member at `addr`; its answer once the head arrived.
     pub(super) async fn send(
         &self,
@@ -206,6 +204,8 @@ impl Multiplexed {
         body: Bytes,
     ) -> Result<Response<RecvStream>, Failure> {
         let member = self.member(addr);
+        let mut request = request;
+        *request.uri_mut() = self.absolute(&member, request.uri())?;
         let mut sender = loop {
             let (id, sender, made) = self.sender(&member, addr).await?;
             match sender.ready().await {
@@ -240,7 +240,24 @@ impl Multiplexed {
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        members.entry(addr).or_default().clone()
+        let member = members.entry(addr).or_insert_with(|| {
+            Arc::new(Member {
+                authority: Authority::try_from(addr.to_string())
+                    .unwrap_or_else(|_| Authority::from_static("invalid")),
+                open: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+        });
+        Arc::clone(member)
+    }
+
+    /// `uri` (a path and query) on `member`.
+    fn absolute(&self, member: &Member, uri: &Uri) -> Result<Uri, Failure> {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(self.shared.dialer.scheme());
+        parts.authority = Some(member.authority.clone());
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).map_err(|e| Failure::Connect(e.into()))
     }
 
     /// The member's open connection, or a new one (then `true`).

@@ -66,15 +66,6 @@ impl Transport {
         ))
     }
 
-    pub(super) fn scheme(&self) -> &'static str {
-        match self {
-            Self::Multiplexed(multiplexed) => multiplexed.scheme(),
-            Self::Pooled(_) => "http",
-            #[cfg(feature = "tls")]
-            Self::PooledTls(_) => "https",
-        }
-    }
-
     /// Sends `request` with `body` to the member at `addr` (which `request`'s URI names too);
     /// its answer once the head arrived.
     pub(super) async fn send(
@@ -88,9 +79,15 @@ impl Transport {
                 let answer = multiplexed.send(addr, request, body).await?;
                 return Ok(answer.map(|body| Answer::Multiplexed(Incoming::new(body))));
             }
-            Self::Pooled(client) => client.request(request.map(|()| Full::new(body))).await,
+            Self::Pooled(client) => {
+                let request = absolute(request, "http", addr)?;
+                client.request(request.map(|()| Full::new(body))).await
+            }
             #[cfg(feature = "tls")]
-            Self::PooledTls(client) => client.request(request.map(|()| Full::new(body))).await,
+            Self::PooledTls(client) => {
+                let request = absolute(request, "https", addr)?;
+                client.request(request.map(|()| Full::new(body))).await
+            }
         };
         match answer {
             Ok(answer) => Ok(answer.map(Answer::Pooled)),
@@ -99,6 +96,19 @@ impl Transport {
             Err(e) => Err(Failure::Connect(Box::new(e))),
         }
     }
+}
+
+/// `request`, its URI (a path and query) made absolute: `scheme://addr/path?query`.
+fn absolute(
+    mut request: Request<()>,
+    scheme: &str,
+    addr: SocketAddr,
+) -> Result<Request<()>, Failure> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = format!("{scheme}://{addr}{path}")
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| Failure::Connect(e.into()))?;
+    Ok(request)
 }
 
 /// A member's answer body as it arrives.
