@@ -100,9 +100,7 @@ impl Body for ApiBody {
                     .map(|b| Ok(Frame::data(b))),
             ),
             Kind::Events(events) => events.poll_frame(cx).map(|f| f.map(Ok)),
-            Kind::Relayed(body) => Pin::new(&mut **body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+            Kind::Relayed(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
