@@ -26,9 +26,10 @@ use crate::coalesce::Coalesce;
 #[derive(Clone, Debug)]
 pub(super) enum Transport {
     Multiplexed(Multiplexed),
-    Pooled(Client<Coalescing, Full<Bytes>>),
+    /// Boxed: the pooled client is 300 bytes, the multiplexed transport a pointer.
+    Pooled(Box<Client<Coalescing, Full<Bytes>>>),
     #[cfg(feature = "tls")]
-    PooledTls(Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>),
+    PooledTls(Box<Client<hyper_rustls::HttpsConnector<Coalescing>, Full<Bytes>>>),
 }
 
 impl Transport {
@@ -36,7 +37,7 @@ impl Transport {
     pub(super) fn plain(http: PeerHttp) -> Self {
         match http {
             PeerHttp::Http2 => Self::Multiplexed(Multiplexed::new(Dialer::Plain)),
-            PeerHttp::Http1 => Self::Pooled(pooled(tcp_connector())),
+            PeerHttp::Http1 => Self::Pooled(Box::new(pooled(tcp_connector()))),
         }
     }
 
@@ -61,9 +62,9 @@ impl Transport {
             None => builder,
         };
         // The ALPN offer: only HTTP/1.1.
-        Self::PooledTls(pooled(
+        Self::PooledTls(Box::new(pooled(
             builder.enable_http1().wrap_connector(tcp_connector()),
-        ))
+        )))
     }
 
     /// Sends `request` with `body` to the member at `addr` (which `request`'s URI names too);
