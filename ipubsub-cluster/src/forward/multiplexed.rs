@@ -124,10 +124,15 @@ impl Dialer {
                 let name = server_name
                     .clone()
                     .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| Failure::Tls(e.into()))?;
+                // A handshake the TLS library refused is a configuration error; a connection
+                // that broke during it is an outage, like one refused.
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    if super::transport::failed_tls_handshake(&e) {
+                        Failure::Tls(e.into())
+                    } else {
+                        Failure::Connect(e.into())
+                    }
+                })?;
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err(Failure::Connect(
                         format!("{addr} did not agree to HTTP/2 over TLS (ALPN)").into(),
