@@ -212,7 +212,12 @@ impl Multiplexed {
         let mut request = request;
         *request.uri_mut() = self.absolute(&member, request.uri())?;
         let mut sender = loop {
-            let (id, sender, made) = self.sender(&member, addr).await?;
+            let (id, sender, made) = match Self::current(&member) {
+                Some((id, sender)) => (id, sender, false),
+                // Boxed: making a connection (TCP, TLS, the preface) is a large future that
+                // a request waiting for its answer would otherwise carry all along.
+                None => Box::pin(self.connect(&member, addr)).await?,
+            };
             match sender.ready().await {
                 Ok(sender) => break sender,
                 // The connection closed since it was made (the member restarted, or went
@@ -265,15 +270,12 @@ impl Multiplexed {
         Uri::from_parts(parts).map_err(|e| Failure::Connect(e.into()))
     }
 
-    /// The member's open connection, or a new one (then `true`).
-    async fn sender(
+    /// A new connection to the member (`true`), or the one another request just made.
+    async fn connect(
         &self,
         member: &Arc<Member>,
         addr: SocketAddr,
     ) -> Result<(u64, SendRequest<Bytes>, bool), Failure> {
-        if let Some((id, sender)) = Self::current(member) {
-            return Ok((id, sender, false));
-        }
         let _connecting = member.connecting.lock().await;
         if let Some((id, sender)) = Self::current(member) {
             return Ok((id, sender, false));
