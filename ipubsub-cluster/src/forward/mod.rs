@@ -15,6 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
 use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, header};
@@ -370,30 +371,22 @@ impl Forwarder {
     }
 
     /// Sends `request` with `body` to `owner`; its answer once the head arrived.
-    async fn send(
-        &self,
-        owner: &Node,
+    /// Not an `async fn`, as `Transport::send` is not.
+    fn send<'a>(
+        &'a self,
+        owner: &'a Node,
         request: Request<()>,
         body: Bytes,
-    ) -> Result<Response<Answer>, ForwardError> {
-        let node = || owner.id().clone();
-        self.transport
-            .send(owner.http_addr(), request, body)
-            .await
-            .map_err(|failure| match failure {
-                Failure::Connect(source) => ForwardError::Unreachable {
-                    node: node(),
-                    source,
-                },
-                Failure::Tls(source) => ForwardError::Tls {
-                    node: node(),
-                    source,
-                },
-                Failure::Broken(source) => ForwardError::Broken {
-                    node: node(),
-                    source,
-                },
-            })
+    ) -> impl Future<Output = Result<Response<Answer>, ForwardError>> + 'a {
+        let answer = self.transport.send(owner.http_addr(), request, body);
+        answer.map_err(move |failure| {
+            let node = owner.id().clone();
+            match failure {
+                Failure::Connect(source) => ForwardError::Unreachable { node, source },
+                Failure::Tls(source) => ForwardError::Tls { node, source },
+                Failure::Broken(source) => ForwardError::Broken { node, source },
+            }
+        })
     }
 }
 

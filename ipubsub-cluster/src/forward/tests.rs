@@ -287,8 +287,10 @@ fn a_forward_waiting_for_its_answer_is_small() -> Result<(), crate::NodeIdError>
     let to = Node::new(NodeId::new("n2")?, SocketAddr::from(([127, 0, 0, 1], 1)));
     let wait = Duration::from_secs(5);
     let forward = forwarder.forward(&to, Method::GET, "/r", Bytes::new(), wait, "r");
-    // 3,696 bytes (in a debug build) with the connection's making inline; 2,224 boxed apart.
+    // In a debug build: 3,696 bytes with the connection's making inline, 2,224 boxed apart,
+    // 1,648 with the layers above the transport no longer `async fn`s (each kept its
+    // arguments, the request among them, for the future's whole life).
     let size = std::mem::size_of_val(&forward);
-    assert!(size <= 2560, "{size} bytes");
+    assert!(size <= 2048, "{size} bytes");
     Ok(())
 }

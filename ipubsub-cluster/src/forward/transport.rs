@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Request, Response, Uri};
@@ -69,33 +71,37 @@ impl Transport {
 
     /// Sends `request` with `body` to the member at `addr` (which `request`'s URI names too);
     /// its answer once the head arrived.
-    pub(super) async fn send(
+    ///
+    /// Not an `async fn`: one keeps its arguments for as long as its future lives, and a
+    /// forwarded long-poll's future lives as long as it waits.
+    pub(super) fn send(
         &self,
         addr: SocketAddr,
         request: Request<()>,
         body: Bytes,
-    ) -> Result<Response<Answer>, Failure> {
-        let answer = match self {
-            Self::Multiplexed(multiplexed) => {
-                let answer = multiplexed.send(addr, request, body).await?;
-                return Ok(answer.map(|body| Answer::Multiplexed(Incoming::new(body))));
+    ) -> impl Future<Output = Result<Response<Answer>, Failure>> + '_ {
+        let client =
+            match self {
+                Self::Multiplexed(multiplexed) => {
+                    let answer = multiplexed.send(addr, request, body);
+                    return Either::Left(answer.map_ok(|answer| {
+                        answer.map(|body| Answer::Multiplexed(Incoming::new(body)))
+                    }));
+                }
+                Self::Pooled(client) => absolute(request, "http", addr)
+                    .map(|request| client.request(request.map(|()| Full::new(body)))),
+                #[cfg(feature = "tls")]
+                Self::PooledTls(client) => absolute(request, "https", addr)
+                    .map(|request| client.request(request.map(|()| Full::new(body)))),
+            };
+        Either::Right(async move {
+            match client?.await {
+                Ok(answer) => Ok(answer.map(Answer::Pooled)),
+                Err(e) if !e.is_connect() => Err(Failure::Broken(Box::new(e))),
+                Err(e) if failed_tls_handshake(&e) => Err(Failure::Tls(Box::new(e))),
+                Err(e) => Err(Failure::Connect(Box::new(e))),
             }
-            Self::Pooled(client) => {
-                let request = absolute(request, "http", addr)?;
-                client.request(request.map(|()| Full::new(body))).await
-            }
-            #[cfg(feature = "tls")]
-            Self::PooledTls(client) => {
-                let request = absolute(request, "https", addr)?;
-                client.request(request.map(|()| Full::new(body))).await
-            }
-        };
-        match answer {
-            Ok(answer) => Ok(answer.map(Answer::Pooled)),
-            Err(e) if !e.is_connect() => Err(Failure::Broken(Box::new(e))),
-            Err(e) if failed_tls_handshake(&e) => Err(Failure::Tls(Box::new(e))),
-            Err(e) => Err(Failure::Connect(Box::new(e))),
-        }
+        })
     }
 }
 
