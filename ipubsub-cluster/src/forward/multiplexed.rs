@@ -22,6 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{Either, select};
 use h2::client::SendRequest;
 use h2::{Ping, PingPong, RecvStream};
 use hyper::body::{Body, Frame, SizeHint};
@@ -181,6 +182,12 @@ impl std::fmt::Debug for Member {
 }
 
 impl Member {
+    /// The member's open connection and its number, if it has one.
+    fn current(&self) -> Option<(u64, SendRequest<Bytes>)> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.clone()
+    }
+
     /// Forgets connection `id`, if it is still the member's.
     fn forget(&self, id: u64) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -205,14 +212,13 @@ impl Multiplexed {
     pub(super) async fn send(
         &self,
         addr: SocketAddr,
-        request: Request<()>,
+        mut request: Request<()>,
         body: Bytes,
     ) -> Result<Response<RecvStream>, Failure> {
         let member = self.member(addr);
-        let mut request = request;
         *request.uri_mut() = self.absolute(&member, request.uri())?;
         let mut sender = loop {
-            let (id, sender, made) = match Self::current(&member) {
+            let (id, sender, made) = match member.current() {
                 Some((id, sender)) => (id, sender, false),
                 // Boxed: making a connection (TCP, TLS, the preface) is a large future that
                 // a request waiting for its answer would otherwise carry all along.
@@ -277,7 +283,7 @@ impl Multiplexed {
         addr: SocketAddr,
     ) -> Result<(u64, SendRequest<Bytes>, bool), Failure> {
         let _connecting = member.connecting.lock().await;
-        if let Some((id, sender)) = Self::current(member) {
+        if let Some((id, sender)) = member.current() {
             return Ok((id, sender, false));
         }
         let connect = async {
@@ -307,11 +313,6 @@ impl Multiplexed {
         tokio::spawn(drive(connection, ping, closed, addr));
         *member.open.lock().unwrap_or_else(PoisonError::into_inner) = Some((id, sender.clone()));
         Ok((id, sender, true))
-    }
-
-    fn current(member: &Member) -> Option<(u64, SendRequest<Bytes>)> {
-        let open = member.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.clone()
     }
 }
 
@@ -345,19 +346,18 @@ async fn drive<T>(
     };
     loop {
         let idle = tokio::time::sleep(PING_INTERVAL);
-        match first(connection.as_mut(), std::pin::pin!(idle)).await {
-            Either::Left(result) => return closed(result, addr),
-            Either::Right(()) => {}
+        if let Either::Left((result, _)) = select(connection.as_mut(), std::pin::pin!(idle)).await {
+            return closed(result, addr);
         }
         let pong = tokio::time::timeout(PING_TIMEOUT, ping.ping(Ping::opaque()));
-        match first(connection.as_mut(), std::pin::pin!(pong)).await {
-            Either::Left(result) => return closed(result, addr),
-            Either::Right(Ok(Ok(_pong))) => {}
-            Either::Right(Ok(Err(e))) => {
+        match select(connection.as_mut(), std::pin::pin!(pong)).await {
+            Either::Left((result, _)) => return closed(result, addr),
+            Either::Right((Ok(Ok(_pong)), _)) => {}
+            Either::Right((Ok(Err(e)), _)) => {
                 tracing::debug!(%addr, error = %e, "connection to member failed a ping");
                 return;
             }
-            Either::Right(Err(_elapsed)) => {
+            Either::Right((Err(_elapsed), _)) => {
                 // Dropping the connection fails every request on it.
                 tracing::warn!(%addr, waited = ?PING_TIMEOUT, "member answered no ping: dropping the connection");
                 return;
@@ -370,25 +370,6 @@ fn closed(result: Result<(), h2::Error>, addr: SocketAddr) {
     if let Err(e) = result {
         tracing::debug!(%addr, error = %e, "connection to member closed");
     }
-}
-
-enum Either<L, R> {
-    Left(L),
-    Right(R),
-}
-
-/// Whichever of `left` and `right` finishes first (`left` when both can).
-async fn first<L: Future, R: Future>(
-    mut left: Pin<&mut L>,
-    mut right: Pin<&mut R>,
-) -> Either<L::Output, R::Output> {
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = left.as_mut().poll(cx) {
-            return Poll::Ready(Either::Left(out));
-        }
-        right.as_mut().poll(cx).map(Either::Right)
-    })
-    .await
 }
 
 /// An answer's body as it arrives from a member, its flow-control credit given back as
