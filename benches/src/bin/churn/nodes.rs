@@ -114,11 +114,45 @@ impl Drop for NodeProc {
     }
 }
 
-/// A free loopback port for TCP and one for UDP.
+/// A node's HTTP (TCP) and gossip (UDP) addresses on loopback.
 fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let gossip = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-    Ok((http, gossip))
+    Ok((free_port()?, free_port()?))
+}
+
+/// A loopback port free for both TCP and UDP, below the kernel's ephemeral range.
+///
+/// A node killed by the nemesis comes back on the same ports. A port the kernel handed out
+/// for `bind(0)` lies in the range it also gives outgoing connections, and one of the many
+/// connections the load makes could take it while the node is down (seen as "Address already
+/// in use" on restart). Ports below that range are only ever taken by an explicit bind.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    let span = u64::from(ephemeral_low.saturating_sub(low).max(1));
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for attempt in 0u64..10_000 {
+        // Any spread will do; a hasher seeded by the OS gives one without a random crate.
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (std::process::id(), attempt),
+        );
+        let port = low + u16::try_from(seed % span).unwrap_or(0);
+        if given.contains(&port) {
+            continue;
+        }
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(at).is_ok() && UdpSocket::bind(at).is_ok() {
+            given.push(port);
+            return Ok(at);
+        }
+    }
+    bail!("no loopback port free for TCP and UDP below {ephemeral_low}")
 }
 
 /// Writes the config files of `n` nodes and returns them, not started.
