@@ -9,6 +9,11 @@
 #   (4th, between members: http1 forwards over pooled HTTP/1.1,
 #   `http.http2.forward_to_members: false`; 5th, the clients' protocol: h2 multiplexes every
 #   publisher and receiver over one HTTP/2 connection per node)
+#
+# PROXY=nginx adds a third route each round, for reference: the load goes to nginx (one
+# worker, in a cgroup of its own with the same cap), which proxies every request to node-1
+# over keep-alive HTTP/1.1 connections: what a hop through a mature reverse proxy costs in the
+# same setup (HTTP/1.1 clients only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quota=${1:-0.5}
@@ -42,7 +47,7 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for i in 1 2 3; do rmdir "$cgroup_root/ipubsub-fwd-$$-$i" 2>/dev/null || true; done
+    for i in 1 2 3 nginx; do rmdir "$cgroup_root/ipubsub-fwd-$$-$i" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -96,15 +101,65 @@ for _ in $(seq 100); do
 done
 [ "$members" = 3 ] || { echo "forwarding.sh: the cluster did not form" >&2; cat "$work"/node-*.log >&2; exit 1; }
 urls="$first,http://127.0.0.1:${http[1]},http://127.0.0.1:${http[2]}"
+routes=(owner other)
+if [ "${PROXY:-}" = nginx ]; then
+    [ "$clients" = http1 ] || { echo "forwarding.sh: PROXY=nginx takes HTTP/1.1 clients" >&2; exit 1; }
+    nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    [ -x "$nginx" ] || { echo "forwarding.sh: PROXY=nginx needs nginx (apt-get install nginx)" >&2; exit 1; }
+    proxy_port=$(free_port)
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream owner { server 127.0.0.1:${http[0]}; keepalive 128; }
+    server {
+        listen 127.0.0.1:$proxy_port;
+        location / {
+            proxy_pass http://owner;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }
+    }
+}
+NGINX
+    group="$cgroup_root/ipubsub-fwd-$$-nginx"
+    mkdir -p "$group"
+    limit "$group"
+    sh -c "echo \$\$ >'$group/cgroup.procs'; exec '$nginx' -c '$work/nginx.conf'" >"$work/nginx.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$proxy_port/api/v1/cluster" >/dev/null && break; sleep 0.1; done
+    routes+=(nginx)
+fi
 echo "three nodes, each capped at $quota CPU; forwarding over $([ "$forward_h2" = true ] && echo HTTP/2 || echo HTTP/1.1), clients over $clients; $rounds rounds of ${seconds}s"
 
-# CPU seconds (user + system) of each node so far.
-cpu_of() { for pid in "${pids[@]}"; do awk '{printf "%.2f ", ($14 + $15) / 100}' "/proc/$pid/stat"; done; }
+# CPU seconds (user + system) of each node so far, then of nginx's worker when it runs.
+cpu_of() {
+    for pid in "${pids[@]:0:3}"; do awk '{printf "%.2f ", ($14 + $15) / 100}' "/proc/$pid/stat"; done
+    if [ "${#pids[@]}" -gt 3 ]; then
+        for pid in $(pgrep -P "${pids[3]}"); do awk '{printf "%.2f ", ($14 + $15) / 100}' "/proc/$pid/stat"; done
+    fi
+}
 declare -A rates
 for round in $(seq "$rounds"); do
-    for route in owner other; do
+    for route in "${routes[@]}"; do
         read -r -a before <<<"$(cpu_of)"
-        out=$("$loadgen" --url "$urls" --route "$route" --owned-by node-1 --publishers 16 \
+        case "$route" in
+            nginx) route_args=(--route owner --via-proxy "http://127.0.0.1:$proxy_port") ;;
+            *) route_args=(--route "$route") ;;
+        esac
+        out=$("$loadgen" --url "$urls" "${route_args[@]}" --owned-by node-1 --publishers 16 \
             --receivers 16 --streams 16 --duration "$seconds" --check "${client_args[@]}")
         rate=$(echo "$out" | sed -n 's/^delivered: *[0-9]* in [0-9.]*s = \([0-9]*\) msg\/s.*/\1/p')
         [ -n "$rate" ] || { echo "$out" >&2; echo "forwarding.sh: no rate in the output" >&2; exit 1; }
@@ -112,11 +167,15 @@ for round in $(seq "$rounds"); do
         delivered=$(echo "$out" | sed -n 's/^delivered: *\([0-9]*\) in.*/\1/p')
         per_node=$(python3 -c "
 b, a = [$(IFS=,; echo "${before[*]}")], [$(IFS=,; echo "${after[*]}")]
-print(' '.join('node-%d %.1f' % (i + 1, (a[i] - b[i]) / $delivered * 1e6) for i in range(3)))")
+names = ['node-1', 'node-2', 'node-3', 'nginx']
+print(' '.join('%s %.1f' % (names[i], (a[i] - b[i]) / $delivered * 1e6) for i in range(len(a))))")
         echo "round $round route=$route delivered/s=$rate CPU µs per message: $per_node"
         rates[$route,$round]=$rate
     done
 done
 for round in $(seq "$rounds"); do
     python3 -c "print('round $round: through node-2 / straight to node-1 = %.2f' % (${rates[other,$round]} / ${rates[owner,$round]}))"
+    if [ -n "${rates[nginx,$round]:-}" ]; then
+        python3 -c "print('round $round: through nginx / straight to node-1 = %.2f' % (${rates[nginx,$round]} / ${rates[owner,$round]}))"
+    fi
 done

@@ -108,6 +108,10 @@ struct Args {
     /// (what a forwarding hop costs when the nodes do not share CPUs).
     #[arg(long)]
     owned_by: Option<String>,
+    /// With `--route owner`: send every request to this URL instead of the stream's owner
+    /// (a reverse proxy in front of it), to compare a proxy's hop with a forwarding one.
+    #[arg(long)]
+    via_proxy: Option<String>,
     /// `maxMessages` of each receive (1: the v1 single-message receive).
     #[arg(long, default_value_t = 1)]
     max_messages: usize,

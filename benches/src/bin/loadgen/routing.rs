@@ -41,6 +41,10 @@ pub(crate) async fn route_streams(
         members.len() > 1 || args.route == RouteChoice::Owner,
         "--route other needs two or more members"
     );
+    anyhow::ensure!(
+        args.via_proxy.is_none() || args.route == RouteChoice::Owner,
+        "--via-proxy needs --route owner"
+    );
     if let Some(owner) = &args.owned_by {
         anyhow::ensure!(
             members.iter().any(|m| m.id().as_str() == owner),
@@ -71,7 +75,10 @@ pub(crate) async fn route_streams(
             _ => owner,
         };
         names.push(name);
-        urls.push(format!("http://{}", node.http_addr()));
+        urls.push(match &args.via_proxy {
+            Some(proxy) => proxy.clone(),
+            None => format!("http://{}", node.http_addr()),
+        });
     }
     Ok((names, urls))
 }
