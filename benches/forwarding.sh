@@ -12,8 +12,8 @@
 #
 # PROXY=nginx adds a third route each round, for reference: the load goes to nginx (one
 # worker, in a cgroup of its own with the same cap), which proxies every request to node-1
-# over keep-alive HTTP/1.1 connections: what a hop through a mature reverse proxy costs in the
-# same setup (HTTP/1.1 clients only).
+# over keep-alive HTTP/1.1 connections (nginx proxies no HTTP/2 upstream): what a hop through a
+# mature reverse proxy costs in the same setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quota=${1:-0.5}
@@ -103,7 +103,8 @@ done
 urls="$first,http://127.0.0.1:${http[1]},http://127.0.0.1:${http[2]}"
 routes=(owner other)
 if [ "${PROXY:-}" = nginx ]; then
-    [ "$clients" = http1 ] || { echo "forwarding.sh: PROXY=nginx takes HTTP/1.1 clients" >&2; exit 1; }
+    # HTTP/2 clients reach nginx over h2c with prior knowledge (`listen … http2`).
+    listen_h2=$([ "$clients" = h2 ] && echo " http2" || true)
     nginx=$(command -v nginx || echo /usr/sbin/nginx)
     [ -x "$nginx" ] || { echo "forwarding.sh: PROXY=nginx needs nginx (apt-get install nginx)" >&2; exit 1; }
     proxy_port=$(free_port)
@@ -123,7 +124,8 @@ http {
     scgi_temp_path $work/nginx/scgi;
     upstream owner { server 127.0.0.1:${http[0]}; keepalive 128; }
     server {
-        listen 127.0.0.1:$proxy_port;
+        listen 127.0.0.1:$proxy_port$listen_h2;
+        http2_max_concurrent_streams 1024;
         location / {
             proxy_pass http://owner;
             proxy_http_version 1.1;
