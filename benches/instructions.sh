@@ -13,6 +13,9 @@
 # `forwarding`: the counted server is the second node of a two-node cluster, and every send
 # and receive goes to it for streams the other node owns (16 streams; `--route other`): what
 # the forwarding hop costs in user space, to set beside `single`.
+#
+# CALLGRIND_OUT=DIR keeps the loaded run's callgrind output there, for
+# `callgrind_annotate --inclusive=yes DIR/cg.*`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=$(realpath "${1:-target/release/ipubsub-server}")
@@ -83,6 +86,10 @@ count() { # count SENDS -> total Ir
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
     grep -h '^summary:' "$work"/cg.* | awk '{s += $2} END {printf "%d\n", s}'
+    if [ "$1" -gt 0 ] && [ -n "${CALLGRIND_OUT:-}" ]; then
+        mkdir -p "$CALLGRIND_OUT"
+        mv "$work"/cg.* "$CALLGRIND_OUT"/
+    fi
     rm -f "$work"/cg.*
 }
 
