@@ -85,7 +85,7 @@ count() { # count SENDS -> total Ir
     fi
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
-    grep -h '^summary:' "$work"/cg.* | awk '{s += $2} END {printf "%d\n", s}'
+    grep -h '^summary:' "$work"/cg.* | awk '{s += $2} END {printf "%.0f\n", s}'
     if [ "$1" -gt 0 ] && [ -n "${CALLGRIND_OUT:-}" ]; then
         mkdir -p "$CALLGRIND_OUT"
         mv "$work"/cg.* "$CALLGRIND_OUT"/
@@ -95,6 +95,7 @@ count() { # count SENDS -> total Ir
 
 base=$(count 0)
 total=$(count "$sends")
+echo "instructions.sh: $base instructions idle, $total loaded" >&2
 what="send"
 [ "$receivers" -gt 0 ] && what="message sent and received ($receivers receivers)"
 [ "$mode" = forwarding ] && what="$what, forwarded to the owner"

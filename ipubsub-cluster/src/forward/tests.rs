@@ -61,6 +61,26 @@ async fn a_forwarded_request_carries_its_hop_deadline_and_request_id()
     Ok(())
 }
 
+/// Which headers of a forwarded request may enter the connection's HPACK table: a deadline of
+/// whole seconds (one of few values), but never a deadline of any other length, the request
+/// id (new on every request) or the cluster secret.
+#[test]
+fn only_headers_that_repeat_are_indexed() -> Result<(), Box<dyn std::error::Error>> {
+    let secret = ClusterSecret::new("s3cret-s3cret-s3cret")?;
+    let forwarder = Forwarder::new(NodeId::new("n1")?).with_secret(Some(secret));
+    let sensitive = |wait: Duration, name: &str| -> Result<bool, Box<dyn std::error::Error>> {
+        let request = forwarder.request(Method::GET, "/x?y=1", wait, "req-7.a")?;
+        let value = request.headers().get(name).ok_or(format!("no {name}"))?;
+        Ok(value.is_sensitive())
+    };
+    assert!(!sensitive(Duration::from_secs(30), DEADLINE_HEADER)?);
+    assert!(sensitive(Duration::from_millis(1500), DEADLINE_HEADER)?);
+    assert!(sensitive(Duration::from_secs(30), REQUEST_ID_HEADER)?);
+    assert!(sensitive(Duration::from_secs(30), CLUSTER_SECRET_HEADER)?);
+    assert!(!sensitive(Duration::from_secs(30), FORWARDED_HEADER)?);
+    Ok(())
+}
+
 /// Over HTTP/2, every request to one member goes over one connection, side by side: 50
 /// requests that each wait at the owner for the others to arrive all complete.
 #[tokio::test]
