@@ -250,12 +250,21 @@ impl Multiplexed {
         })
     }
 
+    /// The member at `addr`, made on first use. Making one forgets the members that have
+    /// neither a connection nor a request in flight (they left, or came back on another
+    /// address), so that the map follows the cluster rather than its history.
     fn member(&self, addr: SocketAddr) -> Arc<Member> {
         let mut members = self
             .shared
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if let Some(member) = members.get(&addr) {
+            return Arc::clone(member);
+        }
+        // A connection's task holds its member (`Closed`), and so does every request to it:
+        // a member only the map holds is idle, and is made again if it is ever asked for.
+        members.retain(|_, member| Arc::strong_count(member) > 1);
         let member = members.entry(addr).or_insert_with(|| {
             Arc::new(Member {
                 authority: Authority::try_from(addr.to_string())
@@ -265,6 +274,39 @@ impl Multiplexed {
             })
         });
         Arc::clone(member)
+    }
+
+    /// How many members this transport keeps.
+    #[cfg(test)]
+    pub(super) fn members(&self) -> usize {
+        let members = self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        members.len()
+    }
+
+    /// Whether this transport keeps the member at `addr`.
+    #[cfg(test)]
+    pub(super) fn knows(&self, addr: SocketAddr) -> bool {
+        let members = self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        members.contains_key(&addr)
+    }
+
+    /// Whether the member at `addr` has an open connection.
+    #[cfg(test)]
+    pub(super) fn connected(&self, addr: SocketAddr) -> bool {
+        let members = self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        members.get(&addr).is_some_and(|m| m.current().is_some())
     }
 
     /// `uri` (a path and query) on `member`.

@@ -222,39 +222,8 @@ fn a_failed_handshake_is_told_from_a_refused_connection() {
 #[tokio::test]
 async fn a_closed_connection_is_replaced_for_the_next_request()
 -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&connections);
     // Each connection answers one request, then closes.
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let (answered, done) = tokio::sync::oneshot::channel::<()>();
-            let answered = std::sync::Mutex::new(Some(answered));
-            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                if let Some(answered) = answered.lock().ok().and_then(|mut a| a.take()) {
-                    let _ = answered.send(());
-                }
-                async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new()))) }
-            });
-            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
-            tokio::spawn(async move {
-                let mut connection = std::pin::pin!(connection);
-                tokio::select! {
-                    _ = connection.as_mut() => {}
-                    _ = done => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, connections) = h2_member(true).await?;
     let forwarder = Forwarder::new(NodeId::new("n1")?);
     let to = Node::new(NodeId::new("n2")?, addr);
     let wait = Duration::from_secs(5);
@@ -263,7 +232,7 @@ async fn a_closed_connection_is_replaced_for_the_next_request()
             .forward(&to, Method::GET, "/r", Bytes::new(), wait, "r")
             .await?;
         assert_eq!(answer.status(), 200);
-        assert_eq!(connections.load(Ordering::SeqCst), i);
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), i);
         // Let the member close the connection it answered on.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -312,5 +281,90 @@ fn a_forward_waiting_for_its_answer_is_small() -> Result<(), crate::NodeIdError>
     // arguments, the request among them, for the future's whole life).
     let size = std::mem::size_of_val(&forward);
     assert!(size <= 2048, "{size} bytes");
+    Ok(())
+}
+
+/// An HTTP/2 member on loopback answering 200 to everything, and how many connections it
+/// took; with `one_answer`, each connection closes after its first answer (a member that
+/// restarts, or goes away).
+async fn h2_member(
+    one_answer: bool,
+) -> std::io::Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (answered, done) = tokio::sync::oneshot::channel::<()>();
+            let answered = std::sync::Mutex::new(Some(answered));
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                if let Some(answered) = answered.lock().ok().and_then(|mut a| a.take()) {
+                    let _ = answered.send(());
+                }
+                async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new()))) }
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            tokio::spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = done, if one_answer => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, connections))
+}
+
+/// Members that went away are forgotten when a new one is first asked for; a member with an
+/// open connection is kept.
+#[tokio::test]
+async fn members_without_a_connection_are_forgotten()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let transport = multiplexed::Multiplexed::new(multiplexed::Dialer::Plain);
+    let ask = |addr| {
+        let transport = transport.clone();
+        async move {
+            let request = Request::builder().uri("/r").body(())?;
+            let answer = transport
+                .send(addr, request, Bytes::new())
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(answer.status())
+        }
+    };
+    let ((gone, _), (kept, _)) = (h2_member(true).await?, h2_member(false).await?);
+    assert_eq!(ask(kept).await?, 200);
+    assert_eq!(ask(gone).await?, 200);
+    assert_eq!(transport.members(), 2);
+    // The first member closes its connection after its answer; its task ends.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while transport.connected(gone) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        transport.members(),
+        2,
+        "nothing is forgotten until a new member comes"
+    );
+    let (new, _) = h2_member(false).await?;
+    assert_eq!(ask(new).await?, 200);
+    assert!(
+        !transport.knows(gone),
+        "a member without a connection is forgotten"
+    );
+    assert!(transport.knows(kept) && transport.knows(new));
+    // Forgotten is not refused: asked again, it is made again.
+    assert_eq!(ask(gone).await?, 200);
     Ok(())
 }
