@@ -276,37 +276,17 @@ impl Multiplexed {
         Arc::clone(member)
     }
 
-    /// How many members this transport keeps.
+    /// The members this transport keeps, each with whether it has an open connection.
     #[cfg(test)]
-    pub(super) fn members(&self) -> usize {
+    pub(super) fn members(&self) -> HashMap<SocketAddr, bool> {
         let members = self
             .shared
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        members.len()
-    }
-
-    /// Whether this transport keeps the member at `addr`.
-    #[cfg(test)]
-    pub(super) fn knows(&self, addr: SocketAddr) -> bool {
-        let members = self
-            .shared
-            .members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        members.contains_key(&addr)
-    }
-
-    /// Whether the member at `addr` has an open connection.
-    #[cfg(test)]
-    pub(super) fn connected(&self, addr: SocketAddr) -> bool {
-        let members = self
-            .shared
-            .members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        members.get(&addr).is_some_and(|m| m.current().is_some())
+        (members.iter())
+            .map(|(addr, member)| (*addr, member.current().is_some()))
+            .collect()
     }
 
     /// `uri` (a path and query) on `member`.
