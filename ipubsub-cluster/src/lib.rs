@@ -41,8 +41,9 @@ use std::time::{Duration, Instant};
 
 pub use coalesce::Coalesce;
 pub use forward::{
-    DEADLINE_HEADER, DEFAULT_MAX_IN_FLIGHT, FORWARDED_HEADER, ForwardError, Forwarder,
-    HANDOFF_HEADER, PeerHttp, REQUEST_ID_HEADER,
+    CLUSTER_SECRET_NAME, DEADLINE_HEADER, DEADLINE_NAME, DEFAULT_MAX_IN_FLIGHT, FORWARDED_HEADER,
+    FORWARDED_NAME, ForwardError, Forwarder, HANDOFF_HEADER, HANDOFF_NAME, PeerHttp,
+    REQUEST_ID_HEADER, REQUEST_ID_NAME,
 };
 pub use in_flight::Relayed;
 use ipubsub_core::StreamId;

@@ -126,10 +126,17 @@ pub enum PeerHttp {
 }
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-const FORWARDED_NAME: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
-const DEADLINE_NAME: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
-const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-const SECRET_NAME: HeaderName = HeaderName::from_static(CLUSTER_SECRET_HEADER);
+/// [`FORWARDED_HEADER`] as a name made at compile time (looking a header up by `&str`
+/// parses the name on every call).
+pub const FORWARDED_NAME: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
+/// [`HANDOFF_HEADER`] as a name made at compile time.
+pub const HANDOFF_NAME: HeaderName = HeaderName::from_static(HANDOFF_HEADER);
+/// [`DEADLINE_HEADER`] as a name made at compile time.
+pub const DEADLINE_NAME: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
+/// [`REQUEST_ID_HEADER`] as a name made at compile time.
+pub const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// [`CLUSTER_SECRET_HEADER`] as a name made at compile time.
+pub const CLUSTER_SECRET_NAME: HeaderName = HeaderName::from_static(CLUSTER_SECRET_HEADER);
 
 /// The header a reconnecting event-stream client sends ([`Forwarder::forward_events`]).
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -320,7 +327,7 @@ impl Forwarder {
         let mut request = self.request(method, path_and_query, wait, request_id)?;
         if let Some(copy) = handoff {
             let value = HeaderValue::from_str(copy).map_err(|e| ForwardError::Request(e.into()))?;
-            request.headers_mut().insert(HANDOFF_HEADER, value);
+            request.headers_mut().insert(HANDOFF_NAME, value);
         }
         let limit = wait + SLACK;
         let exchange = async {
@@ -376,7 +383,7 @@ impl Forwarder {
         headers.insert(REQUEST_ID_NAME, id);
         let secret = self.secret.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(secret) = &*secret {
-            headers.insert(SECRET_NAME, secret.header().clone());
+            headers.insert(CLUSTER_SECRET_NAME, secret.header().clone());
         }
         Ok(request)
     }

@@ -11,8 +11,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::time::Duration;
 
 use ipubsub_cluster::{
-    CLUSTER_SECRET_HEADER, Cluster, DEADLINE_HEADER, FORWARDED_HEADER, Forwarder, HANDOFF_HEADER,
-    REQUEST_ID_HEADER,
+    CLUSTER_SECRET_NAME, Cluster, DEADLINE_NAME as DEADLINE, FORWARDED_NAME as FORWARDED,
+    Forwarder, HANDOFF_NAME as HANDOFF, REQUEST_ID_NAME as REQUEST_ID,
 };
 use ipubsub_core::{Engine, Log, Message, SendOutcome};
 
@@ -47,15 +47,6 @@ const SEND_PATH: &str = "/api/v1/streams/send";
 const RECEIVE_PATH: &str = "/api/v1/streams/receive";
 const CLUSTER_PATH: &str = "/api/v1/cluster";
 const METRICS_PATH: &str = "/metrics";
-
-/// [`REQUEST_ID_HEADER`], parsed once.
-static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-/// [`FORWARDED_HEADER`], parsed once.
-static FORWARDED: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
-/// [`HANDOFF_HEADER`], parsed once.
-static HANDOFF: HeaderName = HeaderName::from_static(HANDOFF_HEADER);
-/// [`DEADLINE_HEADER`], parsed once.
-static DEADLINE: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
 
 /// The HTTP API over an engine: what every connection serves. Cheap to clone.
 #[derive(Clone)]
@@ -466,7 +457,7 @@ impl App {
     fn admit<B>(&self, request: &Request<B>, hop: &Hop) -> Result<Option<Arc<Grant>>, ApiError> {
         let credentials = self.inner.credentials.get();
         if hop.forwarded {
-            let presented = request.headers().get(CLUSTER_SECRET_HEADER);
+            let presented = request.headers().get(&CLUSTER_SECRET_NAME);
             return if credentials.accepts(presented) {
                 Ok(None)
             } else if credentials.has_secret() {
